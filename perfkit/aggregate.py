@@ -1,0 +1,127 @@
+"""From telemetry records to windowed aggregates and the run's summary figures.
+
+Reads what `perfkit.telemetry` wrote; never touches the model or the device.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STARVED_WAIT_SHARE = 0.10  # a window whose consumer waited > 10 % of its time on data is data-starved
+DEVICE_BOUND_BUSY_SHARE = 0.90  # a window whose device was busy >= 90 % of its time is device-bound
+
+
+def read_telemetry(paths) -> pd.DataFrame:
+    """All records of one or more telemetry.jsonl files."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = [pd.read_json(p, lines=True) for p in paths if Path(p).stat().st_size]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def batches(records: pd.DataFrame, stage: str | None = None) -> pd.DataFrame:
+    if records.empty:
+        return records
+    out = records[records["kind"] == "batch"]
+    if stage is not None:
+        out = out[out["stage"] == stage]
+    return out.sort_values(["rank", "t_arrive_s"]).reset_index(drop=True)
+
+
+def _percentiles(values: pd.Series) -> dict:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return {"mean": None, "p50": None, "p95": None, "max": None, "total": 0.0}
+    return {"mean": float(values.mean()), "p50": float(values.quantile(0.5)), "p95": float(values.quantile(0.95)),
+            "max": float(values.max()), "total": float(values.sum())}
+
+
+def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = None) -> pd.DataFrame:
+    """Aggregate batches into fixed windows of arrival time, with a bottleneck verdict each."""
+    if batch_records.empty:
+        return pd.DataFrame()
+    df = batch_records.copy()
+    df["window"] = (df["t_arrive_s"] // window_s).astype(int)
+    end_s = float(end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"]).max())
+    rows = []
+    for (rank, window), g in df.groupby(["rank", "window"]):
+        start = window * window_s
+        span = max(min(window_s, end_s - start), 1e-9)
+        device = g["device_s"].dropna()
+        wait_share = float(g["loader_wait_s"].sum()) / span
+        busy_share = float(device.sum()) / span if len(device) else None
+        rows.append({
+            "rank": int(rank), "window": int(window), "start_s": start, "seconds": span,
+            "batches": len(g), "sequences": int(g["sequences"].sum()), "real_tokens": int(g["real_tokens"].sum()),
+            "seq_per_s": float(g["sequences"].sum()) / span, "tok_per_s": float(g["real_tokens"].sum()) / span,
+            "loader_wait_share": wait_share, "device_busy_share": busy_share,
+            "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
+            "verdict": verdict(wait_share, busy_share),
+        })
+    return pd.DataFrame(rows)
+
+
+def verdict(loader_wait_share: float, device_busy_share: float | None) -> str:
+    """data-starved / device-bound / host-bound, from the two shares of a window's wall time."""
+    if loader_wait_share > STARVED_WAIT_SHARE:
+        return "data-starved"
+    if device_busy_share is None:
+        return "unknown"
+    if device_busy_share >= DEVICE_BOUND_BUSY_SHARE:
+        return "device-bound"
+    return "host-bound"
+
+
+def throughput(batch_records: pd.DataFrame, *, wall_s: float, warmup_batches: int = 3,
+               flops_per_token: float | None = None, peak_flops: float | None = None) -> dict:
+    """Overall and steady-state (warm-up batches excluded) figures for one rank's batches."""
+    df = batch_records
+    n = len(df)
+    out = {"batches": n, "sequences": int(df["sequences"].sum()) if n else 0,
+           "real_tokens": int(df["real_tokens"].sum()) if n else 0, "wall_s": wall_s}
+    out["seq_per_s"] = out["sequences"] / wall_s if wall_s > 0 else None
+    out["tok_per_s"] = out["real_tokens"] / wall_s if wall_s > 0 else None
+    warm = min(warmup_batches, max(n - 1, 0))
+    steady = df.iloc[warm:]
+    steady_start = float(steady["t_arrive_s"].iloc[0] - steady["loader_wait_s"].iloc[0]) if len(steady) else 0.0
+    steady_wall = wall_s - steady_start
+    out["warmup_batches"] = warm
+    out["steady_wall_s"] = steady_wall
+    if len(steady) and steady_wall > 0:
+        out["steady_seq_per_s"] = float(steady["sequences"].sum()) / steady_wall
+        out["steady_tok_per_s"] = float(steady["real_tokens"].sum()) / steady_wall
+        device = steady["device_s"].dropna()
+        out["device_busy_fraction"] = float(device.sum()) / steady_wall if len(device) else None
+        out["loader_wait_fraction"] = float(steady["loader_wait_s"].sum()) / steady_wall
+    else:
+        out.update(steady_seq_per_s=None, steady_tok_per_s=None, device_busy_fraction=None, loader_wait_fraction=None)
+    if n:
+        out["packing_efficiency"] = float(df["real_tokens"].sum()) / float(df["budget_tokens"].sum())
+        out["padding_waste"] = float((df["slot_tokens"] - df["real_tokens"]).sum()) / float(df["slot_tokens"].sum())
+    else:
+        out["packing_efficiency"] = out["padding_waste"] = None
+    out["loader_wait_s"] = _percentiles(df["loader_wait_s"]) if n else _percentiles(pd.Series(dtype=float))
+    out["device_s"] = _percentiles(df["device_s"]) if n else _percentiles(pd.Series(dtype=float))
+    if flops_per_token and peak_flops and out.get("steady_tok_per_s"):
+        out["mfu"] = out["steady_tok_per_s"] * flops_per_token / peak_flops
+    else:
+        out["mfu"] = None
+    return out
+
+
+def checkpoint_overhead(records: pd.DataFrame, wall_s: float) -> dict:
+    if records.empty or "checkpoint" not in set(records["kind"]):
+        return {"count": 0, "write_s_total": 0.0, "share_of_wall": 0.0, "bytes": 0}
+    ck = records[records["kind"] == "checkpoint"]
+    total = float(ck["write_s"].sum())
+    return {"count": int(len(ck)), "write_s_total": total, "write_s_max": float(ck["write_s"].max()),
+            "share_of_wall": total / wall_s if wall_s > 0 else None, "bytes": int(ck["bytes"].sum())}
+
+
+def stage_seconds(records: pd.DataFrame) -> dict:
+    if records.empty or "stage" not in set(records["kind"]):
+        return {}
+    st = records[records["kind"] == "stage"]
+    return {str(k): float(v) for k, v in st.groupby("stage")["seconds"].sum().items()}

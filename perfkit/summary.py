@@ -1,0 +1,115 @@
+"""The run's `summary.json`: throughput, packing, loader, device, GPU samples, stages, config, env.
+
+Multi-process runs: every rank's figures are kept, and throughput is *summed*
+over ranks (never averaged); imbalance = slowest rank's wall time / mean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from perfkit import aggregate
+from perfkit.errors import UserError
+from perfkit.telemetry import jsonable
+
+SUMMARY_SCHEMA = "perfkit.summary/1"
+
+
+def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict, wall_s: dict | float,
+                      stage: str, warmup_batches: int = 3, flops_per_token: float | None = None,
+                      peak_flops: float | None = None, gpu: dict | None = None, window_s: float = 10.0,
+                      extra: dict | None = None) -> dict:
+    """`wall_s`: one number, or {rank: seconds} for multi-process runs."""
+    batch_records = aggregate.batches(records, stage)
+    ranks = sorted(batch_records["rank"].unique().tolist()) if not batch_records.empty else [0]
+    walls = wall_s if isinstance(wall_s, dict) else {r: float(wall_s) for r in ranks}
+    per_rank = {}
+    for rank in ranks:
+        mine = batch_records[batch_records["rank"] == rank] if not batch_records.empty else batch_records
+        per_rank[int(rank)] = aggregate.throughput(mine, wall_s=walls[rank], warmup_batches=warmup_batches,
+                                                   flops_per_token=flops_per_token, peak_flops=peak_flops)
+    summed = _summed(per_rank, batch_records)
+    run_wall = max(walls.values())
+    window_table = aggregate.windows(batch_records, window_s) if not batch_records.empty else pd.DataFrame()
+    summary = {
+        "schema": SUMMARY_SCHEMA,
+        "stage": stage,
+        "throughput": summed,
+        "per_rank": per_rank,
+        "packing": {"efficiency": summed["packing_efficiency"], "padding_waste": summed["padding_waste"],
+                    "definition": "sum(real tokens) / (batches x token budget); padding waste = padding slots / all slots"},
+        "loader_wait_s": per_rank[ranks[0]]["loader_wait_s"] if len(ranks) == 1 else {r: v["loader_wait_s"] for r, v in per_rank.items()},
+        "device_busy_fraction": summed["device_busy_fraction"],
+        "mfu": summed["mfu"],
+        "flops_per_token": flops_per_token,
+        "peak_flops": peak_flops,
+        "windows": window_table.to_dict(orient="records"),
+        "bottleneck": _bottleneck(window_table),
+        "checkpoint": aggregate.checkpoint_overhead(records, run_wall),
+        "stages_s": aggregate.stage_seconds(records),
+        "gpu": gpu or {},
+        "config": config,
+        "environment": environment,
+    }
+    if extra:
+        summary.update(extra)
+    return jsonable(summary)
+
+
+def _summed(per_rank: dict, batch_records: pd.DataFrame) -> dict:
+    figures = list(per_rank.values())
+    walls = [f["wall_s"] for f in figures]
+    def total(key):
+        values = [f[key] for f in figures if f.get(key) is not None]
+        return sum(values) if values else None
+    def mean(key):
+        values = [f[key] for f in figures if f.get(key) is not None]
+        return sum(values) / len(values) if values else None
+    out = {
+        "ranks": len(figures),
+        "sequences": total("sequences"), "real_tokens": total("real_tokens"), "batches": total("batches"),
+        "wall_s": max(walls),
+        # the run is done when its slowest rank is: overall figures use that wall time
+        "seq_per_s": total("sequences") / max(walls) if max(walls) > 0 else None,
+        "tok_per_s": total("real_tokens") / max(walls) if max(walls) > 0 else None,
+        "steady_seq_per_s": total("steady_seq_per_s"), "steady_tok_per_s": total("steady_tok_per_s"),
+        "device_busy_fraction": mean("device_busy_fraction"),
+        "loader_wait_fraction": mean("loader_wait_fraction"),
+        "mfu": mean("mfu"),
+        "rank_imbalance": max(walls) / (sum(walls) / len(walls)) if sum(walls) > 0 else None,
+    }
+    if not batch_records.empty:
+        real = float(batch_records["real_tokens"].sum())
+        out["packing_efficiency"] = real / float(batch_records["budget_tokens"].sum())
+        slots = float(batch_records["slot_tokens"].sum())
+        out["padding_waste"] = (slots - real) / slots if slots else 0.0
+    else:
+        out["packing_efficiency"] = out["padding_waste"] = None
+    return out
+
+
+def _bottleneck(window_table: pd.DataFrame) -> dict:
+    if window_table.empty:
+        return {"verdict": "unknown", "windows": {}}
+    counts = window_table["verdict"].value_counts().to_dict()
+    return {"verdict": max(counts, key=counts.get), "windows": {str(k): int(v) for k, v in counts.items()},
+            "rule": f"data-starved if loader wait > {aggregate.STARVED_WAIT_SHARE:.0%} of a window; "
+                    f"device-bound if device busy >= {aggregate.DEVICE_BOUND_BUSY_SHARE:.0%}; else host-bound"}
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write JSON atomically (temp file then rename): a reader never sees half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(jsonable(obj), f, indent=1)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}", "choose a writable output folder") from err
+    return path

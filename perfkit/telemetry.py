@@ -1,0 +1,171 @@
+"""Per-batch telemetry: a versioned record schema and a background JSONL writer.
+
+One line per event; `pandas.read_json(path, lines=True)` reads the file directly.
+The hot path only appends to a queue: a thread does the JSON encoding and disk writes.
+Device times come from `perfkit.busy` spans and are resolved lazily: a batch record
+waits in a small pending queue until its span is done (checked without syncing).
+
+Schema `perfkit.batch/1` (kind = "batch"):
+  run_id, rank, stage          which run, which process, which pipeline stage
+  batch                        0-based batch index within (run, rank, stage)
+  t_arrive_s                   seconds since run start when the batch reached the consumer
+  loader_wait_s                time the consumer was blocked in next() for this batch
+  queue_depth                  batches ready in the loader's queue after next() (null if unknown)
+  host_s                       host time from arrival until the step returned (launch + Python)
+  device_s                     device-busy time of the batch (CUDA events; host clock on CPU)
+  sequences, real_tokens       work in the batch
+  slot_tokens                  token slots computed (real + padding)
+  budget_tokens                the batch token budget (packing denominator)
+  packing_efficiency           real_tokens / budget_tokens
+  padding_waste                (slot_tokens - real_tokens) / slot_tokens
+Kind "checkpoint": run_id, rank, t_s, sequences_done, write_s, bytes, path.
+Kind "stage": run_id, rank, stage, start_s, end_s, seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from perfkit.errors import UserError
+
+SCHEMA = "perfkit.batch/1"
+
+BATCH_FIELDS = (
+    "schema", "kind", "run_id", "rank", "stage", "batch", "t_arrive_s", "loader_wait_s", "queue_depth",
+    "host_s", "device_s", "sequences", "real_tokens", "slot_tokens", "budget_tokens",
+    "packing_efficiency", "padding_waste",
+)
+
+
+def jsonable(value):
+    """Plain Python types only (numpy scalars, tensors and NaN handled)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    elif hasattr(value, "tolist"):
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class JsonlWriter:
+    """Appends dicts as JSON lines from a background thread."""
+
+    def __init__(self, path: str | Path, flush_every_s: float = 1.0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"cannot write telemetry to {self.path}: {err.strerror}", "choose a writable output folder") from err
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._flush_every_s = flush_every_s
+        self.lines = 0
+        self._thread = threading.Thread(target=self._run, name="perfkit-telemetry", daemon=True)
+        self._thread.start()
+
+    def write(self, record: dict) -> None:
+        self._queue.put(record)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            record = self._queue.get()
+            if record is None:
+                break
+            self._file.write(json.dumps(jsonable(record), separators=(",", ":")) + "\n")
+            self.lines += 1
+            if time.monotonic() - last_flush > self._flush_every_s:
+                self._file.flush()
+                last_flush = time.monotonic()
+        self._file.flush()
+
+
+class Telemetry:
+    """The run's recorder: batch records, checkpoints, stages -> `telemetry.jsonl`."""
+
+    def __init__(self, path: str | Path, run_id: str = "run", rank: int = 0, clock_start: float | None = None):
+        self.run_id, self.rank = run_id, rank
+        self.t0 = time.perf_counter() if clock_start is None else clock_start
+        self.writer = JsonlWriter(path)
+        self._pending: deque = deque()
+        self._batch_index: dict[str, int] = {}
+        self.stages: dict[str, float] = {}
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def batch(self, *, stage: str, t_arrive_s: float, loader_wait_s: float, host_s: float, span=None,
+              sequences: int, real_tokens: int, slot_tokens: int, budget_tokens: int,
+              queue_depth: int | None = None) -> None:
+        index = self._batch_index.get(stage, 0)
+        self._batch_index[stage] = index + 1
+        record = {
+            "schema": SCHEMA, "kind": "batch", "run_id": self.run_id, "rank": self.rank, "stage": stage,
+            "batch": index, "t_arrive_s": t_arrive_s, "loader_wait_s": loader_wait_s,
+            "queue_depth": queue_depth, "host_s": host_s, "device_s": None,
+            "sequences": int(sequences), "real_tokens": int(real_tokens), "slot_tokens": int(slot_tokens),
+            "budget_tokens": int(budget_tokens),
+            "packing_efficiency": real_tokens / budget_tokens if budget_tokens else None,
+            "padding_waste": (slot_tokens - real_tokens) / slot_tokens if slot_tokens else 0.0,
+        }
+        self._pending.append((record, span))
+        self._emit_resolved()
+
+    def _emit_resolved(self, wait: bool = False) -> None:
+        while self._pending:
+            record, span = self._pending[0]
+            seconds = None
+            if span is not None:
+                seconds = span.wait() if wait else span.seconds
+                if seconds is None:
+                    return  # device still busy with it: try again later, no sync
+            record["device_s"] = seconds
+            self.writer.write(record)
+            self._pending.popleft()
+
+    def checkpoint(self, *, sequences_done: int, write_s: float, nbytes: int, path: str) -> None:
+        self.writer.write({"schema": SCHEMA, "kind": "checkpoint", "run_id": self.run_id, "rank": self.rank,
+                           "t_s": self.now(), "sequences_done": sequences_done, "write_s": write_s,
+                           "bytes": nbytes, "path": os.fspath(path)})
+
+    def stage(self, name: str):
+        return _StageTimer(self, name)
+
+    def close(self) -> None:
+        self._emit_resolved(wait=True)
+        self.writer.close()
+
+
+class _StageTimer:
+    def __init__(self, telemetry: Telemetry, name: str):
+        self.telemetry, self.name = telemetry, name
+
+    def __enter__(self):
+        self.start = self.telemetry.now()
+        return self
+
+    def __exit__(self, *exc):
+        end = self.telemetry.now()
+        tel = self.telemetry
+        tel.stages[self.name] = tel.stages.get(self.name, 0.0) + end - self.start
+        tel.writer.write({"schema": SCHEMA, "kind": "stage", "run_id": tel.run_id, "rank": tel.rank,
+                          "stage": self.name, "start_s": self.start, "end_s": end, "seconds": end - self.start})
+        return False

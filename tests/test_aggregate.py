@@ -1,0 +1,53 @@
+import pandas as pd
+import pytest
+
+from perfkit import aggregate
+from perfkit.summary import build_run_summary, write_json
+
+
+def _records(rank=0, n=10, wait=0.0, device=0.9, seq=100, tok=1000, budget=1000, slot=None):
+    return pd.DataFrame([{
+        "kind": "batch", "rank": rank, "stage": "embed", "batch": i, "t_arrive_s": float(i) + wait,
+        "loader_wait_s": wait, "host_s": 0.01, "device_s": device, "sequences": seq, "real_tokens": tok,
+        "slot_tokens": slot or tok, "budget_tokens": budget, "queue_depth": None} for i in range(n)])
+
+
+def test_throughput_overall_and_steady_state():
+    df = _records(n=10)
+    fig = aggregate.throughput(df, wall_s=10.0, warmup_batches=2, flops_per_token=2.0, peak_flops=4000.0)
+    assert fig["seq_per_s"] == pytest.approx(100.0)
+    assert fig["steady_wall_s"] == pytest.approx(8.0)  # batches 2..9 arrive from t=2 to the end at 10
+    assert fig["steady_tok_per_s"] == pytest.approx(8000 / 8.0)
+    assert fig["device_busy_fraction"] == pytest.approx(0.9 * 8 / 8.0)
+    assert fig["mfu"] == pytest.approx(1000 * 2.0 / 4000.0)
+    assert fig["packing_efficiency"] == 1.0
+
+
+def test_packing_uses_the_real_budget_as_denominator():
+    df = _records(n=4, tok=14_664, budget=16_384, slot=14_664)
+    fig = aggregate.throughput(df, wall_s=4.0)
+    assert fig["packing_efficiency"] == pytest.approx(14_664 / 16_384)  # 0.895, not "358 %"
+    assert fig["padding_waste"] == 0.0
+
+
+def test_window_verdicts():
+    assert aggregate.verdict(0.2, 0.95) == "data-starved"
+    assert aggregate.verdict(0.01, 0.95) == "device-bound"
+    assert aggregate.verdict(0.01, 0.5) == "host-bound"
+    starved = _records(n=4, wait=0.5, device=0.4)
+    w = aggregate.windows(starved, window_s=2.0)
+    assert set(w["verdict"]) == {"data-starved"}
+    assert w["loader_wait_share"].iloc[0] == pytest.approx(0.5)
+
+
+def test_summary_sums_ranks_and_reports_imbalance(tmp_path):
+    df = pd.concat([_records(rank=0, n=10), _records(rank=1, n=10)])
+    s = build_run_summary(df, config={"x": 1}, environment={"torch": "t"}, wall_s={0: 10.0, 1: 12.0}, stage="embed",
+                          warmup_batches=0)
+    assert s["throughput"]["ranks"] == 2
+    assert s["throughput"]["sequences"] == 2000
+    assert s["throughput"]["steady_seq_per_s"] == pytest.approx(1000 / 10.0 + 1000 / 12.0)
+    assert s["throughput"]["rank_imbalance"] == pytest.approx(12.0 / 11.0)
+    assert s["per_rank"]["1"]["wall_s"] == 12.0  # JSON keys are strings
+    path = write_json(tmp_path / "summary.json", s)
+    assert path.read_text().startswith("{")
