@@ -1,0 +1,151 @@
+"""`perfkit` command line. Every user-fixable problem ends as one `error: ...` line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from perfkit.errors import UserError
+
+
+def _embed(args) -> int:
+    from perfkit.params import load_params
+    from perfkit.workload.config import make_config
+    from perfkit.workload.runner import run_embed
+
+    values = load_params(args.params).get("embed", {}) if args.params else {}
+    flags = {
+        "model": args.model, "weights": args.weights, "mode": args.mode, "precision": args.precision,
+        "token_budget": args.token_budget, "resume": args.resume or None, "device": args.device,
+        "num_workers": args.num_workers, "prefetch_factor": args.prefetch_factor, "buffer_size": args.buffer_size,
+        "layout": args.layout, "checkpoint_every_sequences": args.checkpoint_every,
+        "checkpoint_every_seconds": args.checkpoint_seconds, "max_reads": args.max_reads,
+        "max_seconds": args.max_seconds, "seed": args.seed, "chunk_bp": args.chunk_bp,
+        "copy_stream": False if args.no_copy_stream else None, "progress": False if args.no_progress else None,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    cfg = make_config(input=args.input, out_dir=args.out, **values)
+    summary = run_embed(cfg)
+    t = summary["throughput"]
+    run = summary["run"]
+    print(f"{cfg.mode} {cfg.model} {cfg.precision} on {run['device']}: {t['sequences']} sequences, "
+          f"{t['seq_per_s']:.1f} seq/s, {t['tok_per_s']:.0f} tok/s, packing {summary['packing']['efficiency']:.1%}"
+          + ("" if run["capped"] else f" -> {run['output']['path']}"))
+    return 0
+
+
+def _synth(args) -> int:
+    from perfkit.workload.synth import write_synthetic_fasta
+
+    stats = write_synthetic_fasta(args.out, args.n, profile=args.profile, seed=args.seed)
+    print(json.dumps(stats, indent=1))
+    return 0
+
+
+def _profile(args) -> int:
+    from perfkit.summary import write_json
+    from perfkit.workload.synth import profile_fasta
+
+    write_json(args.out, profile_fasta(args.input))
+    print(f"profile of {args.input} -> {args.out}")
+    return 0
+
+
+def _env(args) -> int:
+    from perfkit.environment import environment
+
+    print(json.dumps(environment(), indent=1))
+    return 0
+
+
+def _wheelhouse(args) -> int:
+    from perfkit.wheelhouse import build_wheelhouse
+
+    build_wheelhouse(Path(args.out), python_version=args.python, platforms=args.platform or None)
+    return 0
+
+
+def _suite(args) -> int:
+    from perfkit.suite import run_suite
+
+    return run_suite(Path(args.params), Path(args.out), only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perfkit", description="Measure, validate and tune a GPU batch-embedding pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    e = sub.add_parser("embed", help="embed a FASTA: six-frame translation -> ESM-2 (v2 packed or v1 fair-esm)")
+    e.add_argument("input", type=Path, help="FASTA file (plain or .gz)")
+    e.add_argument("-o", "--out", type=Path, required=True, help="output folder (embeddings.h5, telemetry.jsonl, summary.json)")
+    e.add_argument("--params", type=Path, help="YAML params file; its `embed:` section sets defaults, flags win")
+    e.add_argument("--model", help="esm2_t6_8M ... esm2_t36_3B ... esm2_t48_15B")
+    e.add_argument("--weights", type=Path, help="fair-esm .pt checkpoint or HuggingFace folder (default: seeded random)")
+    e.add_argument("--mode", choices=["v2", "v1"])
+    e.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    e.add_argument("--layout", choices=["packed", "padded"], help="v2 batching: packed varlen (default) or padded SDPA")
+    e.add_argument("--token-budget", type=int)
+    e.add_argument("--buffer-size", type=int, help="sequences per packing buffer")
+    e.add_argument("--num-workers", type=int)
+    e.add_argument("--prefetch-factor", type=int)
+    e.add_argument("--no-copy-stream", action="store_true", help="copy inputs on the compute stream (no overlap)")
+    e.add_argument("--checkpoint-every", type=int, help="checkpoint every N sequences")
+    e.add_argument("--checkpoint-seconds", type=float, help="checkpoint at least every S seconds")
+    e.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
+    e.add_argument("--max-reads", type=int, help="embed only the first N reads")
+    e.add_argument("--max-seconds", type=float, help="stop after S seconds (benchmark: no embeddings.h5)")
+    e.add_argument("--chunk-bp", type=int, choices=[300, 500], help="chunk reads/contigs first, as the seed does")
+    e.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    e.add_argument("--seed", type=int)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_embed)
+
+    d = sub.add_parser("data", help="synthetic samples and sample profiles")
+    dsub = d.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    s = dsub.add_parser("synth", help="write a reproducible ORF-rich viral-like FASTA")
+    s.add_argument("-n", type=int, required=True, help="number of reads")
+    s.add_argument("--profile", default="reads150", help="reads150 | reads300 | contigs | PROFILE.json")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", type=Path, required=True)
+    s.set_defaults(func=_synth)
+    p = dsub.add_parser("profile", help="record a real sample's length and frame statistics (no sequences)")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.set_defaults(func=_profile)
+
+    su = sub.add_parser("suite", help="run the notebook suite (01-06) with papermill into a run folder")
+    su.add_argument("--params", required=True, help="params YAML, e.g. params/smoke.yaml")
+    su.add_argument("--out", required=True, help="run folder, e.g. outputs/smoke")
+    su.add_argument("--only", nargs="*", help="run only these notebooks (stems), then the summary")
+    su.set_defaults(func=_suite)
+
+    w = sub.add_parser("wheelhouse", help="download wheels of every runtime dependency (not torch) for an offline GPU node")
+    w.add_argument("--out", default="wheelhouse")
+    w.add_argument("--python", default="3.12", help="target Python version")
+    w.add_argument("--platform", action="append", help="pip platform tag (repeatable); default manylinux x86_64 tags")
+    w.set_defaults(func=_wheelhouse)
+
+    v = sub.add_parser("env", help="print the environment a run would record (GPUs, driver, torch, commit)")
+    v.set_defaults(func=_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(err.one_line(), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

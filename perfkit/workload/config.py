@@ -1,0 +1,75 @@
+"""Every knob of an embedding run, validated (unknown or ill-typed keys are errors)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from perfkit.errors import UserError
+
+
+class EmbedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: Path
+    out_dir: Path
+    model: str = "esm2_t6_8M"
+    weights: Optional[Path] = None  # fair-esm .pt or HF folder; None = seeded random init
+    seed: int = 0
+    mode: Literal["v2", "v1"] = "v2"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # v2 batching and input
+    token_budget: int = Field(16384, ge=16)
+    buffer_size: int = Field(4096, ge=1)  # sequences per packing buffer (per worker)
+    layout: Literal["packed", "padded"] = "packed"  # padded = the bf16 SDPA path a user would pick instead
+    num_workers: int = Field(2, ge=0)
+    prefetch_factor: int = Field(4, ge=1)
+    block_reads: int = Field(1024, ge=1)  # reads per worker work unit
+    pin_memory: bool = True
+    copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
+    allocator: Optional[str] = None  # PYTORCH_CUDA_ALLOC_CONF, e.g. "expandable_segments:True"
+    # v1 batching (fair-esm get_batch_indices)
+    v1_toks_per_batch: int = Field(2048, ge=16)
+    v1_file_sequences: int = Field(10_000, ge=1)  # v1 processed files of 10,000 translated sequences
+    # input shaping
+    chunk_bp: Optional[int] = None  # 300 / 500 bp chunking as the seed does; None = reads as they are
+    max_residues: int = Field(1022, ge=1)
+    # checkpointing
+    checkpoint_every_sequences: int = Field(10_000, ge=1)
+    checkpoint_every_seconds: float = Field(300.0, gt=0)
+    resume: bool = False
+    # caps
+    max_reads: Optional[int] = Field(None, ge=1)
+    max_seconds: Optional[float] = Field(None, gt=0)  # a time-capped run is a benchmark: no embeddings.h5
+    # measurement
+    sample_interval_s: float = Field(1.0, gt=0)
+    warmup_batches: int = Field(3, ge=0)
+    window_s: float = Field(10.0, gt=0)
+    peak_tflops: Optional[float] = None  # measured matmul peak for MFU; None = measure on CUDA
+    progress: bool = True
+    verify_samples: int = Field(4, ge=0)  # sequences recomputed alone at the end to check id <-> vector alignment
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name):
+        from perfkit.workload.esm2 import CONFIGS
+
+        if name not in CONFIGS:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(CONFIGS)}")
+        return name
+
+    def result_fields(self) -> dict:
+        """The settings that change the numbers: a resumed run must match them."""
+        return self.model_dump(mode="json", include={"model", "weights", "seed", "mode", "precision", "chunk_bp",
+                                                      "max_residues", "max_reads", "layout"})
+
+
+def make_config(**values) -> EmbedConfig:
+    try:
+        return EmbedConfig(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise UserError(f"bad setting {where}: {first['msg']}", "fix that key (see params/README.md)") from None

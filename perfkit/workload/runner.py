@@ -1,0 +1,400 @@
+"""Embedding runs: v2 (packed, async, mixed precision) and v1 (fair-esm as VirNucPro v1.0 ran it).
+
+Both write OUTDIR/embeddings.h5 (ids + float32 vectors in translated input order),
+OUTDIR/telemetry.jsonl and OUTDIR/summary.json, and both emit the same telemetry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from contextlib import nullcontext
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from perfkit import aggregate
+from perfkit.busy import DeviceBusyTimer
+from perfkit.environment import environment
+from perfkit.errors import UserError
+from perfkit.loader import InstrumentedLoader
+from perfkit.progress import LiveProgress
+from perfkit.sampler import GpuSampler
+from perfkit.summary import build_run_summary, write_json
+from perfkit.telemetry import Telemetry
+from perfkit.workload import esm2, store
+from perfkit.workload.config import EmbedConfig
+from perfkit.workload.data import PackedFrames, Shard
+from perfkit.workload.translate import FRAMES
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+STAGE = "protein_embedding"
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu")
+    return device
+
+
+def measure_peak_tflops(device: torch.device, dtype=torch.bfloat16, size: int = 8192, repeats: int = 10) -> float:
+    """bf16 matmul rate measured now, on this device: the MFU denominator."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / repeats
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * size**3 / seconds / 1e12
+
+
+def prepare_out_dir(cfg: EmbedConfig) -> None:
+    out = cfg.out_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output folder {out} is not writable ({err.strerror})", "choose a writable --out folder") from None
+    config_path = out / "run_config.json"
+    earlier = (out / "checkpoints").exists() and any((out / "checkpoints").glob("shard-*"))
+    if not cfg.resume:
+        if earlier or (out / "embeddings.h5").exists():
+            raise UserError(f"{out} already holds results of a run", "pass --resume to continue it, or choose an empty --out folder")
+        for name in ("embeddings.h5", "summary.json", "telemetry.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    elif config_path.exists():
+        before = json.loads(config_path.read_text()).get("result_fields")
+        if before is not None and before != cfg.result_fields():
+            changed = sorted(k for k in before if before[k] != cfg.result_fields().get(k))
+            raise UserError(f"--resume with settings that change results ({', '.join(changed)}) differ from the run in {out}",
+                            "resume with the same settings or use a new --out folder")
+    if cfg.resume:
+        (out / "embeddings.h5").unlink(missing_ok=True)  # rebuilt from the shards at the end
+    write_json(config_path, {"config": cfg.model_dump(mode="json"), "result_fields": cfg.result_fields()})
+
+
+class Run:
+    """What both runners share: device, telemetry, sampler, progress, checkpoint store."""
+
+    def __init__(self, cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        if cfg.allocator:
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", cfg.allocator)
+        self.device = pick_device(cfg.device, local_rank)
+        self.dtype = DTYPES[cfg.precision]
+        if self.device.type == "cpu" and cfg.precision != "fp32":
+            log.warning("precision %s on CPU is slow and not what the GPU runs; use fp32 on CPU", cfg.precision)
+        self.t0 = time.perf_counter()
+        suffix = "" if world == 1 else f".rank{rank}"
+        self.telemetry = Telemetry(cfg.out_dir / f"telemetry{suffix}.jsonl", run_id=cfg.out_dir.name, rank=rank,
+                                   clock_start=self.t0)
+        self.sampler = GpuSampler(interval_s=cfg.sample_interval_s,
+                                  cuda_index=(self.device.index or 0) if self.device.type == "cuda" else 0,
+                                  tag=f"rank{rank}")
+        self.busy = DeviceBusyTimer(self.device)
+        self.store = store.CheckpointStore(cfg.out_dir, rank=rank, every_sequences=cfg.checkpoint_every_sequences,
+                                           every_seconds=cfg.checkpoint_every_seconds, telemetry=self.telemetry)
+        self.frames_translated = 0
+        self.verify_pool: list[tuple[int, np.ndarray]] = []  # (key, tokens) of a few sequences, recomputed at the end
+
+    def keep_for_verification(self, keys: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, batch_index: int):
+        if len(self.verify_pool) < self.cfg.verify_samples and batch_index % 7 == 0 and len(keys):
+            self.verify_pool.append((int(keys[0]), tokens[: int(lengths[0])].copy()))
+
+
+def run_embed(cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0, done_keys=None) -> dict:
+    """Run v1 or v2 as configured; returns the summary (also written to summary.json)."""
+    if not cfg.input.exists():
+        raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
+    pick_device(cfg.device, local_rank)  # a missing GPU is reported before anything is written
+    if rank == 0:
+        prepare_out_dir(cfg)
+    if done_keys is None:
+        done_keys = store.completed_keys(cfg.out_dir) if cfg.resume else np.empty(0, np.int64)
+    run = Run(cfg, rank, world, local_rank)
+    peak = None
+    if run.device.type == "cuda":
+        peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_tflops(run.device) * 1e12
+    with run.telemetry.stage("model_load"):
+        if cfg.mode == "v2":
+            model, weights_info = esm2.build_model(cfg.model, cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
+        else:
+            model, weights_info = build_fairesm_model(cfg, run.device)
+    run.sampler.start()
+    progress = LiveProgress(desc=f"{cfg.mode} {cfg.model} rank{rank}", disable=not cfg.progress)
+    loop_start = run.telemetry.now()
+    try:
+        with run.telemetry.stage(STAGE):
+            if cfg.mode == "v2":
+                capped = _loop_v2(run, model, done_keys, progress)
+            else:
+                capped = _loop_v1(run, model, done_keys, progress)
+        wall = run.telemetry.now() - loop_start
+    finally:
+        progress.close()
+        run.sampler.stop()
+        run.store.close()
+        run.telemetry.close()
+    attention = dict(getattr(model, "attention_calls", {})) or {"fair-esm": "MultiheadAttention (padded)"}
+    return _finish(run, model, cfg, wall, capped, peak, weights_info, attention)
+
+
+def _finish(run: Run, model, cfg: EmbedConfig, wall: float, capped: bool, peak, weights_info, attention) -> dict:
+    records = aggregate.read_telemetry(run.telemetry.writer.path)
+    flops = esm2.flops_per_token(esm2.get_config(cfg.model))
+    result = {"capped": capped, "frames_translated": run.frames_translated, "weights": weights_info,
+              "attention_path": attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
+              "device": str(run.device)}
+    if run.world == 1 and not capped:
+        assemble_start = time.perf_counter()
+        result["output"] = store.assemble(cfg.out_dir, expected_count=run.frames_translated, frame_names=FRAMES,
+                                              attrs={"model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
+                                                     "weights": json.dumps(weights_info)})
+        result["output"]["assemble_s"] = time.perf_counter() - assemble_start
+        result["alignment_check"] = verify_alignment(run, model, cfg)
+    summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(), wall_s=wall,
+                                stage=STAGE, warmup_batches=cfg.warmup_batches, flops_per_token=flops,
+                                peak_flops=peak, gpu=run.sampler.summary(), window_s=cfg.window_s, extra={"run": result})
+    suffix = "" if run.world == 1 else f".rank{run.rank}"
+    write_json(cfg.out_dir / f"summary{suffix}.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------- v2
+
+def _loop_v2(run: Run, model, done_keys, progress) -> bool:
+    cfg, device = run.cfg, run.device
+    cuda = device.type == "cuda"
+    dataset = PackedFrames(cfg.input, token_budget=cfg.token_budget, buffer_size=cfg.buffer_size, layout=cfg.layout,
+                           block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
+                           max_residues=cfg.max_residues, done_keys=done_keys, shard=Shard(run.rank, run.world))
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
+                        prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
+                        pin_memory=cfg.pin_memory and cuda, persistent_workers=False)
+    forward = model.forward_packed if cfg.layout == "packed" else model.forward_padded
+    copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
+    compute_stream = torch.cuda.current_stream(device) if cuda else None
+    in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
+    iloader = InstrumentedLoader(loader, clock_start=run.t0)
+    deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
+    capped = False
+    batch_index = 0
+    autocast = torch.autocast(device.type, dtype=run.dtype) if cuda and run.dtype != torch.float32 else nullcontext()
+    for batch in iloader:
+        arrival = iloader.last
+        run.frames_translated += batch["frames_translated"]
+        if batch["sequences"] == 0:
+            continue
+        host_start = time.perf_counter()
+        keys, ids = batch["keys"].numpy(), batch["ids"]
+        run.keep_for_verification(keys, batch["tokens"].numpy().ravel(), batch["lengths"].numpy(), batch_index)
+        inputs = _to_device(batch, device, copy_stream, compute_stream, cfg.layout)
+        with run.busy.measure() as span, autocast:
+            pooled = forward(**inputs)
+            vectors = _to_host(pooled, cuda)
+        in_flight.append((_event(cuda), vectors, keys, ids))
+        _drain(run, in_flight, wait=False)
+        run.telemetry.batch(stage=STAGE, t_arrive_s=arrival.t_arrive_s, loader_wait_s=arrival.wait_s,
+                            host_s=time.perf_counter() - host_start, span=span, sequences=batch["sequences"],
+                            real_tokens=batch["real_tokens"], slot_tokens=batch["slot_tokens"],
+                            budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth)
+        progress.update(batch["sequences"], batch["real_tokens"], batch["budget_tokens"])
+        if batch_index % 20 == 0:
+            last = run.sampler.samples()[-1:]
+            progress.set_gpu_util(last[0].get("gpu_utilization_percent") if last else None)
+        batch_index += 1
+        if deadline and time.perf_counter() > deadline:
+            capped = True
+            break
+    _drain(run, in_flight, wait=True)
+    return capped
+
+
+def _to_device(batch: dict, device, copy_stream, compute_stream, layout: str) -> dict:
+    names = ("tokens", "positions", "cu_seqlens", "seq_index", "pool_weight") if layout == "packed" else ("tokens",)
+    if device.type != "cuda":
+        out = {n: batch[n] for n in names}
+    else:
+        with torch.cuda.stream(copy_stream) if copy_stream is not None else nullcontext():
+            out = {n: batch[n].to(device, non_blocking=True) for n in names}
+        if copy_stream is not None:
+            compute_stream.wait_stream(copy_stream)
+            for t in out.values():
+                t.record_stream(compute_stream)  # memory made on the copy stream is used on the compute stream
+    if layout == "packed":
+        out["max_seqlen"] = batch["max_seqlen"]
+        out["tokens"] = out["tokens"].long()
+    else:
+        out["tokens"] = out["tokens"].long()
+    return out
+
+
+def _to_host(pooled: torch.Tensor, cuda: bool) -> torch.Tensor:
+    if not cuda:
+        return pooled.float()
+    host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(pooled.float(), non_blocking=True)
+    return host
+
+
+def _event(cuda: bool):
+    if not cuda:
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _drain(run: Run, in_flight: deque, wait: bool) -> None:
+    """Hand finished batches to the checkpoint store without syncing on unfinished ones."""
+    while in_flight:
+        event, vectors, keys, ids = in_flight[0]
+        if event is not None and not event.query():
+            if not wait:
+                return
+            event.synchronize()
+        run.store.add(keys, ids, vectors.numpy().copy())
+        in_flight.popleft()
+
+
+# ---------------------------------------------------------------------------- v1
+
+def build_fairesm_model(cfg: EmbedConfig, device: torch.device):
+    """fair-esm's own ESM2 module: a checkpoint when given, else seeded random init (fair-esm's init)."""
+    import esm
+
+    if cfg.weights is not None:
+        model, _ = esm.pretrained.load_model_and_alphabet_local(str(cfg.weights))
+        info = {"source": "fair-esm", "path": str(cfg.weights)}
+    else:
+        conf = esm2.get_config(cfg.model)
+        torch.manual_seed(cfg.seed)
+        with torch.device(device):
+            model = esm.model.esm2.ESM2(num_layers=conf.num_layers, embed_dim=conf.embed_dim,
+                                        attention_heads=conf.attention_heads,
+                                        alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
+        info = {"source": "random (fair-esm init)", "seed": cfg.seed}
+    model = model.to(device).eval()
+    if cfg.precision == "fp16":
+        model = model.half()
+    elif cfg.precision == "bf16":
+        model = model.to(torch.bfloat16)
+    return model, info
+
+
+def _v1_files(run: Run, done_keys):
+    """v1 translated the input into files of `v1_file_sequences` sequences and embedded file by file."""
+    from perfkit.workload.data import read_blocks, translate_block
+
+    cfg = run.cfg
+    keys_buf, ids_buf, proteins_buf = [], [], []
+    for _, first, records in read_blocks(cfg.input, 1024, cfg.max_reads, cfg.chunk_bp):
+        keys, ids, proteins = translate_block(first, records, cfg.max_residues)
+        run.frames_translated += len(keys)
+        if done_keys.size:
+            keep = ~np.isin(keys, done_keys)
+            keys, ids, proteins = keys[keep], [i for i, k in zip(ids, keep) if k], [p for p, k in zip(proteins, keep) if k]
+        keys_buf.append(keys)
+        ids_buf += ids
+        proteins_buf += proteins
+        if len(ids_buf) >= cfg.v1_file_sequences:
+            yield np.concatenate(keys_buf), ids_buf, proteins_buf
+            keys_buf, ids_buf, proteins_buf = [], [], []
+    if ids_buf:
+        yield np.concatenate(keys_buf), ids_buf, proteins_buf
+
+
+def _loop_v1(run: Run, model, done_keys, progress) -> bool:
+    """fair-esm extract style: get_batch_indices + batch converter, synchronous, one process."""
+    import esm
+
+    cfg, device = run.cfg, run.device
+    cuda = device.type == "cuda"
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    converter = alphabet.get_batch_converter(truncation_seq_length=cfg.max_residues)
+    layer = model.num_layers
+    deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
+    batch_index = 0
+    waited_since = time.perf_counter()
+    for keys, ids, proteins in _v1_files(run, done_keys):
+        dataset = esm.data.FastaBatchedDataset(list(range(len(ids))), proteins)
+        for indices in dataset.get_batch_indices(cfg.v1_toks_per_batch, extra_toks_per_seq=1):
+            labels, strs, toks = converter([dataset[i] for i in indices])
+            arrive = time.perf_counter()
+            host_start = arrive
+            with run.busy.measure() as span, torch.no_grad():
+                out = model(toks.to(device, non_blocking=True), repr_layers=[layer], return_contacts=False)
+                reps = out["representations"][layer]
+                vectors = torch.stack([reps[i, 1 : len(s) + 1].float().mean(0) for i, s in enumerate(strs)]).cpu()
+            picked = keys[labels]
+            run.store.add(picked, [ids[i] for i in labels], vectors.numpy())
+            lengths = np.array([len(s) + 2 for s in strs])
+            real = int(lengths.sum())
+            run.keep_for_verification(picked, toks[0].numpy(), lengths, batch_index)
+            run.telemetry.batch(stage=STAGE, t_arrive_s=arrive - run.t0, loader_wait_s=arrive - waited_since,
+                                host_s=time.perf_counter() - host_start, span=span, sequences=len(strs),
+                                real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch)
+            progress.update(len(strs), real, cfg.v1_toks_per_batch)
+            batch_index += 1
+            waited_since = time.perf_counter()
+            if deadline and time.perf_counter() > deadline:
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------- checks
+
+def verify_alignment(run: Run, model, cfg: EmbedConfig) -> dict:
+    """Recompute a few sequences alone and compare with the rows stored under their keys."""
+    if not run.verify_pool:
+        return {"checked": 0, "passed": True}
+    with h5py.File(cfg.out_dir / "embeddings.h5", "r") as h5:
+        keys = h5["keys"][:]
+        worst = 1.0
+        for key, tokens in run.verify_pool:
+            row = int(np.searchsorted(keys, key))
+            if row >= len(keys) or keys[row] != key:
+                raise RuntimeError(f"alignment check failed: key {key} is missing from embeddings.h5")
+            alone = _embed_one(model, cfg, tokens, run.device).astype(np.float64)
+            stored = h5["embeddings"][row].astype(np.float64)
+            cosine = float(alone @ stored / (np.linalg.norm(alone) * np.linalg.norm(stored)))
+            worst = min(worst, cosine)
+    threshold = 0.9999 if cfg.precision == "fp32" else 0.99
+    if worst < threshold:
+        raise RuntimeError(f"alignment check failed: a stored vector has cosine {worst:.4f} with its sequence recomputed alone")
+    return {"checked": len(run.verify_pool), "min_cosine": worst, "threshold": threshold, "passed": True}
+
+
+def _embed_one(model, cfg: EmbedConfig, tokens: np.ndarray, device) -> np.ndarray:
+    lengths = np.array([len(tokens)], dtype=np.int32)
+    autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.precision])
+                if device.type == "cuda" and cfg.precision != "fp32" else nullcontext())
+    with torch.no_grad(), autocast:
+        if cfg.mode == "v2":
+            inputs = esm2.packed_to_torch(esm2.packed_inputs(tokens, lengths), device)
+            if cfg.layout == "packed":
+                return model.forward_packed(**inputs)[0].float().cpu().numpy()
+            return model.forward_padded(inputs["tokens"][None])[0].float().cpu().numpy()
+        toks = torch.from_numpy(tokens)[None].to(device)
+        reps = model(toks, repr_layers=[model.num_layers])["representations"][model.num_layers]
+        return reps[0, 1:-1].float().mean(0).cpu().numpy()

@@ -1,0 +1,190 @@
+"""Embeddings on disk: checkpoint shards while running, one `embeddings.h5` at the end.
+
+Every shard holds keys, ids and vectors *together* (keys: read index x 6 + frame
+index), so a resumed run can never pair an id with another sequence's vector: the
+original system rebuilt its id list from an unordered set and misaligned them.
+Shards are written by a background thread, temp file then rename; their write time
+goes to telemetry so the checkpoint overhead is measured. A shard that cannot be read
+back (a kill mid-write leaves only a temp file; a corrupt file fails its zip CRC) is
+set aside and its sequences are recomputed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from perfkit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SHARD_GLOB = "shard-*.npz"
+
+
+class CheckpointStore:
+    def __init__(self, out_dir: str | Path, *, rank: int = 0, every_sequences: int = 10_000,
+                 every_seconds: float = 300.0, telemetry=None):
+        self.dir = Path(out_dir) / "checkpoints"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create {self.dir}: {err.strerror}", "choose a writable output folder") from err
+        self.rank = rank
+        self.every_sequences = every_sequences
+        self.every_seconds = every_seconds
+        self.telemetry = telemetry
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_count = 0
+        self._last_write = time.monotonic()
+        self._next_index = 1 + max((_shard_index(p) for p in self.dir.glob(f"shard-r{rank:03d}-*.npz")), default=-1)
+        self.sequences_done = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._writer, name="perfkit-checkpoint", daemon=True)
+        self._thread.start()
+
+    def add(self, keys: np.ndarray, ids: list[str], embeddings: np.ndarray) -> None:
+        self._pending.append((keys, np.asarray(ids), embeddings))
+        self._pending_count += len(keys)
+        self.sequences_done += len(keys)
+        due = self._pending_count >= self.every_sequences or time.monotonic() - self._last_write >= self.every_seconds
+        if due:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self._error:
+            raise self._error
+        if not self._pending:
+            return
+        keys = np.concatenate([p[0] for p in self._pending])
+        ids = np.concatenate([p[1] for p in self._pending])
+        vectors = np.concatenate([p[2] for p in self._pending])
+        path = self.dir / f"shard-r{self.rank:03d}-{self._next_index:06d}.npz"
+        self._next_index += 1
+        self._pending, self._pending_count = [], 0
+        self._last_write = time.monotonic()
+        self._queue.put((path, keys, ids, vectors, self.sequences_done))
+
+    def _writer(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            path, keys, ids, vectors, done = job
+            try:
+                start = time.perf_counter()
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    np.savez(f, keys=keys, ids=ids, embeddings=vectors)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                seconds = time.perf_counter() - start
+                if self.telemetry is not None:
+                    self.telemetry.checkpoint(sequences_done=done, write_s=seconds, nbytes=path.stat().st_size, path=str(path))
+            except BaseException as err:  # surfaced on the next add/close
+                self._error = err
+
+    def close(self) -> None:
+        self._submit()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error:
+            raise UserError(f"writing a checkpoint failed: {self._error}", "check free space and permissions of the output folder")
+
+
+def _shard_index(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        keys, ids, vectors = data["keys"], data["ids"], data["embeddings"]
+    if not (len(keys) == len(ids) == len(vectors)):
+        raise ValueError("keys, ids and embeddings differ in length")
+    return keys, ids, vectors
+
+
+def completed_keys(out_dir: str | Path) -> np.ndarray:
+    """Sorted keys of every readable shard; unreadable shards are renamed *.corrupt (recomputed)."""
+    folder = Path(out_dir) / "checkpoints"
+    found = []
+    for tmp in folder.glob("*.tmp"):
+        tmp.unlink()  # a write that a kill interrupted
+    for path in sorted(folder.glob(SHARD_GLOB)):
+        try:
+            found.append(read_shard(path)[0])
+        except Exception as err:  # zip CRC error, truncation, bad arrays
+            log.warning("checkpoint %s is unreadable (%s): its sequences will be recomputed", path.name, err)
+            path.rename(path.with_suffix(".corrupt"))
+    return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+
+def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str, ...], attrs: dict) -> dict:
+    """Merge shards into `embeddings.h5` in key order (= translated input order), verified.
+
+    Checks: count = expected, keys unique, each id's frame suffix = its key's frame.
+    Writes to a temp file and renames it, with attribute complete=True, only when all hold.
+    """
+    out_dir = Path(out_dir)
+    shards = sorted((out_dir / "checkpoints").glob(SHARD_GLOB))
+    key_parts = [read_shard(p)[0] for p in shards]
+    all_keys = np.concatenate(key_parts) if key_parts else np.empty(0, dtype=np.int64)
+    unique_keys, first_index = np.unique(all_keys, return_index=True)
+    duplicates = len(all_keys) - len(unique_keys)
+    if len(unique_keys) != expected_count:
+        raise RuntimeError(f"count check failed: {expected_count} frames translated, {len(unique_keys)} embedded")
+    keep = np.zeros(len(all_keys), dtype=bool)
+    keep[first_index] = True  # a sequence embedded twice (resume after a config change) is kept once
+    dim = None
+    final = out_dir / "embeddings.h5"
+    tmp = out_dir / "embeddings.h5.tmp"
+    offset = 0
+    with h5py.File(tmp, "w") as h5:
+        ids_ds = embeddings_ds = None
+        for path, keys in zip(shards, key_parts):
+            _, ids, vectors = read_shard(path)
+            mine = keep[offset : offset + len(keys)]
+            offset += len(keys)
+            keys, ids, vectors = keys[mine], ids[mine], vectors[mine]
+            frames = np.array(frame_names)[keys % len(frame_names)]
+            if not np.all(np.char.endswith(ids.astype(str), np.char.add("_", frames))):
+                raise RuntimeError(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
+            if embeddings_ds is None:
+                dim = vectors.shape[1]
+                embeddings_ds = h5.create_dataset("embeddings", (expected_count, dim), dtype="float32")
+                ids_ds = h5.create_dataset("ids", (expected_count,), dtype=h5py.string_dtype("utf-8"))
+                h5.create_dataset("keys", data=unique_keys)
+            order = np.argsort(keys)
+            rows = np.searchsorted(unique_keys, keys[order])
+            embeddings_ds[rows] = vectors[order].astype(np.float32)
+            ids_ds[rows] = ids[order].astype(object)
+        if embeddings_ds is None:
+            h5.create_dataset("embeddings", (0, 0), dtype="float32")
+            h5.create_dataset("ids", (0,), dtype=h5py.string_dtype("utf-8"))
+            h5.create_dataset("keys", data=unique_keys)
+        id_values = h5["ids"][:]
+        if len(set(id_values)) != len(id_values):
+            raise RuntimeError("uniqueness check failed: two rows carry the same id")
+        for k, v in attrs.items():
+            h5.attrs[k] = v
+        h5.attrs["count"] = expected_count
+        h5.attrs["complete"] = True
+    os.replace(tmp, final)
+    return {"path": str(final), "count": expected_count, "dim": dim, "duplicates_dropped": int(duplicates),
+            "shards": len(shards)}
+
+
+def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """ids and vectors of a *complete* embeddings.h5 (refuses an incomplete one)."""
+    with h5py.File(path, "r") as h5:
+        if not h5.attrs.get("complete", False):
+            raise UserError(f"{path} is not marked complete", "rerun the embed command with --resume")
+        ids = [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
+        return ids, h5["embeddings"][:]
