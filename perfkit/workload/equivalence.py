@@ -1,0 +1,181 @@
+"""The correctness gate: our packed ESM-2 against fair-esm's own model, same weights.
+
+fair-esm (fp32, padded, its own batch converter) is the reference; our model runs
+the packed path at the precision and on the device under test. Results are plain
+JSON-serialisable dicts so notebooks can record them as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from perfkit.errors import UserError
+from perfkit.workload import esm2
+
+# precision name -> torch dtype
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# gate thresholds
+FP32_MAX_RELATIVE_ERROR = 1e-4
+HALF_COSINE_HIGH, HALF_SHARE_AT_HIGH = 0.999, 0.999  # >= 99.9 % of rows at cosine >= 0.999
+HALF_COSINE_MIN = 0.99  # and every row at cosine >= 0.99
+# the reference is degenerate if its rows barely differ: spread around the mean row,
+# relative to the row norm, below this
+NONDEGENERATE_MIN_SPREAD = 1e-3
+
+
+def compare_embeddings(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Row-wise agreement of candidate [n, d] with reference [n, d]."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape or ref.ndim != 2:
+        raise ValueError(f"shapes differ or are not 2-D: {ref.shape} vs {cand.shape}")
+    ref_norm = np.linalg.norm(ref, axis=1)
+    cand_norm = np.linalg.norm(cand, axis=1)
+    tiny = np.finfo(np.float64).tiny
+    relative_error = np.linalg.norm(cand - ref, axis=1) / np.maximum(ref_norm, tiny)
+    cosine = (ref * cand).sum(1) / np.maximum(ref_norm * cand_norm, tiny)
+
+    # degenerate reference: (nearly) the same vector for every sequence makes cosine trivially high
+    spread = np.linalg.norm(ref - ref.mean(0), axis=1).mean() / max(ref_norm.mean(), tiny)
+    unit = ref / np.maximum(ref_norm, tiny)[:, None]
+    pairwise = unit @ unit.T
+    off_diagonal = pairwise[~np.eye(len(ref), dtype=bool)]
+    return {
+        "n": int(len(ref)),
+        "max_relative_error": float(relative_error.max()),
+        "p99_relative_error": float(np.percentile(relative_error, 99)),
+        "min_cosine": float(cosine.min()),
+        "share_cosine_ge_0999": float((cosine >= HALF_COSINE_HIGH).mean()),
+        "reference_spread": float(spread),
+        "reference_mean_pairwise_cosine": float(off_diagonal.mean()) if off_diagonal.size else 1.0,
+        "reference_nondegenerate": bool(len(ref) > 1 and spread >= NONDEGENERATE_MIN_SPREAD),
+    }
+
+
+def gate(stats: dict, precision: str) -> dict:
+    """Pass/fail for `stats` (from compare_embeddings) at `precision` ('fp32', 'bf16', 'fp16')."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        thresholds = {"max_relative_error": FP32_MAX_RELATIVE_ERROR}
+        numerics_ok = stats["max_relative_error"] <= FP32_MAX_RELATIVE_ERROR
+    else:
+        thresholds = {
+            "cosine_high": HALF_COSINE_HIGH,
+            "share_at_cosine_high": HALF_SHARE_AT_HIGH,
+            "min_cosine": HALF_COSINE_MIN,
+        }
+        numerics_ok = (
+            stats["share_cosine_ge_0999"] >= HALF_SHARE_AT_HIGH and stats["min_cosine"] >= HALF_COSINE_MIN
+        )
+    return {
+        "passed": bool(numerics_ok and stats["reference_nondegenerate"]),
+        "numerics_ok": bool(numerics_ok),
+        "reference_nondegenerate": bool(stats["reference_nondegenerate"]),
+        "precision": precision,
+        "thresholds": thresholds,
+        "stats": stats,
+    }
+
+
+def default_proteins(n: int = 64, seed: int = 0, min_len: int = 10, max_len: int = 200) -> list[str]:
+    """Seeded random proteins over the 20 amino acids, with a few X (-> a real token) sprinkled in."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWYX"))
+    weights = np.r_[np.full(20, 0.995 / 20), 0.005]
+    return ["".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights)) for _ in range(n)]
+
+
+def batches_by_tokens(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Consecutive index batches whose token counts stay within token_budget (one long sequence may exceed it)."""
+    batches, current, used = [], [], 0
+    for i, length in enumerate(lengths):
+        if current and used + length > token_budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += length
+    return batches + ([current] if current else [])
+
+
+def fairesm_reference(reference_model, alphabet, proteins, device, token_budget) -> np.ndarray:
+    """fair-esm's embeddings: padded fp32 batches, its batch converter, mean over residues 1..len."""
+    converter = alphabet.get_batch_converter()
+    layer = reference_model.num_layers
+    out = []
+    for batch in batches_by_tokens([len(p) + 2 for p in proteins], token_budget):
+        _, _, tokens = converter([(str(i), proteins[i]) for i in batch])
+        with torch.no_grad():
+            reps = reference_model(tokens.to(device), repr_layers=[layer])["representations"][layer]
+        for row, i in enumerate(batch):
+            out.append(reps[row, 1 : len(proteins[i]) + 1].mean(0).float().cpu().numpy())
+    return np.stack(out)
+
+
+def packed_embeddings(model, proteins, device, token_budget) -> np.ndarray:
+    """Our model's embeddings through the packed path, batch by batch."""
+    tokens, lengths = esm2.encode_proteins(proteins)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    out = []
+    for batch in batches_by_tokens(lengths.tolist(), token_budget):
+        lo, hi = starts[batch[0]], starts[batch[-1] + 1]
+        packed = esm2.packed_inputs(tokens[lo:hi], lengths[batch[0] : batch[-1] + 1])
+        out.append(model.forward_packed(**esm2.packed_to_torch(packed, device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_equivalence_gate(
+    model_name: str = "esm2_t6_8M",
+    proteins: list[str] | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    seed: int = 0,
+    token_budget: int = 8192,
+) -> dict:
+    """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights."""
+    import esm  # only the gate needs fair-esm
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
+    config = esm2.get_config(model_name)
+    proteins = default_proteins(seed=seed) if proteins is None else list(proteins)
+
+    # fair-esm's own model with its own seeded default init (global RNG left untouched)
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference_model = esm.model.esm2.ESM2(
+            config.num_layers, config.embed_dim, config.attention_heads, alphabet=alphabet, token_dropout=True
+        ).eval()
+    reference_model.to(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
+    try:
+        reference = fairesm_reference(reference_model, alphabet, proteins, device, token_budget)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    # the same weights in our model, packed path at the precision under test
+    model, _ = esm2.build_model(model_name, device=device, dtype=PRECISIONS[precision])
+    esm2.load_fairesm_state_dict(model, reference_model.state_dict())
+    del reference_model
+    candidate = packed_embeddings(model, proteins, device, token_budget)
+
+    result = gate(compare_embeddings(reference, candidate), precision)
+    result.update(
+        {
+            "model_name": config.name,
+            "device": str(device),
+            "num_proteins": len(proteins),
+            "num_tokens": int(sum(len(p) + 2 for p in proteins)),
+            "seed": seed,
+            "token_budget": token_budget,
+            "attention_calls": dict(model.attention_calls),
+            "attention_path": max(model.attention_calls, key=model.attention_calls.get),
+        }
+    )
+    return result

@@ -1,0 +1,538 @@
+"""ESM-2 in one file: configs, tokeniser, packed inputs, model, weight loading.
+
+Numerics follow fair-esm's `esm.model.esm2.ESM2` (pre-LN transformer, rotary
+q/k, exact GELU, token-dropout rescale, final `emb_layer_norm_after`), but the
+layout is built for throughput: one fused qkv projection, rotary tables made
+once per forward, and a packed (varlen) attention path with no padding.
+
+Inputs come in two shapes:
+  padded  tokens [B, T]   <cls> residues <eos> <pad>...
+  packed  tokens [N]      sequences back to back, each <cls> residues <eos>,
+                          described by cu_seqlens [B+1] (FlashAttention style).
+Both return the mean over residues of the final hidden states ([B, D], float32).
+
+fair-esm itself is never imported here (only tests and the equivalence gate do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from perfkit.errors import UserError
+
+# ----------------------------------------------------------------------------
+# configs
+
+
+@dataclass(frozen=True)
+class ESM2Config:
+    name: str
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    vocab_size: int = 33  # ESM-1b alphabet
+    token_dropout: bool = True  # all released ESM-2 models were trained with it
+
+    @property
+    def ffn_dim(self) -> int:
+        return 4 * self.embed_dim
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.attention_heads
+
+
+CONFIGS = {
+    c.name: c
+    for c in [
+        ESM2Config("esm2_t6_8M", 6, 320, 20),
+        ESM2Config("esm2_t12_35M", 12, 480, 20),
+        ESM2Config("esm2_t30_150M", 30, 640, 20),
+        ESM2Config("esm2_t33_650M", 33, 1280, 20),
+        ESM2Config("esm2_t36_3B", 36, 2560, 40),
+        ESM2Config("esm2_t48_15B", 48, 5120, 40),
+    ]
+}
+
+
+def get_config(name: str) -> ESM2Config:
+    # accept fair-esm / HF spellings too: "esm2_t33_650M_UR50D", "facebook/esm2_t33_650M_UR50D"
+    short = name.split("/")[-1].removesuffix("_UR50D")
+    if short not in CONFIGS:
+        raise UserError(f"unknown ESM-2 model {name!r}", f"use one of {', '.join(CONFIGS)}")
+    return CONFIGS[short]
+
+
+def flops_per_token(config: ESM2Config, seq_len: int | None = None) -> float:
+    """Matmul FLOPs of one forward, per token.
+
+    Convention: 2 FLOPs per multiply-add of every Linear layer (qkv 3d^2, out d^2,
+    fc1 4d^2, fc2 4d^2 -> 24*d^2 per layer). Embedding lookup, biases, layer
+    norms, GELU, softmax and the (unused) LM head are not counted.
+    seq_len=None: attention score/value matmuls excluded. With seq_len=T (the
+    token's sequence length, <cls>/<eos> included) add QK^T and AV: 2*2*T*d per
+    layer (full bidirectional attention, no causal halving).
+    """
+    d, layers = config.embed_dim, config.num_layers
+    flops = 2 * layers * (3 * d * d + d * d + 2 * d * config.ffn_dim)
+    if seq_len is not None:
+        flops += layers * 4 * seq_len * d
+    return float(flops)
+
+
+# ----------------------------------------------------------------------------
+# tokeniser (ESM-1b alphabet, as esm.data.Alphabet.from_architecture("ESM-1b"))
+
+AMINO_ACID_TOKENS = "LAGVSERTIDPKQNFYMHWCXBUZO.-"
+ALPHABET_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *AMINO_ACID_TOKENS, "<null_1>", "<mask>"]
+CLS_IDX, PAD_IDX, EOS_IDX, UNK_IDX = 0, 1, 2, 3
+MASK_IDX = ALPHABET_TOKENS.index("<mask>")  # 32
+
+# byte -> token id; everything not in the alphabet (lowercase too, as fair-esm) -> <unk>
+_BYTE_TO_TOKEN = np.full(256, UNK_IDX, dtype=np.int64)
+for _i, _ch in enumerate(AMINO_ACID_TOKENS):
+    _BYTE_TO_TOKEN[ord(_ch)] = 4 + _i
+
+
+def encode_proteins(proteins: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Protein strings -> (flat int64 tokens with <cls>/<eos> per sequence, int32 lengths incl. both)."""
+    residue_counts = np.fromiter((len(p) for p in proteins), dtype=np.int64, count=len(proteins))
+    lengths = residue_counts + 2
+    # one byte per character: non-ASCII becomes '?', which maps to <unk>
+    residue_bytes = np.frombuffer("".join(proteins).encode("ascii", "replace"), dtype=np.uint8)
+    tokens = np.empty(int(lengths.sum()), dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    is_residue = np.ones(tokens.size, dtype=bool)
+    is_residue[starts] = False
+    is_residue[starts + lengths - 1] = False
+    tokens[starts] = CLS_IDX
+    tokens[starts + lengths - 1] = EOS_IDX
+    tokens[is_residue] = _BYTE_TO_TOKEN[residue_bytes]
+    return tokens, lengths.astype(np.int32)
+
+
+def packed_inputs(tokens: np.ndarray, lengths: np.ndarray) -> dict:
+    """Everything forward_packed needs besides tokens, vectorised (runs in DataLoader workers)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    num_seqs = lengths.size
+    cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu_seqlens[1:])
+    seq_index = np.repeat(np.arange(num_seqs, dtype=np.int64), lengths)
+    positions = np.arange(cu_seqlens[-1], dtype=np.int64) - np.repeat(cu_seqlens[:-1], lengths)
+    seq_length = lengths[seq_index]
+    is_residue = (positions > 0) & (positions < seq_length - 1)
+    pool_weight = np.where(is_residue, 1.0 / np.maximum(seq_length - 2, 1), 0.0).astype(np.float32)
+    return {
+        "tokens": np.asarray(tokens, dtype=np.int64),
+        "positions": positions.astype(np.int32),
+        "cu_seqlens": cu_seqlens.astype(np.int32),
+        "max_seqlen": int(lengths.max()) if num_seqs else 0,
+        "seq_index": seq_index.astype(np.int32),
+        "pool_weight": pool_weight,
+    }
+
+
+def packed_to_torch(packed: dict, device="cpu") -> dict:
+    """numpy packed_inputs -> torch tensors on `device` (max_seqlen stays a Python int)."""
+    return {
+        k: (v if isinstance(v, int) else torch.from_numpy(v).to(device, non_blocking=True))
+        for k, v in packed.items()
+    }
+
+
+# ----------------------------------------------------------------------------
+# model
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, dtype: torch.dtype):
+    """cos/sin tables [..., head_dim] for integer positions, as fair-esm's RotaryEmbedding (fp32 math)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    freqs = positions.float()[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+def _varlen_attn_fn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.10
+        return None
+    return varlen_attn
+
+
+class Block(nn.Module):
+    """Pre-LN transformer layer: x + attn(ln(x)), then x + fc2(gelu(fc1(ln(x))))."""
+
+    def __init__(self, config: ESM2Config):
+        super().__init__()
+        self.heads, self.head_dim = config.attention_heads, config.head_dim
+        self.attn_norm = nn.LayerNorm(config.embed_dim)  # fair-esm: self_attn_layer_norm
+        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)  # fair-esm: q_proj|k_proj|v_proj
+        self.out_proj = nn.Linear(config.embed_dim, config.embed_dim)
+        self.ffn_norm = nn.LayerNorm(config.embed_dim)  # fair-esm: final_layer_norm
+        self.fc1 = nn.Linear(config.embed_dim, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
+
+    def forward(self, x, cos, sin, attend):
+        # x: [..., T, D] (packed: [N, D]); cos/sin broadcast against q/k laid out as [..., T, H, hd]
+        qkv = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.heads, self.head_dim))
+        q, k, v = qkv.unbind(-3)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        x = x + self.out_proj(attend(q, k, v).flatten(-2))
+        return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))  # exact (erf) GELU
+
+
+class ESM2(nn.Module):
+    def __init__(self, config: ESM2Config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_IDX)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.embed_dim)  # fair-esm: emb_layer_norm_after
+        self.scale = config.head_dim**-0.5
+        # which attention kernel really ran, one count per forward call
+        self.attention_calls = {"varlen_attn": 0, "sdpa_repadded": 0, "sdpa_padded": 0}
+
+    def embed(self, tokens, mask_ratio):
+        """Token embedding with fair-esm's inference-time token-dropout rescale."""
+        x = self.embed_tokens(tokens)
+        if self.config.token_dropout:
+            x = x.masked_fill((tokens == MASK_IDX).unsqueeze(-1), 0.0)
+            x = x * (1 - 0.15 * 0.8) / (1 - mask_ratio).to(x.dtype).unsqueeze(-1)  # 0.88 without <mask>
+        return x
+
+    @torch.inference_mode()
+    def forward_padded(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] (<cls> .. <eos> <pad>..) -> pooled [B, D] float32 (mean over residues)."""
+        is_pad = tokens == PAD_IDX
+        lengths = (~is_pad).sum(-1)
+        mask_ratio = (tokens == MASK_IDX).sum(-1).float() / lengths
+        x = self.embed(tokens, mask_ratio[:, None])
+        x = x * (~is_pad).unsqueeze(-1).to(x.dtype)  # zero pads, as fair-esm
+
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, x.dtype)
+        cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, hd] against [B, T, H, hd]
+        key_mask = (~is_pad)[:, None, None, :]  # [B, 1, 1, T], True = attend
+
+        def attend(q, k, v):  # [B, T, H, hd] -> [B, T, H, hd]
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scale)
+            return out.transpose(1, 2)
+
+        for layer in self.layers:
+            x = layer(x, cos, sin, attend)
+        x = self.final_norm(x)
+        self.attention_calls["sdpa_padded"] += 1
+
+        residue_positions = positions[None, :]
+        is_residue = (residue_positions > 0) & (residue_positions < (lengths - 1)[:, None])
+        weights = is_residue.float() / (lengths - 2).clamp(min=1)[:, None].float()
+        return torch.einsum("btd,bt->bd", x.float(), weights)
+
+    @torch.inference_mode()
+    def forward_packed(self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False):
+        """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
+
+        CUDA + fp16/bf16: torch.nn.attention.varlen.varlen_attn (FlashAttention varlen).
+        Otherwise: scatter into a padded [B, max_seqlen] view, one masked SDPA, gather back.
+        """
+        num_seqs = cu_seqlens.numel() - 1
+        seq_index = seq_index.long()
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        mask_counts = torch.zeros(num_seqs, device=tokens.device).index_add_(
+            0, seq_index, (tokens == MASK_IDX).float()
+        )
+        x = self.embed(tokens, (mask_counts / lengths)[seq_index])
+
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, x.dtype)
+        cos, sin = cos[:, None, :], sin[:, None, :]  # [N, 1, hd] against [N, H, hd]
+
+        varlen_attn = _varlen_attn_fn()
+        use_varlen = varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+        if use_varlen:
+            cu = cu_seqlens.to(torch.int32)
+
+            def attend(q, k, v):  # [N, H, hd]
+                return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=self.scale)
+
+            self.attention_calls["varlen_attn"] += 1
+        else:
+            slot = seq_index * max_seqlen + positions.long()  # row in the padded [B*T] view
+            key_mask = (torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None])[:, None, None, :]
+
+            def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
+                def pad(t):
+                    out = t.new_zeros(num_seqs * max_seqlen, *t.shape[1:]).index_copy_(0, slot, t)
+                    return out.view(num_seqs, max_seqlen, *t.shape[1:]).transpose(1, 2)
+
+                out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=key_mask, scale=self.scale)
+                return out.transpose(1, 2).flatten(0, 1)[slot]
+
+            self.attention_calls["sdpa_repadded"] += 1
+
+        for layer in self.layers:
+            x = layer(x, cos, sin, attend)
+        x = self.final_norm(x)
+
+        weighted = x.float() * pool_weight.float()[:, None]
+        pooled = torch.zeros(num_seqs, x.shape[-1], device=x.device).index_add_(0, seq_index, weighted)
+        return (pooled, x) if return_hidden else pooled
+
+
+# ----------------------------------------------------------------------------
+# weights
+
+
+@torch.no_grad()
+def init_random_(model: ESM2, seed: int) -> ESM2:
+    """Realistic-scale random weights: Linear/Embedding ~ N(0, 0.02), biases 0, LayerNorm 1/0."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, 0.02, generator=gen)
+        if isinstance(module, nn.Linear):
+            module.bias.zero_()
+        if isinstance(module, nn.Embedding):
+            module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+    return model
+
+
+_FAIRESM_IGNORED_PREFIXES = ("lm_head.", "contact_head.")
+
+
+def load_fairesm_state_dict(model: ESM2, state_dict: dict) -> ESM2:
+    """Copy a fair-esm ESM2 state dict (layers.0.self_attn.q_proj.weight, ...) into `model`."""
+    sd = {}
+    for name, tensor in state_dict.items():
+        for prefix in ("encoder.sentence_encoder.", "encoder."):  # raw checkpoint prefixes
+            name = name.removeprefix(prefix)
+        if name.startswith(_FAIRESM_IGNORED_PREFIXES) or name.endswith("rot_emb.inv_freq"):
+            continue
+        sd[name] = tensor
+
+    def pop(src):
+        if src not in sd:
+            raise UserError(f"fair-esm weights lack {src!r}", "pass an ESM-2 checkpoint (esm2_t*_UR50D.pt)")
+        return sd.pop(src)
+
+    ours = {"embed_tokens.weight": pop("embed_tokens.weight")}
+    for part in ("weight", "bias"):
+        ours[f"final_norm.{part}"] = pop(f"emb_layer_norm_after.{part}")
+        for i in range(model.config.num_layers):
+            src, dst = f"layers.{i}.", f"layers.{i}."
+            qkv = [pop(f"{src}self_attn.{proj}.{part}") for proj in ("q_proj", "k_proj", "v_proj")]
+            ours[f"{dst}qkv.{part}"] = torch.cat(qkv, dim=0)
+            ours[f"{dst}out_proj.{part}"] = pop(f"{src}self_attn.out_proj.{part}")
+            ours[f"{dst}attn_norm.{part}"] = pop(f"{src}self_attn_layer_norm.{part}")
+            ours[f"{dst}ffn_norm.{part}"] = pop(f"{src}final_layer_norm.{part}")
+            ours[f"{dst}fc1.{part}"] = pop(f"{src}fc1.{part}")
+            ours[f"{dst}fc2.{part}"] = pop(f"{src}fc2.{part}")
+    if sd:
+        raise UserError(
+            f"weights hold {len(sd)} tensors an ESM-2 of {model.config.num_layers} layers does not use, "
+            f"e.g. {sorted(sd)[:3]}",
+            "check that the checkpoint is ESM-2 (not ESM-1b/ESM-1v) and matches the model name",
+        )
+    try:
+        model.load_state_dict(ours, strict=True)
+    except RuntimeError as exc:  # shape mismatch: other width than the model name says
+        raise UserError(f"weights do not fit {model.config.name}: {exc}", "pass the matching model name") from exc
+    return model
+
+
+# HF transformers EsmModel names <-> fair-esm names (per layer i, then global)
+_HF_LAYER_NAMES = [
+    ("self_attn.q_proj", "attention.self.query"),
+    ("self_attn.k_proj", "attention.self.key"),
+    ("self_attn.v_proj", "attention.self.value"),
+    ("self_attn.out_proj", "attention.output.dense"),
+    ("self_attn_layer_norm", "attention.LayerNorm"),
+    ("fc1", "intermediate.dense"),
+    ("fc2", "output.dense"),
+    ("final_layer_norm", "LayerNorm"),
+]
+_HF_GLOBAL_NAMES = [
+    ("embed_tokens.weight", "embeddings.word_embeddings.weight"),
+    ("emb_layer_norm_after.weight", "encoder.emb_layer_norm_after.weight"),
+    ("emb_layer_norm_after.bias", "encoder.emb_layer_norm_after.bias"),
+]
+_HF_IGNORED = ("lm_head.", "pooler.", "contact_head.", "embeddings.position_ids")
+
+
+def hf_to_fairesm_names(state_dict: dict) -> dict:
+    """transformers EsmModel / EsmForMaskedLM state dict (with or without 'esm.') -> fair-esm names."""
+    out = {}
+    layer_map = dict((hf, fair) for fair, hf in _HF_LAYER_NAMES)
+    global_map = dict((hf, fair) for fair, hf in _HF_GLOBAL_NAMES)
+    for name, tensor in state_dict.items():
+        bare = name.removeprefix("esm.")
+        # LayerNorm params may be saved under their legacy names (transformers 5 save_pretrained does)
+        bare = bare.removesuffix(".gamma") + ".weight" if bare.endswith(".gamma") else bare
+        bare = bare.removesuffix(".beta") + ".bias" if bare.endswith(".beta") else bare
+        if bare.startswith(_HF_IGNORED) or bare.endswith("rotary_embeddings.inv_freq"):
+            continue
+        if bare in global_map:
+            out[global_map[bare]] = tensor
+        elif bare.startswith("encoder.layer."):
+            index, rest = bare.removeprefix("encoder.layer.").split(".", 1)
+            module, part = rest.rsplit(".", 1)
+            if module not in layer_map:
+                raise UserError(f"unexpected tensor {name!r} in HF ESM weights", "pass an ESM-2 (rotary) checkpoint")
+            out[f"layers.{index}.{layer_map[module]}.{part}"] = tensor
+        else:
+            raise UserError(f"unexpected tensor {name!r} in HF ESM weights", "pass an ESM-2 (rotary) checkpoint")
+    return out
+
+
+def fairesm_to_hf_names(state_dict: dict, prefix: str = "esm.") -> dict:
+    """Inverse of hf_to_fairesm_names (for tests and export)."""
+    out = {}
+    global_map = dict(_HF_GLOBAL_NAMES)
+    layer_map = dict(_HF_LAYER_NAMES)
+    for name, tensor in state_dict.items():
+        if name.startswith(_FAIRESM_IGNORED_PREFIXES) or name.endswith("rot_emb.inv_freq"):
+            continue
+        if name in global_map:
+            out[prefix + global_map[name]] = tensor
+        else:
+            _, index, rest = name.split(".", 2)
+            module, part = rest.rsplit(".", 1)
+            out[f"{prefix}encoder.layer.{index}.{layer_map[module]}.{part}"] = tensor
+    return out
+
+
+def _sha256(paths) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cfg_get(cfg, key, default=None):
+    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
+
+def _check_shape(config: ESM2Config, layers, dim, heads, source) -> None:
+    found = (layers, dim, heads)
+    expected = (config.num_layers, config.embed_dim, config.attention_heads)
+    if any(f is not None and f != e for f, e in zip(found, expected)):
+        raise UserError(
+            f"{source} holds layers/dim/heads {found}, but {config.name} is {expected}",
+            "pass the model name that matches the weights",
+        )
+
+
+def _read_fairesm_checkpoint(path: Path, config: ESM2Config) -> dict:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # fair-esm's own checkpoints pickle an argparse/omegaconf config; this is a local file the user named
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise UserError(f"cannot read weights file {path}: {exc}", "pass a fair-esm .pt checkpoint") from exc
+    if isinstance(data, dict) and "model" in data:
+        cfg = _cfg_get(data.get("cfg") or {}, "model") or {}
+        _check_shape(
+            config,
+            _cfg_get(cfg, "encoder_layers"),
+            _cfg_get(cfg, "encoder_embed_dim"),
+            _cfg_get(cfg, "encoder_attention_heads"),
+            str(path),
+        )
+        return data["model"]
+    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data  # a bare fair-esm state dict
+    raise UserError(f"{path} is not a fair-esm checkpoint", "pass esm2_*.pt as fair-esm saves it, or a HF folder")
+
+
+def _read_hf_folder(folder: Path, config: ESM2Config) -> tuple[dict, list[Path]]:
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise UserError(f"{folder} has no config.json", "pass a HuggingFace ESM-2 folder or a fair-esm .pt file")
+    hf = json.loads(config_path.read_text())
+    if hf.get("position_embedding_type", "rotary") != "rotary" or hf.get("emb_layer_norm_before"):
+        raise UserError(f"{folder} is not an ESM-2 model (no rotary embeddings)", "pass an ESM-2 checkpoint")
+    _check_shape(config, hf.get("num_hidden_layers"), hf.get("hidden_size"), hf.get("num_attention_heads"), str(folder))
+
+    if (folder / "model.safetensors.index.json").exists():
+        files = sorted(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()))
+        files = [folder / f for f in files]
+    elif (folder / "model.safetensors").exists():
+        files = [folder / "model.safetensors"]
+    else:
+        files = []
+    if files:
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            files = []
+            if not (folder / "pytorch_model.bin").exists():
+                raise UserError(
+                    f"{folder} holds safetensors weights but the safetensors package is not installed",
+                    "pip install safetensors (or put pytorch_model.bin in the folder)",
+                ) from None
+        else:
+            sd = {}
+            for f in files:
+                sd.update(load_file(str(f)))
+            return sd, files
+    bin_path = folder / "pytorch_model.bin"
+    if not bin_path.exists():
+        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete HF ESM-2 folder")
+    return torch.load(bin_path, map_location="cpu", weights_only=True), [bin_path]
+
+
+def build_model(name: str, weights=None, seed: int = 0, device="cpu", dtype=torch.float32):
+    """-> (ESM2 in eval mode on `device`/`dtype`, weights_info dict).
+
+    weights: None (seeded random init), a fair-esm .pt checkpoint, or a HuggingFace folder.
+    """
+    config = get_config(name)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
+
+    # build without allocating or initialising on the host: meta -> empty on device in the target dtype
+    with torch.device("meta"):
+        model = ESM2(config)
+    model = model.to(dtype=dtype).to_empty(device=device).eval()
+
+    if weights is None:
+        init_random_(model, seed)
+        return model, {"source": "random", "seed": seed}
+
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise UserError(f"weights path {path} does not exist", "pass a fair-esm .pt file, a HF folder, or no weights")
+    if path.is_dir():
+        hf_state, files = _read_hf_folder(path, config)
+        load_fairesm_state_dict(model, hf_to_fairesm_names(hf_state))
+        return model, {"source": "huggingface", "path": str(path), "sha256": _sha256(files)}
+    load_fairesm_state_dict(model, _read_fairesm_checkpoint(path, config))
+    return model, {"source": "fair-esm", "path": str(path), "sha256": _sha256([path])}
