@@ -18,7 +18,7 @@ class EmbedConfig(BaseModel):
     weights: Optional[Path] = None  # fair-esm .pt or HF folder; None = seeded random init
     seed: int = 0
     mode: Literal["v2", "v1"] = "v2"
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # v2 batching and input
     token_budget: int = Field(16384, ge=16)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from perfkit.errors import UserError
 from perfkit.packing import TokenBudgetPacker
 from perfkit.workload import esm2
 from perfkit.workload.fasta import read_fasta
@@ -78,6 +79,12 @@ class PackedFrames(IterableDataset):
         self.shard = shard
 
     def __iter__(self) -> Iterator[dict]:
+        try:
+            yield from self._batches()
+        except UserError as err:  # travels to the main process as data, not as a worker traceback
+            yield {"user_error": (err.problem, err.fix), "frames_translated": 0, "sequences": 0}
+
+    def _batches(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         packer = TokenBudgetPacker(budget=self.token_budget, buffer_size=self.buffer_size, layout=self.layout,

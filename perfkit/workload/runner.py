@@ -66,6 +66,19 @@ def measure_peak_tflops(device: torch.device, dtype=torch.bfloat16, size: int = 
     return 2 * size**3 / seconds / 1e12
 
 
+def check_fasta_start(path) -> None:
+    """Read the first record now: an unreadable or malformed file fails before any work starts."""
+    from perfkit.workload.fasta import read_fasta
+
+    records = read_fasta(path)
+    try:
+        next(records)
+    except StopIteration:
+        raise UserError(f"{path}: no FASTA records", "pass a FASTA file with at least one '>id' record") from None
+    finally:
+        records.close()
+
+
 def prepare_out_dir(cfg: EmbedConfig) -> None:
     out = cfg.out_dir
     try:
@@ -122,11 +135,19 @@ class Run:
             self.verify_pool.append((int(keys[0]), tokens[: int(lengths[0])].copy()))
 
 
+def resolve(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
+    """Settle 'auto' choices (device, precision) so the summary records what really ran."""
+    device = pick_device(cfg.device, local_rank)  # a missing GPU is reported before anything is written
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return cfg.model_copy(update={"device": str(device), "precision": precision})
+
+
 def run_embed(cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0, done_keys=None) -> dict:
     """Run v1 or v2 as configured; returns the summary (also written to summary.json)."""
     if not cfg.input.exists():
         raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
-    pick_device(cfg.device, local_rank)  # a missing GPU is reported before anything is written
+    cfg = resolve(cfg, local_rank)
+    check_fasta_start(cfg.input)
     if rank == 0:
         prepare_out_dir(cfg)
     if done_keys is None:
@@ -202,6 +223,8 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     autocast = torch.autocast(device.type, dtype=run.dtype) if cuda and run.dtype != torch.float32 else nullcontext()
     for batch in iloader:
         arrival = iloader.last
+        if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
+            raise UserError(*batch["user_error"])
         run.frames_translated += batch["frames_translated"]
         if batch["sequences"] == 0:
             continue

@@ -1,0 +1,132 @@
+"""End-to-end runs on CPU: v1 and v2 outputs, count conservation, resume after real SIGKILLs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import orf_fasta
+from perfkit.errors import UserError
+from perfkit.workload.config import make_config
+from perfkit.workload.data import count_frames
+from perfkit.workload.runner import run_embed
+from perfkit.workload.store import read_embeddings
+
+FAST = dict(precision="fp32", device="cpu", progress=False, token_budget=1024, num_workers=0)
+
+
+def _h5(path):
+    with h5py.File(path, "r") as h5:
+        return [i.decode() for i in h5["ids"][:]], h5["embeddings"][:], dict(h5.attrs)
+
+
+def test_v2_writes_complete_aligned_output(small_fasta, tmp_path):
+    summary = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v2", checkpoint_every_sequences=40, **FAST))
+    ids, vectors, attrs = _h5(tmp_path / "v2" / "embeddings.h5")
+    expected = count_frames(small_fasta)
+    assert attrs["complete"] and len(ids) == expected == vectors.shape[0]
+    assert vectors.shape[1] == 320 and vectors.dtype == np.float32
+    assert len(set(ids)) == len(ids)
+    # input order: read index, then frame F1..R3
+    order = [(int(i.split("_")[0][4:]), "FFFRRR".index(i[-2]) + int(i[-1]) - 1 + (3 if i[-2] == "R" else 0)) for i in ids]
+    assert order == sorted(order)
+    assert summary["run"]["attention_path"]["sdpa_repadded"] > 0
+    assert summary["run"]["alignment_check"]["passed"]
+    assert summary["checkpoint"]["count"] >= 2  # checkpoint writes measured
+    assert 0.5 < summary["packing"]["efficiency"] <= 1.0
+    assert (tmp_path / "v2" / "telemetry.jsonl").stat().st_size > 0
+
+
+def test_v1_fairesm_runs_the_same_frames(small_fasta, tmp_path):
+    summary = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v1", mode="v1", **FAST))
+    ids_v1, vectors, _ = _h5(tmp_path / "v1" / "embeddings.h5")
+    run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v2", **FAST))
+    ids_v2, _, _ = _h5(tmp_path / "v2" / "embeddings.h5")
+    assert ids_v1 == ids_v2
+    assert summary["run"]["weights"]["source"].startswith("random")
+    assert summary["config"]["v1_toks_per_batch"] == 2048
+
+
+def test_rerun_without_resume_is_refused(small_fasta, tmp_path):
+    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", **FAST)
+    run_embed(cfg)
+    with pytest.raises(UserError, match="--resume"):
+        run_embed(cfg)
+
+
+def test_resume_with_other_model_is_refused(small_fasta, tmp_path):
+    run_embed(make_config(input=small_fasta, out_dir=tmp_path / "o", max_seconds=0.01, **FAST))
+    with pytest.raises(UserError, match="model"):
+        run_embed(make_config(input=small_fasta, out_dir=tmp_path / "o", resume=True, model="esm2_t12_35M", **FAST))
+
+
+def _embed_cmd(fasta, out, *extra):
+    return [sys.executable, "-m", "perfkit", "embed", str(fasta), "-o", str(out), "--device", "cpu",
+            "--precision", "fp32", "--token-budget", "512", "--num-workers", "1", "--checkpoint-every", "40",
+            "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def kill_sample(tmp_path_factory):
+    """One sample and its uninterrupted reference output, shared by the kill points."""
+    folder = tmp_path_factory.mktemp("kill")
+    fasta = orf_fasta(folder / "s.fa", 360, seed=3)
+    subprocess.run(_embed_cmd(fasta, folder / "reference"), check=True, capture_output=True)
+    return fasta, read_embeddings(folder / "reference" / "embeddings.h5")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_shards", [1, 4, 8])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_sample, kill_after_shards):
+    fasta, (ref_ids, ref_vectors) = kill_sample
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_embed_cmd(fasta, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / "checkpoints").glob("shard-*.npz"))) >= kill_after_shards:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the kill point: make the sample larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "embeddings.h5").exists()
+
+    resumed = subprocess.run(_embed_cmd(fasta, out, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    ids, vectors = read_embeddings(out / "embeddings.h5")
+    assert ids == ref_ids
+    assert np.array_equal(vectors, ref_vectors)  # CPU fp32: bit-identical, so ids and vectors are aligned
+
+
+@pytest.mark.slow
+def test_corrupt_last_checkpoint_is_recomputed(tmp_path):
+    fasta = orf_fasta(tmp_path / "s.fa", 200, seed=4)
+    args = dict(input=fasta, checkpoint_every_sequences=50, **FAST)
+    run_embed(make_config(out_dir=tmp_path / "ref", **args))
+    ref_ids, ref_vectors = read_embeddings(tmp_path / "ref" / "embeddings.h5")
+    out = tmp_path / "o"
+    run_embed(make_config(out_dir=out, **args))
+    (out / "embeddings.h5").unlink()
+    last = sorted((out / "checkpoints").glob("shard-*.npz"))[-1]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # torn write
+    summary = run_embed(make_config(out_dir=out, resume=True, **args))
+    assert list((out / "checkpoints").glob("*.corrupt"))
+    ids, vectors = read_embeddings(out / "embeddings.h5")
+    assert ids == ref_ids and np.array_equal(vectors, ref_vectors)
+    assert summary["throughput"]["sequences"] > 0  # something was recomputed
+
+
+def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.fa"
+    bad.write_text("ACGT\n")
+    out = tmp_path / "o"
+    result = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(bad), "-o", str(out), "--device", "cpu",
+                             "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "bad.fa" in lines[0]
+    assert not (out / "embeddings.h5").exists() and not (out / "summary.json").exists()
