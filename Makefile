@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 OUT    ?= outputs/smoke
 
-.PHONY: venv demo test test-gpu bench wheelhouse lab clean
+.PHONY: venv demo test test-gpu bench wheelhouse wheelhouse-gpu lab clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ bench: venv
 
 wheelhouse: venv  # wheels for an offline GPU node (cp312, manylinux x86_64), torch excluded
 	$(VENV)/bin/perfkit wheelhouse --out wheelhouse
+
+# the lent H200 image already has these: carry only what it lacks (fits the 64 MiB transfer)
+GPU_NODE_HAS = numpy pandas pyarrow seaborn matplotlib h5py pyyaml tqdm psutil pytest jupyterlab \
+  nvidia-ml-py typing-extensions jinja2 markupsafe pygments attrs packaging pillow contourpy cycler \
+  fonttools kiwisolver pyparsing python-dateutil six requests urllib3 idna certifi charset-normalizer \
+  click platformdirs tzdata
+wheelhouse-gpu: venv
+	rm -rf .wheelhouse-gpu
+	$(VENV)/bin/perfkit wheelhouse --out .wheelhouse-gpu --skip $(GPU_NODE_HAS)
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks

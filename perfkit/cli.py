@@ -63,7 +63,7 @@ def _env(args) -> int:
 def _wheelhouse(args) -> int:
     from perfkit.wheelhouse import build_wheelhouse
 
-    build_wheelhouse(Path(args.out), python_version=args.python, platforms=args.platform or None)
+    build_wheelhouse(Path(args.out), python_version=args.python, platforms=args.platform or None, skip=args.skip or ())
     return 0
 
 
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="wheelhouse")
     w.add_argument("--python", default="3.12", help="target Python version")
     w.add_argument("--platform", action="append", help="pip platform tag (repeatable); default manylinux x86_64 tags")
+    w.add_argument("--skip", nargs="*", help="packages the node already has (left out, also as dependencies)")
     w.set_defaults(func=_wheelhouse)
 
     v = sub.add_parser("env", help="print the environment a run would record (GPUs, driver, torch, commit)")
