@@ -39,7 +39,7 @@ def main():
     p.add_argument("--seconds", type=float, default=60.0, help="cap for the slower modes")
     p.add_argument("--token-budget", type=int, default=16384)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--modes", default="v2,padded,v1", help="comma list of v2, padded, v1, v1fp16")
+    p.add_argument("--modes", default="v2,padded,v1", help="comma list of v2, padded, v1, v1fp16, v2big, v2compile")
     p.add_argument("--gate", action="store_true", help="also run the equivalence gate")
     p.add_argument("--json", help="write results here")
     a = p.parse_args()
@@ -60,6 +60,9 @@ def main():
             "padded": dict(mode="v2", layout="padded", precision=fast, token_budget=a.token_budget, max_seconds=a.seconds),
             "v1": dict(mode="v1", precision="fp32", max_seconds=a.seconds),
             "v1fp16": dict(mode="v1", precision="fp16", max_seconds=a.seconds),
+            "v2big": dict(mode="v2", precision=fast, token_budget=4 * a.token_budget, max_seconds=a.seconds),
+            "v2compile": dict(mode="v2", precision=fast, token_budget=a.token_budget, compile=True,
+                              max_seconds=a.seconds, warmup_batches=6),
         }
         for name in a.modes.split(","):
             s = run_embed(make_config(out_dir=Path(tmp) / name, **common, **plans[name]))
@@ -69,7 +72,7 @@ def main():
                 result["runs"][name]["alignment_check"] = s["run"].get("alignment_check")
             print(name, json.dumps(result["runs"][name]), flush=True)
     runs = result["runs"]
-    for other in ("v1", "padded", "v1fp16"):
+    for other in ("v1", "padded", "v1fp16", "v2big", "v2compile"):
         if "v2" in runs and other in runs:
             result[f"speedup_v2_over_{other}"] = runs["v2"]["steady_tok_per_s"] / runs[other]["steady_tok_per_s"]
     if a.gate:

@@ -29,6 +29,7 @@ class EmbedConfig(BaseModel):
     block_reads: int = Field(1024, ge=1)  # reads per worker work unit
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
+    compile: bool = False  # torch.compile each transformer block (CUDA; dynamic shapes, compiled once)
     allocator: Optional[str] = None  # PYTORCH_CUDA_ALLOC_CONF, e.g. "expandable_segments:True"
     # v1 batching (fair-esm get_batch_indices)
     v1_toks_per_batch: int = Field(2048, ge=16)

@@ -211,6 +211,12 @@ class ESM2(nn.Module):
         # which attention kernel really ran, one count per forward call
         self.attention_calls = {"varlen_attn": 0, "sdpa_repadded": 0, "sdpa_padded": 0}
 
+    def compile_blocks(self) -> "ESM2":
+        """torch.compile each block (fuses norms, rotary, GELU, residuals); dynamic token counts, one graph for all."""
+        for layer in self.layers:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
+        return self
+
     def embed(self, tokens, mask_ratio):
         """Token embedding with fair-esm's inference-time token-dropout rescale."""
         x = self.embed_tokens(tokens)
