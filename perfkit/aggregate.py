@@ -74,9 +74,14 @@ def verdict(loader_wait_share: float, device_busy_share: float | None) -> str:
     return "host-bound"
 
 
-def throughput(batch_records: pd.DataFrame, *, wall_s: float, warmup_batches: int = 3,
+def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0.0, warmup_batches: int = 3,
                flops_per_token: float | None = None, peak_flops: float | None = None) -> dict:
-    """Overall and steady-state (warm-up batches excluded) figures for one rank's batches."""
+    """Overall and steady-state (warm-up batches excluded) figures for one rank's batches.
+
+    `start_s` is when the measured loop began and `start_s + wall_s` when it ended, on the
+    telemetry clock (the clock of `t_arrive_s`); the steady state runs from the first
+    non-warm-up batch's request to that end.
+    """
     df = batch_records
     n = len(df)
     out = {"batches": n, "sequences": int(df["sequences"].sum()) if n else 0,
@@ -86,7 +91,7 @@ def throughput(batch_records: pd.DataFrame, *, wall_s: float, warmup_batches: in
     warm = min(warmup_batches, max(n - 1, 0))
     steady = df.iloc[warm:]
     steady_start = float(steady["t_arrive_s"].iloc[0] - steady["loader_wait_s"].iloc[0]) if len(steady) else 0.0
-    steady_wall = wall_s - steady_start
+    steady_wall = start_s + wall_s - steady_start
     out["warmup_batches"] = warm
     out["steady_wall_s"] = steady_wall
     if len(steady) and steady_wall > 0:

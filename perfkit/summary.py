@@ -20,17 +20,18 @@ SUMMARY_SCHEMA = "perfkit.summary/1"
 
 
 def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict, wall_s: dict | float,
-                      stage: str, warmup_batches: int = 3, flops_per_token: float | None = None,
+                      stage: str, start_s: dict | float = 0.0, warmup_batches: int = 3, flops_per_token: float | None = None,
                       peak_flops: float | None = None, gpu: dict | None = None, window_s: float = 10.0,
                       extra: dict | None = None) -> dict:
-    """`wall_s`: one number, or {rank: seconds} for multi-process runs."""
+    """`wall_s` (loop wall time) and `start_s` (loop start on the telemetry clock): one number, or {rank: value}."""
     batch_records = aggregate.batches(records, stage)
     ranks = sorted(batch_records["rank"].unique().tolist()) if not batch_records.empty else [0]
     walls = wall_s if isinstance(wall_s, dict) else {r: float(wall_s) for r in ranks}
+    starts = start_s if isinstance(start_s, dict) else {r: float(start_s) for r in ranks}
     per_rank = {}
     for rank in ranks:
         mine = batch_records[batch_records["rank"] == rank] if not batch_records.empty else batch_records
-        per_rank[int(rank)] = aggregate.throughput(mine, wall_s=walls[rank], warmup_batches=warmup_batches,
+        per_rank[int(rank)] = aggregate.throughput(mine, wall_s=walls[rank], start_s=starts[rank], warmup_batches=warmup_batches,
                                                    flops_per_token=flops_per_token, peak_flops=peak_flops)
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())

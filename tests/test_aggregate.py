@@ -23,6 +23,15 @@ def test_throughput_overall_and_steady_state():
     assert fig["packing_efficiency"] == 1.0
 
 
+def test_steady_state_uses_the_telemetry_clock():
+    # the loop started 5 s after the clock (model load): arrivals are at 5..14, the loop ran 10 s
+    df = _records(n=10)
+    df["t_arrive_s"] += 5.0
+    fig = aggregate.throughput(df, wall_s=10.0, start_s=5.0, warmup_batches=2)
+    assert fig["steady_wall_s"] == pytest.approx(8.0)
+    assert fig["device_busy_fraction"] <= 1.0
+
+
 def test_packing_uses_the_real_budget_as_denominator():
     df = _records(n=4, tok=14_664, budget=16_384, slot=14_664)
     fig = aggregate.throughput(df, wall_s=4.0)
