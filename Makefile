@@ -40,7 +40,7 @@ wheelhouse: venv  # wheels for an offline GPU node (cp312, manylinux x86_64), to
 GPU_NODE_HAS = numpy pandas pyarrow seaborn matplotlib h5py pyyaml tqdm psutil pytest jupyterlab \
   nvidia-ml-py typing-extensions jinja2 markupsafe pygments attrs packaging pillow contourpy cycler \
   fonttools kiwisolver pyparsing python-dateutil six requests urllib3 idna certifi charset-normalizer \
-  click platformdirs tzdata
+  click
 wheelhouse-gpu: venv
 	rm -rf .wheelhouse-gpu
 	$(VENV)/bin/perfkit wheelhouse --out .wheelhouse-gpu --skip $(GPU_NODE_HAS)
