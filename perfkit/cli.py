@@ -12,6 +12,7 @@ from perfkit.errors import UserError
 
 def _embed(args) -> int:
     from perfkit.params import load_params
+    from perfkit.workload import distributed
     from perfkit.workload.config import make_config
     from perfkit.workload.runner import run_embed
 
@@ -22,15 +23,31 @@ def _embed(args) -> int:
         "num_workers": args.num_workers, "prefetch_factor": args.prefetch_factor, "buffer_size": args.buffer_size,
         "layout": args.layout, "checkpoint_every_sequences": args.checkpoint_every,
         "checkpoint_every_seconds": args.checkpoint_seconds, "max_reads": args.max_reads,
-        "max_seconds": args.max_seconds, "seed": args.seed, "chunk_bp": args.chunk_bp,
+        "max_seconds": args.max_seconds, "seed": args.seed, "chunk_bp": args.chunk_bp, "block_reads": args.block_reads,
         "copy_stream": False if args.no_copy_stream else None, "progress": False if args.no_progress else None,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = make_config(input=args.input, out_dir=args.out, **values)
-    summary = run_embed(cfg)
+    if args.gpus is not None or args.nproc is not None:  # launcher: the same command in N ranks under torchrun
+        if args.gpus is not None and args.nproc is not None:
+            raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
+        nproc = args.gpus if args.gpus is not None else args.nproc
+        code = distributed.launch(cfg, args.argv, nproc, gpus=args.gpus is not None)
+        if code != 0:
+            print(f"error: the {nproc}-rank run failed (torchrun exit code {code}); the failing rank and its error "
+                  "are reported above", file=sys.stderr)
+        return code
+    rank = distributed.torchrun_rank()
+    if rank is not None:  # a rank of a torchrun launch
+        summary = distributed.rank_main(cfg, rank)
+        if summary is None:  # only rank 0 reports
+            return 0
+    else:
+        summary = run_embed(cfg)
     t = summary["throughput"]
     run = summary["run"]
-    print(f"{cfg.mode} {cfg.model} {cfg.precision} on {run['device']}: {t['sequences']} sequences, "
+    ranks = f" x {t['ranks']} ranks" if t["ranks"] > 1 else ""
+    print(f"{cfg.mode} {cfg.model} {cfg.precision} on {run['device']}{ranks}: {t['sequences']} sequences, "
           f"{t['seq_per_s']:.1f} seq/s, {t['tok_per_s']:.0f} tok/s, packing {summary['packing']['efficiency']:.1%}"
           + ("" if run["capped"] else f" -> {run['output']['path']}"))
     return 0
@@ -100,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chunk-bp", type=int, choices=[300, 500], help="chunk reads/contigs first, as the seed does")
     e.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     e.add_argument("--seed", type=int)
+    e.add_argument("--block-reads", type=int, help="reads per work unit (a worker's, and a rank's unit of balance)")
+    e.add_argument("--gpus", type=int, help="run N GPU ranks (NCCL) through torchrun on this node")
+    e.add_argument("--nproc", type=int, help="run N CPU ranks (gloo) through torchrun on this node")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_embed)
 
@@ -137,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the launcher re-runs it without --gpus/--nproc
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -8,7 +8,7 @@ waits in a small pending queue until its span is done (checked without syncing).
 Schema `perfkit.batch/1` (kind = "batch"):
   run_id, rank, stage          which run, which process, which pipeline stage
   batch                        0-based batch index within (run, rank, stage)
-  t_arrive_s                   seconds since run start when the batch reached the consumer
+  t_arrive_s                   seconds since the measured loop started when the batch reached the consumer
   loader_wait_s                time the consumer was blocked in next() for this batch
   queue_depth                  batches ready in the loader's queue after next() (null if unknown)
   host_s                       host time from arrival until the step returned (launch + Python)

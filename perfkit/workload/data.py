@@ -1,9 +1,10 @@
 """v2 input path: FASTA blocks -> translation -> tokens -> packed batches, all inside DataLoader workers.
 
 Each worker owns a share of the FASTA's blocks (block = `block_reads` consecutive
-reads) and its own packer: nothing stateful crosses a process boundary, and the
-main process receives ready-made batches (flat tokens, positions, cu_seqlens,
-pooling weights) — no per-sequence Python on the hot path.
+reads; in a multi-process run, a share of its rank's blocks) and its own packer:
+nothing stateful crosses a process boundary, and the main process receives
+ready-made batches (flat tokens, positions, cu_seqlens, pooling weights) — no
+per-sequence Python on the hot path.
 
 A sequence's key is read_index x 6 + frame_index: sorting by key gives the
 translated input order. Batches whose keys are all in `done_keys` (a resumed run)
@@ -33,10 +34,17 @@ FRAMES_PER_READ = len(FRAMES)
 
 @dataclass(frozen=True)
 class Shard:
-    """Which blocks this process handles: block b belongs to rank b % world (then to a worker)."""
+    """Which blocks this process handles: an explicit sorted tuple of block indices, or None = all.
 
-    rank: int = 0
-    world: int = 1
+    A multi-process run assigns blocks to ranks by token count (see perfkit.workload.distributed);
+    within a process the DataLoader workers take turns over its blocks.
+    """
+
+    blocks: tuple[int, ...] | None = None
+
+    def positions(self) -> dict[int, int] | None:
+        """block index -> its position among this shard's blocks (None: every block, position = index)."""
+        return None if self.blocks is None else {b: i for i, b in enumerate(self.blocks)}
 
 
 def read_blocks(path, block_reads: int, max_reads: int | None = None, chunk_bp: int | None = None):
@@ -91,8 +99,10 @@ class PackedFrames(IterableDataset):
                                    on_oversize="error", pad_id=esm2.PAD_IDX)
         ids_of: dict[int, str] = {}
         translated = 0
+        positions = self.shard.positions()
         for block, first_read, records in read_blocks(self.fasta, self.block_reads, self.max_reads, self.chunk_bp):
-            if block % self.shard.world != self.shard.rank or (block // self.shard.world) % workers != worker:
+            position = block if positions is None else positions.get(block)
+            if position is None or position % workers != worker:
                 continue
             keys, ids, proteins = translate_block(first_read, records, self.max_residues)
             translated += len(keys)
@@ -135,3 +145,21 @@ def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, blo
     """Frames that survive translation: the count every run must reproduce at its end."""
     return sum(len(translate_block(first, recs, max_residues)[0])
                for _, first, recs in read_blocks(fasta, block_reads, max_reads, chunk_bp))
+
+
+def block_tokens(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, max_residues=1022,
+                 rank: int = 0, world: int = 1) -> np.ndarray:
+    """ESM tokens (residues + <cls> + <eos> per surviving frame) of every block of `block_reads` reads.
+
+    Translates for real (stops decide which frames survive, so base counts are a poor proxy).
+    Split for speed: this process translates blocks b % world == rank and leaves the others 0;
+    summing the ranks' arrays gives every block's count. Every process reads the whole FASTA.
+    """
+    counts = []
+    for block, first, records in read_blocks(fasta, block_reads, max_reads, chunk_bp):
+        if block % world != rank:
+            counts.append(0)
+            continue
+        proteins = translate_block(first, records, max_residues)[2]
+        counts.append(sum(len(p) for p in proteins) + 2 * len(proteins))
+    return np.array(counts, dtype=np.int64)

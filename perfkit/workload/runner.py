@@ -2,6 +2,8 @@
 
 Both write OUTDIR/embeddings.h5 (ids + float32 vectors in translated input order),
 OUTDIR/telemetry.jsonl and OUTDIR/summary.json, and both emit the same telemetry.
+`run_embed` is the one-process run; `embed_share` is one process's part of it, which
+perfkit.workload.distributed also runs in every rank of a torchrun launch.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import time
 from collections import deque
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -79,6 +82,22 @@ def check_fasta_start(path) -> None:
         records.close()
 
 
+def check_out_dir(cfg: EmbedConfig) -> None:
+    """Refuse (writing nothing) an --out folder with results unless resuming, or a resume that changes results."""
+    out = cfg.out_dir
+    config_path = out / "run_config.json"
+    earlier = (out / "checkpoints").exists() and any((out / "checkpoints").glob("shard-*"))
+    if not cfg.resume:
+        if earlier or (out / "embeddings.h5").exists():
+            raise UserError(f"{out} already holds results of a run", "pass --resume to continue it, or choose an empty --out folder")
+    elif config_path.exists():
+        before = json.loads(config_path.read_text()).get("result_fields")
+        if before is not None and before != cfg.result_fields():
+            changed = sorted(k for k in before if before[k] != cfg.result_fields().get(k))
+            raise UserError(f"--resume with settings that change results ({', '.join(changed)}) differ from the run in {out}",
+                            "resume with the same settings or use a new --out folder")
+
+
 def prepare_out_dir(cfg: EmbedConfig) -> None:
     out = cfg.out_dir
     try:
@@ -89,28 +108,28 @@ def prepare_out_dir(cfg: EmbedConfig) -> None:
     except OSError as err:
         raise UserError(f"output folder {out} is not writable ({err.strerror})", "choose a writable --out folder") from None
     config_path = out / "run_config.json"
-    earlier = (out / "checkpoints").exists() and any((out / "checkpoints").glob("shard-*"))
+    check_out_dir(cfg)
     if not cfg.resume:
-        if earlier or (out / "embeddings.h5").exists():
-            raise UserError(f"{out} already holds results of a run", "pass --resume to continue it, or choose an empty --out folder")
         for name in ("embeddings.h5", "summary.json", "telemetry.jsonl"):
             (out / name).unlink(missing_ok=True)
-    elif config_path.exists():
-        before = json.loads(config_path.read_text()).get("result_fields")
-        if before is not None and before != cfg.result_fields():
-            changed = sorted(k for k in before if before[k] != cfg.result_fields().get(k))
-            raise UserError(f"--resume with settings that change results ({', '.join(changed)}) differ from the run in {out}",
-                            "resume with the same settings or use a new --out folder")
+        for stale in out.glob("telemetry.rank*.jsonl"):  # an earlier multi-process run's
+            stale.unlink()
     if cfg.resume:
         (out / "embeddings.h5").unlink(missing_ok=True)  # rebuilt from the shards at the end
     write_json(config_path, {"config": cfg.model_dump(mode="json"), "result_fields": cfg.result_fields()})
 
 
+def telemetry_name(rank: int, world: int) -> str:
+    return "telemetry.jsonl" if world == 1 else f"telemetry.rank{rank}.jsonl"
+
+
 class Run:
     """What both runners share: device, telemetry, sampler, progress, checkpoint store."""
 
-    def __init__(self, cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0):
-        self.cfg, self.rank, self.world = cfg, rank, world
+    def __init__(self, cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0, *,
+                 shard: Shard = Shard(), sampler: GpuSampler | None = None, on_batch=None):
+        self.cfg, self.rank, self.world, self.shard = cfg, rank, world, shard
+        self.on_batch = on_batch  # called with the batch index after each batch (fault injection in tests)
         if cfg.allocator:
             os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", cfg.allocator)
         self.device = pick_device(cfg.device, local_rank)
@@ -118,12 +137,12 @@ class Run:
         if self.device.type == "cpu" and cfg.precision != "fp32":
             log.warning("precision %s on CPU is slow and not what the GPU runs; use fp32 on CPU", cfg.precision)
         self.t0 = time.perf_counter()
-        suffix = "" if world == 1 else f".rank{rank}"
-        self.telemetry = Telemetry(cfg.out_dir / f"telemetry{suffix}.jsonl", run_id=cfg.out_dir.name, rank=rank,
+        self.loop_t0 = self.t0  # reset when the embedding loop starts
+        self.telemetry = Telemetry(cfg.out_dir / telemetry_name(rank, world), run_id=cfg.out_dir.name, rank=rank,
                                    clock_start=self.t0)
-        self.sampler = GpuSampler(interval_s=cfg.sample_interval_s,
-                                  cuda_index=(self.device.index or 0) if self.device.type == "cuda" else 0,
-                                  tag=f"rank{rank}")
+        self.sampler = sampler or GpuSampler(interval_s=cfg.sample_interval_s,
+                                             cuda_index=(self.device.index or 0) if self.device.type == "cuda" else 0,
+                                             tag=f"rank{rank}")
         self.busy = DeviceBusyTimer(self.device)
         self.store = store.CheckpointStore(cfg.out_dir, rank=rank, every_sequences=cfg.checkpoint_every_sequences,
                                            every_seconds=cfg.checkpoint_every_seconds, telemetry=self.telemetry)
@@ -142,17 +161,41 @@ def resolve(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
     return cfg.model_copy(update={"device": str(device), "precision": precision})
 
 
-def run_embed(cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0, done_keys=None) -> dict:
-    """Run v1 or v2 as configured; returns the summary (also written to summary.json)."""
+def check_before_work(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
+    """Input present and readable, device available: the resolved config, or a UserError before any work."""
     if not cfg.input.exists():
         raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
     cfg = resolve(cfg, local_rank)
     check_fasta_start(cfg.input)
-    if rank == 0:
-        prepare_out_dir(cfg)
+    return cfg
+
+
+def run_embed(cfg: EmbedConfig, done_keys=None) -> dict:
+    """Run v1 or v2 as configured, in this one process; returns the summary (also written to summary.json)."""
+    cfg = check_before_work(cfg)
+    prepare_out_dir(cfg)
     if done_keys is None:
         done_keys = store.completed_keys(cfg.out_dir) if cfg.resume else np.empty(0, np.int64)
-    run = Run(cfg, rank, world, local_rank)
+    return _finish(embed_share(cfg, done_keys))
+
+
+@dataclass
+class Share:
+    """One process's part of a run, after its loop: what the output checks and the summary need."""
+
+    run: Run
+    model: object
+    wall_s: float
+    capped: bool
+    peak_flops: float | None
+    weights_info: dict
+    attention: dict
+
+
+def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, local_rank: int = 0,
+                shard: Shard = Shard(), sampler: GpuSampler | None = None, on_batch=None) -> Share:
+    """Embed this process's blocks (`shard`) of a resolved config; checkpoints and telemetry are closed on return."""
+    run = Run(cfg, rank, world, local_rank, shard=shard, sampler=sampler, on_batch=on_batch)
     peak = None
     if run.device.type == "cuda":
         peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_tflops(run.device) * 1e12
@@ -164,6 +207,9 @@ def run_embed(cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int =
     run.sampler.start()
     progress = LiveProgress(desc=f"{cfg.mode} {cfg.model} rank{rank}", disable=not cfg.progress)
     loop_start = run.telemetry.now()
+    # batch arrival times count from here, the clock of `wall`: steady-state rates (wall - first steady
+    # arrival) must not count model loading and the peak-FLOPs probe as embedding time
+    run.loop_t0 = time.perf_counter()
     try:
         with run.telemetry.stage(STAGE):
             if cfg.mode == "v2":
@@ -177,27 +223,40 @@ def run_embed(cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int =
         run.store.close()
         run.telemetry.close()
     attention = dict(getattr(model, "attention_calls", {})) or {"fair-esm": "MultiheadAttention (padded)"}
-    return _finish(run, model, cfg, wall, capped, peak, weights_info, attention)
+    return Share(run, model, wall, capped, peak, weights_info, attention)
 
 
-def _finish(run: Run, model, cfg: EmbedConfig, wall: float, capped: bool, peak, weights_info, attention) -> dict:
+def run_result(share: Share, frames_translated: int, capped: bool | None = None) -> dict:
+    """The summary's `run` section, before the output is assembled."""
+    cfg = share.run.cfg
+    return {"capped": share.capped if capped is None else capped, "frames_translated": frames_translated, "weights": share.weights_info,
+            "attention_path": share.attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
+            "device": str(share.run.device)}
+
+
+def assemble_and_verify(share: Share, frames_translated: int) -> dict:
+    """Every shard in the folder -> embeddings.h5 (count checked), then the alignment check on it."""
+    cfg = share.run.cfg
+    assemble_start = time.perf_counter()
+    output = store.assemble(cfg.out_dir, expected_count=frames_translated, frame_names=FRAMES,
+                            attrs={"model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
+                                   "weights": json.dumps(share.weights_info)})
+    output["assemble_s"] = time.perf_counter() - assemble_start
+    return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg)}
+
+
+def _finish(share: Share) -> dict:
+    run, cfg = share.run, share.run.cfg
     records = aggregate.read_telemetry(run.telemetry.writer.path)
-    flops = esm2.flops_per_token(esm2.get_config(cfg.model))
-    result = {"capped": capped, "frames_translated": run.frames_translated, "weights": weights_info,
-              "attention_path": attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
-              "device": str(run.device)}
-    if run.world == 1 and not capped:
-        assemble_start = time.perf_counter()
-        result["output"] = store.assemble(cfg.out_dir, expected_count=run.frames_translated, frame_names=FRAMES,
-                                              attrs={"model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
-                                                     "weights": json.dumps(weights_info)})
-        result["output"]["assemble_s"] = time.perf_counter() - assemble_start
-        result["alignment_check"] = verify_alignment(run, model, cfg)
-    summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(), wall_s=wall,
-                                stage=STAGE, warmup_batches=cfg.warmup_batches, flops_per_token=flops,
-                                peak_flops=peak, gpu=run.sampler.summary(), window_s=cfg.window_s, extra={"run": result})
-    suffix = "" if run.world == 1 else f".rank{run.rank}"
-    write_json(cfg.out_dir / f"summary{suffix}.json", summary)
+    result = run_result(share, run.frames_translated)
+    if not share.capped:
+        result.update(assemble_and_verify(share, run.frames_translated))
+    summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
+                                wall_s=share.wall_s, stage=STAGE, warmup_batches=cfg.warmup_batches,
+                                flops_per_token=esm2.flops_per_token(esm2.get_config(cfg.model)),
+                                peak_flops=share.peak_flops, gpu=run.sampler.summary(), window_s=cfg.window_s,
+                                extra={"run": result})
+    write_json(cfg.out_dir / "summary.json", summary)
     return summary
 
 
@@ -208,15 +267,17 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     cuda = device.type == "cuda"
     dataset = PackedFrames(cfg.input, token_budget=cfg.token_budget, buffer_size=cfg.buffer_size, layout=cfg.layout,
                            block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                           max_residues=cfg.max_residues, done_keys=done_keys, shard=Shard(run.rank, run.world))
+                           max_residues=cfg.max_residues, done_keys=done_keys, shard=run.shard)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                         prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
                         pin_memory=cfg.pin_memory and cuda, persistent_workers=False)
+    if cfg.compile and cuda:
+        model.compile_blocks()
     forward = model.forward_packed if cfg.layout == "packed" else model.forward_padded
     copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
     compute_stream = torch.cuda.current_stream(device) if cuda else None
     in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
-    iloader = InstrumentedLoader(loader, clock_start=run.t0)
+    iloader = InstrumentedLoader(loader, clock_start=run.loop_t0)
     deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
     capped = False
     batch_index = 0
@@ -242,6 +303,8 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
                             real_tokens=batch["real_tokens"], slot_tokens=batch["slot_tokens"],
                             budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth)
         progress.update(batch["sequences"], batch["real_tokens"], batch["budget_tokens"])
+        if run.on_batch is not None:
+            run.on_batch(batch_index)
         if batch_index % 20 == 0:
             last = run.sampler.samples()[-1:]
             progress.set_gpu_util(last[0].get("gpu_utilization_percent") if last else None)
@@ -374,7 +437,7 @@ def _loop_v1(run: Run, model, done_keys, progress) -> bool:
             lengths = np.array([len(s) + 2 for s in strs])
             real = int(lengths.sum())
             run.keep_for_verification(picked, toks[0].numpy(), lengths, batch_index)
-            run.telemetry.batch(stage=STAGE, t_arrive_s=arrive - run.t0, loader_wait_s=arrive - waited_since,
+            run.telemetry.batch(stage=STAGE, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
                                 host_s=time.perf_counter() - host_start, span=span, sequences=len(strs),
                                 real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch)
             progress.update(len(strs), real, cfg.v1_toks_per_batch)

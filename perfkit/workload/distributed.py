@@ -1,0 +1,384 @@
+"""Multi-process embedding runs through torchrun: one rank per GPU (NCCL) or per CPU process (gloo).
+
+`perfkit embed ... --gpus N` (or `--nproc N` on CPU) re-launches the same command under
+`python -m torch.distributed.run --standalone --nproc-per-node N`. Multi-node users call
+torchrun themselves, on every node, with rendezvous flags, e.g.
+
+    torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --nproc-per-node 2 \
+        -m perfkit embed reads.fa -o /shared/run --device cuda
+
+--out must then be a folder every node shares (rank 0 assembles every rank's shards).
+
+In every rank (`run_rank`):
+1. rank 0 checks and prepares --out and reads the completed keys of a resumed run; the
+   result (or its error) is broadcast, so no rank starts before the folder is ready;
+2. the ranks translate the FASTA's blocks once, split between them, to count each block's
+   ESM tokens; blocks go to ranks by greedy longest-processing-time on those counts, so the
+   ranks finish together (`assign_blocks`); every sequence belongs to exactly one rank;
+3. each rank embeds its blocks, writing its own shards and telemetry.rank{r}.jsonl;
+4. barrier; rank 0 gathers every rank's report, assembles one embeddings.h5 from all shards,
+   checks alignment, and writes summary.json: per-rank and summed throughput, imbalance.
+
+A rank that fails makes the run fail: torchrun's agent stops the others and exits non-zero;
+collectives have a timeout (PERFKIT_DIST_TIMEOUT_S, default 30 min) so nothing waits forever;
+ranks die with their torchrun agent (parent-death signal) so a killed launch leaves no orphans.
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from perfkit import aggregate
+from perfkit.criteria import not_measured
+from perfkit.environment import environment
+from perfkit.errors import UserError
+from perfkit.sampler import GpuSampler
+from perfkit.summary import build_run_summary, write_json
+from perfkit.workload import esm2, store
+from perfkit.workload.config import EmbedConfig
+from perfkit.workload.data import Shard, block_tokens
+from perfkit.workload.runner import (STAGE, Share, assemble_and_verify, check_before_work, check_out_dir,
+                                     embed_share, prepare_out_dir, run_result, telemetry_name)
+
+log = logging.getLogger(__name__)
+
+# What the GPU machines require of NCCL (no NVLink multicast); set unless the user set them.
+NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+TIMEOUT_ENV = "PERFKIT_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+# Fault-injection hook for tests only: rank r raises after its first batch when this is "r".
+FAIL_RANK_ENV = "PERFKIT_TEST_FAIL_RANK"
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    world: int
+    local_rank: int
+
+
+def torchrun_rank(env: Mapping[str, str] = os.environ) -> RankInfo | None:
+    """This process's place in a torchrun launch, or None when not launched by torchrun."""
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    return RankInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])))
+
+
+def set_nccl_env(env) -> None:
+    for name, value in NCCL_ENV.items():
+        env.setdefault(name, value)
+
+
+# ---------------------------------------------------------------------------- launching
+
+def child_args(argv: list[str]) -> list[str]:
+    """The embed command line without --gpus/--nproc (and their values): what every rank runs."""
+    def launcher_flag(token: str) -> bool:
+        name = token.split("=", 1)[0]
+        # argparse accepted unambiguous prefixes too (e.g. --np)
+        return len(name) > 2 and name.startswith("--") and ("--gpus".startswith(name) or "--nproc".startswith(name))
+
+    out, skip_value = [], False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+        elif launcher_flag(token):
+            skip_value = "=" not in token
+        else:
+            out.append(token)
+    return out
+
+
+def torchrun_command(nproc: int, embed_argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "perfkit", *embed_argv]
+
+
+def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int | None = None) -> str:
+    """Every check that can fail before torchrun starts (writes nothing); returns the ranks' --device."""
+    if torchrun_rank() is not None:
+        raise UserError("--gpus/--nproc given inside a torchrun launch", "drop --gpus/--nproc when calling torchrun yourself")
+    if nproc < 1:
+        raise UserError(f"asked for {nproc} processes", "pass --gpus/--nproc 1 or more")
+    if cfg.mode != "v2":
+        raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "drop --gpus/--nproc or use --mode v2")
+    if gpus:
+        visible = torch.cuda.device_count() if visible_gpus is None else visible_gpus
+        if nproc > visible:
+            raise UserError(f"asked for {nproc} GPUs, {visible} visible",
+                            f"pass --gpus {visible} or fewer, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+                            if visible else "run on a GPU node, or use --nproc N for CPU processes")
+        if cfg.device not in ("auto", "cuda"):
+            raise UserError(f"--gpus runs one rank per GPU (cuda:LOCAL_RANK); --device {cfg.device} pins one",
+                            "drop --device or pass --device cuda")
+        device = "cuda"
+    else:
+        if cfg.device not in ("auto", "cpu"):
+            raise UserError(f"--nproc runs CPU processes (gloo), not --device {cfg.device}", "use --gpus N for GPUs")
+        device = "cpu"
+    check_before_work(cfg.model_copy(update={"device": device}))
+    check_out_dir(cfg)
+    return device
+
+
+def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool) -> int:
+    """Run `perfkit embed` (argv without --gpus/--nproc) in `nproc` ranks under torchrun; its exit code."""
+    device = check_launch(cfg, nproc, gpus=gpus)
+    env = dict(os.environ)
+    set_nccl_env(env)
+    command = torchrun_command(nproc, [*child_args(argv), "--device", device])
+    log.info("launching: %s", " ".join(command))
+    return subprocess.run(command, env=env).returncode
+
+
+def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | None = None) -> dict:
+    """Launch `cfg` in `nproc` ranks (as `perfkit embed --gpus/--nproc N` does); the run's summary.json."""
+    with tempfile.TemporaryDirectory(prefix="perfkit-multi-") as tmp:
+        params = Path(tmp) / "params.yaml"  # JSON is YAML: every setting of cfg, flags for the rest
+        params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir"})}))
+        command = [sys.executable, "-m", "perfkit", "embed", str(cfg.input), "-o", str(cfg.out_dir),
+                   "--params", str(params), "--gpus" if gpus else "--nproc", str(nproc)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-25:])
+        raise RuntimeError(f"{nproc}-rank run failed (exit {done.returncode}):\n{tail}")
+    return json.loads((cfg.out_dir / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------------------- planning
+
+def assign_blocks(tokens: np.ndarray, world: int) -> list[np.ndarray]:
+    """Greedy longest-processing-time: biggest block first, each to the least-loaded rank.
+
+    Returns each rank's block indices, sorted (input order). Max load <= 4/3 of the best possible.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    loads = [(0, rank) for rank in range(world)]  # (tokens so far, rank): a heap, ties to the lower rank
+    mine: list[list[int]] = [[] for _ in range(world)]
+    for block in np.argsort(-tokens, kind="stable"):
+        load, rank = heapq.heappop(loads)
+        mine[rank].append(int(block))
+        heapq.heappush(loads, (load + int(tokens[block]), rank))
+    return [np.sort(np.array(blocks, dtype=np.int64)) for blocks in mine]
+
+
+def plan_summary(tokens: np.ndarray, plan: list[np.ndarray]) -> dict:
+    planned = [int(tokens[blocks].sum()) for blocks in plan]
+    total = sum(planned)
+    mean = total / len(planned) if planned else 0
+    return {"balance": "greedy longest-processing-time on per-block ESM tokens",
+            "token_count": "translated for real: residues + 2 per surviving frame",
+            "blocks": int(len(tokens)), "total_tokens": total,
+            "planned_tokens": {r: t for r, t in enumerate(planned)},
+            "planned_token_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
+            "planned_imbalance": max(planned) / mean if mean else None}
+
+
+# ---------------------------------------------------------------------------- in the rank
+
+def sampler_for_rank(local_rank: int, env: Mapping[str, str] | None = None, *, rank: int | None = None,
+                     interval_s: float = 1.0, device_factory: Callable | None = None) -> GpuSampler:
+    """The sampler of one rank: its own physical GPU, i.e. CUDA_VISIBLE_DEVICES[local_rank]."""
+    return GpuSampler(interval_s=interval_s, cuda_index=local_rank, env=env, device_factory=device_factory,
+                      tag=f"rank{local_rank if rank is None else rank}")
+
+
+def rank_device(device: str, local_rank: int, cuda_count: int) -> str:
+    """cuda:LOCAL_RANK for GPU runs (one GPU per rank), cpu for CPU runs."""
+    if device == "cpu":
+        return "cpu"
+    if device not in ("auto", "cuda"):
+        raise UserError(f"--device {device} pins one GPU; a torchrun rank uses cuda:LOCAL_RANK", "pass --device cuda or auto")
+    if cuda_count == 0:
+        if device == "auto":
+            return "cpu"
+        raise UserError("device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu")
+    if local_rank >= cuda_count:
+        raise UserError(f"local rank {local_rank} has no GPU: {cuda_count} visible on {socket.gethostname()}",
+                        f"start at most {cuda_count} processes per node (--nproc-per-node)")
+    return f"cuda:{local_rank}"
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this rank when its torchrun agent dies (torchrun puts ranks in their own sessions)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def fault_injection_hook(rank: int, env: Mapping[str, str] = os.environ):
+    """Test-only (PERFKIT_TEST_FAIL_RANK=r): rank r raises after its first batch."""
+    if env.get(FAIL_RANK_ENV) != str(rank):
+        return None
+
+    def fail(batch_index: int) -> None:
+        raise RuntimeError(f"fault injected by {FAIL_RANK_ENV}={rank} after batch {batch_index}")
+    return fail
+
+
+def rank_main(cfg: EmbedConfig, info: RankInfo) -> dict | None:
+    """`perfkit embed` under torchrun: this rank's share; rank 0 returns the run's summary."""
+    try:
+        return run_rank(cfg, info)
+    except UserError as err:
+        raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
+    except BaseException as err:
+        print(f"error: rank {info.rank} of {info.world} (local rank {info.local_rank} on {socket.gethostname()}) "
+              f"failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        raise
+
+
+def run_rank(cfg: EmbedConfig, info: RankInfo) -> dict | None:
+    set_nccl_env(os.environ)
+    die_with_parent()
+    device = rank_device(cfg.device, info.local_rank, torch.cuda.device_count())
+    if cfg.mode != "v2":
+        raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "run without torchrun or use --mode v2")
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(info.local_rank)
+    timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
+    try:
+        # small control messages go over gloo (CPU) on every backend: one code path, tested on CPU
+        group = dist.new_group(backend="gloo", timeout=timeout)
+        cfg, done_keys = _prepared_by_rank0(cfg.model_copy(update={"device": device}), info, group)
+        plan_start = time.perf_counter()
+        tokens = _block_tokens(cfg, info, group)
+        plan = assign_blocks(tokens, info.world)
+        plan_s = time.perf_counter() - plan_start
+        if len(tokens) < 4 * info.world:
+            log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
+                        len(tokens), info.world)
+        sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
+        share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
+                            shard=Shard(tuple(plan[info.rank].tolist())), sampler=sampler,
+                            on_batch=fault_injection_hook(info.rank))
+        dist.barrier(group)  # every rank's shards are on disk
+        reports = [None] * info.world if info.rank == 0 else None
+        dist.gather_object(_report(share, info, plan[info.rank]), reports, dst=0, group=group)
+        if info.rank != 0:
+            return None
+        return _finish_run(share, reports, {**plan_summary(tokens, plan), "plan_s": plan_s})
+    finally:
+        dist.destroy_process_group()
+
+
+def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group) -> tuple[EmbedConfig, np.ndarray]:
+    """Rank 0 checks and prepares --out and reads a resumed run's keys; every rank gets the result or the error."""
+    message: list = [None]
+    if info.rank == 0:
+        try:
+            resolved = check_before_work(cfg, info.local_rank)
+            prepare_out_dir(resolved)
+            done = store.completed_keys(resolved.out_dir) if resolved.resume else np.empty(0, np.int64)
+            message = [("ok", resolved.precision, done)]
+        except UserError as err:
+            message = [("error", err.problem, err.fix)]
+    dist.broadcast_object_list(message, src=0, group=group)
+    status, first, second = message[0]
+    if status == "error":
+        raise UserError(first, second)
+    return cfg.model_copy(update={"precision": first}), second
+
+
+def _block_tokens(cfg: EmbedConfig, info: RankInfo, group) -> np.ndarray:
+    mine = block_tokens(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
+                        max_residues=cfg.max_residues, rank=info.rank, world=info.world)
+    counts = torch.from_numpy(mine)
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+    return counts.numpy()
+
+
+def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
+    """What rank 0 needs from each rank."""
+    run = share.run
+    return {"rank": info.rank, "local_rank": info.local_rank, "host": socket.gethostname(), "device": str(run.device),
+            "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
+            "wall_s": share.wall_s, "capped": share.capped, "frames_translated": run.frames_translated,
+            "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": run.sampler.summary(),
+            "verify_pool": run.verify_pool}
+
+
+def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
+    """Rank 0: one embeddings.h5 from every rank's shards, checked; summary.json over all ranks."""
+    run, cfg = share.run, share.run.cfg
+    world = len(reports)
+    frames = sum(r["frames_translated"] for r in reports)
+    capped = any(r["capped"] for r in reports)
+    run.verify_pool = [item for r in reports for item in r["verify_pool"]]  # check rows written by every rank
+    result = run_result(share, frames, capped=capped)
+    if not capped:
+        result.update(assemble_and_verify(share, frames))
+    records = aggregate.read_telemetry([cfg.out_dir / telemetry_name(r, world) for r in range(world)])
+    per_rank = {r["rank"]: {key: r[key] for key in ("host", "local_rank", "device", "physical_gpu", "wall_s",
+                                                    "frames_translated", "blocks", "peak_flops")}
+                for r in reports}
+    for rank, info in per_rank.items():
+        info["planned_tokens"] = plan["planned_tokens"][rank]
+        info["planned_token_share"] = plan["planned_token_share"][rank]
+    distributed = {"world": world, "launcher": "torchrun", "backend": dist.get_backend(),
+                   "nccl_env": {k: os.environ.get(k) for k in NCCL_ENV}, "plan": plan, "ranks": per_rank,
+                   "throughput_rule": "summed over ranks (never averaged); overall rates use the slowest rank's wall time",
+                   "imbalance_rule": "slowest rank's embedding wall time / mean over ranks"}
+    summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
+                                wall_s={r["rank"]: r["wall_s"] for r in reports}, stage=STAGE,
+                                warmup_batches=cfg.warmup_batches,
+                                flops_per_token=esm2.flops_per_token(esm2.get_config(cfg.model)),
+                                peak_flops=share.peak_flops, gpu={r["rank"]: r["gpu"] for r in reports},
+                                window_s=cfg.window_s, extra={"run": result, "distributed": distributed})
+    write_json(cfg.out_dir / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------- scaling figures
+
+def scaling(single: dict, multi: dict) -> dict:
+    """1-process vs N-rank summaries of the same work: speed-up, efficiency, imbalance, per-rank figures."""
+    one, many = single["throughput"], multi["throughput"]
+    world = multi.get("distributed", {}).get("world") or many["ranks"]
+    factor = _ratio(many.get("steady_tok_per_s"), one.get("steady_tok_per_s"))
+    same_work = one.get("sequences") == many.get("sequences")
+    wall_factor = (_ratio(one.get("wall_s"), many.get("wall_s")) if same_work
+                   else not_measured("the two runs embedded different numbers of sequences"))
+    per_rank = {}
+    for rank, figures in multi.get("per_rank", {}).items():
+        gpu = multi.get("gpu", {}).get(str(rank)) or multi.get("gpu", {}).get(rank) or {}
+        util = gpu.get("gpu_utilization_percent") or {}
+        per_rank[str(rank)] = {
+            "steady_tok_per_s": figures.get("steady_tok_per_s"), "tok_per_s": figures.get("tok_per_s"),
+            "wall_s": figures.get("wall_s"), "physical_gpu": gpu.get("physical_index"),
+            "gpu_utilization_mean": (util["mean"] if util.get("measured") and "mean" in util
+                                     else not_measured(util.get("reason") or gpu.get("note") or "no GPU samples")),
+        }
+    return {"ranks": world,
+            "factor": factor,  # summed steady tok/s of N ranks / steady tok/s of one process
+            "wall_factor": wall_factor,  # one process's wall time / the N-rank run's (slowest rank)
+            "efficiency": factor / world if factor is not None else None,
+            "imbalance": many.get("rank_imbalance"),
+            "planned_token_imbalance": multi.get("distributed", {}).get("plan", {}).get("planned_imbalance"),
+            "single_steady_tok_per_s": one.get("steady_tok_per_s"),
+            "multi_steady_tok_per_s": many.get("steady_tok_per_s"),
+            "per_rank": per_rank}
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None

@@ -1,0 +1,184 @@
+"""Multi-process runs on CPU through torchrun (gloo): sharding, aggregation, failures, resume.
+
+The same code path runs NCCL ranks on GPUs; only the backend and device differ.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import orf_fasta
+from perfkit.workload import distributed
+from perfkit.workload.config import make_config
+from perfkit.workload.data import block_tokens, count_frames
+from perfkit.workload.store import read_embeddings
+
+FLAGS = ["--device", "cpu", "--precision", "fp32", "--token-budget", "512", "--num-workers", "0",
+         "--block-reads", "16", "--checkpoint-every", "40", "--no-progress"]
+
+
+def _embed_cmd(fasta, out, *extra):
+    return [sys.executable, "-m", "perfkit", "embed", str(fasta), "-o", str(out), *FLAGS, *extra]
+
+
+# one thread per rank (torchrun's default for N > 1, here for N = 1 too): fair, and robust on a busy CPU
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def _embed(fasta, out, *extra, env=None, timeout=180):
+    return subprocess.run(_embed_cmd(fasta, out, *extra), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **ONE_THREAD, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One sample embedded by 1 rank and by 2 ranks (both through torchrun)."""
+    folder = tmp_path_factory.mktemp("dist")
+    fasta = orf_fasta(folder / "s.fa", 240, seed=1)
+    done = _embed(fasta, folder / "n2", "--nproc", "2")  # the command line a user types
+    assert done.returncode == 0, done.stderr
+    cfg = make_config(input=fasta, out_dir=folder / "n1", device="cpu", precision="fp32", token_budget=512,
+                      num_workers=0, block_reads=16, checkpoint_every_sequences=40, progress=False)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ.update(ONE_THREAD)
+    try:
+        single = distributed.run_multi(cfg, 1, gpus=False)  # what the notebooks call
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
+    return fasta, folder, {1: single, 2: json.loads((folder / "n2" / "summary.json").read_text())}
+
+
+def test_two_ranks_give_the_output_of_one(runs):
+    fasta, folder, _ = runs
+    ids_1, vectors_1 = read_embeddings(folder / "n1" / "embeddings.h5")  # refuses an incomplete file
+    ids_2, vectors_2 = read_embeddings(folder / "n2" / "embeddings.h5")
+    assert ids_2 == ids_1 and len(ids_1) == count_frames(fasta)
+    # ranks pack different subsets, so batch composition differs: equal within fp32 tolerance, not bitwise
+    np.testing.assert_allclose(vectors_2, vectors_1, rtol=1e-5, atol=1e-6)
+    shards = sorted(p.name[:10] for p in (folder / "n2" / "checkpoints").glob("shard-*.npz"))
+    assert set(shards) == {"shard-r000", "shard-r001"}
+    assert (folder / "n2" / "telemetry.rank0.jsonl").stat().st_size and (folder / "n2" / "telemetry.rank1.jsonl").stat().st_size
+
+
+def test_summary_keeps_every_rank_and_sums_throughput(runs):
+    fasta, _, summaries = runs
+    summary = summaries[2]
+    per_rank, total = summary["per_rank"], summary["throughput"]
+    assert sorted(per_rank) == ["0", "1"] and total["ranks"] == 2
+    assert total["sequences"] == sum(r["sequences"] for r in per_rank.values()) == count_frames(fasta)
+    assert total["steady_tok_per_s"] == pytest.approx(sum(r["steady_tok_per_s"] for r in per_rank.values()))
+    assert total["rank_imbalance"] >= 1.0
+    assert sorted(summary["gpu"]) == ["0", "1"]  # each rank's sampler summary
+    ranks = summary["distributed"]["ranks"]
+    assert sum(r["frames_translated"] for r in ranks.values()) == summary["run"]["frames_translated"] == count_frames(fasta)
+    plan = summary["distributed"]["plan"]
+    assert sum(plan["planned_token_share"].values()) == pytest.approx(1.0)
+    assert sum(plan["planned_tokens"].values()) == total["real_tokens"]  # the plan counted what was embedded
+    assert summary["run"]["alignment_check"]["passed"] and summary["run"]["alignment_check"]["checked"] > 0
+    assert summary["distributed"]["backend"] == "gloo"
+    assert summary["distributed"]["nccl_env"]["NCCL_NVLS_ENABLE"] == "0"
+
+
+def test_scaling_figures(runs):
+    _, _, summaries = runs
+    figures = distributed.scaling(summaries[1], summaries[2])
+    single, multi = summaries[1]["throughput"], summaries[2]["throughput"]
+    assert figures["factor"] == pytest.approx(multi["steady_tok_per_s"] / single["steady_tok_per_s"])
+    assert figures["wall_factor"] == pytest.approx(single["wall_s"] / multi["wall_s"])
+    assert figures["efficiency"] == pytest.approx(figures["factor"] / 2)
+    assert sorted(figures["per_rank"]) == ["0", "1"]
+    util = figures["per_rank"]["0"]["gpu_utilization_mean"]
+    assert util["measured"] is False and util["reason"]  # no NVIDIA driver here: marked, never a zero
+
+
+def test_token_balanced_assignment():
+    tokens = np.array([100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 5])
+    plan = distributed.assign_blocks(tokens, 3)
+    assigned = np.concatenate(plan)
+    assert sorted(assigned.tolist()) == list(range(len(tokens)))  # every block exactly once
+    assert all(np.all(np.diff(p) > 0) for p in plan)  # input order within a rank
+    loads = [int(tokens[p].sum()) for p in plan]
+    assert max(loads) / np.mean(loads) < 1.05  # greedy LPT: 194, 190, 186 here
+    # a count-based split (block % 3) would give 235, 185, 160
+    rng = np.random.default_rng(0)
+    skewed = rng.lognormal(6, 1.5, size=400).astype(np.int64)
+    loads = [int(skewed[p].sum()) for p in distributed.assign_blocks(skewed, 8)]
+    assert max(loads) <= np.mean(loads) + skewed.max()  # the list-scheduling bound
+    assert max(loads) / np.mean(loads) < 1.02
+
+
+def test_block_tokens_split_between_ranks_sums_to_the_whole(small_fasta):
+    whole = block_tokens(small_fasta, block_reads=16)
+    parts = [block_tokens(small_fasta, block_reads=16, rank=r, world=3) for r in range(3)]
+    assert np.array_equal(sum(parts), whole) and whole.min() > 0
+
+
+def test_each_rank_samples_its_own_physical_gpu():
+    opened = []
+    env = {"CUDA_VISIBLE_DEVICES": "3,5", "LOCAL_RANK": "1"}
+    for local_rank in (0, 1):
+        sampler = distributed.sampler_for_rank(local_rank, env, device_factory=lambda p: opened.append(p))
+        assert sampler.physical_index == [3, 5][local_rank]
+    assert opened == [3, 5]
+
+
+def test_launcher_drops_only_its_own_flags():
+    argv = ["-v", "embed", "x.fa", "-o", "out", "--nproc", "2", "--gpus=2", "--np", "3", "--num-workers", "1"]
+    assert distributed.child_args(argv) == ["-v", "embed", "x.fa", "-o", "out", "--num-workers", "1"]
+
+
+def test_more_gpus_than_visible_is_refused_before_work(small_fasta, tmp_path):
+    out = tmp_path / "o"
+    result = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(small_fasta), "-o", str(out), "--gpus", "4",
+                             "--no-progress"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: asked for 4 GPUs,") and "visible" in lines[0]
+    assert not out.exists()
+
+
+def test_a_failing_rank_fails_the_run_quickly(runs, tmp_path):
+    fasta, _, _ = runs
+    start = time.monotonic()
+    result = _embed(fasta, tmp_path / "o", "--nproc", "2", env={distributed.FAIL_RANK_ENV: "1"}, timeout=120)
+    assert time.monotonic() - start < 120
+    assert result.returncode != 0
+    assert "error: rank 1 of 2" in result.stderr and "fault injected" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the 2-rank run failed")
+    assert not (tmp_path / "o" / "embeddings.h5").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_killing_the_whole_launch(runs, tmp_path):
+    fasta, folder, _ = runs
+    out = tmp_path / "killed"
+    launcher = subprocess.Popen(_embed_cmd(fasta, out, "--nproc", "2"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **ONE_THREAD})
+    deadline = time.time() + 120
+    while time.time() < deadline and launcher.poll() is None:
+        if len(list((out / "checkpoints").glob("shard-*.npz"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert launcher.poll() is None, "the run ended before the kill point: make the sample larger"
+    processes = psutil.Process(launcher.pid).children(recursive=True)  # torchrun and its ranks
+    os.killpg(launcher.pid, signal.SIGKILL)  # launcher + torchrun; ranks live in their own sessions
+    launcher.wait()
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, f"ranks outlived their torchrun agent: {alive}"
+    assert not (out / "embeddings.h5").exists()
+
+    resumed = _embed(fasta, out, "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    ids, vectors = read_embeddings(out / "embeddings.h5")
+    ref_ids, ref_vectors = read_embeddings(folder / "n2" / "embeddings.h5")
+    assert ids == ref_ids
+    # same ranks -> same token plan -> same batches: bitwise equal to the uninterrupted 2-rank run
+    assert np.array_equal(vectors, ref_vectors)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["throughput"]["sequences"] < len(ids)  # only the unfinished part was embedded
