@@ -1,0 +1,1132 @@
+"""The experiments and analyses behind the notebook suite (01_baseline ... 06_summary).
+
+Notebooks stay thin: a `parameters` cell, one `setup(...)` call that validates every
+parameter and the params file, then calls into this module and `perfkit.plots`.
+Everything a notebook computes is reachable (and tested) from here.
+
+Run folder layout (`run_dir`):
+    sample.fa, sample.json           the synthetic sample, made once per run folder
+    <notebook>/metrics.json          headline values the notebook recorded (+ its details)
+    <notebook>/*.png, *.json         figures and tables
+    <notebook>/runs/<name>/          each embedding run's summary.json, telemetry.jsonl
+    <notebook>.ipynb / .html         executed notebooks (written by `perfkit suite`)
+    suite.json, summary.json         suite status; the criteria verdict (06)
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from perfkit import criteria as crit
+from perfkit.errors import UserError
+from perfkit.params import load_params
+from perfkit.summary import write_json
+
+log = logging.getLogger(__name__)
+
+NOTEBOOKS = ("01_baseline", "02_profiling", "03_scaling", "04_tuning", "05_full_validation", "06_summary")
+MEASURING_NOTEBOOKS = NOTEBOOKS[:-1]
+SUMMARY_SCHEMA = "perfkit.suite-summary/1"
+# knobs a tuning sweep may vary (all are EmbedConfig fields that change speed, never results)
+TUNABLE = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "block_reads", "pin_memory",
+           "copy_stream", "allocator", "checkpoint_every_sequences", "checkpoint_every_seconds")
+# EmbedConfig fields the suite sets itself: not allowed in the params' `embed:` section
+SUITE_OWNED = ("input", "out_dir", "resume", "max_reads", "max_seconds", "mode", "layout", "progress")
+
+
+# =============================================================================== params
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleParams(_Strict):
+    reads: int = Field(2000, ge=1, description="synthetic reads to generate")
+    profile: str = Field("reads150", description="synthetic profile: reads150 | reads300 | contigs | PROFILE.json")
+    seed: int = 0
+    path: Optional[str] = Field(None, description="an existing FASTA instead (relative to the params file)")
+
+
+class Caps(_Strict):
+    max_seconds: Optional[float] = Field(None, gt=0)
+    max_reads: Optional[int] = Field(None, ge=1)
+
+
+class EquivalenceParams(_Strict):
+    model: Optional[str] = None  # None: the embed model
+    proteins: int = Field(64, ge=2)
+    token_budget: int = Field(8192, ge=16)
+    seed: int = 0
+
+
+class BaselineParams(Caps):
+    v1_max_seconds: Optional[float] = Field(None, gt=0)  # v1 is slow: its own cap (default: max_seconds)
+    v1_fp16: bool = True  # also measure v1 in fp16 (GPU only)
+    equivalence: EquivalenceParams = EquivalenceParams()
+
+
+class ProfilingParams(Caps):
+    sample_interval_s: float = Field(1.0, gt=0)
+    profiler_batches: int = Field(3, ge=1)
+    profiler_warmup: int = Field(1, ge=0)
+    top_kernels: int = Field(15, ge=1)
+
+
+class ScalingParams(Caps):
+    nproc: int = Field(2, ge=1)
+    embed: dict = Field(default_factory=dict)  # overrides for both runs (e.g. num_workers)
+
+
+class TuningParams(Caps):
+    strategy: Literal["coordinate", "grid"] = "coordinate"
+    max_runs: int = Field(8, ge=1)
+    target_tok_per_s: Optional[float] = Field(None, gt=0)
+    grid: dict[str, list] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _known_knobs(cls, grid):
+        unknown = sorted(set(grid) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"unknown knob(s) {', '.join(unknown)}; tunable: {', '.join(TUNABLE)}")
+        empty = sorted(k for k, v in grid.items() if not v)
+        if empty:
+            raise ValueError(f"knob(s) {', '.join(empty)} have no values")
+        return grid
+
+
+class FullValidationParams(Caps):
+    full_sample_reads: int = Field(6_000_000, ge=1)
+    nproc: int = Field(1, ge=1)
+    checkpoint_every_sequences: int = Field(10_000, ge=1)
+    checkpoint_every_seconds: float = Field(300.0, gt=0)
+    use_tuned: bool = False  # take the embed knobs of 04_tuning/best_params.yaml when it exists
+
+
+class SuiteParams(_Strict):
+    name: str
+    description: str = ""
+    notebook_timeout_s: Optional[float] = Field(None, gt=0)  # per cell, for `perfkit suite`
+    sample: SampleParams = SampleParams()
+    embed: dict = Field(default_factory=dict)
+    baseline: BaselineParams = BaselineParams()
+    profiling: ProfilingParams = ProfilingParams()
+    scaling: ScalingParams = ScalingParams()
+    tuning: TuningParams = TuningParams()
+    full_validation: FullValidationParams = FullValidationParams()
+    criteria: list[dict]
+
+    @field_validator("embed")
+    @classmethod
+    def _embed_keys(cls, embed):
+        owned = sorted(set(embed) & set(SUITE_OWNED))
+        if owned:
+            raise ValueError(f"key(s) {', '.join(owned)} are set by the suite per notebook, not in embed:")
+        return embed
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_suite_params(params_file: str | Path, overrides: dict | None = None) -> SuiteParams:
+    """The params file (plus overrides) validated: unknown or ill-typed keys are one-line UserErrors."""
+    from perfkit.workload.config import make_config
+
+    path = Path(params_file)
+    data = _deep_merge(load_params(path), overrides or {})
+    try:
+        params = SuiteParams(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "params"
+        raise UserError(f"{path}: {where}: {first['msg']}", "fix that key (see params/README.md)") from None
+    if params.sample.path and not Path(params.sample.path).is_absolute():
+        params.sample.path = str((path.parent / params.sample.path).resolve())
+    try:
+        make_config(input="sample.fa", out_dir="out", **params.embed)  # every embed key checked now
+        make_config(input="sample.fa", out_dir="out", **{**params.embed, **params.scaling.embed})
+        if params.baseline.equivalence.model:
+            make_config(input="sample.fa", out_dir="out", model=params.baseline.equivalence.model)
+        for knob, values in params.tuning.grid.items():
+            for value in values:
+                make_config(input="sample.fa", out_dir="out", **{**params.embed, knob: value})
+    except UserError as err:
+        raise UserError(f"{path}: {err.problem}", err.fix) from None
+    rules = crit.criteria_from_params(params.criteria)
+    for rule in rules:
+        if rule.source not in MEASURING_NOTEBOOKS:
+            raise UserError(f"{path}: criterion {rule.name!r} has source {rule.source!r}",
+                            f"set source to one of {', '.join(MEASURING_NOTEBOOKS)}")
+    return params
+
+
+# =============================================================================== notebook context
+
+class NotebookArgs(_Strict):
+    params_file: str
+    run_dir: str
+
+
+class ScalingArgs(NotebookArgs):
+    gpus: Optional[int] = Field(None, ge=1)  # processes to compare with 1 (GPUs, or CPU processes on CPU); None: params
+    nodes: int = Field(1, ge=1)
+
+
+NOTEBOOK_ARGS: dict[str, type[NotebookArgs]] = {"03_scaling": ScalingArgs}
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+@dataclass
+class Context:
+    """What a notebook works with: validated params, its output folder, the shared sample."""
+
+    notebook: str
+    params: SuiteParams
+    params_file: Path
+    run_dir: Path
+    args: NotebookArgs
+    started: float = field(default_factory=time.time)
+
+    @property
+    def out(self) -> Path:
+        return self.run_dir / self.notebook
+
+    @property
+    def sample(self) -> Path:
+        return ensure_sample(self.params, self.run_dir)[0]
+
+    @property
+    def sample_stats(self) -> dict:
+        return ensure_sample(self.params, self.run_dir)[1]
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def embed_config(self, run: str, **overrides):
+        """EmbedConfig for one run of this notebook: params' embed section + overrides."""
+        from perfkit.workload.config import make_config
+
+        out_dir = self.out / "runs" / run
+        shutil.rmtree(out_dir, ignore_errors=True)
+        values = {**self.params.embed, "progress": False, **overrides}
+        return make_config(input=self.sample, out_dir=out_dir, **values)
+
+    def finish(self, headline: dict, details: dict | None = None) -> dict:
+        """Record every headline value into the notebook and write <notebook>/metrics.json."""
+        from perfkit import records
+
+        for name, value in headline.items():
+            records.record(name, value)
+        payload = {"notebook": self.notebook, "status": "complete", "params_file": str(self.params_file),
+                   "params_name": self.params.name, "seconds": time.time() - self.started,
+                   "records": {k: _plain(v) for k, v in headline.items()}, "details": _plain(details or {})}
+        write_json(self.path("metrics.json"), payload)
+        return payload
+
+
+def _plain(value):
+    """JSON-able form (DataFrames as lists of rows)."""
+    from perfkit.records import to_jsonable
+
+    if isinstance(value, pd.DataFrame):
+        return to_jsonable(value.astype(object).where(value.notna(), None).to_dict(orient="records"))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return to_jsonable(value)
+
+
+def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **args) -> Context:
+    """Validate a notebook's parameters and params file; prepare its (emptied) output folder.
+
+    `namespace` (the notebook's globals()) is checked for parameters papermill injected that
+    this notebook does not know: papermill itself only warns about them.
+    """
+    if notebook not in NOTEBOOKS:
+        raise UserError(f"unknown notebook {notebook!r}", f"use one of {', '.join(NOTEBOOKS)}")
+    model = NOTEBOOK_ARGS.get(notebook, NotebookArgs)
+    known = set(model.model_fields)
+    if namespace is not None:
+        unknown = sorted(k for k, v in namespace.items()
+                         if not k.startswith("_") and k not in known and k not in _IPYTHON_NAMES
+                         and isinstance(v, (str, int, float, bool, list, dict, tuple, type(None))))
+        if unknown:
+            raise UserError(f"{notebook}: unknown parameter(s) {', '.join(unknown)}",
+                            f"this notebook takes {', '.join(sorted(known))}")
+    try:
+        parsed = model(params_file=str(params_file), run_dir=str(run_dir), **args)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "parameters"
+        raise UserError(f"{notebook}: parameter {where}: {first['msg']}",
+                        f"this notebook takes {', '.join(sorted(known))}") from None
+    params_path = Path(parsed.params_file).resolve()
+    params = load_suite_params(params_path)
+    root = Path(parsed.run_dir).resolve()
+    ctx = Context(notebook, params, params_path, root, parsed)
+    if notebook != "06_summary":
+        shutil.rmtree(ctx.out, ignore_errors=True)  # no stale metrics from an earlier run survive
+        ensure_sample(params, root)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("perfkit.sampler").setLevel(logging.ERROR)  # not-measured GPU util is stated in the figures
+    return ctx
+
+
+# =============================================================================== sample
+
+def ensure_sample(params: SuiteParams, run_dir: str | Path) -> tuple[Path, dict]:
+    """(FASTA path, its statistics): the synthetic sample is generated once per run folder."""
+    from perfkit.workload.synth import profile_fasta, write_synthetic_fasta
+
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "sample.json"
+    spec = params.sample.model_dump()
+    if params.sample.path:
+        fasta = Path(params.sample.path)
+        if not fasta.exists():
+            raise UserError(f"sample path {fasta} does not exist", "fix sample.path in the params")
+        spec["mtime"] = fasta.stat().st_mtime
+    else:
+        fasta = run_dir / "sample.fa"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("spec") == spec and fasta.exists():
+            return fasta, meta["stats"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if params.sample.path:
+        stats = profile_fasta(fasta)["summary"]
+    else:
+        stats = write_synthetic_fasta(fasta, params.sample.reads, profile=params.sample.profile, seed=params.sample.seed)
+    stats["tokens_per_read"] = tokens_per_read(stats)
+    write_json(meta_path, {"spec": spec, "path": str(fasta), "stats": stats})
+    return fasta, stats
+
+
+def tokens_per_read(stats: dict) -> float:
+    """ESM-2 tokens (BOS/EOS included) per input read: frames/read x (mean protein length + 2)."""
+    if not stats.get("reads"):
+        return 0.0
+    return stats["frames"] / stats["reads"] * (stats["mean_protein_length"] + 2)
+
+
+# =============================================================================== shared helpers
+
+def resolved_device(params: SuiteParams) -> str:
+    from perfkit.workload.runner import pick_device
+
+    return str(pick_device(params.embed.get("device", "auto")))
+
+
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def ratio(numerator, denominator, reason: str):
+    """numerator / denominator, or the not-measured marker when either side is missing."""
+    numerator, denominator = _number(numerator), _number(denominator)
+    if numerator is None or not denominator:
+        return crit.not_measured(reason)
+    return numerator / denominator
+
+
+def _number(value):
+    """A finite float, else None (None, NaN, markers, strings)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def dominant_attention(summary: dict) -> str:
+    calls = (summary.get("run") or {}).get("attention_path") or {}
+    numbers = {k: v for k, v in calls.items() if isinstance(v, (int, float))}
+    if numbers:
+        return max(numbers, key=numbers.get) if max(numbers.values()) > 0 else "none"
+    return next(iter(calls.values()), "unknown") if calls else "unknown"
+
+
+def throughput_row(variant: str, summary: dict | None, *, note: str = "") -> dict:
+    """One row of a throughput table; steady-state figures (warm-up batches excluded)."""
+    row = {"variant": variant, "measured": summary is not None, "mode": None, "layout": None, "precision": None,
+           "device": None, "sequences": None, "batches": None, "seq_per_s": None, "tok_per_s": None,
+           "overall_tok_per_s": None, "token_utilisation": None, "padding_waste": None,
+           "device_busy_fraction": None, "attention": None, "capped": None, "note": note}
+    if summary is None:
+        return row
+    t, run, config = summary["throughput"], summary.get("run", {}), summary.get("config", {})
+    row.update(mode=run.get("mode", config.get("mode")),
+               layout=config.get("layout") if config.get("mode") == "v2" else "padded (fair-esm batches)",
+               precision=run.get("precision", config.get("precision")), device=run.get("device", config.get("device")),
+               sequences=t["sequences"], batches=t["batches"], seq_per_s=t["steady_seq_per_s"],
+               tok_per_s=t["steady_tok_per_s"], overall_tok_per_s=t["tok_per_s"],
+               token_utilisation=t["packing_efficiency"], padding_waste=t["padding_waste"],
+               device_busy_fraction=t["device_busy_fraction"], attention=dominant_attention(summary),
+               capped=run.get("capped"))
+    return row
+
+
+def gpu_util_mean(summary: dict):
+    """Mean NVML utilisation (%) over the run's GPUs, or the not-measured marker.
+
+    Accepts a single-process summary (summary['gpu'] from GpuSampler.summary) and
+    multi-process ones (summary['gpu'] keyed by rank, or summary['per_rank'][r]['gpu']).
+    """
+    gpu = summary.get("gpu") or {}
+    candidates = []
+    if "gpu_utilization_percent" in gpu:
+        candidates.append(gpu)
+    else:
+        candidates += [v for v in gpu.values() if isinstance(v, dict) and "gpu_utilization_percent" in v]
+    for rank in (summary.get("per_rank") or {}).values():
+        if isinstance(rank, dict) and isinstance(rank.get("gpu"), dict):
+            candidates.append(rank["gpu"])
+    means, reasons = [], []
+    for entry in candidates:
+        util = entry.get("gpu_utilization_percent") or {}
+        if util.get("measured") and util.get("mean") is not None:
+            means.append(float(util["mean"]))
+        else:
+            reasons.append(util.get("reason") or entry.get("note") or "no NVML samples")
+    if means and not reasons:
+        return float(np.mean(means))
+    return crit.not_measured(reasons[0] if reasons else "no GPU samples in the run summary")
+
+
+def describe_util(value) -> str:
+    return f"{value:.1f} %" if isinstance(value, (int, float)) else f"NOT MEASURED ({value.get('reason')})"
+
+
+# =============================================================================== 01 baseline
+
+def run_baseline(ctx: Context) -> dict:
+    """v1 fp32, v1 fp16 (GPU only), v2 padded, v2 packed on the same sample and device; speedups."""
+    from perfkit.workload.runner import run_embed
+
+    p = ctx.params.baseline
+    device = resolved_device(ctx.params)
+    cuda = is_cuda(device)
+    caps = {"max_seconds": p.max_seconds, "max_reads": p.max_reads}
+    v1_caps = {**caps, "max_seconds": p.v1_max_seconds or p.max_seconds}
+    v2_precision = ctx.params.embed.get("precision", "auto")
+    if v2_precision == "auto":
+        v2_precision = "bf16" if cuda else "fp32"
+    plan = [
+        ("v1 fair-esm fp32", dict(mode="v1", precision="fp32", **v1_caps), None),
+        ("v1 fair-esm fp16", dict(mode="v1", precision="fp16", **v1_caps),
+         None if (cuda and p.v1_fp16) else ("fp16 runs on GPU only: not measured on " + device if not cuda
+                                            else "v1_fp16: false in the params")),
+        (f"v2 padded SDPA {v2_precision}", dict(mode="v2", layout="padded", precision=v2_precision, **caps), None),
+        (f"v2 packed {v2_precision}", dict(mode="v2", layout="packed", precision=v2_precision, **caps), None),
+    ]
+    rows, summaries = [], {}
+    for index, (variant, overrides, skip) in enumerate(plan):
+        if skip:
+            rows.append(throughput_row(variant, None, note=skip))
+            continue
+        summary = run_embed(ctx.embed_config(f"{index}-{overrides['mode']}-{overrides.get('layout', 'fairesm')}"
+                                             f"-{overrides['precision']}", device=device, **overrides))
+        summaries[variant] = summary
+        rows.append(throughput_row(variant, summary))
+    table = pd.DataFrame(rows)
+    tok = dict(zip(table["variant"], table["tok_per_s"]))
+    v1, v1_16, padded, packed = (tok[plan[i][0]] for i in range(4))
+    result = {
+        "table": table,
+        "summaries": summaries,
+        "device": device,
+        "precision": v2_precision,
+        "speedup_v2_over_v1": ratio(packed, v1, "v1 fp32 or v2 packed throughput missing"),
+        "speedup_v2_over_v1_fp16": ratio(packed, v1_16, "v1 fp16 not measured on this device"),
+        "speedup_v2_over_padded": ratio(packed, padded, "padded or packed throughput missing"),
+    }
+    write_json(ctx.path("throughput.json"), _plain(table))
+    return result
+
+
+def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
+    """The equivalence gate (fair-esm fp32 padded vs our packed path) on the run's device/precision."""
+    from perfkit.workload.equivalence import default_proteins, run_equivalence_gate
+
+    p = ctx.params.baseline.equivalence
+    model = p.model or ctx.params.embed.get("model", "esm2_t6_8M")
+    result = run_equivalence_gate(model_name=model, proteins=default_proteins(n=p.proteins, seed=p.seed),
+                                  device=device, precision=precision, seed=p.seed, token_budget=p.token_budget)
+    write_json(ctx.path("equivalence.json"), result)
+    return result
+
+
+def baseline_headline(result: dict, gate: dict) -> dict:
+    return {
+        "speedup_v2_over_v1": result["speedup_v2_over_v1"],
+        "speedup_v2_over_v1_fp16": result["speedup_v2_over_v1_fp16"],
+        "speedup_v2_over_padded": result["speedup_v2_over_padded"],
+        "equivalence_gate_passed": bool(gate["passed"]),
+        "equivalence_gate": {k: gate[k] for k in ("passed", "precision", "device", "model_name", "attention_path",
+                                                   "thresholds")} | {"stats": gate["stats"]},
+        "throughput": result["table"],
+        "baseline_device": result["device"],
+    }
+
+
+def baseline_figures(ctx: Context, result: dict) -> dict:
+    from perfkit import plots
+
+    model = ctx.params.embed.get("model", "esm2_t6_8M")
+    reads = ctx.sample_stats["reads"]
+    fig = plots.throughput_bars(
+        result["table"], ctx.path("throughput.png"),
+        title=f"ESM-2 {model} on {result['device']}: v1 vs v2, same {reads:,}-read sample",
+        caption="Steady-state tokens/s (real tokens incl. BOS/EOS, first warm-up batches excluded) from each "
+                "run's telemetry; token utilisation = real tokens / (batches x budget); padding waste = pad slots / "
+                "all slots. Bars marked 'not measured' did not run on this device.")
+    return {"throughput": fig}
+
+
+# =============================================================================== 02 profiling
+
+def run_profiling(ctx: Context) -> dict:
+    """One v2 run with full diagnostics: telemetry, windows, and a GPU/host sampler of our own."""
+    from perfkit.aggregate import batches as batch_rows, read_telemetry
+    from perfkit.sampler import GpuSampler
+    from perfkit.workload.runner import STAGE, run_embed
+
+    p = ctx.params.profiling
+    cfg = ctx.embed_config("v2", mode="v2", layout="packed", max_seconds=p.max_seconds, max_reads=p.max_reads,
+                           sample_interval_s=p.sample_interval_s)
+    device = resolved_device(ctx.params)
+    cuda_index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    sampler = GpuSampler(interval_s=p.sample_interval_s, cuda_index=cuda_index, tag="profiling")
+    start = time.time()
+    sampler.start()
+    try:
+        summary = run_embed(cfg)
+    finally:
+        sampler.stop()
+    records = read_telemetry(cfg.out_dir / "telemetry.jsonl")
+    batch_table = batch_rows(records, STAGE)
+    # batch arrivals count from the embedding loop's start; the run's clock starts before model loading
+    stages = records[records["kind"] == "stage"] if "kind" in records else records
+    load = stages[stages["stage"] == "model_load"]["end_s"] if len(stages) else pd.Series(dtype=float)
+    loop_offset = float(load.iloc[0]) if len(load) else 0.0
+    samples = pd.DataFrame(sampler.samples())
+    if not samples.empty:
+        samples["t_s"] = samples["timestamp"] - start - loop_offset
+    write_json(ctx.path("samples.json"), _plain(samples))
+    windows = pd.DataFrame(summary["windows"])
+    return {"summary": summary, "batches": batch_table, "samples": samples, "windows": windows,
+            "sampler_note": sampler.note, "sampler_source": sampler.source}
+
+
+def run_profiler(ctx: Context) -> dict:
+    from perfkit.workload.profile import profile_batches
+
+    p = ctx.params.profiling
+    cfg = ctx.embed_config("profiler", mode="v2", layout="packed", device=resolved_device(ctx.params))
+    result = profile_batches(cfg, batches=p.profiler_batches, warmup=p.profiler_warmup, top=p.top_kernels)
+    write_json(ctx.path("top_kernels.json"), {**{k: v for k, v in result.items() if k != "table"},
+                                               "table": _plain(result["table"])})
+    return result
+
+
+def bottleneck_evidence(windows: pd.DataFrame) -> pd.DataFrame:
+    """Per window: verdict and the shares it rests on."""
+    if windows.empty:
+        return pd.DataFrame(columns=["rank", "window", "start_s", "seconds", "tok_per_s", "loader_wait_share",
+                                     "device_busy_share", "verdict"])
+    return windows[["rank", "window", "start_s", "seconds", "tok_per_s", "loader_wait_share", "device_busy_share",
+                    "packing_efficiency", "verdict"]].copy()
+
+
+def profiling_headline(result: dict, profiler: dict) -> dict:
+    summary = result["summary"]
+    t = summary["throughput"]
+    bottleneck = summary.get("bottleneck", {})
+    top = profiler["table"]
+    return {
+        "device_busy_fraction": t["device_busy_fraction"],
+        "loader_wait_fraction": t["loader_wait_fraction"],
+        "gpu_util_mean": gpu_util_mean(summary),
+        "bottleneck_verdict": bottleneck.get("verdict", "unknown"),
+        "bottleneck_windows": bottleneck.get("windows", {}),
+        "bottleneck_rule": bottleneck.get("rule", ""),
+        "steady_tok_per_s": t["steady_tok_per_s"],
+        "packing_efficiency": t["packing_efficiency"],
+        "top_kernel": top.iloc[0]["name"] if len(top) else None,
+        "profiler_time_basis": profiler["time_basis"],
+    }
+
+
+def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
+    from perfkit import plots
+
+    device = result["summary"]["run"]["device"]
+    busy_basis = "CUDA events" if is_cuda(device) else "wall-clock span of the forward (CPU)"
+    figs = {
+        "timeline": plots.batch_timeline(
+            result["batches"], ctx.path("timeline.png"),
+            title=f"Per-batch timeline, v2 packed on {device}",
+            caption=f"One point per batch from telemetry.jsonl, x = arrival time since the embedding loop started. Loader wait = "
+                    f"time the consumer was blocked on the DataLoader; device time from {busy_basis}; packing "
+                    f"efficiency = real tokens / token budget of the batch."),
+        "utilisation": plots.utilisation_timeline(
+            result["samples"], result["windows"], ctx.path("utilisation.png"),
+            title=f"Utilisation over time, v2 packed on {device}",
+            caption=f"Sampler: {result['sampler_note']}; interval {ctx.params.profiling.sample_interval_s:g} s, "
+                    f"x = seconds since the embedding loop started (sampler aligned within ~0.5 s; negative = model "
+                    f"loading). Steps: device-busy share per "
+                    f"{ctx.params.embed.get('window_s', 10.0):g} s window ({busy_basis})."),
+        "windows": plots.window_verdicts(
+            result["windows"], ctx.path("windows.png"),
+            title="Bottleneck verdict per window",
+            caption="Shares of each window's wall time: loader wait (consumer blocked on data) and device busy. "
+                    "Rule: data-starved if loader wait > 10 %; device-bound if device busy >= 90 %; else host-bound. "
+                    "A batch's device time counts in the window it arrived in, so a share can exceed 100 % when "
+                    "batches are long compared with the window."),
+        "kernels": plots.top_kernels(
+            profiler["table"], ctx.path("kernels.png"),
+            title=f"Top {len(profiler['table'])} ops by self {profiler['time_basis']} time "
+                  f"({profiler['batches']} batches, torch.profiler)",
+            caption=f"torch.profiler over {profiler['batches']} packed batches after {profiler['warmup']} warm-up "
+                    f"batch(es), {profiler['tokens']:,} real tokens, on {profiler['device']}; share = self time / "
+                    f"total self time of all ops."),
+    }
+    return figs
+
+
+# =============================================================================== 03 scaling
+
+def _distributed():
+    try:
+        from perfkit.workload import distributed
+    except ImportError as err:
+        raise UserError(f"multi-process runs are not available ({err})",
+                        "perfkit.workload.distributed.run_multi is needed for 03_scaling") from None
+    if not hasattr(distributed, "run_multi"):
+        raise UserError("perfkit.workload.distributed has no run_multi", "update perfkit")
+    return distributed
+
+
+def scaling_plan(ctx: Context) -> dict:
+    """How many processes, whether they are GPUs, and whether that can run here."""
+    import torch
+
+    args: ScalingArgs = ctx.args  # type: ignore[assignment]
+    nproc = args.gpus or ctx.params.scaling.nproc
+    device = resolved_device(ctx.params)
+    gpus = is_cuda(device)
+    reason = None
+    if args.nodes != 1:
+        reason = f"nodes={args.nodes}: multi-node runs are not supported (run_multi launches on one host)"
+    elif nproc < 2:
+        reason = f"gpus={nproc}: scaling needs at least 2 processes"
+    elif gpus and torch.cuda.device_count() < nproc:
+        reason = f"{nproc} GPUs asked for but {torch.cuda.device_count()} visible"
+    return {"nproc": nproc, "gpus": gpus, "device": device, "nodes": args.nodes, "not_measurable": reason}
+
+
+def normalise_scaling(raw: dict, single: dict, multi: dict, nproc: int) -> dict:
+    """scaling factor, efficiency, imbalance and per-rank figures, whatever names `scaling()` uses.
+
+    Values from `distributed.scaling` win; missing ones are computed from the two summaries
+    (steady tokens/s, summed over ranks).
+    """
+    raw = dict(raw or {})
+
+    def pick(*names):
+        for name in names:
+            if raw.get(name) is not None:
+                return raw[name]
+        return None
+
+    single_tok = single["throughput"]["steady_tok_per_s"]
+    multi_tok = multi["throughput"]["steady_tok_per_s"]
+    factor = pick("factor", "scaling_factor", "speedup")
+    if factor is None and single_tok and multi_tok:
+        factor = multi_tok / single_tok
+    efficiency = pick("efficiency", "scaling_efficiency")
+    if efficiency is None and factor is not None:
+        efficiency = factor / nproc
+    imbalance = pick("imbalance", "rank_imbalance")
+    if imbalance is None:
+        imbalance = multi["throughput"].get("rank_imbalance")
+    ranks = raw.get("per_rank") if isinstance(raw.get("per_rank"), dict) else {}
+    per_rank_tok = pick("per_rank_tok_per_s", "rank_tok_per_s", "tok_per_s_per_rank")
+    if per_rank_tok is None and ranks:
+        per_rank_tok = {str(r): v.get("steady_tok_per_s") for r, v in ranks.items()}
+    if per_rank_tok is None:
+        per_rank_tok = {str(r): v.get("steady_tok_per_s") for r, v in (multi.get("per_rank") or {}).items()}
+    per_rank_util = pick("per_rank_gpu_util", "per_rank_gpu_utilization", "gpu_util_per_rank", "per_rank_util")
+    if per_rank_util is None and ranks:
+        per_rank_util = {str(r): v.get("gpu_utilization_mean", v.get("gpu_utilization_percent"))
+                         for r, v in ranks.items()}
+    if per_rank_util is None and isinstance(multi.get("gpu"), dict):
+        per_rank_util = {str(r): (g or {}).get("gpu_utilization_percent") for r, g in multi["gpu"].items()
+                         if isinstance(g, dict)}
+    if isinstance(per_rank_tok, list):
+        per_rank_tok = {str(i): v for i, v in enumerate(per_rank_tok)}
+    if isinstance(per_rank_util, list):
+        per_rank_util = {str(i): v for i, v in enumerate(per_rank_util)}
+    return {
+        "nproc": nproc,
+        "single_tok_per_s": single_tok,
+        "multi_tok_per_s": multi_tok,
+        "factor": factor,
+        "efficiency": efficiency,
+        "imbalance": imbalance,
+        "per_rank_tok_per_s": {str(k): v for k, v in (per_rank_tok or {}).items()},
+        "per_rank_gpu_util": {str(k): _util_value(v) for k, v in (per_rank_util or {}).items()},
+        "raw": raw,
+    }
+
+
+def _util_value(value):
+    if isinstance(value, dict):
+        if value.get("measured") is False:
+            return crit.not_measured(value.get("reason") or "not measured")
+        for key in ("mean", "value"):
+            if value.get(key) is not None:
+                return float(value[key])
+        return crit.not_measured("no utilisation value")
+    return float(value) if isinstance(value, (int, float)) else crit.not_measured("no utilisation value")
+
+
+def run_scaling(ctx: Context) -> dict:
+    """The same work on 1 and on N processes (GPUs; CPU processes with gloo on CPU)."""
+    from perfkit.workload.runner import run_embed
+
+    plan = scaling_plan(ctx)
+    p = ctx.params.scaling
+    if plan["not_measurable"]:
+        marker = crit.not_measured(plan["not_measurable"])
+        return {"plan": plan, "scaling": None, "single": None, "multi": None,
+                "scaling_factor": marker, "scaling_efficiency": marker, "rank_imbalance": marker}
+    distributed = _distributed()
+    common = {"mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads, **p.embed}
+    single = run_embed(ctx.embed_config("single", **common))
+    multi = distributed.run_multi(ctx.embed_config(f"multi-{plan['nproc']}", **common), plan["nproc"],
+                                  gpus=plan["gpus"])
+    raw = distributed.scaling(single, multi) if hasattr(distributed, "scaling") else {}
+    scaling = normalise_scaling(raw, single, multi, plan["nproc"])
+    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling})
+    return {"plan": plan, "scaling": scaling, "single": single, "multi": multi,
+            "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
+            "rank_imbalance": scaling["imbalance"]}
+
+
+def scaling_headline(result: dict) -> dict:
+    scaling = result["scaling"] or {}
+    return {
+        "scaling_factor": result["scaling_factor"],
+        "scaling_efficiency": result["scaling_efficiency"],
+        "rank_imbalance": result["rank_imbalance"],
+        "scaling_nproc": result["plan"]["nproc"],
+        "scaling_on_gpus": result["plan"]["gpus"],
+        "per_rank_tok_per_s": scaling.get("per_rank_tok_per_s", {}),
+        "per_rank_gpu_util": scaling.get("per_rank_gpu_util", {}),
+        "single_tok_per_s": scaling.get("single_tok_per_s"),
+        "multi_tok_per_s": scaling.get("multi_tok_per_s"),
+    }
+
+
+def scaling_figures(ctx: Context, result: dict) -> dict:
+    from perfkit import plots
+
+    plan = result["plan"]
+    what = f"{plan['nproc']} GPUs" if plan["gpus"] else f"{plan['nproc']} CPU processes (gloo)"
+    return {"scaling": plots.scaling_bars(
+        result["scaling"], ctx.path("scaling.png"),
+        title=f"Scaling: 1 vs {what}, same work, v2 packed",
+        caption="Steady-state tokens/s per rank and summed (never averaged) from each run's telemetry; "
+                "factor = N-process tok/s / 1-process tok/s; efficiency = factor / N; imbalance = slowest rank's "
+                "wall / mean wall. GPU utilisation per rank: NVML via nvitop, each rank's own physical GPU.",
+        not_measurable=plan["not_measurable"])}
+
+
+# =============================================================================== 04 tuning
+
+def tuning_points(params: SuiteParams):
+    """Candidate knob settings, lazily: grid = product; coordinate = one knob at a time (see run_tuning)."""
+    grid = params.tuning.grid
+    names = list(grid)
+    return names, [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def _base_knobs(params: SuiteParams) -> dict:
+    from perfkit.workload.config import EmbedConfig
+
+    defaults = EmbedConfig.model_fields
+    return {k: params.embed.get(k, defaults[k].default) for k in params.tuning.grid}
+
+
+def run_tuning(ctx: Context, measure=None) -> dict:
+    """Sweep the knobs of params.tuning; stop when the runs budget is spent or the target is met.
+
+    `measure(knobs) -> row` runs one capped point (injectable for tests).
+    """
+    p = ctx.params.tuning
+    if not p.grid:
+        raise UserError("tuning.grid is empty", "list at least one knob and its values in the params")
+    measure = measure or (lambda knobs, index: measure_point(ctx, knobs, index))
+    rows: list[dict] = []
+    stop_reason = None
+
+    def best_row():
+        ok = [r for r in rows if r["status"] == "ok" and r["tok_per_s"] is not None]
+        return max(ok, key=lambda r: r["tok_per_s"]) if ok else None
+
+    def try_point(knobs) -> bool:
+        nonlocal stop_reason
+        if any(all(r[k] == v for k, v in knobs.items()) for r in rows):
+            return True  # measured already
+        if len(rows) >= p.max_runs:
+            stop_reason = f"budget of {p.max_runs} runs spent"
+            return False
+        rows.append({**knobs, **measure(knobs, len(rows))})
+        best = best_row()
+        if p.target_tok_per_s and best and best["tok_per_s"] >= p.target_tok_per_s:
+            stop_reason = f"target {p.target_tok_per_s:,.0f} tok/s met"
+            return False
+        return True
+
+    if p.strategy == "grid":
+        for knobs in tuning_points(ctx.params)[1]:
+            if not try_point(knobs):
+                break
+    else:
+        current = _base_knobs(ctx.params)
+        if try_point(current):
+            for knob, values in p.grid.items():
+                go = True
+                for value in values:
+                    go = try_point({**current, knob: value})
+                    if not go:
+                        break
+                best = best_row()
+                if best is not None:
+                    current = {k: best[k] for k in p.grid}
+                if not go:
+                    break
+    table = pd.DataFrame(rows)
+    best = best_row()
+    if best is None:
+        errors = "; ".join(sorted({str(r.get("error")) for r in rows}))
+        raise RuntimeError(f"every tuning run failed: {errors}")
+    best_knobs = {k: best[k] for k in p.grid}
+    write_json(ctx.path("tuning.json"), {"rows": _plain(table), "best": best_knobs, "stop_reason": stop_reason})
+    return {"table": table, "best_config": best_knobs, "best_tok_per_s": best["tok_per_s"], "best": best,
+            "stop_reason": stop_reason or "all points measured", "knobs": list(p.grid)}
+
+
+def measure_point(ctx: Context, knobs: dict, index: int) -> dict:
+    """One capped v2 run at these knob values -> its row (status 'error' instead of raising)."""
+    from perfkit.workload.runner import run_embed
+
+    p = ctx.params.tuning
+    try:
+        summary = run_embed(ctx.embed_config(f"point-{index:02d}", mode="v2", layout="packed",
+                                             max_seconds=p.max_seconds, max_reads=p.max_reads, **knobs))
+    except Exception as err:  # a point that cannot run is a result of the sweep, not its end
+        return {"status": "error", "error": f"{type(err).__name__}: {err}", "tok_per_s": None, "seq_per_s": None,
+                "packing_efficiency": None, "device_busy_fraction": None, "loader_wait_fraction": None}
+    t = summary["throughput"]
+    return {"status": "ok", "error": None, "tok_per_s": t["steady_tok_per_s"], "seq_per_s": t["steady_seq_per_s"],
+            "packing_efficiency": t["packing_efficiency"], "device_busy_fraction": t["device_busy_fraction"],
+            "loader_wait_fraction": t["loader_wait_fraction"], "checkpoint_share": summary["checkpoint"]["share_of_wall"]}
+
+
+def write_best_params(ctx: Context, best_config: dict, path: Path | None = None) -> Path:
+    """The params file with the best knob values in its embed section: usable as --params as is."""
+    import yaml
+
+    path = path or ctx.path("best_params.yaml")
+    data = load_params(ctx.params_file)
+    data["embed"] = {**(data.get("embed") or {}), **best_config}
+    data["name"] = f"{data.get('name', 'params')}-tuned"
+    header = (f"# written by 04_tuning from {ctx.params_file}: embed knobs set to the best point of the sweep\n"
+              f"# ({', '.join(f'{k}={v}' for k, v in best_config.items())})\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    load_suite_params(path)  # still a valid params file
+    return path
+
+
+def tuning_figures(ctx: Context, result: dict) -> dict:
+    from perfkit import plots
+
+    p = ctx.params.tuning
+    caps = ", ".join(f"{k}={v}" for k, v in (("max_seconds", p.max_seconds), ("max_reads", p.max_reads)) if v)
+    figs = {"tuning": plots.tuning_lines(
+        result["table"], result["knobs"], ctx.path("tuning.png"), best=result["best_config"],
+        title=f"Tuning sweep ({p.strategy}): steady tok/s per knob value, {len(result['table'])} runs",
+        caption=f"Each point is one capped v2 run ({caps or 'uncapped'}) on the same sample; y = steady-state "
+                f"tokens/s from its telemetry. Star = best run; stop: {result['stop_reason']}.")}
+    varied = [k for k in result["knobs"] if result["table"][k].astype(str).nunique() > 1]
+    if len(varied) >= 2:
+        figs["tuning_heatmap"] = plots.tuning_heatmap(
+            result["table"], varied[0], varied[1], ctx.path("tuning_heatmap.png"),
+            title=f"Steady tok/s over {varied[0]} x {varied[1]}",
+            caption="Mean steady tokens/s of the runs at each pair of values (other knobs at whatever the sweep "
+                    "had them); blank = not run.")
+    return figs
+
+
+# =============================================================================== 05 full validation
+
+def run_full_validation(ctx: Context) -> dict:
+    """The production run: checkpointing on; whole sample when uncapped, else capped + projection."""
+    p = ctx.params.full_validation
+    knobs = {}
+    tuned = ctx.run_dir / "04_tuning" / "best_params.yaml"
+    if p.use_tuned and tuned.exists():
+        knobs = load_params(tuned).get("embed", {})
+    overrides = {**knobs, "mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads,
+                 "checkpoint_every_sequences": p.checkpoint_every_sequences,
+                 "checkpoint_every_seconds": p.checkpoint_every_seconds}
+    device = resolved_device(ctx.params)
+    if p.nproc > 1:
+        summary = _distributed().run_multi(ctx.embed_config("production", **overrides), p.nproc, gpus=is_cuda(device))
+    else:
+        from perfkit.workload.runner import run_embed
+
+        summary = run_embed(ctx.embed_config("production", **overrides))
+    projection = project_full_sample(summary, ctx.sample_stats, p.full_sample_reads,
+                                     sample_reads=p.max_reads or ctx.sample_stats["reads"])
+    write_json(ctx.path("projection.json"), projection)
+    return {"summary": summary, "projection": projection, "tuned_knobs": knobs}
+
+
+def all_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Windows summed over ranks, with the windows no batch arrived in (between the first and last) as 0 tok/s."""
+    per = windows.groupby("window").agg(start_s=("start_s", "first"), seconds=("seconds", "min"),
+                                        tok_per_s=("tok_per_s", "sum"), batches=("batches", "sum"))
+    full = range(int(per.index.min()), int(per.index.max()) + 1)
+    per = per.reindex(full)
+    per["start_s"] = [w * window_s for w in full]
+    per["seconds"] = per["seconds"].fillna(window_s)
+    per[["tok_per_s", "batches"]] = per[["tok_per_s", "batches"]].fillna(0)
+    return per.rename_axis("window").reset_index()
+
+
+def steady_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Windows summed over ranks, without the first (model load, warm-up) and partial ones."""
+    if windows.empty:
+        return windows
+    per = all_windows(windows, window_s)
+    first_batch_window = int(per["window"].min())
+    full = per[(per["seconds"] >= window_s * 0.999) & (per["window"] > first_batch_window)]
+    return full.reset_index(drop=True)
+
+
+def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: int, sample_reads: int | None = None) -> dict:
+    """Hours for the full sample from the steady rate, with the method and an error stated.
+
+    hours = (full_reads x tokens per read) / steady tok/s + model load, where tokens per read
+    comes from the sample (frames per read x (mean protein length + 2)). Error: the spread of
+    the full steady windows' tok/s (std / mean); interval from their 10th-90th percentiles.
+    Check: when the run processed its whole sample, the same method predicts the run's own
+    embedding wall time, and the deviation is reported.
+    """
+    t = summary["throughput"]
+    rate = t.get("steady_tok_per_s")
+    per_read = tokens_per_read(sample_stats)
+    load_s = float((summary.get("stages_s") or {}).get("model_load", 0.0))
+    window_s = float((summary.get("config") or {}).get("window_s", 10.0))
+    windows = steady_windows(pd.DataFrame(summary.get("windows") or []), window_s)
+    out = {
+        "method": "hours = full_reads x tokens_per_read / steady_tok_per_s + model_load; tokens_per_read from the "
+                  "sample (frames/read x (mean protein length + 2)); error = std/mean of full steady windows' tok/s",
+        "full_sample_reads": full_sample_reads, "tokens_per_read": per_read,
+        "full_sample_tokens": full_sample_reads * per_read, "steady_tok_per_s": rate, "model_load_s": load_s,
+        "window_s": window_s, "steady_windows": len(windows), "capped": bool((summary.get("run") or {}).get("capped")),
+        "hours": None, "relative_error": None, "hours_low": None, "hours_high": None, "error_note": None,
+        "check": None,
+    }
+    if not rate:
+        out["error_note"] = "no steady-state throughput: nothing to project"
+        return out
+    tokens = full_sample_reads * per_read
+    out["hours"] = (tokens / rate + load_s) / 3600
+    if len(windows) >= 2 and windows["batches"].mean() < 2:
+        out["error_note"] = (f"steady windows hold {windows['batches'].mean():.1f} batches on average: their spread "
+                             f"measures batch granularity, not throughput; error not estimable (lengthen window_s)")
+    elif len(windows) >= 2:
+        rates = windows["tok_per_s"].astype(float)
+        out["relative_error"] = float(rates.std(ddof=1) / rates.mean())
+        low, high = float(rates.quantile(0.1)), float(rates.quantile(0.9))
+        # the interval always contains the point estimate (the steady rate need not lie between the percentiles)
+        out["hours_low"] = min(out["hours"], (tokens / high + load_s) / 3600) if high > 0 else None
+        out["hours_high"] = max(out["hours"], (tokens / low + load_s) / 3600) if low > 0 else None
+        out["window_tok_per_s"] = rates.tolist()
+    else:
+        out["error_note"] = (f"only {len(windows)} full steady window(s) of {window_s:g} s: error not estimable; "
+                             f"run longer or shorten window_s")
+    if not out["capped"]:
+        reads = sample_reads or sample_stats.get("reads")
+        predicted = reads * per_read / rate + (t["wall_s"] - t["steady_wall_s"] if t.get("steady_wall_s") else 0.0)
+        measured_tokens = t["real_tokens"]
+        out["check"] = {"sample_reads": reads, "predicted_tokens": reads * per_read, "measured_tokens": measured_tokens,
+                        "token_deviation": measured_tokens / (reads * per_read) - 1 if reads else None,
+                        "predicted_wall_s": predicted, "measured_wall_s": t["wall_s"],
+                        "wall_deviation": t["wall_s"] / predicted - 1 if predicted else None}
+    return out
+
+
+def full_validation_headline(result: dict) -> dict:
+    summary, projection = result["summary"], result["projection"]
+    t = summary["throughput"]
+    hours = projection["hours"]
+    return {
+        "projected_hours_full_sample": hours if hours is not None else crit.not_measured(projection["error_note"]),
+        "projection": projection,
+        "gpu_util_mean": gpu_util_mean(summary),
+        "packing_efficiency": t["packing_efficiency"],
+        "padding_waste": t["padding_waste"],
+        "checkpoint_overhead_share": summary["checkpoint"]["share_of_wall"],
+        "checkpoint": summary["checkpoint"],
+        "steady_tok_per_s": t["steady_tok_per_s"],
+        "device_busy_fraction": t["device_busy_fraction"],
+        "sequences": t["sequences"],
+        "capped": projection["capped"],
+    }
+
+
+def full_validation_figures(ctx: Context, result: dict) -> dict:
+    from perfkit import plots
+
+    projection = result["projection"]
+    device = result["summary"]["run"]["device"] if "run" in result["summary"] else "?"
+    return {"projection": plots.projection(
+        pd.DataFrame(result["summary"].get("windows") or []), projection, ctx.path("projection.png"),
+        target_hours=_target(ctx.params, "projected_hours_full_sample"),
+        title=f"Production run on {device}: windowed throughput and projected time for "
+              f"{projection['full_sample_reads']:,} reads",
+        caption=f"Left: tokens/s per {projection['window_s']:g} s window (summed over ranks); filled = full steady "
+                f"windows used for the error. Right: {projection['method']}.")}
+
+
+def _target(params: SuiteParams, metric: str):
+    for item in params.criteria:
+        if item.get("metric") == metric:
+            return float(item["target"])
+    return None
+
+
+# =============================================================================== 06 summary
+
+def _suite_status(run_dir: Path) -> dict:
+    path = run_dir / "suite.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("notebooks", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
+    """{stem: {status: complete|failed|missing, error, records, from}} for the measuring notebooks.
+
+    An executed notebook in run_dir (written by `perfkit suite`) is the authority; without one
+    (a plain nbval run), the notebook's own <stem>/metrics.json, which it writes as its last step.
+    """
+    from perfkit import records
+
+    run_dir = Path(run_dir)
+    suite = _suite_status(run_dir)
+    out = {}
+    for stem in stems:
+        executed = run_dir / f"{stem}.ipynb"
+        metrics = run_dir / stem / "metrics.json"
+        entry = {"status": "missing", "error": f"{stem} was not run (no {executed.name}, no {stem}/metrics.json)",
+                 "records": {}, "from": None}
+        if suite.get(stem, {}).get("status") == "failed":
+            entry.update(status="failed", error=suite[stem].get("error") or "failed", **{"from": "suite.json"})
+        elif suite.get(stem, {}).get("status") == "skipped":
+            entry.update(error=f"{stem} was skipped in this suite run")
+        elif executed.exists():
+            status = records.notebook_status(executed)
+            values = {k: v for k, v in records.read_records(executed).items()
+                      if not isinstance(v, records.FigureRecord)}
+            if status["failed"]:
+                entry.update(status="failed", error=status["error"], records=values)
+            elif metrics.exists():
+                entry.update(status="complete", error=None, records=values)
+            else:
+                entry.update(status="failed", error=f"{stem}.ipynb did not reach its end (no metrics.json)",
+                             records=values)
+            entry["from"] = executed.name
+        elif metrics.exists():
+            data = json.loads(metrics.read_text())
+            entry.update(status="complete" if data.get("status") == "complete" else "failed", error=None,
+                         records=data.get("records", {}), **{"from": f"{stem}/metrics.json"})
+        out[stem] = entry
+    return out
+
+
+def evaluate_run(run_dir: str | Path, params: SuiteParams) -> dict:
+    """Every criterion: target, measured, margin, PASS / FAIL / NOT MEASURED, source.
+
+    A criterion whose source notebook is missing or failed is FAIL. The verdict is PASS
+    only when every criterion passes.
+    """
+    rules = crit.criteria_from_params(params.criteria)
+    notebooks = collect_run(run_dir, sorted({r.source for r in rules} | set(MEASURING_NOTEBOOKS)))
+    rows = []
+    for rule in rules:
+        nb = notebooks[rule.source]
+        if nb["status"] != "complete":
+            row = {**crit.evaluate(rule, {}, measurable=False), "status": crit.FAIL,
+                   "reason": f"source notebook {rule.source} {nb['status']}: {nb['error']}"}
+        else:
+            row = crit.evaluate(rule, nb["records"])
+        rows.append({k: row[k] for k in ("name", "target", "comparison", "measured", "unit", "margin",
+                                         "relative_margin", "status", "source", "reason", "description")})
+    verdict = crit.PASS if rows and all(r["status"] == crit.PASS for r in rows) else crit.FAIL
+    return {"schema": SUMMARY_SCHEMA, "verdict": verdict, "criteria": rows, "counts": crit.count_by_status(rows),
+            "notebooks": {k: {"status": v["status"], "error": v["error"], "from": v["from"]} for k, v in notebooks.items()},
+            "params_name": params.name}
+
+
+def write_summary(ctx: Context) -> dict:
+    result = evaluate_run(ctx.run_dir, ctx.params)
+    result["params_file"] = str(ctx.params_file)
+    write_json(ctx.run_dir / "summary.json", result)
+    write_json(ctx.path("metrics.json"), {"notebook": ctx.notebook, "status": "complete", "records":
+                                          {"verdict": result["verdict"], "counts": result["counts"]}})
+    return result
+
+
+def criteria_table(result: dict) -> pd.DataFrame:
+    table = pd.DataFrame(result["criteria"])
+    return table[["name", "comparison", "target", "measured", "unit", "margin", "status", "source", "reason"]]
+
+
+def summary_figures(ctx: Context, result: dict) -> dict:
+    from perfkit import plots
+
+    return {"criteria": plots.criteria_margins(
+        pd.DataFrame(result["criteria"]), ctx.path("criteria.png"),
+        title=f"Criteria of {ctx.params.name}: verdict {result['verdict']}",
+        caption="Relative margin = (measured - target) / |target| on the passing side (positive passes). "
+                "FAIL without a bar: source notebook missing or failed; NOT MEASURED: no measurement on this "
+                "hardware (counts as not passing).")}

@@ -1,0 +1,124 @@
+"""`perfkit suite`: run the notebooks 01-06 with papermill into one run folder.
+
+- the params file is validated before anything runs (a bad key is one error line, exit 2);
+- the synthetic sample is generated once (run folder's sample.fa) and shared by all notebooks;
+- a failing notebook never stops the chain: it is recorded and the next one runs; 06_summary
+  always runs and turns the failed notebook's criteria into FAIL;
+- each executed notebook is saved as <stem>.ipynb and exported as <stem>.html;
+- suite.json (status, seconds, error per notebook) is rewritten after every notebook, so
+  06_summary sees the statuses of the notebooks before it;
+- the return code is non-zero when any notebook failed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from perfkit.errors import UserError
+from perfkit.summary import write_json
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SUITE_SCHEMA = "perfkit.suite/1"
+
+
+def select(only) -> list[str]:
+    """Stems to run, in order; `only` names stems or their number prefixes ('01', '03_scaling'); 06 always."""
+    from perfkit.experiments import NOTEBOOKS
+
+    if not only:
+        return list(NOTEBOOKS)
+    wanted = set()
+    for name in only:
+        matches = [s for s in NOTEBOOKS if s == name or s.split("_")[0] == name]
+        if not matches:
+            raise UserError(f"unknown notebook {name!r}", f"use one of {', '.join(NOTEBOOKS)} (or 01..06)")
+        wanted.update(matches)
+    wanted.add(NOTEBOOKS[-1])
+    return [s for s in NOTEBOOKS if s in wanted]
+
+
+def export_html(notebook: Path, html: Path) -> None:
+    import logging
+    import warnings
+
+    from nbconvert import HTMLExporter
+
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scrapbook's JSON scraps have no HTML form: nbconvert warns per scrap
+        body, _ = HTMLExporter().from_filename(str(notebook))
+    html.write_text(body, encoding="utf-8")
+
+
+def _one_line(err: BaseException) -> str:
+    name = getattr(err, "ename", None) or type(err).__name__
+    value = getattr(err, "evalue", None) or str(err)
+    text = " ".join(f"{name}: {value}".split())
+    return text if len(text) < 500 else text[:497] + "..."
+
+
+def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None,
+              notebook_dir: Path | None = None) -> int:
+    """Run the suite; 0 when every notebook that ran succeeded.
+
+    `parameters`: extra papermill parameters per notebook stem, e.g. {"03_scaling": {"gpus": 2}}.
+    """
+    import papermill
+
+    from perfkit.experiments import ensure_sample, load_suite_params
+
+    params_path = Path(params_path).resolve()
+    out_dir = Path(out_dir).resolve()
+    notebook_dir = Path(notebook_dir or NOTEBOOK_DIR)
+    params = load_suite_params(params_path)
+    stems = select(only)
+    from perfkit.experiments import NOTEBOOKS
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    print(f"perfkit suite: params {params.name} ({params_path}) -> {out_dir}", flush=True)
+    sample, stats = ensure_sample(params, out_dir)
+    print(f"sample: {sample} ({stats['reads']:,} reads, {stats['frames']:,} frames)", flush=True)
+    status = {s: {"status": "skipped", "seconds": 0.0, "error": None} for s in NOTEBOOKS if s not in stems}
+    suite = {"schema": SUITE_SCHEMA, "params_file": str(params_path), "params_name": params.name,
+             "run_dir": str(out_dir), "notebooks": status, "started": started}
+    write_json(out_dir / "suite.json", suite)
+    for index, stem in enumerate(stems, 1):
+        source = notebook_dir / f"{stem}.ipynb"
+        output = out_dir / f"{stem}.ipynb"
+        output.unlink(missing_ok=True)
+        print(f"[{index}/{len(stems)}] {stem} ...", flush=True)
+        t0 = time.perf_counter()
+        entry = {"status": "running", "seconds": None, "error": None}
+        status[stem] = entry
+        write_json(out_dir / "suite.json", suite)
+        try:
+            papermill.execute_notebook(
+                str(source), str(output),
+                parameters={"params_file": str(params_path), "run_dir": str(out_dir), **(parameters or {}).get(stem, {})},
+                kernel_name="python3", cwd=str(notebook_dir), progress_bar=False, log_output=False,
+                execution_timeout=params.notebook_timeout_s)
+            entry["status"] = "complete"
+        except Exception as err:  # papermill's PapermillExecutionError, a dead kernel, a timeout ...
+            entry.update(status="failed", error=_one_line(err))
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        if output.exists():
+            try:
+                export_html(output, out_dir / f"{stem}.html")
+            except Exception as err:  # an unexportable notebook is reported, not fatal
+                entry["html_error"] = _one_line(err)
+        print(f"[{index}/{len(stems)}] {stem}: {entry['status']} in {entry['seconds']:.1f} s"
+              + (f" — {entry['error']}" if entry["error"] else ""), flush=True)
+        write_json(out_dir / "suite.json", suite)
+    suite["seconds"] = round(time.time() - started, 2)
+    summary_path = out_dir / "summary.json"
+    if summary_path.exists() and status.get("06_summary", {}).get("status") == "complete":
+        import json
+
+        suite["verdict"] = json.loads(summary_path.read_text()).get("verdict")
+    write_json(out_dir / "suite.json", suite)
+    failed = [s for s, e in status.items() if e["status"] == "failed"]
+    print(f"perfkit suite: {len(stems) - len(failed)}/{len(stems)} notebooks complete in {suite['seconds']:.0f} s; "
+          f"verdict {suite.get('verdict', 'unknown')}" + (f"; failed: {', '.join(failed)}" if failed else ""),
+          flush=True)
+    return 1 if failed else 0

@@ -1,0 +1,104 @@
+"""perfkit.suite: the whole smoke suite through papermill, and a failing notebook turning the verdict to FAIL."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from perfkit import suite
+from perfkit.errors import UserError
+from perfkit.experiments import NOTEBOOKS
+from perfkit.records import notebook_status
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "params" / "smoke.yaml"
+PNGS = {
+    "01_baseline": ["throughput.png"],
+    "02_profiling": ["timeline.png", "utilisation.png", "windows.png", "kernels.png"],
+    "03_scaling": ["scaling.png"],
+    "04_tuning": ["tuning.png", "tuning_heatmap.png"],
+    "05_full_validation": ["projection.png"],
+    "06_summary": ["criteria.png"],
+}
+
+
+def test_select():
+    assert suite.select(None) == list(NOTEBOOKS)
+    assert suite.select(["03", "01_baseline"]) == ["01_baseline", "03_scaling", "06_summary"]
+    with pytest.raises(UserError, match="unknown notebook"):
+        suite.select(["07"])
+
+
+def test_notebooks_are_stored_without_outputs_and_parametrised():
+    for stem in NOTEBOOKS:
+        nb = nbformat.read(str(ROOT / "notebooks" / f"{stem}.ipynb"), as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), stem
+        assert "parameters" in code[0].metadata.get("tags", []), stem
+        assert 'params_file = "../params/smoke.yaml"' in code[0].source and "run_dir" in code[0].source
+        assert "experiments.setup(" in code[1].source and "namespace=globals()" in code[1].source
+        for cell in code:
+            if "records.record" in cell.source or "ctx.finish(" in cell.source:
+                assert cell.source.startswith("# NBVAL_IGNORE_OUTPUT"), (stem, cell.source[:60])
+
+
+def test_bad_params_fail_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text() + "\nunknown_section: 1\n")
+    with pytest.raises(UserError, match="unknown_section"):
+        suite.run_suite(bad, tmp_path / "run")
+    assert not (tmp_path / "run" / "suite.json").exists()
+
+
+@pytest.mark.slow
+def test_whole_smoke_suite(tmp_path):
+    out = tmp_path / "run"
+    rc = suite.run_suite(SMOKE, out)
+    status = json.loads((out / "suite.json").read_text())
+    assert rc == 0, status
+    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"]["reads"] == 1000
+    for stem in NOTEBOOKS:
+        assert status["notebooks"][stem]["status"] == "complete"
+        assert status["notebooks"][stem]["seconds"] > 0
+        executed = out / f"{stem}.ipynb"
+        assert executed.exists() and (out / f"{stem}.html").stat().st_size > 10_000
+        assert notebook_status(executed) == {"executed": True, "failed": False, "error": None}
+        for png in PNGS[stem]:
+            assert (out / stem / png).stat().st_size > 5_000, (stem, png)
+        metrics = json.loads((out / stem / "metrics.json").read_text())
+        assert metrics["status"] == "complete"
+    assert (out / "04_tuning" / "best_params.yaml").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "FAIL"  # CPU: GPU utilisation is NOT MEASURED, which never passes
+    assert status["verdict"] == "FAIL"
+    rows = {r["name"]: r for r in summary["criteria"]}
+    assert set(rows) == {"full_sample_time", "gpu_utilisation", "packing_efficiency", "two_gpu_scaling",
+                         "speedup_vs_v1", "equivalence_gate"}
+    for row in rows.values():
+        assert {"name", "target", "measured", "unit", "status", "source"} <= set(row)
+        assert row["status"] in ("PASS", "FAIL", "NOT MEASURED")
+        assert row["source"] in NOTEBOOKS
+    assert rows["gpu_utilisation"]["status"] == "NOT MEASURED"
+    assert rows["equivalence_gate"]["status"] == "PASS"
+    for name in ("full_sample_time", "packing_efficiency", "two_gpu_scaling", "speedup_vs_v1"):
+        assert isinstance(rows[name]["measured"], float), name  # measured (pass or fail), not missing
+
+
+@pytest.mark.slow
+def test_failing_notebook_makes_the_verdict_fail(tmp_path):
+    """01 fails (an unknown parameter is an error, not papermill's warning); 06 still runs and FAILs 01's criteria."""
+    out = tmp_path / "run"
+    rc = suite.run_suite(SMOKE, out, only=["01"], parameters={"01_baseline": {"bogus": 1}})
+    assert rc != 0
+    status = json.loads((out / "suite.json").read_text())["notebooks"]
+    assert status["01_baseline"]["status"] == "failed" and "bogus" in status["01_baseline"]["error"]
+    assert status["06_summary"]["status"] == "complete"
+    assert status["03_scaling"]["status"] == "skipped"
+    assert notebook_status(out / "01_baseline.ipynb")["failed"]
+    assert (out / "01_baseline.html").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["name"]: r for r in summary["criteria"]}
+    assert summary["verdict"] == "FAIL"
+    for name in ("speedup_vs_v1", "equivalence_gate"):
+        assert rows[name]["status"] == "FAIL" and "01_baseline failed" in rows[name]["reason"]
+    assert rows["two_gpu_scaling"]["status"] == "FAIL"  # skipped notebook: FAIL, not NOT MEASURED
