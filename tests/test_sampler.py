@@ -105,6 +105,9 @@ def test_parse_collector_metrics_takes_last_values_per_scope():
 @pytest.mark.skipif(HAS_DRIVER, reason="checks the driverless path")
 def test_without_driver_samples_host_only_and_never_gpu_zeros(caplog):
     caplog.set_level(logging.WARNING)
+    # an in-process papermill/traitlets run earlier in the session may have applied a logging
+    # dictConfig that disables existing loggers; this test is about the sampler, so undo that
+    logging.getLogger("perfkit.sampler").disabled = False
     interval = 0.1
     with GpuSampler(interval_s=interval, cuda_index=0, tag="t", env={}) as s:
         time.sleep(1.0)
