@@ -39,27 +39,37 @@ def _percentiles(values: pd.Series) -> dict:
 
 
 def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = None) -> pd.DataFrame:
-    """Aggregate batches into fixed windows of arrival time, with a bottleneck verdict each."""
+    """Aggregate batches into fixed windows of request time, with a bottleneck verdict each.
+
+    Each batch owns the wall time from its request (arrival - loader wait) to the next
+    batch's request; a window's shares are its batches' loader wait and device time over
+    the time they own, so a long batch is not squeezed into the window it arrived in.
+    Throughput per window uses the window's clock length.
+    """
     if batch_records.empty:
         return pd.DataFrame()
-    df = batch_records.copy()
-    df["window"] = (df["t_arrive_s"] // window_s).astype(int)
-    end_s = float(end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"]).max())
     rows = []
-    for (rank, window), g in df.groupby(["rank", "window"]):
-        start = window * window_s
-        span = max(min(window_s, end_s - start), 1e-9)
-        device = g["device_s"].dropna()
-        wait_share = float(g["loader_wait_s"].sum()) / span
-        busy_share = float(device.sum()) / span if len(device) else None
-        rows.append({
-            "rank": int(rank), "window": int(window), "start_s": start, "seconds": span,
-            "batches": len(g), "sequences": int(g["sequences"].sum()), "real_tokens": int(g["real_tokens"].sum()),
-            "seq_per_s": float(g["sequences"].sum()) / span, "tok_per_s": float(g["real_tokens"].sum()) / span,
-            "loader_wait_share": wait_share, "device_busy_share": busy_share,
-            "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
-            "verdict": verdict(wait_share, busy_share),
-        })
+    for rank, df in batch_records.groupby("rank"):
+        df = df.sort_values("t_arrive_s").copy()
+        request = df["t_arrive_s"] - df["loader_wait_s"]
+        last_end = float(end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max())
+        df["owned_s"] = np.diff(np.append(request.to_numpy(), max(last_end, float(request.iloc[-1]))))
+        df["window"] = (request // window_s).astype(int)
+        for window, g in df.groupby("window"):
+            start = window * window_s
+            span = max(min(window_s, last_end - start), 1e-9)
+            owned = max(float(g["owned_s"].sum()), 1e-9)
+            device = g["device_s"].dropna()
+            wait_share = float(g["loader_wait_s"].sum()) / owned
+            busy_share = float(device.sum()) / owned if len(device) else None
+            rows.append({
+                "rank": int(rank), "window": int(window), "start_s": start, "seconds": span, "owned_s": owned,
+                "batches": len(g), "sequences": int(g["sequences"].sum()), "real_tokens": int(g["real_tokens"].sum()),
+                "seq_per_s": float(g["sequences"].sum()) / span, "tok_per_s": float(g["real_tokens"].sum()) / span,
+                "loader_wait_share": wait_share, "device_busy_share": busy_share,
+                "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
+                "verdict": verdict(wait_share, busy_share),
+            })
     return pd.DataFrame(rows)
 
 

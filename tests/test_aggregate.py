@@ -46,7 +46,16 @@ def test_window_verdicts():
     starved = _records(n=4, wait=0.5, device=0.4)
     w = aggregate.windows(starved, window_s=2.0)
     assert set(w["verdict"]) == {"data-starved"}
-    assert w["loader_wait_share"].iloc[0] == pytest.approx(0.5)
+    assert w["loader_wait_share"].iloc[0] == pytest.approx(0.5)  # 0.5 s wait per 1 s owned by each batch
+
+
+def test_a_long_batch_is_not_squeezed_into_its_arrival_window():
+    # batches every 3 s, each 2.7 s of device work: windows of 1 s must still read ~90 % busy, not 270 %
+    df = _records(n=6, device=2.7)
+    df["t_arrive_s"] = df["batch"] * 3.0
+    w = aggregate.windows(df, window_s=1.0, end_s=18.0)
+    assert w["device_busy_share"].max() == pytest.approx(0.9)
+    assert set(w["verdict"]) == {"device-bound"}
 
 
 def test_summary_sums_ranks_and_reports_imbalance(tmp_path):
