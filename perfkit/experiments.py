@@ -599,10 +599,9 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
         "windows": plots.window_verdicts(
             result["windows"], ctx.path("windows.png"),
             title="Bottleneck verdict per window",
-            caption="Shares of each window's wall time: loader wait (consumer blocked on data) and device busy. "
-                    "Rule: data-starved if loader wait > 10 %; device-bound if device busy >= 90 %; else host-bound. "
-                    "A batch's device time counts in the window it arrived in, so a share can exceed 100 % when "
-                    "batches are long compared with the window."),
+            caption="Shares of the wall time owned by each window's batches (a batch owns the time from its request "
+                    "to the next request): loader wait (consumer blocked on data) and device busy. "
+                    "Rule: data-starved if loader wait > 10 %; device-bound if device busy >= 90 %; else host-bound."),
         "kernels": plots.top_kernels(
             profiler["table"], ctx.path("kernels.png"),
             title=f"Top {len(profiler['table'])} ops by self {profiler['time_basis']} time "
