@@ -107,7 +107,10 @@ def test_without_driver_samples_host_only_and_never_gpu_zeros(caplog):
     caplog.set_level(logging.WARNING)
     # an in-process papermill/traitlets run earlier in the session may have applied a logging
     # dictConfig that disables existing loggers; this test is about the sampler, so undo that
-    logging.getLogger("perfkit.sampler").disabled = False
+    # (and perfkit.experiments quiets this logger for notebooks, which also run in-process in tests)
+    sampler_log = logging.getLogger("perfkit.sampler")
+    sampler_log.disabled = False
+    sampler_log.setLevel(logging.NOTSET)
     interval = 0.1
     with GpuSampler(interval_s=interval, cuda_index=0, tag="t", env={}) as s:
         time.sleep(1.0)
