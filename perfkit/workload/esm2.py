@@ -120,8 +120,12 @@ def encode_proteins(proteins: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return tokens, lengths.astype(np.int32)
 
 
-def packed_inputs(tokens: np.ndarray, lengths: np.ndarray) -> dict:
-    """Everything forward_packed needs besides tokens, vectorised (runs in DataLoader workers)."""
+def packed_inputs(tokens: np.ndarray, lengths: np.ndarray, pool_all_tokens: bool = False) -> dict:
+    """Everything forward_packed needs besides tokens, vectorised (runs in DataLoader workers).
+
+    pool_weight averages over residues (<cls>/<eos> excluded), or over every token
+    of the sequence with pool_all_tokens=True (DNABERT-S style).
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     num_seqs = lengths.size
     cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
@@ -129,8 +133,11 @@ def packed_inputs(tokens: np.ndarray, lengths: np.ndarray) -> dict:
     seq_index = np.repeat(np.arange(num_seqs, dtype=np.int64), lengths)
     positions = np.arange(cu_seqlens[-1], dtype=np.int64) - np.repeat(cu_seqlens[:-1], lengths)
     seq_length = lengths[seq_index]
-    is_residue = (positions > 0) & (positions < seq_length - 1)
-    pool_weight = np.where(is_residue, 1.0 / np.maximum(seq_length - 2, 1), 0.0).astype(np.float32)
+    if pool_all_tokens:
+        pool_weight = (1.0 / seq_length).astype(np.float32)
+    else:
+        is_residue = (positions > 0) & (positions < seq_length - 1)
+        pool_weight = np.where(is_residue, 1.0 / np.maximum(seq_length - 2, 1), 0.0).astype(np.float32)
     return {
         "tokens": np.asarray(tokens, dtype=np.int64),
         "positions": positions.astype(np.int32),

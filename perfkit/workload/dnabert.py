@@ -1,0 +1,592 @@
+"""DNABERT-S in one file: config, BPE tokeniser, packed inputs, model, weight loading.
+
+DNABERT-S (zhihan1996/DNABERT-S) is DNABERT-2-117M fine-tuned for species-aware
+embeddings; both use the MosaicBERT layout of DNABERT-2's bert_layers.py:
+  embeddings   word + token-type(0) embedding, LayerNorm; no position embeddings
+  attention    fused qkv, ALiBi bias -slope_h * |i - j| on the scores
+  FFN          gated linear unit: gelu(x W_gate) * (x W_up), then W_out
+  norms        post-LN as BERT: x = LN(x + attn(x)), x = LN(x + ffn(x)); no final norm
+The sequence embedding is the mean of the last hidden state over every token of
+the sequence, [CLS] and [SEP] included (as the DNABERT-2 / DNABERT-S model cards do).
+
+Inputs come in two shapes, as in esm2.py:
+  padded  tokens [B, T]   [CLS] bpe tokens [SEP] [PAD]...
+  packed  tokens [N]      sequences back to back, described by cu_seqlens [B+1].
+Both return pooled [B, D] float32.
+
+Packed attention: torch's varlen_attn (FlashAttention varlen) takes no ALiBi
+slopes or bias, so on CUDA fp16/bf16 the packed path runs flex_attention
+(compiled) with an ALiBi score_mod and a same-sequence block mask; elsewhere it
+re-pads into [B, max_seqlen] and runs SDPA with the bias as an additive mask.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from perfkit.errors import UserError
+from perfkit.workload import esm2
+from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
+
+# ----------------------------------------------------------------------------
+# config
+
+
+@dataclass(frozen=True)
+class DNABERTConfig:
+    name: str = "dnabert_s"
+    num_layers: int = 12
+    embed_dim: int = 768
+    attention_heads: int = 12
+    ffn_dim: int = 3072  # GLU width: the input projection is 2 * ffn_dim wide (gate | up)
+    vocab_size: int = 4096
+    layer_norm_eps: float = 1e-12
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.attention_heads
+
+
+DNABERT_S = DNABERTConfig()
+
+
+def flops_per_token(config: DNABERTConfig, seq_len: int | None = None) -> float:
+    """Matmul FLOPs of one forward, per token (same convention as esm2.flops_per_token).
+
+    2 FLOPs per multiply-add of every Linear: qkv 3d^2, out d^2, GLU in 2*d*f, out f*d.
+    seq_len=T adds QK^T and AV (2*2*T*d per layer, full bidirectional attention).
+    """
+    d, f, layers = config.embed_dim, config.ffn_dim, config.num_layers
+    flops = 2 * layers * (4 * d * d + 3 * d * f)
+    if seq_len is not None:
+        flops += layers * 4 * seq_len * d
+    return float(flops)
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi head slopes as the ALiBi paper and MosaicBERT make them.
+
+    A power of two n gives the geometric sequence 2^(-8k/n), k = 1..n. Otherwise take
+    that sequence for the nearest lower power of two p, then every other slope of the
+    2p sequence for the remaining heads (12 heads: 2^-1..2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5).
+    """
+    def geometric(n):
+        return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+
+    if math.log2(num_heads).is_integer():
+        return geometric(num_heads)
+    p = 2 ** math.floor(math.log2(num_heads))
+    return geometric(p) + alibi_slopes(2 * p)[0::2][: num_heads - p]
+
+
+# ----------------------------------------------------------------------------
+# tokeniser: byte-pair encoding with a 4096 vocabulary, as DNABERT-2
+
+SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+PAD_ID = SPECIAL_TOKENS.index("[PAD]")  # 3, in our trained tokeniser
+# the training sample for our stand-in tokeniser (change any of these -> new cache file)
+TRAINING_READS, TRAINING_PROFILE, TRAINING_SEED = 5_000, "reads150", 0
+
+
+def train_tokenizer(n_reads: int = TRAINING_READS, seed: int = TRAINING_SEED, vocab_size: int = 4096):
+    """BPE tokeniser trained on synthetic viral-like reads; same arguments -> same tokeniser."""
+    from tokenizers import Tokenizer, models, trainers
+
+    from perfkit.workload.fasta import read_fasta
+    from perfkit.workload.synth import write_synthetic_fasta
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = Path(tmp) / "train.fa"
+        write_synthetic_fasta(fasta, n_reads, TRAINING_PROFILE, seed=seed)
+        reads = [seq for _, seq in read_fasta(fasta)]
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=list("ACGTN"), show_progress=False
+    )
+    tokenizer.train_from_iterator(reads, trainer)
+    return tokenizer
+
+
+def cache_dir() -> Path:
+    """$PERFKIT_CACHE_DIR, else $XDG_CACHE_HOME/perfkit, else ~/.cache/perfkit."""
+    if os.environ.get("PERFKIT_CACHE_DIR"):
+        return Path(os.environ["PERFKIT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perfkit"
+
+
+def special_token_ids(tokenizer) -> dict:
+    """{'cls': id, 'sep': id, 'pad': id}; UserError if the tokeniser lacks one."""
+    ids = {name: tokenizer.token_to_id(f"[{name.upper()}]") for name in ("cls", "sep", "pad")}
+    missing = [f"[{name.upper()}]" for name, i in ids.items() if i is None]
+    if missing:
+        raise UserError(f"tokenizer has no {', '.join(missing)} token", "pass a DNABERT-2 / DNABERT-S tokenizer.json")
+    return ids
+
+
+def load_tokenizer(path=None, vocab_size: int = DNABERT_S.vocab_size):
+    """A tokenizers.Tokenizer: from `path` (e.g. DNABERT-S's tokenizer.json), else our cached stand-in."""
+    from tokenizers import Tokenizer
+
+    if path is not None:
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # missing file, not JSON, not a tokenizer
+            raise UserError(
+                f"cannot read tokenizer {path}: {exc}", "pass a tokenizer.json saved by HF tokenizers"
+            ) from exc
+    else:
+        tokenizer = _default_tokenizer()
+    special_token_ids(tokenizer)
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise UserError(
+            f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model embeds {vocab_size}",
+            "pass the tokenizer that belongs to the weights",
+        )
+    return tokenizer
+
+
+@functools.cache
+def _default_tokenizer():
+    """Our stand-in, trained once and kept in cache_dir() (trained in memory if that is not writable)."""
+    from tokenizers import Tokenizer
+
+    recipe = f"bpe{DNABERT_S.vocab_size}_{TRAINING_PROFILE}_n{TRAINING_READS}_s{TRAINING_SEED}"
+    cached = cache_dir() / f"dnabert_{recipe}.json"
+    if cached.exists():
+        try:
+            return Tokenizer.from_file(str(cached))
+        except Exception:
+            pass  # a damaged cache file: train again and overwrite it
+    tokenizer = train_tokenizer()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        tokenizer.save(str(tmp))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # read-only home: fine, we keep it in memory
+    return tokenizer
+
+
+def encode_nucleotides(tokenizer, seqs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """DNA strings -> (flat int64 tokens, [CLS] bpe.. [SEP] per sequence; int32 lengths incl. both)."""
+    ids = special_token_ids(tokenizer)
+    encodings = tokenizer.encode_batch(list(seqs), add_special_tokens=False)
+    bpe_counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    bpe_tokens = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+    lengths = bpe_counts + 2
+    starts = np.cumsum(lengths) - lengths
+    tokens = np.empty(int(lengths.sum()), dtype=np.int64)
+    is_bpe = np.ones(tokens.size, dtype=bool)
+    is_bpe[starts] = is_bpe[starts + lengths - 1] = False
+    tokens[starts] = ids["cls"]
+    tokens[starts + lengths - 1] = ids["sep"]
+    tokens[is_bpe] = bpe_tokens
+    return tokens, lengths.astype(np.int32)
+
+
+def tokens_per_base(tokenizer, seqs: list[str]) -> float:
+    """BPE tokens per nucleotide over `seqs` ([CLS]/[SEP] not counted)."""
+    encodings = tokenizer.encode_batch(list(seqs), add_special_tokens=False)
+    return sum(len(e.ids) for e in encodings) / max(sum(len(s) for s in seqs), 1)
+
+
+def packed_inputs_nt(tokens: np.ndarray, lengths: np.ndarray) -> dict:
+    """esm2.packed_inputs with pool_weight over every token of a sequence ([CLS]/[SEP] included)."""
+    return esm2.packed_inputs(tokens, lengths, pool_all_tokens=True)
+
+
+packed_to_torch = esm2.packed_to_torch
+
+
+def pad_batch(tokens: np.ndarray, lengths: np.ndarray, pad_id: int = PAD_ID) -> np.ndarray:
+    """Flat tokens + lengths -> padded [B, max_len] int64, vectorised."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    padded = np.full((lengths.size, int(lengths.max()) if lengths.size else 0), pad_id, dtype=np.int64)
+    padded[np.arange(padded.shape[1])[None, :] < lengths[:, None]] = tokens  # row-major fill = packed order
+    return padded
+
+
+# ----------------------------------------------------------------------------
+# model
+
+
+def alibi_mask(slopes: torch.Tensor, key_is_real: torch.Tensor, dtype) -> torch.Tensor:
+    """Additive attention mask [B, H, T, T]: -slope_h * |i - j|, and -inf on padding keys."""
+    positions = torch.arange(key_is_real.shape[-1], device=key_is_real.device)
+    distance = (positions[:, None] - positions[None, :]).abs()
+    bias = -slopes.float()[None, :, None, None] * distance  # [1, H, T, T]
+    bias = bias.masked_fill(~key_is_real[:, None, None, :], float("-inf"))
+    return bias.to(dtype)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def flex_alibi_attention(q, k, v, slopes, seq_index, compiled: bool):
+    """Packed [N, H, hd] attention with ALiBi, tokens seeing only their own sequence."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def same_sequence(b, h, q_idx, kv_idx):
+        return seq_index[q_idx] == seq_index[kv_idx]
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        # within one sequence the packed index distance is the position distance
+        return score - slopes[h] * (q_idx - kv_idx).abs()
+
+    n = q.shape[0]
+    block_mask = create_block_mask(same_sequence, None, None, n, n, device=q.device, _compile=compiled)
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, hd]
+    if compiled:
+        out = _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask)
+    else:
+        with warnings.catch_warnings():  # eager flex is slow, and we know: only small CPU checks use it
+            warnings.filterwarnings("ignore", message=".*flex_attention.*")
+            out = flex_attention(q, k, v, score_mod=alibi, block_mask=block_mask)
+    return out.squeeze(0).transpose(0, 1)
+
+
+class Block(nn.Module):
+    """Post-LN MosaicBERT layer: x = LN(x + attn(x)), then x = LN(x + W_out(gelu(gate) * up))."""
+
+    def __init__(self, config: DNABERTConfig):
+        super().__init__()
+        self.heads, self.head_dim = config.attention_heads, config.head_dim
+        d, eps = config.embed_dim, config.layer_norm_eps
+        self.qkv = nn.Linear(d, 3 * d)  # DNABERT-2: attention.self.Wqkv
+        self.out_proj = nn.Linear(d, d)  # attention.output.dense
+        self.attn_norm = nn.LayerNorm(d, eps=eps)  # attention.output.LayerNorm
+        self.ffn_in = nn.Linear(d, 2 * config.ffn_dim, bias=False)  # mlp.gated_layers: [gate | up]
+        self.ffn_out = nn.Linear(config.ffn_dim, d)  # mlp.wo
+        self.ffn_norm = nn.LayerNorm(d, eps=eps)  # mlp.layernorm
+
+    def forward(self, x, attend):
+        # x: [..., T, D] (packed: [N, D]); attend takes and returns [..., T, H, hd]
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
+        x = self.attn_norm(x + self.out_proj(attend(q, k, v).flatten(-2)))
+        gate, up = self.ffn_in(x).chunk(2, dim=-1)
+        return self.ffn_norm(x + self.ffn_out(F.gelu(gate) * up))  # exact (erf) GELU
+
+
+class DNABERT(nn.Module):
+    def __init__(self, config: DNABERTConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+        # BERT's token-type table, row 0 only: every token is of type 0
+        self.token_type_embedding = nn.Parameter(torch.empty(config.embed_dim))
+        self.embed_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.slopes = alibi_slopes(config.attention_heads)  # a list: made into a tensor per forward
+        # packed path kernel: "auto" (flex on CUDA fp16/bf16, else sdpa_repadded), "flex", "sdpa_repadded"
+        self.packed_attention = "auto"
+        # which attention kernel really ran, one count per forward call
+        self.attention_calls = {"flex_attention": 0, "sdpa_repadded": 0, "sdpa_padded": 0}
+
+    def embed(self, tokens):
+        return self.embed_norm(self.token_embedding(tokens) + self.token_type_embedding)
+
+    def slopes_on(self, device) -> torch.Tensor:
+        return torch.tensor(self.slopes, dtype=torch.float32, device=device)
+
+    @torch.inference_mode()
+    def forward_padded(self, tokens: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
+        """tokens [B, T] ([CLS] .. [SEP] [PAD]..) -> pooled [B, D] float32 (mean over all real tokens)."""
+        is_real = tokens != pad_id
+        x = self.embed(tokens)
+        mask = alibi_mask(self.slopes_on(x.device), is_real, x.dtype)
+
+        def attend(q, k, v):  # [B, T, H, hd] -> [B, T, H, hd]
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+        for layer in self.layers:
+            x = layer(x, attend)
+        self.attention_calls["sdpa_padded"] += 1
+
+        weights = is_real.float() / is_real.sum(-1, keepdim=True).clamp(min=1).float()
+        return torch.einsum("btd,bt->bd", x.float(), weights)
+
+    def _packed_kernel(self, x) -> str:
+        if self.packed_attention != "auto":
+            return self.packed_attention
+        return "flex" if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else "sdpa_repadded"
+
+    @torch.inference_mode()
+    def forward_packed(self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False):
+        """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
+
+        flex: flex_attention, ALiBi score_mod + same-sequence block mask (compiled on CUDA, eager elsewhere).
+        sdpa_repadded: scatter into a padded [B, max_seqlen] view, one SDPA with the ALiBi mask, gather back.
+        """
+        num_seqs = cu_seqlens.numel() - 1
+        seq_index = seq_index.long()
+        x = self.embed(tokens)
+        slopes = self.slopes_on(x.device)
+
+        kernel = self._packed_kernel(x)
+        if kernel == "flex":
+            def attend(q, k, v):  # [N, H, hd]
+                return flex_alibi_attention(q, k, v, slopes, seq_index, compiled=x.is_cuda)
+
+            self.attention_calls["flex_attention"] += 1
+        elif kernel == "sdpa_repadded":
+            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+            slot = seq_index * max_seqlen + positions.long()  # row in the padded [B*T] view
+            key_is_real = torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None]
+            mask = alibi_mask(slopes, key_is_real, x.dtype)
+
+            def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
+                def pad(t):
+                    out = t.new_zeros(num_seqs * max_seqlen, *t.shape[1:]).index_copy_(0, slot, t)
+                    return out.view(num_seqs, max_seqlen, *t.shape[1:]).transpose(1, 2)
+
+                out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask)
+                return out.transpose(1, 2).flatten(0, 1)[slot]
+
+            self.attention_calls["sdpa_repadded"] += 1
+        else:
+            raise UserError(f"unknown packed attention {kernel!r}", "use 'auto', 'flex' or 'sdpa_repadded'")
+
+        for layer in self.layers:
+            x = layer(x, attend)
+
+        weighted = x.float() * pool_weight.float()[:, None]
+        pooled = torch.zeros(num_seqs, x.shape[-1], device=x.device).index_add_(0, seq_index, weighted)
+        return (pooled, x) if return_hidden else pooled
+
+
+# ----------------------------------------------------------------------------
+# weights
+
+
+@torch.no_grad()
+def init_random_(model: DNABERT, seed: int) -> DNABERT:
+    """Linear/Embedding weights and the token-type vector ~ N(0, 0.02), biases 0, LayerNorm 1/0."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.token_type_embedding.normal_(0.0, 0.02, generator=gen)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, 0.02, generator=gen)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+    return model
+
+
+# ours <- DNABERT-2 bert_layers.py names (BertModel; BertForMaskedLM adds a "bert." prefix)
+_LAYER_NAMES = [
+    ("qkv", "attention.self.Wqkv"),
+    ("out_proj", "attention.output.dense"),
+    ("attn_norm", "attention.output.LayerNorm"),
+    ("ffn_in", "mlp.gated_layers"),
+    ("ffn_out", "mlp.wo"),
+    ("ffn_norm", "mlp.layernorm"),
+]
+_GLOBAL_NAMES = [
+    ("token_embedding.weight", "embeddings.word_embeddings.weight"),
+    ("embed_norm.weight", "embeddings.LayerNorm.weight"),
+    ("embed_norm.bias", "embeddings.LayerNorm.bias"),
+]
+_TOKEN_TYPE_NAME = "embeddings.token_type_embeddings.weight"
+_IGNORED = ("pooler.", "cls.", "embeddings.token_type_ids", "embeddings.position_ids")
+
+
+def dnabert2_to_our_names(state_dict: dict) -> dict:
+    """DNABERT-2 / DNABERT-S state dict (BertModel or BertForMaskedLM) -> our names."""
+    layer_map = {theirs: ours for ours, theirs in _LAYER_NAMES}
+    global_map = {theirs: ours for ours, theirs in _GLOBAL_NAMES}
+    out = {}
+    for name, tensor in state_dict.items():
+        bare = name.removeprefix("bert.")
+        for legacy, modern in ((".gamma", ".weight"), (".beta", ".bias")):  # old LayerNorm names
+            if bare.endswith(legacy):
+                bare = bare.removesuffix(legacy) + modern
+        if bare.startswith(_IGNORED):
+            continue
+        if bare == _TOKEN_TYPE_NAME:
+            out["token_type_embedding"] = tensor[0]
+        elif bare in global_map:
+            out[global_map[bare]] = tensor
+        elif bare.startswith("encoder.layer.") and bare.count(".") >= 4:
+            index, rest = bare.removeprefix("encoder.layer.").split(".", 1)
+            module, part = rest.rsplit(".", 1)
+            if module not in layer_map:
+                raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
+            out[f"layers.{index}.{layer_map[module]}.{part}"] = tensor
+        else:
+            raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
+    return out
+
+
+def our_to_dnabert2_names(state_dict: dict) -> dict:
+    """Inverse of dnabert2_to_our_names, BertModel layout (for tests and export)."""
+    layer_map = dict(_LAYER_NAMES)
+    global_map = dict(_GLOBAL_NAMES)
+    out = {}
+    for name, tensor in state_dict.items():
+        if name == "token_type_embedding":
+            out[_TOKEN_TYPE_NAME] = torch.stack([tensor, torch.zeros_like(tensor)])
+        elif name in global_map:
+            out[global_map[name]] = tensor
+        else:
+            _, index, module, part = name.split(".")
+            out[f"encoder.layer.{index}.{layer_map[module]}.{part}"] = tensor
+    return out
+
+
+def load_dnabert2_state_dict(model: DNABERT, state_dict: dict) -> DNABERT:
+    """Copy DNABERT-2-named weights into `model`; UserError on missing, extra or misshapen tensors."""
+    ours = dnabert2_to_our_names(state_dict)
+    try:
+        model.load_state_dict(ours, strict=True)
+    except RuntimeError as exc:
+        raise UserError(
+            f"weights do not fit a DNABERT of {model.config.num_layers} layers, width {model.config.embed_dim}: {exc}",
+            "pass a DNABERT-2-117M / DNABERT-S checkpoint",
+        ) from exc
+    return model
+
+
+def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise UserError(f"{folder} has no config.json", "pass a HuggingFace DNABERT-S / DNABERT-2 folder")
+    hf = json.loads(config_path.read_text())
+    keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+    found = tuple(hf.get(k) for k in keys)
+    expected = (config.num_layers, config.embed_dim, config.attention_heads, config.ffn_dim, config.vocab_size)
+    if any(f is not None and f != e for f, e in zip(found, expected)):
+        raise UserError(f"{folder} holds {dict(zip(keys, found))}, expected {expected}", "pass DNABERT-S weights")
+    if (folder / "model.safetensors").exists():
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            load_file = None
+        if load_file is not None:
+            return load_file(str(folder / "model.safetensors")), folder / "model.safetensors"
+    bin_path = folder / "pytorch_model.bin"
+    if not bin_path.exists():
+        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete DNABERT-S folder")
+    return torch.load(bin_path, map_location="cpu", weights_only=True), bin_path
+
+
+def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S):
+    """-> (DNABERT in eval mode on `device`/`dtype`, weights_info dict).
+
+    weights: None (seeded random init) or a HuggingFace folder of DNABERT-S / DNABERT-2-117M.
+    The name mapping follows DNABERT-2's public bert_layers.py; outputs have not been compared
+    with that reference implementation (no weights or network here), so info says so.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
+    with torch.device("meta"):
+        model = DNABERT(config)
+    model = model.to(dtype=dtype).to_empty(device=device).eval()
+
+    if weights is None:
+        init_random_(model, seed)
+        return model, {"source": "random", "seed": seed}
+
+    path = Path(weights).expanduser()
+    if not path.is_dir():
+        raise UserError(f"weights path {path} is not a folder", "pass a HuggingFace DNABERT-S folder, or no weights")
+    state_dict, file = _read_hf_folder(path, config)
+    load_dnabert2_state_dict(model, state_dict)
+    return model, {
+        "source": "huggingface",
+        "path": str(path),
+        "sha256": esm2._sha256([file]),
+        "checked_against_reference": False,
+    }
+
+
+# ----------------------------------------------------------------------------
+# equivalence: packed path (precision, device) against the padded path (fp32) of the same model
+
+
+def default_reads(n: int = 64, seed: int = 0, min_len: int = 60, max_len: int = 300) -> list[str]:
+    """Seeded random DNA reads over ACGT with a few N's."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("ACGTN"))
+    weights = [0.249, 0.249, 0.249, 0.249, 0.004]
+    return ["".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights)) for _ in range(n)]
+
+
+def run_nt_equivalence(
+    device: str = "cpu",
+    precision: str = "fp32",
+    n: int = 64,
+    seed: int = 0,
+    config: DNABERTConfig = DNABERT_S,
+    tokenizer=None,
+    packed_attention: str = "auto",
+    token_budget: int = 8192,
+) -> dict:
+    """Padded fp32 SDPA (reference) vs packed path at `precision`, same seeded weights, same device."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    tokenizer = load_tokenizer() if tokenizer is None else tokenizer
+    pad_id = special_token_ids(tokenizer)["pad"]
+    reads = default_reads(n=n, seed=seed)
+    tokens, lengths = encode_nucleotides(tokenizer, reads)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    batches = batches_by_tokens(lengths.tolist(), token_budget)
+
+    def spans(batch):
+        return tokens[starts[batch[0]] : starts[batch[-1] + 1]], lengths[batch[0] : batch[-1] + 1]
+
+    model, _ = build_model(seed=seed, device=device, dtype=torch.float32, config=config)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
+    try:
+        reference = np.concatenate([
+            model.forward_padded(torch.from_numpy(pad_batch(*spans(b), pad_id)).to(device), pad_id).cpu().numpy()
+            for b in batches
+        ])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    model.to(PRECISIONS[precision])
+    model.packed_attention = packed_attention
+    candidate = np.concatenate([
+        model.forward_packed(**packed_to_torch(packed_inputs_nt(*spans(b)), device)).cpu().numpy() for b in batches
+    ])
+
+    result = gate(compare_embeddings(reference, candidate), precision)
+    packed_calls = {k: v for k, v in model.attention_calls.items() if k != "sdpa_padded"}
+    result.update({
+        "model_name": config.name,
+        "device": str(device),
+        "num_reads": len(reads),
+        "num_tokens": int(lengths.sum()),
+        "tokens_per_base": tokens_per_base(tokenizer, reads),
+        "seed": seed,
+        "attention_calls": dict(model.attention_calls),
+        "attention_path": max(packed_calls, key=packed_calls.get),
+    })
+    return result
