@@ -1,0 +1,301 @@
+"""Seed pipeline stages 7-9: merge embeddings, classify frames, per-read consensus.
+
+Conventions:
+- features per frame = DNABERT-S (768) then ESM-2 (2560), concatenated in that order
+  (3328); the classifier's weights depend on that order. Rows are aligned by frame
+  id `{read}_{F1..R3}`; `align_by_ids` checks it (the original system misaligned ids).
+- class index 0 = other, 1 = virus: probabilities are [n, 2] = (p_other, p_virus).
+- consensus (seed rule): a read is 'virus' if the max p_virus over its frames >= the
+  max p_other over its frames, so a tie is 'virus'. The read id is the frame id
+  without its `_F1`..`_R3` suffix; for chunked reads that is the chunk id
+  (`{read}_chunk_{k}`), so each chunk gets its own call, as in the seed system.
+- reads with no surviving frame are absent from the consensus table unless the full
+  list of read (or chunk) ids is given; then they appear with prediction 'no_frames'.
+- the classifier info records hidden size and a sha256 of the weights: compare it
+  between baseline and candidate (a 300 vs 500 hidden mix-up once looked like 93 %
+  agreement).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from perfkit.errors import UserError
+from perfkit.workload.translate import FRAMES
+
+NT_DIM = 768          # DNABERT-S
+PROTEIN_DIM = 2560    # ESM-2 3B
+FEATURE_DIM = NT_DIM + PROTEIN_DIM
+CLASSES = ("other", "virus")  # class index 0, 1
+NO_FRAMES = "no_frames"
+FRAME_CSV = "predictions_per_frame.csv"
+READ_CSV = "predictions_per_read.csv"
+
+
+# --- stage 7: merge ----------------------------------------------------------
+
+def align_by_ids(ids_a, vec_a, ids_b, vec_b) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Check that two (ids, vectors) sets describe the same frames in the same order.
+
+    Returns (ids, vec_a, vec_b) unchanged; raises UserError naming the first mismatch.
+    Nothing is reordered: a difference in order is a bug upstream, not something to hide.
+    """
+    ids_a, ids_b = [str(i) for i in ids_a], [str(i) for i in ids_b]
+    for name, ids, vec in (("a", ids_a, vec_a), ("b", ids_b, vec_b)):
+        if len(ids) != len(vec):
+            raise UserError(f"set {name} has {len(ids)} ids but {len(vec)} vectors",
+                            "ids and vectors must come from the same file")
+        if len(set(ids)) != len(ids):
+            duplicate = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+            raise UserError(f"set {name} holds id {duplicate!r} more than once", "rebuild its embeddings")
+    if ids_a != ids_b:
+        row = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b), min(len(ids_a), len(ids_b)))
+        first_a = ids_a[row] if row < len(ids_a) else "<end>"
+        first_b = ids_b[row] if row < len(ids_b) else "<end>"
+        only_a, only_b = len(set(ids_a) - set(ids_b)), len(set(ids_b) - set(ids_a))
+        raise UserError(f"ids differ first at row {row}: {first_a!r} vs {first_b!r} "
+                        f"({only_a} ids only in a, {only_b} only in b)",
+                        "embed both models from the same translated frames, in the same order")
+    return ids_a, vec_a, vec_b
+
+
+def merge_features(nt: np.ndarray, protein: np.ndarray) -> np.ndarray:
+    """[n, 768] DNABERT-S + [n, 2560] ESM-2 -> [n, 3328] float32 (rows already aligned)."""
+    for name, array, dim in (("nucleotide", nt, NT_DIM), ("protein", protein, PROTEIN_DIM)):
+        if np.ndim(array) != 2 or np.shape(array)[1] != dim:
+            raise UserError(f"{name} embeddings have shape {np.shape(array)}, expected [n, {dim}]",
+                            "check which model produced the file")
+    if len(nt) != len(protein):
+        raise UserError(f"{len(nt)} nucleotide rows but {len(protein)} protein rows",
+                        "both must hold the same frames; check them with align_by_ids")
+    return np.concatenate((nt, protein), axis=1).astype(np.float32, copy=False)
+
+
+# --- stage 8: classifier -----------------------------------------------------
+
+class ViralClassifier(nn.Module):
+    """Linear(in, h) -> BatchNorm1d -> ReLU -> Dropout -> Linear(h, 2); logits (0 = other, 1 = virus)."""
+
+    def __init__(self, in_dim: int = FEATURE_DIM, *, hidden: int, dropout: float = 0.5):
+        # hidden has no default on purpose: baseline and candidate must state theirs
+        super().__init__()
+        self.in_dim, self.hidden = in_dim, hidden
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.bn1 = nn.BatchNorm1d(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(torch.relu(self.bn1(self.fc1(x)))))
+
+
+def weights_sha256(state_dict: dict) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor (file format independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_classifier(path: str | Path | None = None, *, hidden: int, in_dim: int = FEATURE_DIM,
+                    dropout: float = 0.5, seed: int = 0) -> tuple[ViralClassifier, dict]:
+    """(model in eval mode, info). Weights from a state_dict `.pt` file, or random from `seed`."""
+    if path is None:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+            torch.manual_seed(seed)
+            model = ViralClassifier(in_dim, hidden=hidden, dropout=dropout)
+        source = f"random(seed={seed})"
+    else:
+        model = ViralClassifier(in_dim, hidden=hidden, dropout=dropout)
+        model.load_state_dict(_read_state_dict(Path(path), model))
+        source = str(path)
+    model.eval()
+    info = {"source": source, "in_dim": in_dim, "hidden": hidden, "dropout": dropout,
+            "classes": list(CLASSES), "weights_sha256": weights_sha256(model.state_dict())}
+    return model, info
+
+
+def _read_state_dict(path: Path, model: ViralClassifier) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise UserError(f"classifier weights {path} not found", "check the path") from err
+    except Exception as err:  # a pickled model object, a truncated file, not torch at all
+        raise UserError(f"cannot read classifier weights {path}: {err}",
+                        "save them with torch.save(model.state_dict(), path)") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state_dict", "save it with torch.save(model.state_dict(), path)")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"classifier weights {path} have other layers: missing {missing}, unexpected {unexpected}",
+                        "expected fc1, bn1, fc2 of ViralClassifier")
+    wrong = [name for name in expected if tuple(state[name].shape) != tuple(expected[name].shape)]
+    if wrong:
+        name = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
+        found_hidden, found_in = state["fc1.weight"].shape
+        raise UserError(f"classifier weights {path} do not fit in_dim={model.in_dim}, hidden={model.hidden}: "
+                        f"layer {name} expected {tuple(expected[name].shape)}, "
+                        f"found {tuple(state[name].shape)}{more}",
+                        f"these weights are in_dim={found_in}, hidden={found_hidden}; pass those")
+    return state
+
+
+def predict_frames(model: nn.Module, features: np.ndarray, batch_size: int = 4096,
+                   device: str = "cpu") -> np.ndarray:
+    """Softmax probabilities [n, 2] float32 (p_other, p_virus), model in eval mode."""
+    features = np.asarray(features, dtype=np.float32)
+    in_dim = getattr(model, "in_dim", None)
+    if features.ndim != 2 or (in_dim is not None and features.shape[1] != in_dim):
+        raise UserError(f"features have shape {features.shape}, the classifier expects [n, {in_dim}]",
+                        "merge nucleotide and protein embeddings first")
+    model.eval().to(device)  # BatchNorm on running stats, dropout off
+    out = np.empty((len(features), len(CLASSES)), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size])).to(device)
+            out[start:start + len(batch)] = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
+    return out
+
+
+# --- stage 9: consensus --------------------------------------------------------
+
+def split_frame_ids(frame_ids) -> pd.DataFrame:
+    """Columns frame_id, read_id, frame; UserError naming the first id without an _F1.._R3 suffix."""
+    ids = pd.Series(np.asarray(frame_ids, dtype=str), dtype=object, name="frame_id")
+    frame, read_id = ids.str[-2:], ids.str[:-3]  # every frame suffix is "_" + 2 characters
+    bad = ~frame.isin(FRAMES) | (ids.str[-3:-2] != "_") | (read_id == "")
+    if bad.any():
+        raise UserError(f"frame id {ids[bad].iloc[0]!r} does not end in _{'/_'.join(FRAMES)}",
+                        "use the ids of the translation step")
+    if ids.duplicated().any():
+        raise UserError(f"frame id {ids[ids.duplicated()].iloc[0]!r} appears more than once",
+                        "each frame must be classified once")
+    return pd.DataFrame({"frame_id": ids, "read_id": read_id, "frame": frame})
+
+
+def consensus(frame_ids, probs: np.ndarray, all_read_ids=None) -> pd.DataFrame:
+    """Per read: read_id, frames (count), max_virus, max_other, prediction, in first-seen order.
+
+    With all_read_ids (read or chunk ids, as translated), every read gets a row, in that
+    order; reads without frames get frames=0, NaN scores and prediction 'no_frames'.
+    """
+    probs = _check_probs(frame_ids, probs)
+    frames = split_frame_ids(frame_ids)
+    frames["p_other"], frames["p_virus"] = probs[:, 0], probs[:, 1]
+    table = (frames.groupby("read_id", sort=False)
+             .agg(frames=("frame", "size"), max_virus=("p_virus", "max"), max_other=("p_other", "max"))
+             .reset_index())
+    table["prediction"] = np.where(table["max_virus"] >= table["max_other"], "virus", "other")
+    if all_read_ids is None:
+        return table
+    every = pd.DataFrame({"read_id": np.asarray(all_read_ids, dtype=str)})
+    if every["read_id"].duplicated().any():
+        raise UserError(f"read id {every['read_id'][every['read_id'].duplicated()].iloc[0]!r} "
+                        "is listed twice", "pass each read (or chunk) id once")
+    unknown = ~table["read_id"].isin(every["read_id"])
+    if unknown.any():
+        raise UserError(f"frames of read {table['read_id'][unknown].iloc[0]!r} but that read is not listed",
+                        "for chunked reads pass the chunk ids")
+    table = every.merge(table, on="read_id", how="left")
+    table["frames"] = table["frames"].fillna(0).astype(int)
+    table["prediction"] = table["prediction"].fillna(NO_FRAMES)
+    return table
+
+
+def _check_probs(frame_ids, probs) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 2 or probs.shape[1] != len(CLASSES) or len(probs) != len(frame_ids):
+        raise UserError(f"probabilities have shape {probs.shape} for {len(frame_ids)} frame ids",
+                        "expected [n, 2] (p_other, p_virus), one row per frame id")
+    if not np.isfinite(probs).all():
+        raise UserError("probabilities hold NaN or inf", "check the classifier's precision and inputs")
+    return probs
+
+
+# --- outputs -------------------------------------------------------------------
+
+def write_predictions(out_dir: str | Path, frame_ids, probs: np.ndarray, read_table: pd.DataFrame) -> dict:
+    """predictions_per_frame.csv (frame_id, read_id, frame, p_other, p_virus) and
+    predictions_per_read.csv (the consensus table), each temp file then rename."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {out_dir}: {err.strerror}", "choose a writable output folder") from err
+    probs = _check_probs(frame_ids, probs)
+    frames = split_frame_ids(frame_ids)
+    frames["p_other"], frames["p_virus"] = probs[:, 0], probs[:, 1]
+    paths = {"frames": out_dir / FRAME_CSV, "reads": out_dir / READ_CSV}
+    _write_csv(frames, paths["frames"])
+    _write_csv(read_table, paths["reads"])
+    return {"frames_csv": str(paths["frames"]), "reads_csv": str(paths["reads"]),
+            "frames": len(frames), "reads": len(read_table)}
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_predictions(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(frame table, read table) as written by write_predictions; ids stay strings."""
+    out_dir = Path(out_dir)
+    ids_as_text = {"frame_id": str, "read_id": str}
+    return (pd.read_csv(out_dir / FRAME_CSV, dtype=ids_as_text),
+            pd.read_csv(out_dir / READ_CSV, dtype=ids_as_text))
+
+
+# --- comparing two runs ----------------------------------------------------------
+
+def prediction_agreement(table_a: pd.DataFrame, table_b: pd.DataFrame, frames_a: pd.DataFrame | None = None,
+                         frames_b: pd.DataFrame | None = None, info_a: dict | None = None,
+                         info_b: dict | None = None) -> dict:
+    """Share of reads with the same prediction in two runs, over the union of read ids
+    (a read missing from one side counts as a disagreement). With frame tables, also the
+    max |p_virus difference| over frames of both; with classifier infos, whether the
+    weights are the same (agreement between different classifiers says little)."""
+    a, b = _by_id(table_a, "read_id", "a"), _by_id(table_b, "read_id", "b")
+    both = pd.concat([a["prediction"].rename("prediction_a"), b["prediction"].rename("prediction_b")],
+                     axis=1, join="outer")
+    same = (both["prediction_a"] == both["prediction_b"])  # NaN on one side -> False
+    result = {
+        "reads_a": len(a), "reads_b": len(b), "reads_union": len(both),
+        "only_in_a": int(both["prediction_b"].isna().sum()), "only_in_b": int(both["prediction_a"].isna().sum()),
+        "same_prediction": int(same.sum()),
+        "agreement": float(same.mean()) if len(both) else None,
+        "virus_to_other": int(((both["prediction_a"] == "virus") & (both["prediction_b"] == "other")).sum()),
+        "other_to_virus": int(((both["prediction_a"] == "other") & (both["prediction_b"] == "virus")).sum()),
+    }
+    if frames_a is not None and frames_b is not None:
+        fa, fb = _by_id(frames_a, "frame_id", "a"), _by_id(frames_b, "frame_id", "b")
+        delta = (fa["p_virus"] - fb["p_virus"]).abs().dropna()  # index-aligned on frame id
+        result.update({
+            "frames_common": len(delta),
+            "frames_only_in_a": int((~fa.index.isin(fb.index)).sum()),
+            "frames_only_in_b": int((~fb.index.isin(fa.index)).sum()),
+            "max_abs_delta_p_virus": float(delta.max()) if len(delta) else None,
+            "max_abs_delta_frame": str(delta.idxmax()) if len(delta) else None,
+        })
+    if info_a is not None and info_b is not None:
+        result.update({"hidden_a": info_a.get("hidden"), "hidden_b": info_b.get("hidden"),
+                       "same_classifier": info_a.get("weights_sha256") == info_b.get("weights_sha256")})
+    return result
+
+
+def _by_id(table: pd.DataFrame, column: str, side: str) -> pd.DataFrame:
+    ids = table[column].astype(str)
+    if ids.duplicated().any():
+        raise UserError(f"table {side} lists {column} {ids[ids.duplicated()].iloc[0]!r} twice",
+                        "compare tables from write_predictions/consensus")
+    return table.set_index(ids)

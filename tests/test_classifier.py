@@ -1,0 +1,160 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from perfkit.errors import UserError
+from perfkit.workload.classifier import (
+    FEATURE_DIM,
+    align_by_ids,
+    consensus,
+    load_classifier,
+    merge_features,
+    predict_frames,
+    prediction_agreement,
+    read_predictions,
+    write_predictions,
+)
+
+# columns: p_other, p_virus
+FRAME_IDS = ["r1_F1", "r1_R2", "r2_F2", "r2_F3", "r3_R1", "r1_chunk_2_F1"]
+PROBS = np.array([
+    [0.9, 0.1], [0.3, 0.7],    # r1: max virus 0.7 >= max other 0.9? no -> other
+    [0.6, 0.4], [0.4, 0.6],    # r2: tie 0.6 vs 0.6 -> virus (the >= rule)
+    [0.2, 0.8],                # r3: virus
+    [0.55, 0.45],              # chunk 2 of r1 is its own read: other
+], dtype=np.float32)
+
+
+def test_consensus_by_hand():
+    table = consensus(FRAME_IDS, PROBS)
+    assert list(table.columns) == ["read_id", "frames", "max_virus", "max_other", "prediction"]
+    rows = table.set_index("read_id")
+    assert list(rows.index) == ["r1", "r2", "r3", "r1_chunk_2"]  # first-seen order
+    assert rows.loc["r1", "prediction"] == "other" and rows.loc["r1", "frames"] == 2
+    assert rows.loc["r1", "max_virus"] == pytest.approx(0.7) and rows.loc["r1", "max_other"] == pytest.approx(0.9)
+    assert rows.loc["r2", "prediction"] == "virus"  # tie
+    assert rows.loc["r3", "prediction"] == "virus"
+    assert rows.loc["r1_chunk_2", "prediction"] == "other"
+
+
+def test_consensus_marks_reads_without_frames():
+    table = consensus(FRAME_IDS, PROBS, all_read_ids=["r0", "r1", "r2", "r3", "r1_chunk_2"])
+    assert list(table["read_id"]) == ["r0", "r1", "r2", "r3", "r1_chunk_2"]
+    r0 = table.iloc[0]
+    assert r0["prediction"] == "no_frames" and r0["frames"] == 0 and np.isnan(r0["max_virus"])
+    with pytest.raises(UserError, match="r1_chunk_2"):
+        consensus(FRAME_IDS, PROBS, all_read_ids=["r1", "r2", "r3"])
+
+
+def test_consensus_rejects_bad_ids_and_shapes():
+    with pytest.raises(UserError, match="'r1_X9'"):
+        consensus(["r1_X9"], PROBS[:1])
+    with pytest.raises(UserError, match="more than once"):
+        consensus(["r1_F1", "r1_F1"], PROBS[:2])
+    with pytest.raises(UserError, match="shape"):
+        consensus(FRAME_IDS, PROBS[:3])
+    assert consensus([], np.empty((0, 2))).empty
+
+
+def test_merge_features_shapes():
+    merged = merge_features(np.ones((3, 768)), np.zeros((3, 2560)))
+    assert merged.shape == (3, FEATURE_DIM) and merged.dtype == np.float32
+    assert merged[:, :768].all() and not merged[:, 768:].any()  # nucleotide first
+    with pytest.raises(UserError, match="3 nucleotide rows but 2 protein rows"):
+        merge_features(np.ones((3, 768)), np.zeros((2, 2560)))
+    with pytest.raises(UserError, match="protein embeddings have shape"):
+        merge_features(np.ones((3, 768)), np.zeros((3, 1280)))
+    with pytest.raises(UserError, match="nucleotide embeddings have shape"):
+        merge_features(np.ones((3, 2560)), np.zeros((3, 768)))
+
+
+def test_misaligned_ids_are_named():
+    vec = np.zeros((3, 2))
+    ids, _, _ = align_by_ids(["a_F1", "a_F2", "b_R1"], vec, ["a_F1", "a_F2", "b_R1"], vec)
+    assert ids == ["a_F1", "a_F2", "b_R1"]
+    with pytest.raises(UserError, match=r"row 1: 'a_F2' vs 'b_R1'"):
+        align_by_ids(["a_F1", "a_F2", "b_R1"], vec, ["a_F1", "b_R1", "a_F2"], vec)
+    with pytest.raises(UserError, match=r"row 2: 'b_R1' vs '<end>'"):
+        align_by_ids(["a_F1", "a_F2", "b_R1"], vec, ["a_F1", "a_F2"], vec[:2])
+    with pytest.raises(UserError, match="2 ids but 3 vectors"):
+        align_by_ids(["a_F1", "a_F2"], vec, ["a_F1", "a_F2"], vec[:2])
+    with pytest.raises(UserError, match="'a_F1' more than once"):
+        align_by_ids(["a_F1", "a_F1", "b_R1"], vec, ["a_F1", "a_F1", "b_R1"], vec)
+
+
+def test_classifier_eval_is_deterministic():
+    model, info = load_classifier(hidden=16, seed=3)
+    again, info_again = load_classifier(hidden=16, seed=3)
+    other, info_other = load_classifier(hidden=16, seed=4)
+    assert info["weights_sha256"] == info_again["weights_sha256"] != info_other["weights_sha256"]
+    assert info["hidden"] == 16 and info["classes"] == ["other", "virus"]
+    features = np.random.default_rng(0).normal(size=(50, FEATURE_DIM)).astype(np.float32)
+    probs = predict_frames(model, features, batch_size=7)
+    assert probs.shape == (50, 2) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(1), 1, atol=1e-6)
+    assert np.array_equal(probs, predict_frames(model, features, batch_size=7))  # dropout off
+    assert np.allclose(probs, predict_frames(again, features, batch_size=50), atol=1e-6)
+    assert np.allclose(predict_frames(model, features[:1]), probs[:1], atol=1e-6)  # running stats, batch of 1
+    assert predict_frames(model, np.empty((0, FEATURE_DIM))).shape == (0, 2)
+    with pytest.raises(UserError, match=r"expects \[n, 3328\]"):
+        predict_frames(model, features[:, :100])
+
+
+def test_state_dict_round_trip_and_hidden_mismatch(tmp_path):
+    model, info = load_classifier(hidden=32, seed=1)
+    model.bn1.running_mean.fill_(0.25)  # as after training: eval must use it
+    path = tmp_path / "classifier.pt"
+    torch.save(model.state_dict(), path)
+    loaded, loaded_info = load_classifier(path, hidden=32)
+    assert loaded_info["source"] == str(path) and loaded_info["hidden"] == 32
+    assert loaded_info["weights_sha256"] != info["weights_sha256"]  # running_mean changed
+    features = np.random.default_rng(1).normal(size=(20, FEATURE_DIM)).astype(np.float32)
+    assert np.array_equal(predict_frames(model, features), predict_frames(loaded, features))
+    with pytest.raises(UserError, match=r"layer fc1\.weight expected \(300, 3328\), found \(32, 3328\).*hidden=32"):
+        load_classifier(path, hidden=300)
+    with pytest.raises(UserError, match="not found"):
+        load_classifier(tmp_path / "missing.pt", hidden=32)
+    torch.save({"fc1.weight": torch.zeros(32, FEATURE_DIM)}, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match="missing"):
+        load_classifier(tmp_path / "partial.pt", hidden=32)
+
+
+def test_csvs_written_with_columns_and_counts(tmp_path):
+    table = consensus(FRAME_IDS, PROBS, all_read_ids=["r0", "r1", "r2", "r3", "r1_chunk_2"])
+    written = write_predictions(tmp_path / "out", FRAME_IDS, PROBS, table)
+    assert written["frames"] == 6 and written["reads"] == 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
+        ["predictions_per_frame.csv", "predictions_per_read.csv"]  # no temp files left
+    frames, reads = read_predictions(tmp_path / "out")
+    assert list(frames.columns) == ["frame_id", "read_id", "frame", "p_other", "p_virus"]
+    assert list(frames["read_id"]) == ["r1", "r1", "r2", "r2", "r3", "r1_chunk_2"]
+    assert list(frames["frame"]) == ["F1", "R2", "F2", "F3", "R1", "F1"]
+    assert np.allclose(frames[["p_other", "p_virus"]].to_numpy(), PROBS)
+    assert list(reads.columns) == ["read_id", "frames", "max_virus", "max_other", "prediction"]
+    assert list(reads["prediction"]) == ["no_frames", "other", "virus", "virus", "other"]
+
+
+def test_agreement_on_hand_made_tables():
+    a = pd.DataFrame({"read_id": ["r1", "r2", "r3", "r4"], "prediction": ["virus", "other", "virus", "other"]})
+    b = pd.DataFrame({"read_id": ["r1", "r2", "r3", "r5"], "prediction": ["virus", "virus", "virus", "other"]})
+    result = prediction_agreement(a, b)
+    # union r1..r5: r1, r3 agree; r2 differs; r4 only in a, r5 only in b
+    assert result["reads_union"] == 5 and result["same_prediction"] == 2
+    assert result["agreement"] == pytest.approx(0.4)
+    assert result["only_in_a"] == 1 and result["only_in_b"] == 1
+    assert result["other_to_virus"] == 1 and result["virus_to_other"] == 0
+    assert prediction_agreement(a, a)["agreement"] == 1.0
+
+    frames_a = pd.DataFrame({"frame_id": ["r1_F1", "r1_F2", "r2_R1"], "p_virus": [0.9, 0.2, 0.5]})
+    frames_b = pd.DataFrame({"frame_id": ["r2_R1", "r1_F1", "r3_F1"], "p_virus": [0.45, 0.6, 0.1]})
+    result = prediction_agreement(a, b, frames_a, frames_b)
+    assert result["frames_common"] == 2 and result["frames_only_in_a"] == 1 and result["frames_only_in_b"] == 1
+    assert result["max_abs_delta_p_virus"] == pytest.approx(0.3) and result["max_abs_delta_frame"] == "r1_F1"
+
+    _, info_300 = load_classifier(hidden=8, seed=0)
+    _, info_500 = load_classifier(hidden=12, seed=0)
+    result = prediction_agreement(a, b, info_a=info_300, info_b=info_500)
+    assert result["same_classifier"] is False and (result["hidden_a"], result["hidden_b"]) == (8, 12)
+    with pytest.raises(UserError, match="'r1' twice"):
+        prediction_agreement(pd.concat([a, a]), b)
