@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2
+from perfkit.workload.layers import empty_model_on, init_normal_, pool_segments, repadded_attention
 from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
 
 # ----------------------------------------------------------------------------
@@ -357,12 +358,8 @@ class DNABERT(nn.Module):
             mask = alibi_mask(slopes, key_is_real, x.dtype)
 
             def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
-                def pad(t):
-                    out = t.new_zeros(num_seqs * max_seqlen, *t.shape[1:]).index_copy_(0, slot, t)
-                    return out.view(num_seqs, max_seqlen, *t.shape[1:]).transpose(1, 2)
-
-                out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask)
-                return out.transpose(1, 2).flatten(0, 1)[slot]
+                return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
+                                          mask=mask)
 
             self.attention_calls["sdpa_repadded"] += 1
         else:
@@ -371,8 +368,7 @@ class DNABERT(nn.Module):
         for layer in self.layers:
             x = layer(x, attend)
 
-        weighted = x.float() * pool_weight.float()[:, None]
-        pooled = torch.zeros(num_seqs, x.shape[-1], device=x.device).index_add_(0, seq_index, weighted)
+        pooled = pool_segments(x, pool_weight, seq_index, num_seqs)
         return (pooled, x) if return_hidden else pooled
 
 
@@ -383,18 +379,9 @@ class DNABERT(nn.Module):
 @torch.no_grad()
 def init_random_(model: DNABERT, seed: int) -> DNABERT:
     """Linear/Embedding weights and the token-type vector ~ N(0, 0.02), biases 0, LayerNorm 1/0."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     model.token_type_embedding.normal_(0.0, 0.02, generator=gen)
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, 0.02, generator=gen)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.zero_()
-        if isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-    return model
+    return init_normal_(model, gen)
 
 
 # ours <- DNABERT-2 bert_layers.py names (BertModel; BertForMaskedLM adds a "bert." prefix)
@@ -501,12 +488,7 @@ def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, 
     The name mapping follows DNABERT-2's public bert_layers.py; outputs have not been compared
     with that reference implementation (no weights or network here), so info says so.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
-    with torch.device("meta"):
-        model = DNABERT(config)
-    model = model.to(dtype=dtype).to_empty(device=device).eval()
+    model = empty_model_on(lambda: DNABERT(config), device, dtype)
 
     if weights is None:
         init_random_(model, seed)

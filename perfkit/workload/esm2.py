@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from perfkit.errors import UserError
+from perfkit.workload.layers import empty_model_on, init_normal_, pool_segments, repadded_attention
 
 # ----------------------------------------------------------------------------
 # configs
@@ -293,12 +294,8 @@ class ESM2(nn.Module):
             key_mask = (torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None])[:, None, None, :]
 
             def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
-                def pad(t):
-                    out = t.new_zeros(num_seqs * max_seqlen, *t.shape[1:]).index_copy_(0, slot, t)
-                    return out.view(num_seqs, max_seqlen, *t.shape[1:]).transpose(1, 2)
-
-                out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=key_mask, scale=self.scale)
-                return out.transpose(1, 2).flatten(0, 1)[slot]
+                return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
+                                          mask=key_mask, scale=self.scale)
 
             self.attention_calls["sdpa_repadded"] += 1
 
@@ -306,8 +303,7 @@ class ESM2(nn.Module):
             x = layer(x, cos, sin, attend)
         x = self.final_norm(x)
 
-        weighted = x.float() * pool_weight.float()[:, None]
-        pooled = torch.zeros(num_seqs, x.shape[-1], device=x.device).index_add_(0, seq_index, weighted)
+        pooled = pool_segments(x, pool_weight, seq_index, num_seqs)
         return (pooled, x) if return_hidden else pooled
 
 
@@ -318,19 +314,8 @@ class ESM2(nn.Module):
 @torch.no_grad()
 def init_random_(model: ESM2, seed: int) -> ESM2:
     """Realistic-scale random weights: Linear/Embedding ~ N(0, 0.02), biases 0, LayerNorm 1/0."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, 0.02, generator=gen)
-        if isinstance(module, nn.Linear):
-            module.bias.zero_()
-        if isinstance(module, nn.Embedding):
-            module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-    return model
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    return init_normal_(model, gen)
 
 
 _FAIRESM_IGNORED_PREFIXES = ("lm_head.", "contact_head.")
@@ -527,14 +512,7 @@ def build_model(name: str, weights=None, seed: int = 0, device="cpu", dtype=torc
     weights: None (seeded random init), a fair-esm .pt checkpoint, or a HuggingFace folder.
     """
     config = get_config(name)
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
-
-    # build without allocating or initialising on the host: meta -> empty on device in the target dtype
-    with torch.device("meta"):
-        model = ESM2(config)
-    model = model.to(dtype=dtype).to_empty(device=device).eval()
+    model = empty_model_on(lambda: ESM2(config), device, dtype)
 
     if weights is None:
         init_random_(model, seed)
