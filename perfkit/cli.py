@@ -10,11 +10,9 @@ from pathlib import Path
 from perfkit.errors import UserError
 
 
-def _embed(args) -> int:
+def _config_from_args(args):
     from perfkit.params import load_params
-    from perfkit.workload import distributed
     from perfkit.workload.config import make_config
-    from perfkit.workload.runner import run_embed
 
     values = load_params(args.params).get("embed", {}) if args.params else {}
     flags = {
@@ -24,10 +22,17 @@ def _embed(args) -> int:
         "layout": args.layout, "checkpoint_every_sequences": args.checkpoint_every,
         "checkpoint_every_seconds": args.checkpoint_seconds, "max_reads": args.max_reads,
         "max_seconds": args.max_seconds, "seed": args.seed, "chunk_bp": args.chunk_bp, "block_reads": args.block_reads,
-        "copy_stream": False if args.no_copy_stream else None, "progress": False if args.no_progress else None,
+        "copy_stream": False if args.no_copy_stream else None, "tokenizer": args.tokenizer, "progress": False if args.no_progress else None,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    cfg = make_config(input=args.input, out_dir=args.out, **values)
+    return make_config(input=args.input, out_dir=args.out, **values)
+
+
+def _embed(args) -> int:
+    from perfkit.workload import distributed
+    from perfkit.workload.runner import run_embed
+
+    cfg = _config_from_args(args)
     if args.gpus is not None or args.nproc is not None:  # launcher: the same command in N ranks under torchrun
         if args.gpus is not None and args.nproc is not None:
             raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
@@ -50,6 +55,20 @@ def _embed(args) -> int:
     print(f"{cfg.mode} {cfg.model} {cfg.precision} on {run['device']}{ranks}: {t['sequences']} sequences, "
           f"{t['seq_per_s']:.1f} seq/s, {t['tok_per_s']:.0f} tok/s, packing {summary['packing']['efficiency']:.1%}"
           + ("" if run["capped"] else f" -> {run['output']['path']}"))
+    return 0
+
+
+def _predict(args) -> int:
+    from perfkit.workload.predict import run_predict
+
+    if args.gpus is not None and args.nproc is not None:
+        raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
+    cfg = _config_from_args(args)
+    summary = run_predict(cfg, classifier_weights=args.classifier, hidden=args.hidden,
+                          nproc=args.gpus or args.nproc or 1, gpus=args.gpus is not None)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary["stages_s"].items())
+    print(f"{summary['counts']['reads_called']} reads called ({summary['counts']['virus_reads']} virus) from "
+          f"{summary['counts']['frames']} frames; {stages}; bottleneck: {summary['bottleneck_stage']}")
     return 0
 
 
@@ -90,16 +109,11 @@ def _suite(args) -> int:
     return run_suite(Path(args.params), Path(args.out), only=args.only)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perfkit", description="Measure, validate and tune a GPU batch-embedding pipeline.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    e = sub.add_parser("embed", help="embed a FASTA: six-frame translation -> ESM-2 (v2 packed or v1 fair-esm)")
+def _add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("input", type=Path, help="FASTA file (plain or .gz)")
     e.add_argument("-o", "--out", type=Path, required=True, help="output folder (embeddings.h5, telemetry.jsonl, summary.json)")
     e.add_argument("--params", type=Path, help="YAML params file; its `embed:` section sets defaults, flags win")
-    e.add_argument("--model", help="esm2_t6_8M ... esm2_t36_3B ... esm2_t48_15B")
+    e.add_argument("--model", help="esm2_t6_8M ... esm2_t36_3B ... esm2_t48_15B, or dnabert_s (nucleotides)")
     e.add_argument("--weights", type=Path, help="fair-esm .pt checkpoint or HuggingFace folder (default: seeded random)")
     e.add_argument("--mode", choices=["v2", "v1"])
     e.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
@@ -121,7 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpus", type=int, help="run N GPU ranks (NCCL) through torchrun on this node")
     e.add_argument("--nproc", type=int, help="run N CPU ranks (gloo) through torchrun on this node")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--tokenizer", type=Path, help="dnabert_s: a DNABERT-S tokenizer.json (default: stand-in BPE)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perfkit", description="Measure, validate and tune a GPU batch-embedding pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    e = sub.add_parser("embed", help="embed a FASTA: six-frame translation -> ESM-2 (v2 packed or v1 fair-esm) or DNABERT-S")
+    _add_run_arguments(e)
     e.set_defaults(func=_embed)
+
+    pr = sub.add_parser("predict", help="the whole chain: nucleotide + protein embeddings -> classifier -> per-read calls")
+    _add_run_arguments(pr)
+    pr.add_argument("--classifier", type=Path, help="classifier state_dict (.pt); default: seeded random")
+    pr.add_argument("--hidden", type=int, default=512, help="classifier hidden size (must match --classifier)")
+    pr.set_defaults(func=_predict)
 
     d = sub.add_parser("data", help="synthetic samples and sample profiles")
     dsub = d.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

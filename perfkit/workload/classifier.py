@@ -65,9 +65,12 @@ def align_by_ids(ids_a, vec_a, ids_b, vec_b) -> tuple[list[str], np.ndarray, np.
     return ids_a, vec_a, vec_b
 
 
-def merge_features(nt: np.ndarray, protein: np.ndarray) -> np.ndarray:
-    """[n, 768] DNABERT-S + [n, 2560] ESM-2 -> [n, 3328] float32 (rows already aligned)."""
-    for name, array, dim in (("nucleotide", nt, NT_DIM), ("protein", protein, PROTEIN_DIM)):
+def merge_features(nt: np.ndarray, protein: np.ndarray, *, protein_dim: int = PROTEIN_DIM) -> np.ndarray:
+    """[n, 768] DNABERT-S + [n, 2560] ESM-2 3B -> [n, 3328] float32 (rows already aligned).
+
+    `protein_dim` is the ESM-2 model's width (2560 for the 3B; smaller models for smoke runs).
+    """
+    for name, array, dim in (("nucleotide", nt, NT_DIM), ("protein", protein, protein_dim)):
         if np.ndim(array) != 2 or np.shape(array)[1] != dim:
             raise UserError(f"{name} embeddings have shape {np.shape(array)}, expected [n, {dim}]",
                             "check which model produced the file")

@@ -16,6 +16,7 @@ class EmbedConfig(BaseModel):
     out_dir: Path
     model: str = "esm2_t6_8M"
     weights: Optional[Path] = None  # fair-esm .pt or HF folder; None = seeded random init
+    tokenizer: Optional[Path] = None  # dnabert_s only: DNABERT-S tokenizer.json; None = the stand-in BPE
     seed: int = 0
     mode: Literal["v2", "v1"] = "v2"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -55,15 +56,15 @@ class EmbedConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name):
-        from perfkit.workload.esm2 import CONFIGS
+        from perfkit.workload.encoders import known_models
 
-        if name not in CONFIGS:
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(CONFIGS)}")
+        if name not in known_models():
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(known_models())}")
         return name
 
     def result_fields(self) -> dict:
         """The settings that change the numbers: a resumed run must match them."""
-        return self.model_dump(mode="json", include={"model", "weights", "seed", "mode", "precision", "chunk_bp",
+        return self.model_dump(mode="json", include={"model", "weights", "tokenizer", "seed", "mode", "precision", "chunk_bp",
                                                       "max_residues", "max_reads", "layout"})
 
 

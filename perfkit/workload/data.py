@@ -25,7 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from perfkit.errors import UserError
 from perfkit.packing import TokenBudgetPacker
-from perfkit.workload import esm2
+from perfkit.workload.encoders import Encoder
 from perfkit.workload.fasta import read_fasta
 from perfkit.workload.translate import FRAMES, chunk_records, translate_batch
 
@@ -64,13 +64,13 @@ def read_blocks(path, block_reads: int, max_reads: int | None = None, chunk_bp: 
         index += 1
 
 
-def translate_block(first_read: int, records, max_residues: int):
-    """Keys, ids and proteins of every surviving frame of a block, in input order."""
+def translate_block(first_read: int, records, max_residues: int, field: str = "protein"):
+    """Keys, ids and `field` (protein or nucleotides) of every surviving frame of a block, in input order."""
     frames = translate_batch(records, max_residues=max_residues)
     read_pos = {rid: first_read + i for i, (rid, _) in enumerate(records)}
     keys = np.fromiter((read_pos[f.read_id] * FRAMES_PER_READ + f.frame_index for f in frames),
                        dtype=np.int64, count=len(frames))
-    return keys, [f.id for f in frames], [f.protein for f in frames]
+    return keys, [f.id for f in frames], [getattr(f, field) for f in frames]
 
 
 class PackedFrames(IterableDataset):
@@ -78,13 +78,15 @@ class PackedFrames(IterableDataset):
 
     def __init__(self, fasta, *, token_budget: int, buffer_size: int = 4096, layout: str = "packed",
                  block_reads: int = 1024, max_reads: int | None = None, chunk_bp: int | None = None,
-                 max_residues: int = 1022, done_keys: np.ndarray | None = None, shard: Shard = Shard()):
+                 max_residues: int = 1022, done_keys: np.ndarray | None = None, shard: Shard = Shard(),
+                 encoder: Encoder = Encoder("esm2_t6_8M")):
         self.fasta = str(fasta)
         self.token_budget, self.buffer_size, self.layout = token_budget, buffer_size, layout
         self.block_reads, self.max_reads, self.chunk_bp = block_reads, max_reads, chunk_bp
         self.max_residues = max_residues
         self.done_keys = np.empty(0, np.int64) if done_keys is None else np.asarray(done_keys, np.int64)
         self.shard = shard
+        self.encoder = encoder
 
     def __iter__(self) -> Iterator[dict]:
         try:
@@ -96,7 +98,7 @@ class PackedFrames(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         packer = TokenBudgetPacker(budget=self.token_budget, buffer_size=self.buffer_size, layout=self.layout,
-                                   on_oversize="error", pad_id=esm2.PAD_IDX)
+                                   on_oversize="error", pad_id=self.encoder.pad_id)
         ids_of: dict[int, str] = {}
         translated = 0
         positions = self.shard.positions()
@@ -104,12 +106,12 @@ class PackedFrames(IterableDataset):
             position = block if positions is None else positions.get(block)
             if position is None or position % workers != worker:
                 continue
-            keys, ids, proteins = translate_block(first_read, records, self.max_residues)
+            keys, ids, sequences = translate_block(first_read, records, self.max_residues, self.encoder.frame_field)
             translated += len(keys)
             if not len(keys):
                 continue
             ids_of.update(zip(keys.tolist(), ids))
-            tokens, lengths = esm2.encode_proteins(proteins)
+            tokens, lengths = self.encoder.encode(sequences)
             packer.add(keys, lengths, tokens)
             for batch in packer.ready():
                 out = self._emit(batch, ids_of, translated)
@@ -132,7 +134,7 @@ class PackedFrames(IterableDataset):
                "real_tokens": batch.real_tokens, "slot_tokens": batch.slot_tokens, "budget_tokens": batch.budget,
                "frames_translated": translated, "lengths": torch.from_numpy(batch.lengths)}
         if self.layout == "packed":
-            arrays = esm2.packed_inputs(batch.tokens, batch.lengths)
+            arrays = self.encoder.packed_inputs(batch.tokens, batch.lengths)
             out["max_seqlen"] = int(arrays.pop("max_seqlen"))
             out.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
             out["tokens"] = torch.from_numpy(batch.tokens)
@@ -148,8 +150,8 @@ def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, blo
 
 
 def block_tokens(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, max_residues=1022,
-                 rank: int = 0, world: int = 1) -> np.ndarray:
-    """ESM tokens (residues + <cls> + <eos> per surviving frame) of every block of `block_reads` reads.
+                 rank: int = 0, world: int = 1, encoder: Encoder = Encoder("esm2_t6_8M")) -> np.ndarray:
+    """The encoder's tokens (incl. special tokens) of every surviving frame, per block of `block_reads` reads.
 
     Translates for real (stops decide which frames survive, so base counts are a poor proxy).
     Split for speed: this process translates blocks b % world == rank and leaves the others 0;
@@ -160,6 +162,6 @@ def block_tokens(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, max_
         if block % world != rank:
             counts.append(0)
             continue
-        proteins = translate_block(first, records, max_residues)[2]
-        counts.append(sum(len(p) for p in proteins) + 2 * len(proteins))
+        sequences = translate_block(first, records, max_residues, encoder.frame_field)[2]
+        counts.append(int(encoder.encode(sequences)[1].sum()) if sequences else 0)
     return np.array(counts, dtype=np.int64)

@@ -51,10 +51,11 @@ from perfkit.environment import environment
 from perfkit.errors import UserError
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
-from perfkit.workload import esm2, store
+from perfkit.workload import store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_tokens
-from perfkit.workload.runner import (STAGE, Share, assemble_and_verify, check_before_work, check_out_dir,
+from perfkit.workload.encoders import encoder_for
+from perfkit.workload.runner import (Share, assemble_and_verify, check_before_work, check_out_dir,
                                      embed_share, prepare_out_dir, run_result, telemetry_name)
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,8 @@ def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group) -> tuple[EmbedCo
 
 def _block_tokens(cfg: EmbedConfig, info: RankInfo, group) -> np.ndarray:
     mine = block_tokens(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                        max_residues=cfg.max_residues, rank=info.rank, world=info.world)
+                        max_residues=cfg.max_residues, rank=info.rank, world=info.world,
+                        encoder=encoder_for(cfg.model, cfg.tokenizer))
     counts = torch.from_numpy(mine)
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
     return counts.numpy()
@@ -340,9 +342,9 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
                    "throughput_rule": "summed over ranks (never averaged); overall rates use the slowest rank's wall time",
                    "imbalance_rule": "slowest rank's embedding wall time / mean over ranks"}
     summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
-                                wall_s={r["rank"]: r["wall_s"] for r in reports}, stage=STAGE,
+                                wall_s={r["rank"]: r["wall_s"] for r in reports}, stage=run.stage,
                                 warmup_batches=cfg.warmup_batches,
-                                flops_per_token=esm2.flops_per_token(esm2.get_config(cfg.model)),
+                                flops_per_token=run.encoder.flops_per_token(),
                                 peak_flops=share.peak_flops, gpu={r["rank"]: r["gpu"] for r in reports},
                                 window_s=cfg.window_s, extra={"run": result, "distributed": distributed})
     write_json(cfg.out_dir / "summary.json", summary)

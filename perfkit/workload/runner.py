@@ -14,7 +14,6 @@ import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -32,13 +31,14 @@ from perfkit.summary import build_run_summary, write_json
 from perfkit.telemetry import Telemetry
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
+from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
 from perfkit.workload.data import PackedFrames, Shard
 from perfkit.workload.translate import FRAMES
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-STAGE = "protein_embedding"
+STAGE = PROTEIN_STAGE  # the ESM-2 stage; a run's own stage is `Run.stage` (its encoder's)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -129,6 +129,8 @@ class Run:
     def __init__(self, cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0, *,
                  shard: Shard = Shard(), sampler: GpuSampler | None = None, on_batch=None):
         self.cfg, self.rank, self.world, self.shard = cfg, rank, world, shard
+        self.encoder = encoder_for(cfg.model, cfg.tokenizer)
+        self.stage = self.encoder.stage
         self.on_batch = on_batch  # called with the batch index after each batch (fault injection in tests)
         if cfg.allocator:
             os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", cfg.allocator)
@@ -166,6 +168,8 @@ def check_before_work(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
     if not cfg.input.exists():
         raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
     cfg = resolve(cfg, local_rank)
+    if cfg.mode == "v1" and encoder_for(cfg.model).nucleotide:
+        raise UserError(f"--mode v1 runs fair-esm; {cfg.model} has no v1 baseline here", "use --mode v2 for the nucleotide stage")
     check_fasta_start(cfg.input)
     return cfg
 
@@ -201,7 +205,7 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
         peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_tflops(run.device) * 1e12
     with run.telemetry.stage("model_load"):
         if cfg.mode == "v2":
-            model, weights_info = esm2.build_model(cfg.model, cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
+            model, weights_info = run.encoder.build(cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
         else:
             model, weights_info = build_fairesm_model(cfg, run.device)
     run.sampler.start()
@@ -211,7 +215,7 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     # arrival) must not count model loading and the peak-FLOPs probe as embedding time
     run.loop_t0 = time.perf_counter()
     try:
-        with run.telemetry.stage(STAGE):
+        with run.telemetry.stage(run.stage):
             if cfg.mode == "v2":
                 capped = _loop_v2(run, model, done_keys, progress)
             else:
@@ -252,8 +256,8 @@ def _finish(share: Share) -> dict:
     if not share.capped:
         result.update(assemble_and_verify(share, run.frames_translated))
     summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
-                                wall_s=share.wall_s, stage=STAGE, warmup_batches=cfg.warmup_batches,
-                                flops_per_token=esm2.flops_per_token(esm2.get_config(cfg.model)),
+                                wall_s=share.wall_s, stage=run.stage, warmup_batches=cfg.warmup_batches,
+                                flops_per_token=run.encoder.flops_per_token(),
                                 peak_flops=share.peak_flops, gpu=run.sampler.summary(), window_s=cfg.window_s,
                                 extra={"run": result})
     write_json(cfg.out_dir / "summary.json", summary)
@@ -267,13 +271,13 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     cuda = device.type == "cuda"
     dataset = PackedFrames(cfg.input, token_budget=cfg.token_budget, buffer_size=cfg.buffer_size, layout=cfg.layout,
                            block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                           max_residues=cfg.max_residues, done_keys=done_keys, shard=run.shard)
+                           max_residues=cfg.max_residues, done_keys=done_keys, shard=run.shard, encoder=run.encoder)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                         prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
                         pin_memory=cfg.pin_memory and cuda, persistent_workers=False)
-    if cfg.compile and cuda:
+    if cfg.compile and cuda and hasattr(model, "compile_blocks"):
         model.compile_blocks()
-    forward = model.forward_packed if cfg.layout == "packed" else model.forward_padded
+    forward = model.forward_packed if cfg.layout == "packed" else run.encoder.forward_padded(model)
     copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
     compute_stream = torch.cuda.current_stream(device) if cuda else None
     in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
@@ -298,7 +302,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
             vectors = _to_host(pooled, cuda)
         in_flight.append((_event(cuda), vectors, keys, ids))
         _drain(run, in_flight, wait=False)
-        run.telemetry.batch(stage=STAGE, t_arrive_s=arrival.t_arrive_s, loader_wait_s=arrival.wait_s,
+        run.telemetry.batch(stage=run.stage, t_arrive_s=arrival.t_arrive_s, loader_wait_s=arrival.wait_s,
                             host_s=time.perf_counter() - host_start, span=span, sequences=batch["sequences"],
                             real_tokens=batch["real_tokens"], slot_tokens=batch["slot_tokens"],
                             budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth)
@@ -415,7 +419,6 @@ def _loop_v1(run: Run, model, done_keys, progress) -> bool:
     import esm
 
     cfg, device = run.cfg, run.device
-    cuda = device.type == "cuda"
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     converter = alphabet.get_batch_converter(truncation_seq_length=cfg.max_residues)
     layer = model.num_layers
@@ -437,7 +440,7 @@ def _loop_v1(run: Run, model, done_keys, progress) -> bool:
             lengths = np.array([len(s) + 2 for s in strs])
             real = int(lengths.sum())
             run.keep_for_verification(picked, toks[0].numpy(), lengths, batch_index)
-            run.telemetry.batch(stage=STAGE, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
+            run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
                                 host_s=time.perf_counter() - host_start, span=span, sequences=len(strs),
                                 real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch)
             progress.update(len(strs), real, cfg.v1_toks_per_batch)
@@ -461,7 +464,7 @@ def verify_alignment(run: Run, model, cfg: EmbedConfig) -> dict:
             row = int(np.searchsorted(keys, key))
             if row >= len(keys) or keys[row] != key:
                 raise RuntimeError(f"alignment check failed: key {key} is missing from embeddings.h5")
-            alone = _embed_one(model, cfg, tokens, run.device).astype(np.float64)
+            alone = _embed_one(model, cfg, run.encoder, tokens, run.device).astype(np.float64)
             stored = h5["embeddings"][row].astype(np.float64)
             cosine = float(alone @ stored / (np.linalg.norm(alone) * np.linalg.norm(stored)))
             worst = min(worst, cosine)
@@ -471,16 +474,16 @@ def verify_alignment(run: Run, model, cfg: EmbedConfig) -> dict:
     return {"checked": len(run.verify_pool), "min_cosine": worst, "threshold": threshold, "passed": True}
 
 
-def _embed_one(model, cfg: EmbedConfig, tokens: np.ndarray, device) -> np.ndarray:
+def _embed_one(model, cfg: EmbedConfig, encoder, tokens: np.ndarray, device) -> np.ndarray:
     lengths = np.array([len(tokens)], dtype=np.int32)
     autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.precision])
                 if device.type == "cuda" and cfg.precision != "fp32" else nullcontext())
     with torch.no_grad(), autocast:
         if cfg.mode == "v2":
-            inputs = esm2.packed_to_torch(esm2.packed_inputs(tokens, lengths), device)
+            inputs = esm2.packed_to_torch(encoder.packed_inputs(tokens, lengths), device)
             if cfg.layout == "packed":
                 return model.forward_packed(**inputs)[0].float().cpu().numpy()
-            return model.forward_padded(inputs["tokens"][None])[0].float().cpu().numpy()
+            return encoder.forward_padded(model)(inputs["tokens"][None])[0].float().cpu().numpy()
         toks = torch.from_numpy(tokens)[None].to(device)
         reps = model(toks, repr_layers=[model.num_layers])["representations"][model.num_layers]
         return reps[0, 1:-1].float().mean(0).cpu().numpy()

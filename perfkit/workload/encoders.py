@@ -1,0 +1,84 @@
+"""The two embedding stages behind one interface: ESM-2 on proteins, DNABERT-S on nucleotides.
+
+The runner, the data path and the multi-process launcher ask an `Encoder` how to
+tokenise a frame, pack its inputs, build the model and count its FLOPs; nothing
+else in them depends on which model runs.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfkit.errors import UserError
+from perfkit.workload import dnabert, esm2
+
+PROTEIN_STAGE = "protein_embedding"
+NUCLEOTIDE_STAGE = "nucleotide_embedding"
+NUCLEOTIDE_MODELS = ("dnabert_s",)
+
+
+def known_models() -> tuple[str, ...]:
+    return (*esm2.CONFIGS, *NUCLEOTIDE_MODELS)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str | None):
+    return dnabert.load_tokenizer(path)  # loaded once per process (DataLoader workers too)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    model: str
+    tokenizer: str | None = None  # DNABERT-S tokenizer.json; None = the stand-in BPE
+
+    @property
+    def nucleotide(self) -> bool:
+        return self.model in NUCLEOTIDE_MODELS
+
+    @property
+    def stage(self) -> str:
+        return NUCLEOTIDE_STAGE if self.nucleotide else PROTEIN_STAGE
+
+    @property
+    def frame_field(self) -> str:
+        """Which part of a translated frame this encoder reads."""
+        return "nucleotides" if self.nucleotide else "protein"
+
+    @property
+    def pad_id(self) -> int:
+        if self.nucleotide:
+            return dnabert.special_token_ids(_tokenizer(self.tokenizer))["pad"]
+        return esm2.PAD_IDX
+
+    def encode(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.nucleotide:
+            return dnabert.encode_nucleotides(_tokenizer(self.tokenizer), sequences)
+        return esm2.encode_proteins(sequences)
+
+    def packed_inputs(self, tokens: np.ndarray, lengths: np.ndarray) -> dict:
+        if self.nucleotide:
+            return dnabert.packed_inputs_nt(tokens, lengths)
+        return esm2.packed_inputs(tokens, lengths)
+
+    def build(self, weights, seed: int, device, dtype):
+        if self.nucleotide:
+            return dnabert.build_model(weights, seed=seed, device=device, dtype=dtype)
+        return esm2.build_model(self.model, weights, seed=seed, device=device, dtype=dtype)
+
+    def flops_per_token(self) -> float:
+        if self.nucleotide:
+            return dnabert.flops_per_token(dnabert.DNABERT_S)
+        return esm2.flops_per_token(esm2.get_config(self.model))
+
+    def forward_padded(self, model):
+        if self.nucleotide:
+            return functools.partial(model.forward_padded, pad_id=self.pad_id)
+        return model.forward_padded
+
+
+def encoder_for(model: str, tokenizer=None) -> Encoder:
+    if model not in known_models():
+        raise UserError(f"unknown model {model!r}", f"use one of {', '.join(known_models())}")
+    return Encoder(model, None if tokenizer is None else str(tokenizer))
