@@ -20,11 +20,10 @@ import json
 import logging
 import math
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
