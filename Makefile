@@ -30,8 +30,8 @@ test-gpu:  # on a GPU node, after installing from the wheelhouse
 	$(PYTHON) -m pytest -q -m gpu tests
 
 bench: venv
-	$(PY) benchmarks/packing.py
-	$(PY) benchmarks/overhead.py
+	$(PY) -m perfkit.benchmarks.packing
+	$(PY) -m perfkit.benchmarks.overhead
 
 wheelhouse: venv  # wheels for an offline GPU node (cp312, manylinux x86_64), torch excluded
 	$(VENV)/bin/perfkit wheelhouse --out wheelhouse

@@ -3,7 +3,7 @@
 Instrumented = InstrumentedLoader + device-busy span + telemetry record (background JSONL
 writer) + live progress bar + GPU sampler thread. Repeats alternate bare/instrumented so
 machine noise hits both; prints the median throughput ratio and its spread.
-Goal: <= 1 % throughput loss. Run: python benchmarks/overhead.py [--device cuda] [--repeats 5]
+Goal: <= 1 % throughput loss. Run: python -m perfkit.benchmarks.overhead [--device cuda] [--repeats 5]
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 """1 vs N GPUs (or CPU ranks) on the same sample, one command: per-rank and summed tok/s, factor, imbalance.
 
-H200 x2: python benchmarks/scaling.py --reads 100000 --model esm2_t36_3B --gpus 2 --json scaling.json
-CPU:     python benchmarks/scaling.py --reads 2000 --model esm2_t6_8M --nproc 2
+H200 x2: python -m perfkit.benchmarks.scaling --reads 100000 --model esm2_t36_3B --gpus 2 --json scaling.json
+CPU:     python -m perfkit.benchmarks.scaling --reads 2000 --model esm2_t6_8M --nproc 2
 Both sides launch through torchrun (`perfkit embed --gpus/--nproc`), so the 1-rank side runs the
 same code path; each run embeds the whole sample (count and alignment checked).
 """

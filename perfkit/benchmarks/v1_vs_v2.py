@@ -1,7 +1,7 @@
 """v1 (fair-esm, padded, fp32) vs v2 (packed varlen, bf16) vs padded bf16 SDPA, same sample, one process.
 
-CPU (issue default): python benchmarks/v1_vs_v2.py --reads 20000 --model esm2_t6_8M --device cpu
-H200:                python benchmarks/v1_vs_v2.py --reads 60000 --model esm2_t36_3B --device cuda
+CPU (issue default): python -m perfkit.benchmarks.v1_vs_v2 --reads 20000 --model esm2_t6_8M --device cpu
+H200:                python -m perfkit.benchmarks.v1_vs_v2 --reads 60000 --model esm2_t36_3B --device cuda
 Each mode is one `run_embed` call with loader, packing and telemetry on; ratios use steady-state
 real tokens/s (warm-up batches excluded). v2 embeds the whole sample (count and alignment checked);
 slower modes are capped by --seconds. The equivalence gate (v2 vs fair-esm) runs on the same device.

@@ -1,8 +1,9 @@
 """Packer figures: efficiency at a 16,384 budget on viral-read lengths and sequences/s on one core.
 
 Targets: >= 99 % efficiency, >= 1M sequences/s (planning from lengths), so packing can never
-starve a GPU. Also times the full path with token gathering. Run: python benchmarks/packing.py
+starve a GPU. Also times the full path with token gathering. Run: python -m perfkit.benchmarks.packing
 """
+import argparse
 import json
 import time
 
@@ -11,7 +12,6 @@ import torch
 
 from perfkit.packing import TokenBudgetPacker, efficiency
 
-torch.set_num_threads(1)
 
 
 def run(lengths, budget, buffer_size, with_tokens, chunk=1024):
@@ -30,13 +30,17 @@ def run(lengths, budget, buffer_size, with_tokens, chunk=1024):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="packing efficiency and sequences/s on one CPU core")
+    parser.add_argument("--sequences", type=int, default=2_000_000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    lengths = rng.integers(12, 103, size=2_000_000)  # 10-100 aa + BOS/EOS
+    lengths = rng.integers(12, 103, size=args.sequences)  # 10-100 aa + BOS/EOS
     results = []
     for budget in (16384, 65536):
         for buffer_size in (2000, 8192):
             for with_tokens in (False, True):
-                r = run(lengths if not with_tokens else lengths[:500_000], budget, buffer_size, with_tokens)
+                r = run(lengths if not with_tokens else lengths[: args.sequences // 4], budget, buffer_size, with_tokens)
                 results.append(r)
                 print(f"budget {budget:6d} buffer {buffer_size:5d} tokens={str(with_tokens):5s} "
                       f"{r['seq_per_s'] / 1e6:5.2f} M seq/s  efficiency {r['packing_efficiency']:.4%}  batches {r['batches']}")
