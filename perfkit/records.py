@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
-import numpy as np
 import pandas as pd
+
+from perfkit.telemetry import jsonable
 
 MARKER = "__perfkit__"
 
@@ -49,27 +49,8 @@ class FigureRecord:
 
 # ---------------------------------------------------------------- conversion
 def to_jsonable(value: Any) -> Any:
-    """A JSON-safe copy: numpy -> Python, arrays -> lists, NaN/inf -> None, keys -> str."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, dict):
-        return {str(to_jsonable(k)): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):  # e.g. np.str_
-        return to_jsonable(value.item())
-    raise TypeError(f"cannot record a {type(value).__name__}; convert it to numbers/lists/dicts first")
+    """A JSON-safe copy (numpy -> Python, arrays -> lists, NaN/inf -> None); other types are a TypeError."""
+    return jsonable(value, strict=True)
 
 
 def _dataframe_fallback(frame: pd.DataFrame) -> dict:

@@ -299,6 +299,11 @@ class GpuSampler:
         return next(iter(gpu_scopes.values()), {})
 
     # -- results
+    def latest(self) -> dict | None:
+        """The newest sample (no copy of the whole list: cheap enough for a progress bar)."""
+        with self._lock:
+            return dict(self._samples[-1]) if self._samples else None
+
     def samples(self) -> list[dict]:
         with self._lock:
             return [dict(s) for s in self._samples]

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections import deque
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from perfkit.errors import UserError
 
@@ -43,20 +43,25 @@ BATCH_FIELDS = (
 )
 
 
-def jsonable(value):
-    """Plain Python types only (numpy scalars, tensors and NaN handled)."""
+def jsonable(value, strict: bool = False):
+    """Plain Python types only: numpy scalars/arrays and tensors converted, NaN/inf -> None, keys -> str.
+
+    Anything else becomes its str() (paths, enums), or a TypeError when `strict`.
+    """
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return {str(jsonable(k, strict)): jsonable(v, strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, strict) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()
     elif hasattr(value, "tolist"):
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), strict)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if strict and not isinstance(value, PurePath):
+        raise TypeError(f"cannot record a {type(value).__name__}; convert it to numbers/lists/dicts first")
     return str(value)
 
 

@@ -116,6 +116,7 @@ def test_without_driver_samples_host_only_and_never_gpu_zeros(caplog):
         time.sleep(1.0)
         assert s.running
     assert not s.running  # stop() joined the thread
+    assert s.latest() == s.samples()[-1]
 
     warnings = [r for r in caplog.records if "NOT MEASURED" in r.getMessage()]
     assert len(warnings) == 1  # said once, not per sample

@@ -310,8 +310,8 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
         if run.on_batch is not None:
             run.on_batch(batch_index)
         if batch_index % 20 == 0:
-            last = run.sampler.samples()[-1:]
-            progress.set_gpu_util(last[0].get("gpu_utilization_percent") if last else None)
+            last = run.sampler.latest()
+            progress.set_gpu_util(last.get("gpu_utilization_percent") if last else None)
         batch_index += 1
         if deadline and time.perf_counter() > deadline:
             capped = True

@@ -111,6 +111,12 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys, ids, vectors
 
 
+def read_shard_keys(path: Path) -> np.ndarray:
+    """Only the keys of a shard (npz members load lazily): no embeddings read."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["keys"]
+
+
 def completed_keys(out_dir: str | Path) -> np.ndarray:
     """Sorted keys of every readable shard; unreadable shards are renamed *.corrupt (recomputed)."""
     folder = Path(out_dir) / "checkpoints"
@@ -119,7 +125,7 @@ def completed_keys(out_dir: str | Path) -> np.ndarray:
         tmp.unlink()  # a write that a kill interrupted
     for path in sorted(folder.glob(SHARD_GLOB)):
         try:
-            found.append(read_shard(path)[0])
+            found.append(read_shard(path)[0])  # read whole: a resume must also catch a damaged vector member
         except Exception as err:  # zip CRC error, truncation, bad arrays
             log.warning("checkpoint %s is unreadable (%s): its sequences will be recomputed", path.name, err)
             path.rename(path.with_suffix(".corrupt"))
@@ -134,7 +140,7 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
     """
     out_dir = Path(out_dir)
     shards = sorted((out_dir / "checkpoints").glob(SHARD_GLOB))
-    key_parts = [read_shard(p)[0] for p in shards]
+    key_parts = [read_shard_keys(p) for p in shards]  # vectors are read once, in the write pass below
     all_keys = np.concatenate(key_parts) if key_parts else np.empty(0, dtype=np.int64)
     unique_keys, first_index = np.unique(all_keys, return_index=True)
     duplicates = len(all_keys) - len(unique_keys)
