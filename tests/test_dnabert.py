@@ -191,3 +191,19 @@ def test_build_model_from_folder(tmp_path):
         dnabert.build_model(tmp_path)
     with pytest.raises(UserError):
         dnabert.build_model(tmp_path / "nowhere")
+
+
+# --- GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kernel", ["flex", "sdpa_repadded"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gate_on_cuda(kernel, precision, tokenizer):
+    """Packed DNABERT-S on CUDA (both kernels) against the fp32 padded path, full size, same weights."""
+    result = dnabert.run_nt_equivalence(device="cuda", precision=precision, n=96, tokenizer=tokenizer,
+                                        packed_attention=kernel, token_budget=2048)
+    print({k: result[k] for k in ("precision", "attention_path", "passed", "stats")})
+    assert result["passed"], result
+    assert result["attention_path"] == ("flex_attention" if kernel == "flex" else kernel)

@@ -18,6 +18,9 @@ class EmbedConfig(BaseModel):
     weights: Optional[Path] = None  # fair-esm .pt or HF folder; None = seeded random init
     tokenizer: Optional[Path] = None  # dnabert_s only: DNABERT-S tokenizer.json; None = the stand-in BPE
     seed: int = 0
+    # random weights (no `weights`): "perfkit" = our seeded init; "fair-esm" = fair-esm's own init with this seed
+    # (ESM-2 only), so a v2 run has the very weights of the v1 run with the same seed (prediction agreement)
+    random_init: Literal["perfkit", "fair-esm"] = "perfkit"
     mode: Literal["v2", "v1"] = "v2"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -31,10 +34,14 @@ class EmbedConfig(BaseModel):
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
     compile: bool = False  # torch.compile each transformer block (CUDA; dynamic shapes, compiled once)
+    # dnabert_s packed attention: auto = flex_attention (ALiBi + block mask) on CUDA in bf16/fp16, else
+    # sdpa_repadded (each sequence re-padded for one SDPA call with the ALiBi mask)
+    nt_attention: Literal["auto", "flex", "sdpa_repadded"] = "auto"
     allocator: Optional[str] = None  # PYTORCH_CUDA_ALLOC_CONF, e.g. "expandable_segments:True"
     # v1 batching (fair-esm get_batch_indices)
     v1_toks_per_batch: int = Field(2048, ge=16)
     v1_file_sequences: int = Field(10_000, ge=1)  # v1 processed files of 10,000 translated sequences
+    v1_nt_batch_sequences: int = Field(1, ge=1)  # v1 nucleotide stage: padded batches of this many sequences (v1.0: 1)
     # input shaping
     chunk_bp: Optional[int] = None  # 300 / 500 bp chunking as the seed does; None = reads as they are
     max_residues: int = Field(1022, ge=1)
@@ -64,7 +71,7 @@ class EmbedConfig(BaseModel):
 
     def result_fields(self) -> dict:
         """The settings that change the numbers: a resumed run must match them."""
-        return self.model_dump(mode="json", include={"model", "weights", "tokenizer", "seed", "mode", "precision", "chunk_bp",
+        return self.model_dump(mode="json", include={"model", "weights", "tokenizer", "seed", "random_init", "mode", "precision", "chunk_bp",
                                                       "max_residues", "max_reads", "layout"})
 
 

@@ -244,19 +244,25 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-def flex_alibi_attention(q, k, v, slopes, seq_index, compiled: bool):
-    """Packed [N, H, hd] attention with ALiBi, tokens seeing only their own sequence."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def flex_block_mask(seq_index, compiled: bool):
+    """Block mask for packed tokens [N]: a token sees only tokens of its own sequence. Made once per forward."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
     def same_sequence(b, h, q_idx, kv_idx):
         return seq_index[q_idx] == seq_index[kv_idx]
+
+    n = seq_index.shape[0]
+    return create_block_mask(same_sequence, None, None, n, n, device=seq_index.device, _compile=compiled)
+
+
+def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool):
+    """Packed [N, H, hd] attention with ALiBi under `block_mask` (see flex_block_mask)."""
+    from torch.nn.attention.flex_attention import flex_attention
 
     def alibi(score, b, h, q_idx, kv_idx):
         # within one sequence the packed index distance is the position distance
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
-    n = q.shape[0]
-    block_mask = create_block_mask(same_sequence, None, None, n, n, device=q.device, _compile=compiled)
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, hd]
     if compiled:
         out = _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask)
@@ -347,8 +353,10 @@ class DNABERT(nn.Module):
 
         kernel = self._packed_kernel(x)
         if kernel == "flex":
+            block_mask = flex_block_mask(seq_index, compiled=x.is_cuda)
+
             def attend(q, k, v):  # [N, H, hd]
-                return flex_alibi_attention(q, k, v, slopes, seq_index, compiled=x.is_cuda)
+                return flex_alibi_attention(q, k, v, slopes, block_mask, compiled=x.is_cuda)
 
             self.attention_calls["flex_attention"] += 1
         elif kernel == "sdpa_repadded":

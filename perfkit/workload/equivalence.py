@@ -133,8 +133,11 @@ def run_equivalence_gate(
     precision: str = "fp32",
     seed: int = 0,
     token_budget: int = 8192,
+    compile: bool = False,
 ) -> dict:
-    """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights."""
+    """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights.
+
+    compile: torch.compile our blocks as a `compile: true` run does (CUDA only)."""
     import esm  # only the gate needs fair-esm
 
     if precision not in PRECISIONS:
@@ -163,6 +166,9 @@ def run_equivalence_gate(
     model, _ = esm2.build_model(model_name, device=device, dtype=PRECISIONS[precision])
     esm2.load_fairesm_state_dict(model, reference_model.state_dict())
     del reference_model
+    compiled = bool(compile and torch.device(device).type == "cuda")
+    if compiled:
+        model.compile_blocks()
     candidate = packed_embeddings(model, proteins, device, token_budget)
 
     result = gate(compare_embeddings(reference, candidate), precision)
@@ -174,6 +180,7 @@ def run_equivalence_gate(
             "num_tokens": int(sum(len(p) + 2 for p in proteins)),
             "seed": seed,
             "token_budget": token_budget,
+            "compiled": compiled,
             "attention_calls": dict(model.attention_calls),
             "attention_path": max(model.attention_calls, key=model.attention_calls.get),
         }

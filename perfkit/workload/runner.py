@@ -168,8 +168,8 @@ def check_before_work(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
     if not cfg.input.exists():
         raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
     cfg = resolve(cfg, local_rank)
-    if cfg.mode == "v1" and encoder_for(cfg.model).nucleotide:
-        raise UserError(f"--mode v1 runs fair-esm; {cfg.model} has no v1 baseline here", "use --mode v2 for the nucleotide stage")
+    if cfg.random_init == "fair-esm" and encoder_for(cfg.model).nucleotide:
+        raise UserError(f"random_init fair-esm is for ESM-2 models, not {cfg.model}", "use random_init: perfkit")
     check_fasta_start(cfg.input)
     return cfg
 
@@ -204,10 +204,7 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     if run.device.type == "cuda":
         peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_tflops(run.device) * 1e12
     with run.telemetry.stage("model_load"):
-        if cfg.mode == "v2":
-            model, weights_info = run.encoder.build(cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
-        else:
-            model, weights_info = build_fairesm_model(cfg, run.device)
+        model, weights_info = build_model(run)
     run.sampler.start()
     progress = LiveProgress(desc=f"{cfg.mode} {cfg.model} rank{rank}", disable=not cfg.progress)
     loop_start = run.telemetry.now()
@@ -218,6 +215,8 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
         with run.telemetry.stage(run.stage):
             if cfg.mode == "v2":
                 capped = _loop_v2(run, model, done_keys, progress)
+            elif run.encoder.nucleotide:
+                capped = _loop_v1_nucleotide(run, model, done_keys, progress)
             else:
                 capped = _loop_v1(run, model, done_keys, progress)
         wall = run.telemetry.now() - loop_start
@@ -227,6 +226,8 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
         run.store.close()
         run.telemetry.close()
     attention = dict(getattr(model, "attention_calls", {})) or {"fair-esm": "MultiheadAttention (padded)"}
+    if cfg.mode == "v1" and run.encoder.nucleotide:
+        attention["v1"] = f"padded batches of {cfg.v1_nt_batch_sequences} sequence(s) in file order"
     return Share(run, model, wall, capped, peak, weights_info, attention)
 
 
@@ -367,6 +368,30 @@ def _drain(run: Run, in_flight: deque, wait: bool) -> None:
         in_flight.popleft()
 
 
+# ---------------------------------------------------------------------------- models
+
+def build_model(run: Run):
+    """The run's model and where its weights came from.
+
+    v1 ESM-2: fair-esm's own module. v1 nucleotide stage: our DNABERT-S module in fp32 (there is no
+    other implementation offline; v1 differs in batching and precision). v2: our models; with
+    random_init 'fair-esm' the ESM-2 weights are fair-esm's seeded init, as in a v1 run of the same seed.
+    """
+    cfg = run.cfg
+    if cfg.mode == "v1" and not run.encoder.nucleotide:
+        return build_fairesm_model(cfg, run.device)
+    if cfg.mode == "v1" or cfg.random_init == "perfkit" or cfg.weights is not None:
+        model, info = run.encoder.build(cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
+        if run.encoder.nucleotide:
+            model.packed_attention = cfg.nt_attention
+        return model, info
+    reference, info = build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
+    model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
+    esm2.load_fairesm_state_dict(model, reference.state_dict())
+    del reference
+    return model, info
+
+
 # ---------------------------------------------------------------------------- v1
 
 def build_fairesm_model(cfg: EmbedConfig, device: torch.device):
@@ -399,7 +424,7 @@ def _v1_files(run: Run, done_keys):
     cfg = run.cfg
     keys_buf, ids_buf, proteins_buf = [], [], []
     for _, first, records in read_blocks(cfg.input, 1024, cfg.max_reads, cfg.chunk_bp):
-        keys, ids, proteins = translate_block(first, records, cfg.max_residues)
+        keys, ids, proteins = translate_block(first, records, cfg.max_residues, run.encoder.frame_field)
         run.frames_translated += len(keys)
         if done_keys.size:
             keep = ~np.isin(keys, done_keys)
@@ -451,6 +476,36 @@ def _loop_v1(run: Run, model, done_keys, progress) -> bool:
     return False
 
 
+def _loop_v1_nucleotide(run: Run, model, done_keys, progress) -> bool:
+    """v1.0's nucleotide stage: fixed batches of `v1_nt_batch_sequences` in file order, padded, synchronous."""
+    from perfkit.workload.dnabert import pad_batch
+
+    cfg, device, encoder = run.cfg, run.device, run.encoder
+    size = cfg.v1_nt_batch_sequences
+    deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
+    batch_index = 0
+    waited_since = time.perf_counter()
+    for keys, ids, sequences in _v1_files(run, done_keys):
+        for lo in range(0, len(ids), size):
+            tokens, lengths = encoder.encode(sequences[lo : lo + size])
+            padded = torch.from_numpy(pad_batch(tokens, lengths, encoder.pad_id))
+            arrive = host_start = time.perf_counter()
+            with run.busy.measure() as span, torch.no_grad():
+                vectors = model.forward_padded(padded.to(device), pad_id=encoder.pad_id).float().cpu()
+            run.store.add(keys[lo : lo + size], ids[lo : lo + size], vectors.numpy())
+            run.keep_for_verification(keys[lo : lo + size], tokens, lengths, batch_index)
+            real = int(lengths.sum())
+            run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
+                                host_s=time.perf_counter() - host_start, span=span, sequences=len(lengths),
+                                real_tokens=real, slot_tokens=int(padded.numel()), budget_tokens=int(padded.numel()))
+            progress.update(len(lengths), real, int(padded.numel()))
+            batch_index += 1
+            waited_since = time.perf_counter()
+            if deadline and time.perf_counter() > deadline:
+                return True
+    return False
+
+
 # ---------------------------------------------------------------------------- checks
 
 def verify_alignment(run: Run, model, cfg: EmbedConfig) -> dict:
@@ -479,8 +534,10 @@ def _embed_one(model, cfg: EmbedConfig, encoder, tokens: np.ndarray, device) -> 
     autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.precision])
                 if device.type == "cuda" and cfg.precision != "fp32" else nullcontext())
     with torch.no_grad(), autocast:
-        if cfg.mode == "v2":
+        if cfg.mode == "v2" or encoder.nucleotide:
             inputs = esm2.packed_to_torch(encoder.packed_inputs(tokens, lengths), device)
+            if cfg.mode == "v1":
+                return encoder.forward_padded(model)(inputs["tokens"][None])[0].float().cpu().numpy()
             if cfg.layout == "packed":
                 return model.forward_packed(**inputs)[0].float().cpu().numpy()
             return encoder.forward_padded(model)(inputs["tokens"][None])[0].float().cpu().numpy()
