@@ -35,6 +35,7 @@ from perfkit.params import load_params
 from perfkit.summary import write_json
 
 log = logging.getLogger(__name__)
+NUCLEOTIDE_MODEL = "dnabert_s"
 
 NOTEBOOKS = ("01_baseline", "02_profiling", "03_scaling", "04_tuning", "05_full_validation", "06_summary")
 MEASURING_NOTEBOOKS = NOTEBOOKS[:-1]
@@ -71,10 +72,18 @@ class EquivalenceParams(_Strict):
     seed: int = 0
 
 
+class AgreementParams(_Strict):
+    reads: int = Field(200, ge=1)  # reads both chains (v1 and v2) classify
+    model: Optional[str] = None  # ESM-2 model of both chains; None: the embed model
+    hidden: int = Field(512, ge=1)  # classifier hidden width (same seeded weights on both sides)
+
+
 class BaselineParams(Caps):
     v1_max_seconds: Optional[float] = Field(None, gt=0)  # v1 is slow: its own cap (default: max_seconds)
     v1_fp16: bool = True  # also measure v1 in fp16 (GPU only)
+    nucleotide: bool = True  # also v1 vs v2 of the nucleotide stage (DNABERT-S)
     equivalence: EquivalenceParams = EquivalenceParams()
+    agreement: Optional[AgreementParams] = AgreementParams()  # v1 vs v2 chain predictions; null: not measured
 
 
 class ProfilingParams(Caps):
@@ -86,6 +95,7 @@ class ProfilingParams(Caps):
 
 class ScalingParams(Caps):
     nproc: int = Field(2, ge=1)
+    nucleotide: bool = True  # also scale the nucleotide stage, for the end-to-end (projected) factor
     embed: dict = Field(default_factory=dict)  # overrides for both runs (e.g. num_workers)
 
 
@@ -110,6 +120,7 @@ class TuningParams(Caps):
 class FullValidationParams(Caps):
     full_sample_reads: int = Field(6_000_000, ge=1)
     nproc: int = Field(1, ge=1)
+    classifier_hidden: int = Field(512, ge=1)
     checkpoint_every_sequences: int = Field(10_000, ge=1)
     checkpoint_every_seconds: float = Field(300.0, gt=0)
     use_tuned: bool = False  # take the embed knobs of 04_tuning/best_params.yaml when it exists
@@ -171,6 +182,10 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
                 make_config(input="sample.fa", out_dir="out", **{**params.embed, knob: value})
     except UserError as err:
         raise UserError(f"{path}: {err.problem}", err.fix) from None
+    for section in ("profiling", "full_validation"):
+        if getattr(params, section).max_seconds is not None:
+            raise UserError(f"{path}: {section}.max_seconds: this notebook runs the whole chain, which is capped "
+                            f"by reads", f"set {section}.max_reads instead")
     rules = crit.criteria_from_params(params.criteria)
     for rule in rules:
         if rule.source not in MEASURING_NOTEBOOKS:
@@ -367,15 +382,17 @@ def dominant_attention(summary: dict) -> str:
 
 def throughput_row(variant: str, summary: dict | None, *, note: str = "") -> dict:
     """One row of a throughput table; steady-state figures (warm-up batches excluded)."""
-    row = {"variant": variant, "measured": summary is not None, "mode": None, "layout": None, "precision": None,
+    row = {"variant": variant, "measured": summary is not None, "model": None, "mode": None, "layout": None, "precision": None,
            "device": None, "sequences": None, "batches": None, "seq_per_s": None, "tok_per_s": None,
            "overall_tok_per_s": None, "token_utilisation": None, "padding_waste": None,
            "device_busy_fraction": None, "attention": None, "capped": None, "note": note}
     if summary is None:
         return row
     t, run, config = summary["throughput"], summary.get("run", {}), summary.get("config", {})
-    row.update(mode=run.get("mode", config.get("mode")),
-               layout=config.get("layout") if config.get("mode") == "v2" else "padded (fair-esm batches)",
+    v1_layout = ("padded (fair-esm batches)" if not str(config.get("model", "")).startswith("dnabert")
+                 else f"padded ({config.get('v1_nt_batch_sequences')} seq per batch, file order)")
+    row.update(model=run.get("model", config.get("model")), mode=run.get("mode", config.get("mode")),
+               layout=config.get("layout") if config.get("mode") == "v2" else v1_layout,
                precision=run.get("precision", config.get("precision")), device=run.get("device", config.get("device")),
                sequences=t["sequences"], batches=t["batches"], seq_per_s=t["steady_seq_per_s"],
                tok_per_s=t["steady_tok_per_s"], overall_tok_per_s=t["tok_per_s"],
@@ -438,18 +455,25 @@ def run_baseline(ctx: Context) -> dict:
         (f"v2 padded SDPA {v2_precision}", dict(mode="v2", layout="padded", precision=v2_precision, **caps), None),
         (f"v2 packed {v2_precision}", dict(mode="v2", layout="packed", precision=v2_precision, **caps), None),
     ]
+    nt_skip = None if p.nucleotide else "baseline.nucleotide: false in the params"
+    plan += [
+        ("v1 DNABERT-S fp32", dict(model=NUCLEOTIDE_MODEL, mode="v1", precision="fp32", **v1_caps), nt_skip),
+        (f"v2 DNABERT-S packed {v2_precision}", dict(model=NUCLEOTIDE_MODEL, mode="v2", layout="packed",
+                                                     precision=v2_precision, **caps), nt_skip),
+    ]
     rows, summaries = [], {}
     for index, (variant, overrides, skip) in enumerate(plan):
         if skip:
             rows.append(throughput_row(variant, None, note=skip))
             continue
-        summary = run_embed(ctx.embed_config(f"{index}-{overrides['mode']}-{overrides.get('layout', 'fairesm')}"
-                                             f"-{overrides['precision']}", device=device, **overrides))
+        name = (f"{index}-{overrides.get('model', 'esm')}-{overrides['mode']}-{overrides.get('layout', 'v1')}"
+                f"-{overrides['precision']}")
+        summary = run_embed(ctx.embed_config(name, device=device, **overrides))
         summaries[variant] = summary
         rows.append(throughput_row(variant, summary))
     table = pd.DataFrame(rows)
     tok = dict(zip(table["variant"], table["tok_per_s"]))
-    v1, v1_16, padded, packed = (tok[plan[i][0]] for i in range(4))
+    v1, v1_16, padded, packed, nt_v1, nt_v2 = (tok[plan[i][0]] for i in range(6))
     result = {
         "table": table,
         "summaries": summaries,
@@ -458,9 +482,37 @@ def run_baseline(ctx: Context) -> dict:
         "speedup_v2_over_v1": ratio(packed, v1, "v1 fp32 or v2 packed throughput missing"),
         "speedup_v2_over_v1_fp16": ratio(packed, v1_16, "v1 fp16 not measured on this device"),
         "speedup_v2_over_padded": ratio(packed, padded, "padded or packed throughput missing"),
+        "speedup_nt_v2_over_v1": ratio(nt_v2, nt_v1, nt_skip or "nucleotide v1 or v2 throughput missing"),
     }
     write_json(ctx.path("throughput.json"), _plain(table))
     return result
+
+
+def run_agreement(ctx: Context, device: str, precision: str) -> dict:
+    """The whole chain twice on the same reads, v1 (fp32, fair-esm, fixed nucleotide batches) and v2
+    (packed, the run's precision), with the same weights: ESM-2 from fair-esm's seeded init on both
+    sides, the same seeded DNABERT-S and classifier. Agreement = share of reads with the same call."""
+    from perfkit.workload.predict import compare_runs, run_predict
+
+    p = ctx.params.baseline.agreement
+    if p is None:
+        return {"agreement": crit.not_measured("baseline.agreement: null in the params"), "details": None}
+    model = p.model or ctx.params.embed.get("model", "esm2_t6_8M")
+    sides = {}
+    for mode, precision_ in (("v1", "fp32"), ("v2", precision)):
+        extra = {"random_init": "fair-esm"} if mode == "v2" else {}
+        cfg = ctx.embed_config(f"agreement-{mode}", model=model, mode=mode, layout="packed", precision=precision_,
+                               device=device, max_reads=p.reads, **extra)
+        sides[mode] = run_predict(cfg, hidden=p.hidden)
+    details = compare_runs(ctx.out / "runs" / "agreement-v1", ctx.out / "runs" / "agreement-v2")
+    details.update(model=model, reads=p.reads, precision_v1="fp32", precision_v2=precision, device=device,
+                   weights_v1=sides["v1"]["stage_runs"]["protein_embedding"]["model"],
+                   end_to_end_s={m: sides[m]["end_to_end_s"] for m in sides})
+    write_json(ctx.path("agreement.json"), details)
+    if not details.get("same_classifier"):
+        return {"agreement": crit.not_measured("the two chains used different classifier weights"),
+                "details": details}
+    return {"agreement": details["agreement"], "details": details}
 
 
 def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
@@ -470,19 +522,24 @@ def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
     p = ctx.params.baseline.equivalence
     model = p.model or ctx.params.embed.get("model", "esm2_t6_8M")
     result = run_equivalence_gate(model_name=model, proteins=default_proteins(n=p.proteins, seed=p.seed),
-                                  device=device, precision=precision, seed=p.seed, token_budget=p.token_budget)
+                                  device=device, precision=precision, seed=p.seed, token_budget=p.token_budget,
+                                  compile=bool(ctx.params.embed.get("compile", False)))
     write_json(ctx.path("equivalence.json"), result)
     return result
 
 
-def baseline_headline(result: dict, gate: dict) -> dict:
+def baseline_headline(result: dict, gate: dict, agreement: dict | None = None) -> dict:
+    agreement = agreement or {"agreement": crit.not_measured("not run"), "details": None}
     return {
+        "speedup_nt_v2_over_v1": result["speedup_nt_v2_over_v1"],
+        "prediction_agreement_v1_v2": agreement["agreement"],
+        "prediction_agreement": agreement["details"],
         "speedup_v2_over_v1": result["speedup_v2_over_v1"],
         "speedup_v2_over_v1_fp16": result["speedup_v2_over_v1_fp16"],
         "speedup_v2_over_padded": result["speedup_v2_over_padded"],
         "equivalence_gate_passed": bool(gate["passed"]),
-        "equivalence_gate": {k: gate[k] for k in ("passed", "precision", "device", "model_name", "attention_path",
-                                                   "thresholds")} | {"stats": gate["stats"]},
+        "equivalence_gate": {k: gate.get(k) for k in ("passed", "precision", "device", "model_name", "attention_path",
+                                                       "compiled", "thresholds")} | {"stats": gate["stats"]},
         "throughput": result["table"],
         "baseline_device": result["device"],
     }
@@ -495,7 +552,7 @@ def baseline_figures(ctx: Context, result: dict) -> dict:
     reads = ctx.sample_stats["reads"]
     fig = plots.throughput_bars(
         result["table"], ctx.path("throughput.png"),
-        title=f"ESM-2 {model} on {result['device']}: v1 vs v2, same {reads:,}-read sample",
+        title=f"ESM-2 {model} and DNABERT-S on {result['device']}: v1 vs v2, same {reads:,}-read sample",
         caption="Steady-state tokens/s (real tokens incl. BOS/EOS, first warm-up batches excluded) from each "
                 "run's telemetry; token utilisation = real tokens / (batches x budget); padding waste = pad slots / "
                 "all slots. Bars marked 'not measured' did not run on this device.")
@@ -505,36 +562,46 @@ def baseline_figures(ctx: Context, result: dict) -> dict:
 # =============================================================================== 02 profiling
 
 def run_profiling(ctx: Context) -> dict:
-    """One v2 run with full diagnostics: telemetry, windows, and a GPU/host sampler of our own."""
+    """The whole chain (v2), capped by reads, with full diagnostics of its protein stage: telemetry,
+    windows and a GPU/host sampler of our own; and the time of every stage."""
     from perfkit.aggregate import batches as batch_rows, read_telemetry
     from perfkit.sampler import GpuSampler
-    from perfkit.workload.runner import STAGE, run_embed
+    from perfkit.workload.predict import run_predict
+    from perfkit.workload.runner import STAGE
 
     p = ctx.params.profiling
-    cfg = ctx.embed_config("v2", mode="v2", layout="packed", max_seconds=p.max_seconds, max_reads=p.max_reads,
+    cfg = ctx.embed_config("chain", mode="v2", layout="packed", max_reads=p.max_reads,
                            sample_interval_s=p.sample_interval_s)
     device = resolved_device(ctx.params)
     cuda_index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
     sampler = GpuSampler(interval_s=p.sample_interval_s, cuda_index=cuda_index, tag="profiling")
-    start = time.time()
     sampler.start()
     try:
-        summary = run_embed(cfg)
+        chain = run_predict(cfg, hidden=ctx.params.full_validation.classifier_hidden)
     finally:
         sampler.stop()
-    records = read_telemetry(cfg.out_dir / "telemetry.jsonl")
+    protein = cfg.out_dir / "protein"
+    summary = json.loads((protein / "summary.json").read_text())
+    records = read_telemetry(protein / "telemetry.jsonl")
     batch_table = batch_rows(records, STAGE)
-    # batch arrivals count from the embedding loop's start; the run's clock starts before model loading
+    # batch arrivals count from the protein loop's start: the stage's start + its model loading
     stages = records[records["kind"] == "stage"] if "kind" in records else records
     load = stages[stages["stage"] == "model_load"]["end_s"] if len(stages) else pd.Series(dtype=float)
-    loop_offset = float(load.iloc[0]) if len(load) else 0.0
+    loop_start = chain["stage_started_unix"]["protein_embedding"] + (float(load.iloc[0]) if len(load) else 0.0)
     samples = pd.DataFrame(sampler.samples())
     if not samples.empty:
-        samples["t_s"] = samples["timestamp"] - start - loop_offset
+        samples["t_s"] = samples["timestamp"] - loop_start
     write_json(ctx.path("samples.json"), _plain(samples))
     windows = pd.DataFrame(summary["windows"])
-    return {"summary": summary, "batches": batch_table, "samples": samples, "windows": windows,
-            "sampler_note": sampler.note, "sampler_source": sampler.source}
+    return {"summary": summary, "chain": chain, "stages": stage_table(chain), "batches": batch_table,
+            "samples": samples, "windows": windows, "sampler_note": sampler.note, "sampler_source": sampler.source}
+
+
+def stage_table(chain: dict) -> pd.DataFrame:
+    """Measured seconds and share of every stage of a chain (perfkit predict's summary)."""
+    stages = chain["stages_s"]
+    total = sum(stages.values()) or 1.0
+    return pd.DataFrame([{"stage": k, "seconds": v, "share": v / total} for k, v in stages.items()])
 
 
 def run_profiler(ctx: Context) -> dict:
@@ -562,7 +629,12 @@ def profiling_headline(result: dict, profiler: dict) -> dict:
     t = summary["throughput"]
     bottleneck = summary.get("bottleneck", {})
     top = profiler["table"]
+    chain = result["chain"]
     return {
+        "bottleneck_stage": chain["bottleneck_stage"],
+        "stage_seconds": chain["stages_s"],
+        "end_to_end_s": chain["end_to_end_s"],
+        "chain_reads_called": chain["counts"]["reads_called"],
         "device_busy_fraction": t["device_busy_fraction"],
         "loader_wait_fraction": t["loader_wait_fraction"],
         "gpu_util_mean": gpu_util_mean(summary),
@@ -601,6 +673,14 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
             caption="Shares of the wall time owned by each window's batches (a batch owns the time from its request "
                     "to the next request): loader wait (consumer blocked on data) and device busy. "
                     "Rule: data-starved if loader wait > 10 %; device-bound if device busy >= 90 %; else host-bound."),
+        "stages": plots.stage_breakdown(
+            result["stages"][["stage", "seconds"]], ctx.path("stages.png"),
+            title=f"Time per pipeline stage, v2 chain on {device} "
+                  f"({result['chain']['counts']['frames']:,} frames)",
+            caption="Wall time of each stage of one `perfkit predict` run (chain telemetry.jsonl): translation = the "
+                    "count pass over the input (conservation checks; the embedding stages translate again inside "
+                    "their DataLoader workers, overlapped with the model); each embedding stage includes process "
+                    "start, model build and the output check; red = the top stage."),
         "kernels": plots.top_kernels(
             profiler["table"], ctx.path("kernels.png"),
             title=f"Top {len(profiler['table'])} ops by self {profiler['time_basis']} time "
@@ -718,7 +798,9 @@ def run_scaling(ctx: Context) -> dict:
     if plan["not_measurable"]:
         marker = crit.not_measured(plan["not_measurable"])
         return {"plan": plan, "scaling": None, "single": None, "multi": None,
-                "scaling_factor": marker, "scaling_efficiency": marker, "rank_imbalance": marker}
+                "scaling_factor": marker, "scaling_efficiency": marker, "rank_imbalance": marker,
+                "nucleotide": None, "embedding_stages": None,
+                "scaling_factor_nucleotide": marker, "scaling_factor_embedding_stages": marker}
     distributed = _distributed()
     common = {"mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads, **p.embed}
     single = run_embed(ctx.embed_config("single", **common))
@@ -726,10 +808,53 @@ def run_scaling(ctx: Context) -> dict:
                                   gpus=plan["gpus"])
     raw = distributed.scaling(single, multi) if hasattr(distributed, "scaling") else {}
     scaling = normalise_scaling(raw, single, multi, plan["nproc"])
-    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling})
-    return {"plan": plan, "scaling": scaling, "single": single, "multi": multi,
+    stages = {"protein_embedding": (single, multi)}
+    nt_scaling = None
+    if p.nucleotide:
+        nt_common = {**common, "model": NUCLEOTIDE_MODEL}
+        nt_single = run_embed(ctx.embed_config("nt-single", **nt_common))
+        nt_multi = distributed.run_multi(ctx.embed_config(f"nt-multi-{plan['nproc']}", **nt_common), plan["nproc"],
+                                         gpus=plan["gpus"])
+        nt_scaling = normalise_scaling(distributed.scaling(nt_single, nt_multi), nt_single, nt_multi, plan["nproc"])
+        stages["nucleotide_embedding"] = (nt_single, nt_multi)
+    combined = embedding_stages_scaling(stages, ctx.sample_stats, ctx.params.full_validation.full_sample_reads)
+    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
+                                          "embedding_stages": combined})
+    return {"plan": plan, "scaling": scaling, "single": single, "multi": multi, "nucleotide": nt_scaling,
+            "embedding_stages": combined,
             "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
-            "rank_imbalance": scaling["imbalance"]}
+            "rank_imbalance": scaling["imbalance"],
+            "scaling_factor_nucleotide": nt_scaling["factor"] if nt_scaling else crit.not_measured(
+                "scaling.nucleotide: false in the params"),
+            "scaling_factor_embedding_stages": combined["factor"] if p.nucleotide else crit.not_measured(
+                "scaling.nucleotide: false in the params: the nucleotide stage was not scaled")}
+
+
+def embedding_stages_scaling(stages: dict, sample_stats: dict, full_reads: int) -> dict:
+    """1 vs N processes over both embedding stages run one after the other, projected to the full sample.
+
+    Per stage: tokens for the full sample (full reads x frames per read x the stage's measured tokens per
+    frame) / its steady tok/s on 1 and on N processes; factor = sum of the 1-process times / sum of the
+    N-process times. Fixed costs (process start, model load) are left out: minutes against hours.
+    """
+    frames_per_read = sample_stats["frames"] / sample_stats["reads"] if sample_stats.get("reads") else 0.0
+    rows, total = {}, {"single_h": 0.0, "multi_h": 0.0}
+    for stage, (single, multi) in stages.items():
+        ts, tm = single["throughput"], multi["throughput"]
+        per_frame = ts["real_tokens"] / ts["sequences"] if ts["sequences"] else 0.0
+        tokens = full_reads * frames_per_read * per_frame
+        one = tokens / ts["steady_tok_per_s"] / 3600 if ts["steady_tok_per_s"] else None
+        many = tokens / tm["steady_tok_per_s"] / 3600 if tm["steady_tok_per_s"] else None
+        rows[stage] = {"tokens_per_frame": per_frame, "full_sample_tokens": tokens, "single_h": one, "multi_h": many,
+                       "factor": one / many if one and many else None}
+        if one is None or many is None:
+            total = {"single_h": None, "multi_h": None}
+        elif total["single_h"] is not None:
+            total["single_h"] += one
+            total["multi_h"] += many
+    factor = total["single_h"] / total["multi_h"] if total["single_h"] and total["multi_h"] else None
+    return {"stages": rows, **total, "factor": factor if factor is not None else crit.not_measured(
+        "a stage has no steady throughput"), "full_sample_reads": full_reads}
 
 
 def scaling_headline(result: dict) -> dict:
@@ -744,6 +869,10 @@ def scaling_headline(result: dict) -> dict:
         "per_rank_gpu_util": scaling.get("per_rank_gpu_util", {}),
         "single_tok_per_s": scaling.get("single_tok_per_s"),
         "multi_tok_per_s": scaling.get("multi_tok_per_s"),
+        "scaling_factor_nucleotide": result.get("scaling_factor_nucleotide", crit.not_measured("not run")),
+        "scaling_factor_embedding_stages": result.get("scaling_factor_embedding_stages",
+                                                      crit.not_measured("not run")),
+        "embedding_stages_scaling": (result.get("embedding_stages") or {}).get("stages"),
     }
 
 
@@ -752,13 +881,27 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
 
     plan = result["plan"]
     what = f"{plan['nproc']} GPUs" if plan["gpus"] else f"{plan['nproc']} CPU processes (gloo)"
-    return {"scaling": plots.scaling_bars(
+    figs = {}
+    if result.get("nucleotide"):
+        combined = result["embedding_stages"]
+        figs["scaling_nucleotide"] = plots.scaling_bars(
+            result["nucleotide"], ctx.path("scaling_nucleotide.png"),
+            title=f"Nucleotide stage (DNABERT-S) scaling: 1 vs {what}, same work, v2 packed",
+            caption="As for the protein stage. Both embedding stages together, projected to "
+                    f"{combined['full_sample_reads']:,} reads (full-sample tokens / steady tok/s per stage, "
+                    f"summed): {_fmt_factor(combined['factor'])}.",
+            not_measurable=plan["not_measurable"])
+    return {**figs, "scaling": plots.scaling_bars(
         result["scaling"], ctx.path("scaling.png"),
         title=f"Scaling: 1 vs {what}, same work, v2 packed",
         caption="Steady-state tokens/s per rank and summed (never averaged) from each run's telemetry; "
                 "factor = N-process tok/s / 1-process tok/s; efficiency = factor / N; imbalance = slowest rank's "
                 "wall / mean wall. GPU utilisation per rank: NVML via nvitop, each rank's own physical GPU.",
         not_measurable=plan["not_measurable"])}
+
+
+def _fmt_factor(value) -> str:
+    return f"{value:.3f}x" if isinstance(value, (int, float)) else f"not measured ({value.get('reason')})"
 
 
 # =============================================================================== 04 tuning
@@ -891,26 +1034,92 @@ def tuning_figures(ctx: Context, result: dict) -> dict:
 # =============================================================================== 05 full validation
 
 def run_full_validation(ctx: Context) -> dict:
-    """The production run: checkpointing on; whole sample when uncapped, else capped + projection."""
+    """The production run: the whole chain (v2), checkpointing on, over the sample or `max_reads` of it;
+    projections of the ESM-2 stage and of the whole chain to the full sample."""
+    from perfkit.workload.predict import run_predict
+
     p = ctx.params.full_validation
     knobs = {}
     tuned = ctx.run_dir / "04_tuning" / "best_params.yaml"
     if p.use_tuned and tuned.exists():
         knobs = load_params(tuned).get("embed", {})
-    overrides = {**knobs, "mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads,
+    overrides = {**knobs, "mode": "v2", "layout": "packed", "max_reads": p.max_reads,
                  "checkpoint_every_sequences": p.checkpoint_every_sequences,
                  "checkpoint_every_seconds": p.checkpoint_every_seconds}
     device = resolved_device(ctx.params)
-    if p.nproc > 1:
-        summary = _distributed().run_multi(ctx.embed_config("production", **overrides), p.nproc, gpus=is_cuda(device))
-    else:
-        from perfkit.workload.runner import run_embed
+    cfg = ctx.embed_config("production", **overrides)
+    chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=p.nproc, gpus=is_cuda(device) and p.nproc > 1)
+    stage_summaries = {stage: json.loads((cfg.out_dir / stage.split("_")[0] / "summary.json").read_text())
+                       for stage in ("nucleotide_embedding", "protein_embedding")}
+    summary = stage_summaries["protein_embedding"]
+    run_reads = min(p.max_reads or ctx.sample_stats["reads"], ctx.sample_stats["reads"])
+    projection = project_full_sample(summary, ctx.sample_stats, p.full_sample_reads, sample_reads=run_reads)
+    end_to_end = project_end_to_end(chain, stage_summaries, run_reads, p.full_sample_reads, projection)
+    write_json(ctx.path("projection.json"), {"protein_embedding": projection, "end_to_end": end_to_end})
+    return {"summary": summary, "chain": chain, "stages": stage_table(chain), "projection": projection,
+            "end_to_end": end_to_end, "nucleotide_summary": stage_summaries["nucleotide_embedding"],
+            "tuned_knobs": knobs}
 
-        summary = run_embed(ctx.embed_config("production", **overrides))
-    projection = project_full_sample(summary, ctx.sample_stats, p.full_sample_reads,
-                                     sample_reads=p.max_reads or ctx.sample_stats["reads"])
-    write_json(ctx.path("projection.json"), projection)
-    return {"summary": summary, "projection": projection, "tuned_knobs": knobs}
+
+def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_reads: int,
+                       protein_projection: dict) -> dict:
+    """Hours for the whole chain on the full sample, stage by stage, from one measured chain run.
+
+    Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s: process start,
+    model build, warm-up, output check) + full-sample tokens / steady tok/s. Other stages
+    (translation count pass, merge, classifier, consensus): linear in reads. Error: the protein
+    stage's window spread applied to its share (the other stages' spread is not measured).
+    """
+    scale = full_reads / run_reads
+    rows = []
+    for stage, seconds in chain["stages_s"].items():
+        t = (stage_summaries.get(stage) or {}).get("throughput")
+        if t and t.get("steady_tok_per_s"):
+            rate = t["steady_tok_per_s"]
+            fixed = max(seconds - t["real_tokens"] / rate, 0.0)
+            projected = fixed + t["real_tokens"] * scale / rate
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "steady_tok_per_s": rate,
+                         "run_tokens": t["real_tokens"], "full_sample_tokens": t["real_tokens"] * scale,
+                         "projected_h": projected / 3600, "method": "fixed + full tokens / steady rate"})
+        else:
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": 0.0, "steady_tok_per_s": None,
+                         "run_tokens": None, "full_sample_tokens": None, "projected_h": seconds * scale / 3600,
+                         "method": "linear in reads"})
+    table = pd.DataFrame(rows)
+    hours = float(table["projected_h"].sum())
+    protein_h = float(table.loc[table["stage"] == "protein_embedding", "projected_h"].sum())
+    error = protein_projection.get("relative_error")
+    bottleneck = table.loc[table["projected_h"].idxmax(), "stage"]
+    return {"method": "per stage: embedding = fixed + full-sample tokens / steady tok/s; others linear in reads",
+            "full_sample_reads": full_reads, "run_reads": run_reads, "hours": hours,
+            "relative_error": error * protein_h / hours if error is not None and hours else None,
+            "bottleneck_stage": bottleneck, "bottleneck_share": float(table["projected_h"].max() / hours),
+            "measured_end_to_end_s": chain["end_to_end_s"], "stages": _plain(table)}
+
+
+def holdout_check(summary: dict) -> dict:
+    """Does the steady rate of the first half of the run predict the whole run? The rate of the
+    first half of the full steady windows predicts the loop's wall time for all the run's tokens
+    (tokens before the steady windows at their measured time); deviation = measured / predicted - 1."""
+    t = summary["throughput"]
+    window_s = float((summary.get("config") or {}).get("window_s", 10.0))
+    windows = pd.DataFrame(summary.get("windows") or [])
+    if windows.empty:
+        return {"checked": False, "note": "no windows"}
+    steady = steady_windows(windows, window_s)
+    if len(steady) < 4:
+        return {"checked": False, "note": f"{len(steady)} full steady windows: at least 4 are needed"}
+    fit = steady.iloc[: len(steady) // 2]
+    rate = float((fit["tok_per_s"] * fit["seconds"]).sum() / fit["seconds"].sum())
+    start = float(steady["start_s"].iloc[0])
+    every = all_windows(windows, window_s)
+    before = every[every["start_s"] < start]
+    tokens_before = float((before["tok_per_s"] * before["seconds"]).sum())
+    predicted = start + (t["real_tokens"] - tokens_before) / rate
+    return {"checked": True, "fit_windows": len(fit), "fit_s": float(fit["seconds"].sum()), "fit_tok_per_s": rate,
+            "predicted_wall_s": predicted, "measured_wall_s": t["wall_s"],
+            "extrapolation": t["wall_s"] / (start + float(fit["seconds"].sum())),
+            "deviation": t["wall_s"] / predicted - 1}
 
 
 def all_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
@@ -990,10 +1199,16 @@ def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: in
 
 
 def full_validation_headline(result: dict) -> dict:
-    summary, projection = result["summary"], result["projection"]
+    summary, projection, e2e = result["summary"], result["projection"], result["end_to_end"]
     t = summary["throughput"]
     hours = projection["hours"]
     return {
+        "projected_hours_end_to_end": e2e["hours"],
+        "end_to_end_projection": e2e,
+        "bottleneck_stage": e2e["bottleneck_stage"],
+        "measured_end_to_end_s": result["chain"]["end_to_end_s"],
+        "stage_seconds": result["chain"]["stages_s"],
+        "projection_holdout_check": holdout_check(summary),
         "projected_hours_full_sample": hours if hours is not None else crit.not_measured(projection["error_note"]),
         "projection": projection,
         "gpu_util_mean": gpu_util_mean(summary),
@@ -1013,10 +1228,24 @@ def full_validation_figures(ctx: Context, result: dict) -> dict:
 
     projection = result["projection"]
     device = result["summary"]["run"]["device"] if "run" in result["summary"] else "?"
-    return {"projection": plots.projection(
+    e2e = result["end_to_end"]
+    stages = pd.DataFrame(e2e["stages"])
+    stages["measured_s"] = stages["measured_s"].astype(float)
+    stages["projected_h"] = stages["projected_h"].astype(float)
+    target = _target(ctx.params, "projected_hours_end_to_end")
+    stage_fig = plots.stage_breakdown(
+        stages[["stage", "measured_s", "projected_h"]].rename(
+            columns={"measured_s": "seconds, this run", "projected_h": "hours, projected full sample"}),
+        ctx.path("stages.png"),
+        title=f"Pipeline stages on {device}: {e2e['run_reads']:,} reads measured, {e2e['hours']:.2f} h projected "
+              f"for {e2e['full_sample_reads']:,} reads" + (f" (target < {target:g} h)" if target else ""),
+        caption=f"Left: wall time of each stage of the production chain. Right: {e2e['method']}; embedding "
+                f"stages' fixed part = measured seconds - run tokens / steady tok/s. Top stage (red): "
+                f"{e2e['bottleneck_stage']} ({e2e['bottleneck_share']:.0%} of the projected time).")
+    return {"stages": stage_fig, "projection": plots.projection(
         pd.DataFrame(result["summary"].get("windows") or []), projection, ctx.path("projection.png"),
         target_hours=_target(ctx.params, "projected_hours_full_sample"),
-        title=f"Production run on {device}: windowed throughput and projected time for "
+        title=f"Protein (ESM-2) stage on {device}: windowed throughput and projected stage time for "
               f"{projection['full_sample_reads']:,} reads",
         caption=f"Left: tokens/s per {projection['window_s']:g} s window (summed over ranks); filled = full steady "
                 f"windows used for the error. Right: {projection['method']}.")}

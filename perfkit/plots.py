@@ -73,15 +73,24 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     labels = table["variant"].tolist()
     values = [(_num(v) or 0.0) for v in table["tok_per_s"]]
     colours = sns.color_palette("deep", len(labels))
-    bars = left.barh(labels, values, color=colours)
+    measured_values = [v for v in values if v > 0]
+    log = bool(measured_values) and max(measured_values) / min(measured_values) > 30  # e.g. both stages' models
+    floor = min(measured_values) / 2 if log else 0.0
+    bars = left.barh(labels, [max(v, floor) for v in values], color=colours)
     top = max(values) if any(values) else 1.0
     for bar, value, measured, note in zip(bars, table["tok_per_s"], table["measured"], table["note"]):
         y = bar.get_y() + bar.get_height() / 2
         text = f"{value:,.0f}" if measured and _num(value) is not None else "not measured"
-        left.text(bar.get_width() + top * 0.01, y, text, va="center", fontsize=9)
-    left.set_xlim(0, top * 1.25)
+        x = bar.get_width() * 1.1 if log else bar.get_width() + top * 0.01
+        left.text(x, y, text, va="center", fontsize=9)
+    if log:
+        left.set_xscale("log")
+        left.set_xlim(floor, top * 8)
+        left.set_xlabel("steady-state tokens / s (log scale)")
+    else:
+        left.set_xlim(0, top * 1.25)
+        left.set_xlabel("steady-state tokens / s")
     left.invert_yaxis()
-    left.set_xlabel("steady-state tokens / s")
     left.set_title("throughput")
     melted = table[table["measured"]].melt(id_vars="variant", value_vars=["token_utilisation", "padding_waste"],
                                            var_name="measure", value_name="share")
@@ -335,6 +344,30 @@ def projection(windows: pd.DataFrame, projection: dict, path, *, target_hours: f
         right.set_ylim(0, max(hours, high or 0, target_hours or 0) * 1.35)
         right.set_ylabel("hours for the full sample")
         right.set_title(f"{projection['full_sample_reads']:,} reads x {projection['tokens_per_read']:.1f} tok/read")
+    return _finish(fig, path, title, caption)
+
+
+def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
+    """Time per pipeline stage (one panel per column after 'stage'), the largest of each panel in red."""
+    _style()
+    panels = [c for c in stages.columns if c != "stage"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.5 * len(stages) + 2.4), squeeze=False)
+    for ax, column in zip(axes[0], panels):
+        values = [(_num(v) or 0.0) for v in stages[column]]
+        total = sum(values)
+        if not total:
+            _not_measured(ax, f"{column}: not measured")
+            continue
+        top = max(values)
+        colours = ["#c62828" if v == top else "#1565c0" for v in values]
+        bars = ax.barh(stages["stage"].astype(str), values, color=colours)
+        for bar, value in zip(bars, values):
+            ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2,
+                    f"{value:,.3g} ({value / total:.1%})", va="center", fontsize=9)
+        ax.set_xlim(0, top * 1.4)
+        ax.invert_yaxis()
+        ax.set_xlabel(column)
+        ax.set_title(f"{column}: top = {stages['stage'].iloc[values.index(top)]}")
     return _finish(fig, path, title, caption)
 
 

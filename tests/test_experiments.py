@@ -30,12 +30,12 @@ def write_params(tmp_path, **changes) -> Path:
 
 # ---------------------------------------------------------------- params
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "h200.yaml", "h200x2.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "h200.yaml", "h200x2.yaml", "gpu-check.yaml"])
 def test_shipped_params_are_valid(name):
     params = ex.load_suite_params(ROOT / "params" / name)
     names = [c["name"] for c in params.criteria]
     assert {"full_sample_time", "gpu_utilisation", "packing_efficiency", "two_gpu_scaling", "speedup_vs_v1",
-            "equivalence_gate"} <= set(names)
+            "equivalence_gate", "prediction_agreement"} <= set(names)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -46,6 +46,8 @@ def test_shipped_params_are_valid(name):
     ({"embed": {"max_reads": 10}}, "set by the suite"),
     ({"embed": {"token_budget": 8}}, "token_budget"),
     ({"embed": {"model": "esm9"}}, "unknown model"),
+    ({"full_validation": {"max_seconds": 60}}, "capped by reads"),
+    ({"profiling": {"max_seconds": 60}}, "max_reads instead"),
     ({"criteria": [{"name": "x", "metric": "y", "comparison": ">=", "target": 1, "source": "07_extra"}]}, "source"),
     ({"criteria": [{"name": "x", "metric": "y", "comparison": "~", "target": 1, "source": "01_baseline"}]}, "comparison"),
 ])
@@ -187,8 +189,62 @@ def test_projection_method_error_and_check():
     assert uncapped["check"]["predicted_wall_s"] == pytest.approx(40_000 / 1000.0 + 5.0)
     nothing = ex.project_full_sample(fake_summary(tok=None), stats, 10)
     assert nothing["hours"] is None and nothing["error_note"]
-    headline = ex.full_validation_headline({"summary": fake_summary(tok=None), "projection": nothing})
+    chain = fake_chain()
+    e2e = ex.project_end_to_end(chain, {"protein_embedding": fake_summary(tok=None)}, 1000, 10, nothing)
+    headline = ex.full_validation_headline({"summary": fake_summary(tok=None), "projection": nothing,
+                                            "end_to_end": e2e, "chain": chain})
     assert headline["projected_hours_full_sample"]["measured"] is False
+
+
+def fake_chain(**stages):
+    seconds = {"translation": 2.0, "nucleotide_embedding": 20.0, "protein_embedding": 100.0, "merge": 1.0,
+               "classifier": 0.5, "consensus": 0.5, **stages}
+    return {"stages_s": seconds, "end_to_end_s": sum(seconds.values()), "bottleneck_stage": "protein_embedding"}
+
+
+def test_end_to_end_projection_per_stage():
+    # protein: 90 s of tokens at 1000 tok/s + 10 s fixed; nucleotide: 10 s of tokens at 5000 tok/s + 10 s fixed
+    summaries = {"protein_embedding": fake_summary(tok=1000.0, real_tokens=90_000),
+                 "nucleotide_embedding": fake_summary(tok=5000.0, real_tokens=50_000)}
+    protein = {"relative_error": 0.02}
+    e2e = ex.project_end_to_end(fake_chain(), summaries, run_reads=1000, full_reads=100_000, protein_projection=protein)
+    rows = pd.DataFrame(e2e["stages"]).set_index("stage")
+    assert rows.loc["protein_embedding", "fixed_s"] == pytest.approx(10.0)
+    assert rows.loc["protein_embedding", "projected_h"] == pytest.approx((10 + 90 * 100) / 3600)
+    assert rows.loc["nucleotide_embedding", "projected_h"] == pytest.approx((10 + 10 * 100) / 3600)
+    assert rows.loc["merge", "projected_h"] == pytest.approx(100 / 3600)  # linear in reads
+    assert e2e["hours"] == pytest.approx(rows["projected_h"].sum())
+    assert e2e["bottleneck_stage"] == "protein_embedding" and 0.8 < e2e["bottleneck_share"] < 0.9
+    assert e2e["relative_error"] == pytest.approx(0.02 * rows.loc["protein_embedding", "projected_h"] / e2e["hours"])
+    # a stage faster than its steady rate explains: the fixed part is 0, never negative
+    fast = ex.project_end_to_end(fake_chain(protein_embedding=50.0), summaries, 1000, 1000, protein)
+    assert pd.DataFrame(fast["stages"]).set_index("stage").loc["protein_embedding", "fixed_s"] == 0.0
+
+
+def test_holdout_check_predicts_the_whole_run_from_its_first_half():
+    # window 0: warm-up, 500 tok/s; then 1000 tok/s for 8 windows: the whole run is 500*10 + 80_000 tokens
+    windows = [window(0, 500)] + [window(i, 1000) for i in range(1, 9)]
+    check = ex.holdout_check(fake_summary(windows=windows, real_tokens=85_000, wall_s=90.0))
+    assert check["checked"] and check["fit_windows"] == 4 and check["fit_tok_per_s"] == pytest.approx(1000)
+    assert check["predicted_wall_s"] == pytest.approx(90.0) and check["deviation"] == pytest.approx(0.0)
+    # the second half slows down: the measured wall exceeds the prediction
+    slow = [window(0, 500)] + [window(i, 1000 if i < 5 else 500) for i in range(1, 9)]
+    check = ex.holdout_check(fake_summary(windows=slow, real_tokens=65_000, wall_s=90.0))
+    assert check["deviation"] == pytest.approx(90.0 / 70.0 - 1)
+    assert ex.holdout_check(fake_summary(windows=windows[:3]))["checked"] is False
+
+
+def test_embedding_stages_scaling_sums_projected_stage_times():
+    stats = {"reads": 1000, "frames": 800}
+    protein = (fake_summary(tok=1000.0, sequences=100, real_tokens=5000), fake_summary(tok=2000.0))
+    nucleotide = (fake_summary(tok=10_000.0, sequences=100, real_tokens=3000), fake_summary(tok=10_000.0))
+    out = ex.embedding_stages_scaling({"protein_embedding": protein, "nucleotide_embedding": nucleotide}, stats, 1000)
+    # protein 800 frames x 50 tok = 40,000 tok: 40 s -> 20 s; nucleotide 800 x 30 = 24,000 tok: 2.4 s -> 2.4 s
+    assert out["stages"]["protein_embedding"]["factor"] == pytest.approx(2.0)
+    assert out["stages"]["nucleotide_embedding"]["factor"] == pytest.approx(1.0)
+    assert out["factor"] == pytest.approx(42.4 / 22.4)
+    broken = ex.embedding_stages_scaling({"protein_embedding": (fake_summary(tok=None), fake_summary())}, stats, 10)
+    assert broken["factor"]["measured"] is False
 
 
 # ---------------------------------------------------------------- tuning (injected measurements)
@@ -249,11 +305,11 @@ def write_metrics(run_dir, stem, records):
 
 
 GOOD = {
-    "01_baseline": {"speedup_v2_over_v1": 6.0, "equivalence_gate_passed": True},
+    "01_baseline": {"speedup_v2_over_v1": 6.0, "equivalence_gate_passed": True, "prediction_agreement_v1_v2": 0.999},
     "02_profiling": {"device_busy_fraction": 0.9},
-    "03_scaling": {"scaling_factor": 1.95},
+    "03_scaling": {"scaling_factor_embedding_stages": 1.95},
     "04_tuning": {"best_tok_per_s": 1.0},
-    "05_full_validation": {"projected_hours_full_sample": 8.0, "gpu_util_mean": 80.0, "packing_efficiency": 0.97},
+    "05_full_validation": {"projected_hours_end_to_end": 8.0, "gpu_util_mean": 80.0, "packing_efficiency": 0.97},
 }
 
 
@@ -314,7 +370,8 @@ def test_write_summary_structure(tmp_path):
 
 TINY = {"sample": {"reads": 160}, "embed": {"token_budget": 1024, "buffer_size": 128, "block_reads": 64,
                                             "num_workers": 0, "window_s": 0.5, "warmup_batches": 1},
-        "baseline": {"max_reads": 80, "v1_max_seconds": 3, "equivalence": {"proteins": 4, "token_budget": 1024}},
+        "baseline": {"max_reads": 80, "v1_max_seconds": 3, "equivalence": {"proteins": 4, "token_budget": 1024},
+                     "agreement": {"reads": 30, "hidden": 16}},
         "profiling": {"max_reads": 120, "profiler_batches": 1, "profiler_warmup": 1, "top_kernels": 5},
         "tuning": {"max_reads": 60, "max_runs": 2, "grid": {"token_budget": [512, 1024]}},
         "full_validation": {"max_reads": None, "checkpoint_every_sequences": 50},
@@ -333,13 +390,17 @@ def test_real_baseline(tiny):
     ctx = ex.setup("01_baseline", params, run_dir)
     result = ex.run_baseline(ctx)
     table = result["table"].set_index("variant")
-    assert table["measured"].tolist() == [True, False, True, True]  # fp16 v1: GPU only
+    assert table["measured"].tolist() == [True, False, True, True, True, True]  # fp16 v1: GPU only
+    assert table.loc["v1 DNABERT-S fp32", "model"] == "dnabert_s" and "file order" in table.loc["v1 DNABERT-S fp32", "layout"]
+    assert result["speedup_nt_v2_over_v1"] > 0
     assert "not measured" in table.loc["v1 fair-esm fp16", "note"]
     assert result["speedup_v2_over_v1"] > 0 and result["speedup_v2_over_v1_fp16"]["measured"] is False
     assert table.loc["v2 packed fp32", "padding_waste"] == 0 and table.loc["v2 padded SDPA fp32", "padding_waste"] > 0
     gate = ex.run_equivalence(ctx, result["device"], result["precision"])
-    headline = ex.baseline_headline(result, gate)
-    assert headline["equivalence_gate_passed"] is True
+    agreement = ex.run_agreement(ctx, result["device"], result["precision"])
+    assert agreement["agreement"] == 1.0 and agreement["details"]["same_classifier"]  # fp32 on both sides
+    headline = ex.baseline_headline(result, gate, agreement)
+    assert headline["equivalence_gate_passed"] is True and headline["prediction_agreement_v1_v2"] == 1.0
     assert (ctx.out / "throughput.json").exists() and (ctx.out / "equivalence.json").exists()
 
 
@@ -354,6 +415,11 @@ def test_real_profiling(tiny):
     assert profiler["table"]["share"].between(0, 1).all()
     headline = ex.profiling_headline(result, profiler)
     assert headline["gpu_util_mean"]["measured"] is False  # CPU: not measured, never 0
+    assert result["stages"]["stage"].tolist() == ["translation", "nucleotide_embedding", "protein_embedding", "merge",
+                                                  "classifier", "consensus"]
+    assert result["stages"]["share"].sum() == pytest.approx(1.0)
+    assert headline["bottleneck_stage"] == result["stages"].set_index("stage")["seconds"].idxmax()
+    assert result["chain"]["counts"]["frames"] == result["summary"]["throughput"]["sequences"]
     assert headline["bottleneck_verdict"] in ("device-bound", "host-bound", "data-starved", "unknown")
     evidence = ex.bottleneck_evidence(result["windows"])
     assert {"verdict", "loader_wait_share", "device_busy_share"} <= set(evidence.columns)
@@ -373,6 +439,8 @@ def test_real_tuning_point_and_full_validation(tiny):
     assert headline["checkpoint"]["count"] >= 2 and headline["capped"] is False
     assert result["projection"]["check"]["token_deviation"] == pytest.approx(0.0, abs=1e-9)
     assert math.isfinite(headline["projected_hours_full_sample"])
+    assert headline["projected_hours_end_to_end"] > headline["projected_hours_full_sample"]  # every stage counted
+    assert headline["measured_end_to_end_s"] == pytest.approx(sum(headline["stage_seconds"].values()))
 
 
 def test_scaling_not_measurable_is_a_marker(tiny):
