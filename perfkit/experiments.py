@@ -506,7 +506,6 @@ def run_agreement(ctx: Context, device: str, precision: str) -> dict:
         sides[mode] = run_predict(cfg, hidden=p.hidden)
     details = compare_runs(ctx.out / "runs" / "agreement-v1", ctx.out / "runs" / "agreement-v2")
     details.update(model=model, reads=p.reads, precision_v1="fp32", precision_v2=precision, device=device,
-                   weights_v1=sides["v1"]["stage_runs"]["protein_embedding"]["model"],
                    end_to_end_s={m: sides[m]["end_to_end_s"] for m in sides})
     write_json(ctx.path("agreement.json"), details)
     if not details.get("same_classifier"):

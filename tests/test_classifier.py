@@ -151,6 +151,9 @@ def test_agreement_on_hand_made_tables():
     result = prediction_agreement(a, b, frames_a, frames_b)
     assert result["frames_common"] == 2 and result["frames_only_in_a"] == 1 and result["frames_only_in_b"] == 1
     assert result["max_abs_delta_p_virus"] == pytest.approx(0.3) and result["max_abs_delta_frame"] == "r1_F1"
+    # read margins in a: r1 0.9 - 0.8 = 0.1, r2 0.5 - 0.5 = 0; both within 2 x 0.3; r2 is also a flip
+    assert result["near_tie_reads"] == 2 and result["flipped_near_ties"] == 1
+    assert result["median_abs_read_margin"] == pytest.approx(0.05)
 
     _, info_300 = load_classifier(hidden=8, seed=0)
     _, info_500 = load_classifier(hidden=12, seed=0)

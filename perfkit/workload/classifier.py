@@ -290,10 +290,26 @@ def prediction_agreement(table_a: pd.DataFrame, table_b: pd.DataFrame, frames_a:
             "max_abs_delta_p_virus": float(delta.max()) if len(delta) else None,
             "max_abs_delta_frame": str(delta.idxmax()) if len(delta) else None,
         })
+        # near ties: reads whose call in run a is decided by less than the largest score change between
+        # the runs (consensus margin = max p_virus - max p_other over the read's frames)
+        margin = _read_margins(frames_a)
+        if result["max_abs_delta_p_virus"] is not None:
+            near = margin.abs() <= 2 * result["max_abs_delta_p_virus"]
+            flipped = both.index[~same.to_numpy()]
+            result.update({"near_tie_reads": int(near.sum()),
+                           "flipped_near_ties": int(near.reindex(flipped).fillna(False).sum()),
+                           "median_abs_read_margin": float(margin.abs().median()) if len(margin) else None})
     if info_a is not None and info_b is not None:
         result.update({"hidden_a": info_a.get("hidden"), "hidden_b": info_b.get("hidden"),
                        "same_classifier": info_a.get("weights_sha256") == info_b.get("weights_sha256")})
     return result
+
+
+def _read_margins(frames: pd.DataFrame) -> pd.Series:
+    """Per read: max p_virus - max p_other over its frames (>= 0 is a 'virus' call)."""
+    read_ids = split_frame_ids(frames["frame_id"].astype(str))["read_id"].to_numpy()
+    per = frames.assign(p_other=1.0 - frames["p_virus"].to_numpy()).groupby(read_ids)
+    return per["p_virus"].max() - per["p_other"].max()
 
 
 def _by_id(table: pd.DataFrame, column: str, side: str) -> pd.DataFrame:

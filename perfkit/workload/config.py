@@ -33,7 +33,7 @@ class EmbedConfig(BaseModel):
     block_reads: int = Field(1024, ge=1)  # reads per worker work unit
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
-    compile: bool = False  # torch.compile each transformer block (CUDA; dynamic shapes, compiled once)
+    compile: bool = False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
     # dnabert_s packed attention: auto = flex_attention (ALiBi + block mask) on CUDA in bf16/fp16, else
     # sdpa_repadded (each sequence re-padded for one SDPA call with the ALiBi mask)
     nt_attention: Literal["auto", "flex", "sdpa_repadded"] = "auto"

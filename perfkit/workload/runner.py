@@ -276,7 +276,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                         prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
                         pin_memory=cfg.pin_memory and cuda, persistent_workers=False)
-    if cfg.compile and cuda and hasattr(model, "compile_blocks"):
+    if cfg.compile and cuda and cfg.layout == "packed" and hasattr(model, "compile_blocks"):
         model.compile_blocks()
     forward = model.forward_packed if cfg.layout == "packed" else run.encoder.forward_padded(model)
     copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
