@@ -130,3 +130,18 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.fa" in lines[0]
     assert not (out / "embeddings.h5").exists() and not (out / "summary.json").exists()
+
+
+def test_time_cap_counts_steady_seconds_only():
+    from perfkit.workload.runner import TimeCap
+
+    cap = TimeCap(0.05, warmup_batches=2)
+    time.sleep(0.08)  # a slow first batch (compilation): not counted
+    assert not cap.reached(1) and not cap.reached(2)  # the clock starts after batch 2
+    assert not cap.reached(3)
+    time.sleep(0.08)
+    assert cap.reached(4)
+    assert not TimeCap(None, 2).reached(10**6)
+    no_warmup = TimeCap(0.05, warmup_batches=0)
+    time.sleep(0.08)
+    assert no_warmup.reached(1)

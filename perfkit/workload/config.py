@@ -34,8 +34,9 @@ class EmbedConfig(BaseModel):
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
     compile: bool = False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
-    # dnabert_s packed attention: auto = flex_attention (ALiBi + block mask) on CUDA in bf16/fp16, else
-    # sdpa_repadded (each sequence re-padded for one SDPA call with the ALiBi mask)
+    # dnabert_s packed attention: flex = flex_attention (ALiBi + block mask); sdpa_repadded = each sequence
+    # re-padded for one SDPA call with the ALiBi mask; auto = flex only when the hidden states are half
+    # precision, so under the runner's autocast (fp32 LayerNorm outputs) auto means sdpa_repadded
     nt_attention: Literal["auto", "flex", "sdpa_repadded"] = "auto"
     allocator: Optional[str] = None  # PYTORCH_CUDA_ALLOC_CONF, e.g. "expandable_segments:True"
     # v1 batching (fair-esm get_batch_indices)
@@ -51,7 +52,8 @@ class EmbedConfig(BaseModel):
     resume: bool = False
     # caps
     max_reads: Optional[int] = Field(None, ge=1)
-    max_seconds: Optional[float] = Field(None, gt=0)  # a time-capped run is a benchmark: no embeddings.h5
+    # seconds of steady state (counted after warmup_batches); a time-capped run is a benchmark: no embeddings.h5
+    max_seconds: Optional[float] = Field(None, gt=0)
     # measurement
     sample_interval_s: float = Field(1.0, gt=0)
     warmup_batches: int = Field(3, ge=0)

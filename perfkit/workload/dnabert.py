@@ -305,7 +305,8 @@ class DNABERT(nn.Module):
         self.embed_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.slopes = alibi_slopes(config.attention_heads)  # a list: made into a tensor per forward
-        # packed path kernel: "auto" (flex on CUDA fp16/bf16, else sdpa_repadded), "flex", "sdpa_repadded"
+        # packed path kernel: "auto" = flex when the hidden states are fp16/bf16 on CUDA (a model cast to half
+        # precision), else sdpa_repadded (runs use autocast, which keeps LayerNorm outputs fp32: sdpa_repadded)
         self.packed_attention = "auto"
         # which attention kernel really ran, one count per forward call
         self.attention_calls = {"flex_attention": 0, "sdpa_repadded": 0, "sdpa_padded": 0}

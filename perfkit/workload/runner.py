@@ -265,6 +265,24 @@ def _finish(share: Share) -> dict:
     return summary
 
 
+class TimeCap:
+    """`max_seconds` of steady state: the clock starts when the warm-up batches are done, so model
+    compilation or a slow first batch never eats the measured time. `reached(n)` after n batches."""
+
+    def __init__(self, max_seconds: float | None, warmup_batches: int):
+        self.max_seconds, self.warmup = max_seconds, warmup_batches
+        self.deadline = time.perf_counter() + max_seconds if max_seconds and warmup_batches == 0 else None
+
+    def reached(self, batches_done: int) -> bool:
+        if not self.max_seconds:
+            return False
+        if self.deadline is None:
+            if batches_done < self.warmup:
+                return False
+            self.deadline = time.perf_counter() + self.max_seconds
+        return time.perf_counter() > self.deadline
+
+
 # ---------------------------------------------------------------------------- v2
 
 def _loop_v2(run: Run, model, done_keys, progress) -> bool:
@@ -283,7 +301,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     compute_stream = torch.cuda.current_stream(device) if cuda else None
     in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
     iloader = InstrumentedLoader(loader, clock_start=run.loop_t0)
-    deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
+    cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     capped = False
     batch_index = 0
     autocast = torch.autocast(device.type, dtype=run.dtype) if cuda and run.dtype != torch.float32 else nullcontext()
@@ -314,7 +332,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
             last = run.sampler.latest()
             progress.set_gpu_util(last.get("gpu_utilization_percent") if last else None)
         batch_index += 1
-        if deadline and time.perf_counter() > deadline:
+        if cap.reached(batch_index):
             capped = True
             break
     _drain(run, in_flight, wait=True)
@@ -447,7 +465,7 @@ def _loop_v1(run: Run, model, done_keys, progress) -> bool:
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     converter = alphabet.get_batch_converter(truncation_seq_length=cfg.max_residues)
     layer = model.num_layers
-    deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
+    cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     batch_index = 0
     waited_since = time.perf_counter()
     for keys, ids, proteins in _v1_files(run, done_keys):
@@ -471,7 +489,7 @@ def _loop_v1(run: Run, model, done_keys, progress) -> bool:
             progress.update(len(strs), real, cfg.v1_toks_per_batch)
             batch_index += 1
             waited_since = time.perf_counter()
-            if deadline and time.perf_counter() > deadline:
+            if cap.reached(batch_index):
                 return True
     return False
 
@@ -482,7 +500,7 @@ def _loop_v1_nucleotide(run: Run, model, done_keys, progress) -> bool:
 
     cfg, device, encoder = run.cfg, run.device, run.encoder
     size = cfg.v1_nt_batch_sequences
-    deadline = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else None
+    cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     batch_index = 0
     waited_since = time.perf_counter()
     for keys, ids, sequences in _v1_files(run, done_keys):
@@ -501,7 +519,7 @@ def _loop_v1_nucleotide(run: Run, model, done_keys, progress) -> bool:
             progress.update(len(lengths), real, int(padded.numel()))
             batch_index += 1
             waited_since = time.perf_counter()
-            if deadline and time.perf_counter() > deadline:
+            if cap.reached(batch_index):
                 return True
     return False
 
