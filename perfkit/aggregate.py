@@ -27,6 +27,8 @@ def batches(records: pd.DataFrame, stage: str | None = None) -> pd.DataFrame:
     out = records[records["kind"] == "batch"]
     if stage is not None:
         out = out[out["stage"] == stage]
+    if out.empty:  # e.g. a resumed run whose every batch was done already
+        return pd.DataFrame()
     return out.sort_values(["rank", "t_arrive_s"]).reset_index(drop=True)
 
 

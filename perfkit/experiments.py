@@ -81,7 +81,8 @@ class AgreementParams(_Strict):
 class BaselineParams(Caps):
     v1_max_seconds: Optional[float] = Field(None, gt=0)  # v1 is slow: its own cap (default: max_seconds)
     v1_fp16: bool = True  # also measure v1 in fp16 (GPU only)
-    nucleotide: bool = True  # also v1 vs v2 of the nucleotide stage (DNABERT-S)
+    nucleotide: bool = True  # also v1 vs v2 of the nucleotide stage (DNABERT-S) and its packed-vs-padded gate
+    nt_equivalence_reads: int = Field(64, ge=2)  # reads of the DNABERT-S gate
     equivalence: EquivalenceParams = EquivalenceParams()
     agreement: Optional[AgreementParams] = AgreementParams()  # v1 vs v2 chain predictions; null: not measured
 
@@ -385,7 +386,7 @@ def throughput_row(variant: str, summary: dict | None, *, note: str = "") -> dic
     row = {"variant": variant, "measured": summary is not None, "model": None, "mode": None, "layout": None, "precision": None,
            "device": None, "sequences": None, "batches": None, "seq_per_s": None, "tok_per_s": None,
            "overall_tok_per_s": None, "token_utilisation": None, "padding_waste": None,
-           "device_busy_fraction": None, "attention": None, "capped": None, "note": note}
+           "device_busy_fraction": None, "mfu": None, "attention": None, "capped": None, "note": note}
     if summary is None:
         return row
     t, run, config = summary["throughput"], summary.get("run", {}), summary.get("config", {})
@@ -397,7 +398,8 @@ def throughput_row(variant: str, summary: dict | None, *, note: str = "") -> dic
                sequences=t["sequences"], batches=t["batches"], seq_per_s=t["steady_seq_per_s"],
                tok_per_s=t["steady_tok_per_s"], overall_tok_per_s=t["tok_per_s"],
                token_utilisation=t["packing_efficiency"], padding_waste=t["padding_waste"],
-               device_busy_fraction=t["device_busy_fraction"], attention=dominant_attention(summary),
+               device_busy_fraction=t["device_busy_fraction"], mfu=summary.get("mfu"),
+               attention=dominant_attention(summary),
                capped=run.get("capped"))
     return row
 
@@ -527,9 +529,29 @@ def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
     return result
 
 
-def baseline_headline(result: dict, gate: dict, agreement: dict | None = None) -> dict:
+def run_nt_equivalence(ctx: Context, device: str, precision: str) -> dict:
+    """DNABERT-S gate: packed path at the run's precision vs the fp32 padded path, same weights, same device.
+    The kernel is the one runs take: `nt_attention`, where auto under the runner's autocast = sdpa_repadded."""
+    from perfkit.workload import dnabert
+
+    p = ctx.params.baseline
+    if not p.nucleotide:
+        return {"passed": crit.not_measured("baseline.nucleotide: false in the params"), "tokens_per_base": None}
+    kernel = ctx.params.embed.get("nt_attention", "auto")
+    result = dnabert.run_nt_equivalence(device=device, precision=precision, n=p.nt_equivalence_reads,
+                                        packed_attention="sdpa_repadded" if kernel == "auto" else kernel)
+    write_json(ctx.path("nt_equivalence.json"), result)
+    return result
+
+
+def baseline_headline(result: dict, gate: dict, agreement: dict | None = None, nt_gate: dict | None = None) -> dict:
     agreement = agreement or {"agreement": crit.not_measured("not run"), "details": None}
+    nt_gate = nt_gate or {"passed": crit.not_measured("not run"), "tokens_per_base": None}
     return {
+        "nt_equivalence_gate_passed": nt_gate["passed"],
+        "nt_tokens_per_base": nt_gate["tokens_per_base"],
+        "nt_equivalence_gate": {k: nt_gate.get(k) for k in ("passed", "precision", "device", "attention_path",
+                                                            "num_reads", "thresholds", "stats")},
         "speedup_nt_v2_over_v1": result["speedup_nt_v2_over_v1"],
         "prediction_agreement_v1_v2": agreement["agreement"],
         "prediction_agreement": agreement["details"],
@@ -636,6 +658,7 @@ def profiling_headline(result: dict, profiler: dict) -> dict:
         "chain_reads_called": chain["counts"]["reads_called"],
         "device_busy_fraction": t["device_busy_fraction"],
         "loader_wait_fraction": t["loader_wait_fraction"],
+        "mfu": summary.get("mfu"),
         "gpu_util_mean": gpu_util_mean(summary),
         "bottleneck_verdict": bottleneck.get("verdict", "unknown"),
         "bottleneck_windows": bottleneck.get("windows", {}),
@@ -1216,6 +1239,7 @@ def full_validation_headline(result: dict) -> dict:
         "checkpoint_overhead_share": summary["checkpoint"]["share_of_wall"],
         "checkpoint": summary["checkpoint"],
         "steady_tok_per_s": t["steady_tok_per_s"],
+        "mfu": summary.get("mfu"),
         "device_busy_fraction": t["device_busy_fraction"],
         "sequences": t["sequences"],
         "capped": projection["capped"],
@@ -1227,6 +1251,9 @@ def full_validation_figures(ctx: Context, result: dict) -> dict:
 
     projection = result["projection"]
     device = result["summary"]["run"]["device"] if "run" in result["summary"] else "?"
+    ranks = int(result["summary"]["throughput"].get("ranks") or 1)
+    if ranks > 1:
+        device = f"{ranks} x {device.split(':')[0]}"
     e2e = result["end_to_end"]
     stages = pd.DataFrame(e2e["stages"])
     stages["measured_s"] = stages["measured_s"].astype(float)

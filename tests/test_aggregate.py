@@ -69,3 +69,10 @@ def test_summary_sums_ranks_and_reports_imbalance(tmp_path):
     assert s["per_rank"]["1"]["wall_s"] == 12.0  # JSON keys are strings
     path = write_json(tmp_path / "summary.json", s)
     assert path.read_text().startswith("{")
+
+
+def test_batches_of_a_run_without_batches_is_empty():
+    """A resumed run whose every batch was done already has only stage records."""
+    records = pd.DataFrame([{"kind": "stage", "stage": "model_load", "rank": 0, "start_s": 0.0, "end_s": 1.0,
+                             "seconds": 1.0}])
+    assert aggregate.batches(records, "protein_embedding").empty

@@ -35,7 +35,7 @@ def test_shipped_params_are_valid(name):
     params = ex.load_suite_params(ROOT / "params" / name)
     names = [c["name"] for c in params.criteria]
     assert {"full_sample_time", "gpu_utilisation", "packing_efficiency", "two_gpu_scaling", "speedup_vs_v1",
-            "equivalence_gate", "prediction_agreement"} <= set(names)
+            "equivalence_gate", "prediction_agreement", "nt_equivalence_gate"} <= set(names)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -104,7 +104,7 @@ def fake_summary(tok=1000.0, seq=20.0, gpu=None, per_rank=None, windows=(), capp
          "loader_wait_fraction": 0.01, "packing_efficiency": 0.95, "padding_waste": 0.0, "rank_imbalance": 1.0,
          "steady_wall_s": 25.0}
     t.update(extra)
-    return {"throughput": t, "per_rank": per_rank or {"0": t}, "gpu": gpu or {}, "windows": list(windows),
+    return {"throughput": t, "per_rank": per_rank or {"0": t}, "gpu": gpu or {}, "windows": list(windows), "mfu": 0.6,
             "stages_s": {"model_load": 3.6}, "config": {"mode": "v2", "layout": "packed", "window_s": 10.0},
             "checkpoint": {"share_of_wall": 0.01}, "bottleneck": {"verdict": "device-bound"},
             "run": {"mode": "v2", "precision": "bf16", "device": "cuda:0", "capped": capped,
@@ -119,7 +119,7 @@ def test_ratio_and_markers():
 
 def test_throughput_row():
     row = ex.throughput_row("v2 packed", fake_summary())
-    assert row["tok_per_s"] == 1000.0 and row["attention"] == "varlen_attn" and row["measured"]
+    assert row["tok_per_s"] == 1000.0 and row["attention"] == "varlen_attn" and row["measured"] and row["mfu"] == 0.6
     missing = ex.throughput_row("v1 fp16", None, note="GPU only")
     assert missing["measured"] is False and missing["tok_per_s"] is None and missing["note"] == "GPU only"
 
@@ -305,7 +305,8 @@ def write_metrics(run_dir, stem, records):
 
 
 GOOD = {
-    "01_baseline": {"speedup_v2_over_v1": 6.0, "equivalence_gate_passed": True, "prediction_agreement_v1_v2": 0.999},
+    "01_baseline": {"speedup_v2_over_v1": 6.0, "equivalence_gate_passed": True, "prediction_agreement_v1_v2": 0.999,
+                    "nt_equivalence_gate_passed": True},
     "02_profiling": {"device_busy_fraction": 0.9},
     "03_scaling": {"scaling_factor_embedding_stages": 1.95},
     "04_tuning": {"best_tok_per_s": 1.0},
@@ -371,7 +372,7 @@ def test_write_summary_structure(tmp_path):
 TINY = {"sample": {"reads": 160}, "embed": {"token_budget": 1024, "buffer_size": 128, "block_reads": 64,
                                             "num_workers": 0, "window_s": 0.5, "warmup_batches": 1},
         "baseline": {"max_reads": 80, "v1_max_seconds": 3, "equivalence": {"proteins": 4, "token_budget": 1024},
-                     "agreement": {"reads": 30, "hidden": 16}},
+                     "agreement": {"reads": 30, "hidden": 16}, "nt_equivalence_reads": 4},
         "profiling": {"max_reads": 120, "profiler_batches": 1, "profiler_warmup": 1, "top_kernels": 5},
         "tuning": {"max_reads": 60, "max_runs": 2, "grid": {"token_budget": [512, 1024]}},
         "full_validation": {"max_reads": None, "checkpoint_every_sequences": 50},
@@ -399,8 +400,10 @@ def test_real_baseline(tiny):
     gate = ex.run_equivalence(ctx, result["device"], result["precision"])
     agreement = ex.run_agreement(ctx, result["device"], result["precision"])
     assert agreement["agreement"] == 1.0 and agreement["details"]["same_classifier"]  # fp32 on both sides
-    headline = ex.baseline_headline(result, gate, agreement)
+    nt_gate = ex.run_nt_equivalence(ctx, result["device"], result["precision"])
+    headline = ex.baseline_headline(result, gate, agreement, nt_gate)
     assert headline["equivalence_gate_passed"] is True and headline["prediction_agreement_v1_v2"] == 1.0
+    assert headline["nt_equivalence_gate_passed"] is True and 0.1 < headline["nt_tokens_per_base"] < 0.35
     assert (ctx.out / "throughput.json").exists() and (ctx.out / "equivalence.json").exists()
 
 

@@ -108,3 +108,33 @@ def test_v1_and_v2_chains_agree_on_cuda(tmp_path):
     print(agreement)
     assert agreement["same_classifier"] and agreement["agreement"] >= 0.99
     assert v2["stage_runs"]["nucleotide_embedding"]["sequences"] == v2["counts"]["frames"]
+
+
+@pytest.mark.slow
+def test_predict_resumes_an_interrupted_chain(tmp_path):
+    """A chain stopped inside its protein stage (shards on disk, no embeddings.h5) resumes to the same calls."""
+    from perfkit.workload.runner import check_before_work, embed_share, prepare_out_dir
+
+    small = {**FAST, "token_budget": 256}  # several batches; the same batching on every run
+    fasta = orf_fasta(tmp_path / "s.fa", 60, seed=4)
+    fresh = run_predict(make_config(input=fasta, out_dir=tmp_path / "fresh", **small), hidden=32)
+    stage = check_before_work(make_config(input=fasta, out_dir=tmp_path / "chain" / "protein",
+                                          checkpoint_every_sequences=8, **small))
+    prepare_out_dir(stage)
+
+    def stop(batch_index):
+        if batch_index == 3:
+            raise KeyboardInterrupt  # the user stops the chain inside its protein stage
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_share(stage, np.empty(0, np.int64), on_batch=stop)
+    assert list((tmp_path / "chain" / "protein" / "checkpoints").glob("shard-*"))
+    assert not (tmp_path / "chain" / "protein" / "embeddings.h5").exists()
+    with pytest.raises(UserError, match="resume"):  # the stage folder holds results: never overwritten silently
+        run_predict(make_config(input=fasta, out_dir=tmp_path / "chain", **small), hidden=32)
+    resumed = run_predict(make_config(input=fasta, out_dir=tmp_path / "chain", resume=True, **small), hidden=32)
+    assert resumed["counts"] == fresh["counts"]
+    a = pd.read_csv(tmp_path / "fresh" / "predictions_per_frame.csv")
+    b = pd.read_csv(tmp_path / "chain" / "predictions_per_frame.csv")
+    assert a["frame_id"].tolist() == b["frame_id"].tolist()
+    assert np.abs(a["p_virus"] - b["p_virus"]).max() < 1e-5
