@@ -138,3 +138,22 @@ def test_predict_resumes_an_interrupted_chain(tmp_path):
     b = pd.read_csv(tmp_path / "chain" / "predictions_per_frame.csv")
     assert a["frame_id"].tolist() == b["frame_id"].tolist()
     assert np.abs(a["p_virus"] - b["p_virus"]).max() < 1e-5
+
+
+def test_merge_and_classify_in_chunks_equals_all_at_once(tmp_path, monkeypatch):
+    """The chain merges and classifies chunk by chunk from disk; the calls equal one in-memory pass."""
+    from perfkit.workload import classifier as clf
+    from perfkit.workload import predict
+    from perfkit.workload.store import read_embeddings
+
+    monkeypatch.setattr(predict, "MERGE_CHUNK_ROWS", 7)
+    fasta = orf_fasta(tmp_path / "s.fa", 25, seed=6)
+    summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "run", **FAST), hidden=16)
+    ids, nt = read_embeddings(tmp_path / "run" / "nucleotide" / "embeddings.h5")
+    _, protein = read_embeddings(tmp_path / "run" / "protein" / "embeddings.h5")
+    model, _ = clf.load_classifier(hidden=16, in_dim=768 + 320, seed=0)
+    expected = clf.predict_frames(model, clf.merge_features(nt, protein, protein_dim=320))
+    frames = pd.read_csv(tmp_path / "run" / "predictions_per_frame.csv")
+    assert len(ids) > 7 * 2 and frames["frame_id"].tolist() == ids
+    assert np.allclose(frames["p_virus"], expected[:, 1], atol=1e-6)
+    assert summary["stages_s"]["merge"] > 0 and summary["stages_s"]["classifier"] > 0

@@ -187,10 +187,17 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
             "shards": len(shards)}
 
 
+def open_complete(path: str | Path) -> tuple[h5py.File, list[str]]:
+    """An open *complete* embeddings.h5 and its ids (refuses an incomplete one); vectors stay on disk."""
+    h5 = h5py.File(path, "r")
+    if not h5.attrs.get("complete", False):
+        h5.close()
+        raise UserError(f"{path} is not marked complete", "rerun the embed command with --resume")
+    return h5, [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
+
+
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     """ids and vectors of a *complete* embeddings.h5 (refuses an incomplete one)."""
-    with h5py.File(path, "r") as h5:
-        if not h5.attrs.get("complete", False):
-            raise UserError(f"{path} is not marked complete", "rerun the embed command with --resume")
-        ids = [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
+    h5, ids = open_complete(path)
+    with h5:
         return ids, h5["embeddings"][:]
