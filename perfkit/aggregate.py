@@ -141,4 +141,8 @@ def stage_seconds(records: pd.DataFrame) -> dict:
     if records.empty or "stage" not in set(records["kind"]):
         return {}
     st = records[records["kind"] == "stage"]
-    return {str(k): float(v) for k, v in st.groupby("stage")["seconds"].sum().items()}
+    if "rank" not in st:
+        return {str(k): float(v) for k, v in st.groupby("stage")["seconds"].sum().items()}
+    # ranks run their stages side by side: a stage takes as long as its slowest rank, not the sum
+    per_rank = st.groupby(["stage", "rank"])["seconds"].sum()
+    return {str(k): float(v) for k, v in per_rank.groupby(level="stage").max().items()}

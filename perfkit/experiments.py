@@ -686,8 +686,9 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
             result["samples"], result["windows"], ctx.path("utilisation.png"),
             title=f"Utilisation over time, v2 packed on {device}",
             caption=f"Sampler: {result['sampler_note']}; interval {ctx.params.profiling.sample_interval_s:g} s, "
-                    f"x = seconds since the embedding loop started (sampler aligned within ~0.5 s; negative = model "
-                    f"loading). Steps: device-busy share per "
+                    f"x = seconds since the protein stage's embedding loop started (sampler aligned within ~1 s; "
+                    f"negative = the chain before it: translation count, nucleotide stage, model loading). "
+                    f"Steps: device-busy share per "
                     f"{ctx.params.embed.get('window_s', 10.0):g} s window ({busy_basis})."),
         "windows": plots.window_verdicts(
             result["windows"], ctx.path("windows.png"),
@@ -1087,8 +1088,9 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
                        protein_projection: dict) -> dict:
     """Hours for the whole chain on the full sample, stage by stage, from one measured chain run.
 
-    Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s: process start,
-    model build, warm-up, output check) + full-sample tokens / steady tok/s. Other stages
+    Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s - its output assembly:
+    process start, model build, warm-up, output check) + full-sample tokens / steady tok/s + the output
+    assembly (rereads and rewrites every vector) scaled with reads. Other stages
     (translation count pass, merge, classifier, consensus): linear in reads. Error: the protein
     stage's window spread applied to its share (the other stages' spread is not measured).
     """
@@ -1098,13 +1100,16 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
         t = (stage_summaries.get(stage) or {}).get("throughput")
         if t and t.get("steady_tok_per_s"):
             rate = t["steady_tok_per_s"]
-            fixed = max(seconds - t["real_tokens"] / rate, 0.0)
-            projected = fixed + t["real_tokens"] * scale / rate
-            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "steady_tok_per_s": rate,
+            output = ((stage_summaries[stage].get("run") or {}).get("output") or {})
+            assemble = float(output.get("assemble_s") or 0.0)
+            fixed = max(seconds - t["real_tokens"] / rate - assemble, 0.0)
+            projected = fixed + t["real_tokens"] * scale / rate + assemble * scale
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "assemble_s": assemble,
+                         "steady_tok_per_s": rate,
                          "run_tokens": t["real_tokens"], "full_sample_tokens": t["real_tokens"] * scale,
                          "projected_h": projected / 3600, "method": "fixed + full tokens / steady rate"})
         else:
-            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": 0.0, "steady_tok_per_s": None,
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": 0.0, "assemble_s": 0.0, "steady_tok_per_s": None,
                          "run_tokens": None, "full_sample_tokens": None, "projected_h": seconds * scale / 3600,
                          "method": "linear in reads"})
     table = pd.DataFrame(rows)
@@ -1112,7 +1117,8 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
     protein_h = float(table.loc[table["stage"] == "protein_embedding", "projected_h"].sum())
     error = protein_projection.get("relative_error")
     bottleneck = table.loc[table["projected_h"].idxmax(), "stage"]
-    return {"method": "per stage: embedding = fixed + full-sample tokens / steady tok/s; others linear in reads",
+    return {"method": "per stage: embedding = fixed + full-sample tokens / steady tok/s + output assembly x reads; "
+                      "others linear in reads",
             "full_sample_reads": full_reads, "run_reads": run_reads, "hours": hours,
             "relative_error": error * protein_h / hours if error is not None and hours else None,
             "bottleneck_stage": bottleneck, "bottleneck_share": float(table["projected_h"].max() / hours),

@@ -76,12 +76,12 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     measured_values = [v for v in values if v > 0]
     log = bool(measured_values) and max(measured_values) / min(measured_values) > 30  # e.g. both stages' models
     floor = min(measured_values) / 2 if log else 0.0
-    bars = left.barh(labels, [max(v, floor) for v in values], color=colours)
+    bars = left.barh(labels, [max(v, floor) if v > 0 else 0.0 for v in values], color=colours)
     top = max(values) if any(values) else 1.0
     for bar, value, measured, note in zip(bars, table["tok_per_s"], table["measured"], table["note"]):
         y = bar.get_y() + bar.get_height() / 2
         text = f"{value:,.0f}" if measured and _num(value) is not None else "not measured"
-        x = bar.get_width() * 1.1 if log else bar.get_width() + top * 0.01
+        x = max(bar.get_width(), floor) * 1.1 if log else bar.get_width() + top * 0.01
         left.text(x, y, text, va="center", fontsize=9)
     if log:
         left.set_xscale("log")

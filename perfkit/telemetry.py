@@ -155,7 +155,8 @@ class Telemetry:
         return _StageTimer(self, name)
 
     def stage_total(self, name: str, seconds: float, start_s: float, end_s: float) -> None:
-        """A stage done in interleaved pieces (e.g. chunk by chunk with another stage): their summed time."""
+        """A stage done in interleaved pieces (e.g. chunk by chunk with another stage): `seconds` is their
+        summed time; start_s/end_s bound the pieces and may overlap another stage's (never use end - start)."""
         self.stages[name] = self.stages.get(name, 0.0) + seconds
         self.writer.write({"schema": SCHEMA, "kind": "stage", "run_id": self.run_id, "rank": self.rank,
                            "stage": name, "start_s": start_s, "end_s": end_s, "seconds": seconds})

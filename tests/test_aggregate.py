@@ -76,3 +76,11 @@ def test_batches_of_a_run_without_batches_is_empty():
     records = pd.DataFrame([{"kind": "stage", "stage": "model_load", "rank": 0, "start_s": 0.0, "end_s": 1.0,
                              "seconds": 1.0}])
     assert aggregate.batches(records, "protein_embedding").empty
+
+
+def test_stage_seconds_is_the_slowest_rank_not_the_sum():
+    records = pd.DataFrame([{"kind": "stage", "stage": "model_load", "rank": r, "start_s": 0.0, "end_s": s,
+                             "seconds": s} for r, s in ((0, 4.0), (1, 5.0))]
+                           + [{"kind": "stage", "stage": "embed", "rank": 0, "start_s": 4.0, "end_s": 6.0, "seconds": 2.0},
+                              {"kind": "stage", "stage": "embed", "rank": 0, "start_s": 7.0, "end_s": 8.0, "seconds": 1.0}])
+    assert aggregate.stage_seconds(records) == {"embed": 3.0, "model_load": 5.0}

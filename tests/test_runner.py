@@ -132,16 +132,22 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
     assert not (out / "embeddings.h5").exists() and not (out / "summary.json").exists()
 
 
-def test_time_cap_counts_steady_seconds_only():
-    from perfkit.workload.runner import TimeCap
+def test_time_cap_counts_steady_seconds_only(monkeypatch):
+    from perfkit.workload import runner
 
-    cap = TimeCap(0.05, warmup_batches=2)
-    time.sleep(0.08)  # a slow first batch (compilation): not counted
-    assert not cap.reached(1) and not cap.reached(2)  # the clock starts after batch 2
-    assert not cap.reached(3)
-    time.sleep(0.08)
-    assert cap.reached(4)
-    assert not TimeCap(None, 2).reached(10**6)
-    no_warmup = TimeCap(0.05, warmup_batches=0)
-    time.sleep(0.08)
+    now = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: now[0])
+    cap = runner.TimeCap(10.0, warmup_batches=2)
+    now[0] = 50.0
+    assert not cap.reached(1)  # batch 1 of 2 warm-up batches done: no clock yet
+    now[0] = 100.0
+    assert not cap.reached(2)  # warm-up done at t=100: the 10 s start here (not at 0, not at 50)
+    now[0] = 105.0
+    assert not cap.reached(3)  # started at 50 it would have expired
+    now[0] = 110.5
+    assert cap.reached(4)  # started at 105 (one batch late) it would not have
+    assert not runner.TimeCap(None, 2).reached(10**6)
+    now[0] = 0.0
+    no_warmup = runner.TimeCap(10.0, warmup_batches=0)
+    now[0] = 10.5
     assert no_warmup.reached(1)

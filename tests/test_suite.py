@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
 PNGS = {
     "01_baseline": ["throughput.png"],
-    "02_profiling": ["timeline.png", "utilisation.png", "windows.png", "kernels.png"],
-    "03_scaling": ["scaling.png"],
+    "02_profiling": ["timeline.png", "utilisation.png", "windows.png", "kernels.png", "stages.png"],
+    "03_scaling": ["scaling.png", "scaling_nucleotide.png"],
     "04_tuning": ["tuning.png", "tuning_heatmap.png"],
-    "05_full_validation": ["projection.png"],
+    "05_full_validation": ["projection.png", "stages.png"],
     "06_summary": ["criteria.png"],
 }
 
@@ -73,13 +73,14 @@ def test_whole_smoke_suite(tmp_path):
     assert status["verdict"] == "FAIL"
     rows = {r["name"]: r for r in summary["criteria"]}
     assert set(rows) == {"full_sample_time", "gpu_utilisation", "packing_efficiency", "two_gpu_scaling",
-                         "speedup_vs_v1", "equivalence_gate"}
+                         "speedup_vs_v1", "equivalence_gate", "prediction_agreement", "nt_equivalence_gate"}
     for row in rows.values():
         assert {"name", "target", "measured", "unit", "status", "source"} <= set(row)
         assert row["status"] in ("PASS", "FAIL", "NOT MEASURED")
         assert row["source"] in NOTEBOOKS
     assert rows["gpu_utilisation"]["status"] == "NOT MEASURED"
-    assert rows["equivalence_gate"]["status"] == "PASS"
+    assert rows["equivalence_gate"]["status"] == "PASS" and rows["nt_equivalence_gate"]["status"] == "PASS"
+    assert rows["prediction_agreement"]["status"] == "PASS"  # fp32 on both sides on CPU: the same calls
     for name in ("full_sample_time", "packing_efficiency", "two_gpu_scaling", "speedup_vs_v1"):
         assert isinstance(rows[name]["measured"], float), name  # measured (pass or fail), not missing
 

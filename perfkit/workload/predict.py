@@ -12,6 +12,7 @@ every stage boundary: frames translated = embedded (each stage), nucleotide ids 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,6 @@ def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512,
 
         started["merge"] = started["classifier"] = time.time()
         ids, probs, classifier_info = _merge_and_classify(out, cfg, classifier_weights, hidden, telemetry)
-        if len(probs) != len(ids):
-            raise RuntimeError(f"count check failed after classifier: {len(ids)} frames in, {len(probs)} scored")
         with timed("consensus"):
             reads = clf.consensus(ids, probs)
             written = clf.write_predictions(out, ids, probs, reads)
@@ -123,11 +122,13 @@ def _merge_and_classify(out: Path, cfg: EmbedConfig, classifier_weights, hidden:
     """Merge and classify chunk by chunk, straight from both embeddings.h5 files: memory stays at one
     chunk (a 6M-read sample holds ~64 GB of features). The two stages' times are summed over chunks."""
     clock = telemetry.now()
-    merge_s, classify_s = 0.0, 0.0
+    merge_s, classify_s, scored_rows = 0.0, 0.0, 0
     t = time.perf_counter()
-    nt, nt_ids = open_complete(out / "nucleotide" / "embeddings.h5")
-    pr, pr_ids = open_complete(out / "protein" / "embeddings.h5")
-    with nt, pr:
+    with ExitStack() as files:
+        nt, nt_ids = open_complete(out / "nucleotide" / "embeddings.h5")
+        files.enter_context(nt)
+        pr, pr_ids = open_complete(out / "protein" / "embeddings.h5")
+        files.enter_context(pr)
         ids, nt_vectors, pr_vectors = clf.align_by_ids(nt_ids, nt["embeddings"], pr_ids, pr["embeddings"])
         protein_dim = esm2.get_config(cfg.model).embed_dim
         model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim,
@@ -140,8 +141,14 @@ def _merge_and_classify(out: Path, cfg: EmbedConfig, classifier_weights, hidden:
             features = clf.merge_features(nt_vectors[start:stop], pr_vectors[start:stop], protein_dim=protein_dim)
             merge_s += time.perf_counter() - t
             t = time.perf_counter()
-            probs[start:stop] = clf.predict_frames(model, features, device="cpu")
+            scored = clf.predict_frames(model, features, device="cpu")
+            if len(scored) != stop - start:
+                raise RuntimeError(f"count check failed in the classifier: rows {start}-{stop} in, {len(scored)} scored")
+            probs[start:stop] = scored
+            scored_rows += len(scored)
             classify_s += time.perf_counter() - t
+        if scored_rows != len(ids):
+            raise RuntimeError(f"count check failed after classifier: {len(ids)} frames in, {scored_rows} scored")
     end = telemetry.now()
     telemetry.stage_total("merge", merge_s, clock, end)
     telemetry.stage_total("classifier", classify_s, clock, end)

@@ -190,10 +190,13 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
 def open_complete(path: str | Path) -> tuple[h5py.File, list[str]]:
     """An open *complete* embeddings.h5 and its ids (refuses an incomplete one); vectors stay on disk."""
     h5 = h5py.File(path, "r")
-    if not h5.attrs.get("complete", False):
+    try:
+        if not h5.attrs.get("complete", False):
+            raise UserError(f"{path} is not marked complete", "rerun the embed command with --resume")
+        return h5, [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
+    except BaseException:
         h5.close()
-        raise UserError(f"{path} is not marked complete", "rerun the embed command with --resume")
-    return h5, [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
+        raise
 
 
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
