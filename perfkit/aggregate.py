@@ -146,3 +146,21 @@ def stage_seconds(records: pd.DataFrame) -> dict:
     # ranks run their stages side by side: a stage takes as long as its slowest rank, not the sum
     per_rank = st.groupby(["stage", "rank"])["seconds"].sum()
     return {str(k): float(v) for k, v in per_rank.groupby(level="stage").max().items()}
+
+
+def summed_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Windows summed over ranks, with the windows no batch arrived in (between the first and last) as
+    0 tok/s; `steady` marks the full windows after the first (model load, warm-up)."""
+    columns = dict(start_s=("start_s", "first"), seconds=("seconds", "min"), tok_per_s=("tok_per_s", "sum"))
+    if "batches" in windows:
+        columns["batches"] = ("batches", "sum")
+    per = windows.groupby("window").agg(**columns)
+    full = range(int(per.index.min()), int(per.index.max()) + 1)
+    per = per.reindex(full)
+    per["start_s"] = [w * window_s for w in full]
+    per["seconds"] = per["seconds"].fillna(window_s)
+    counts = [c for c in ("tok_per_s", "batches") if c in per]
+    per[counts] = per[counts].fillna(0)
+    per = per.rename_axis("window").reset_index()
+    per["steady"] = (per["seconds"] >= window_s * 0.999) & (per["window"] > int(per["window"].min()))
+    return per

@@ -1151,15 +1151,10 @@ def holdout_check(summary: dict) -> dict:
 
 
 def all_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
-    """Windows summed over ranks, with the windows no batch arrived in (between the first and last) as 0 tok/s."""
-    per = windows.groupby("window").agg(start_s=("start_s", "first"), seconds=("seconds", "min"),
-                                        tok_per_s=("tok_per_s", "sum"), batches=("batches", "sum"))
-    full = range(int(per.index.min()), int(per.index.max()) + 1)
-    per = per.reindex(full)
-    per["start_s"] = [w * window_s for w in full]
-    per["seconds"] = per["seconds"].fillna(window_s)
-    per[["tok_per_s", "batches"]] = per[["tok_per_s", "batches"]].fillna(0)
-    return per.rename_axis("window").reset_index()
+    """Windows summed over ranks, empty ones as 0 tok/s (perfkit.aggregate.summed_windows)."""
+    from perfkit.aggregate import summed_windows
+
+    return summed_windows(windows, window_s)
 
 
 def steady_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
@@ -1167,9 +1162,7 @@ def steady_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
     if windows.empty:
         return windows
     per = all_windows(windows, window_s)
-    first_batch_window = int(per["window"].min())
-    full = per[(per["seconds"] >= window_s * 0.999) & (per["window"] > first_batch_window)]
-    return full.reset_index(drop=True)
+    return per[per["steady"]].reset_index(drop=True)
 
 
 def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: int, sample_reads: int | None = None) -> dict:

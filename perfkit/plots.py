@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from perfkit.aggregate import summed_windows
+
 STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#9e9e9e"}
 VERDICT_COLOURS = {"device-bound": "#2e7d32", "host-bound": "#ef6c00", "data-starved": "#c62828", "unknown": "#9e9e9e"}
 DPI = 110
@@ -307,16 +309,8 @@ def projection(windows: pd.DataFrame, projection: dict, path, *, target_hours: f
         _not_measured(left, "no windows")
     else:
         window_s = projection["window_s"]
-        per = windows.groupby("window").agg(start_s=("start_s", "first"), seconds=("seconds", "min"),
-                                            tok_per_s=("tok_per_s", "sum"))
-        full = range(int(per.index.min()), int(per.index.max()) + 1)  # windows without arrivals are 0 tok/s
-        per = per.reindex(full)
-        per["start_s"] = [w * window_s for w in full]
-        per["seconds"] = per["seconds"].fillna(window_s)
-        per["tok_per_s"] = per["tok_per_s"].fillna(0)
-        per = per.rename_axis("window").reset_index()
-        first = int(per["window"].min())
-        steady = (per["seconds"] >= window_s * 0.999) & (per["window"] > first)
+        per = summed_windows(windows, window_s)  # windows without arrivals are 0 tok/s
+        steady = per["steady"]
         left.bar(per["start_s"], per["tok_per_s"], width=per["seconds"] * 0.95, align="edge",
                  color=np.where(steady, "#1565c0", "#bbdefb"), edgecolor="#1565c0")
         rate = projection.get("steady_tok_per_s")
