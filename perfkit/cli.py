@@ -59,16 +59,24 @@ def _embed(args) -> int:
 
 
 def _predict(args) -> int:
-    from perfkit.workload.predict import run_predict
+    from perfkit.workload import distributed
+    from perfkit.workload.predict import predict_rank, run_predict
 
     if args.gpus is not None and args.nproc is not None:
         raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
     cfg = _config_from_args(args)
-    summary = run_predict(cfg, classifier_weights=args.classifier, hidden=args.hidden,
-                          nproc=args.gpus or args.nproc or 1, gpus=args.gpus is not None)
+    rank = distributed.torchrun_rank()
+    if rank is not None and args.gpus is None and args.nproc is None:  # a rank of a torchrun launch
+        summary = predict_rank(cfg, rank, classifier_weights=args.classifier, hidden=args.hidden)
+        if summary is None:  # only rank 0 reports
+            return 0
+    else:
+        summary = run_predict(cfg, classifier_weights=args.classifier, hidden=args.hidden,
+                              nproc=args.gpus or args.nproc or 1, gpus=args.gpus is not None)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary["stages_s"].items())
     print(f"{summary['counts']['reads_called']} reads called ({summary['counts']['virus_reads']} virus) from "
-          f"{summary['counts']['frames']} frames; {stages}; bottleneck: {summary['bottleneck_stage']}")
+          f"{summary['counts']['frames']} frames in {summary['ranks']} process(es); {stages}; "
+          f"bottleneck: {summary['bottleneck_stage']}")
     return 0
 
 

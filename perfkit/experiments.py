@@ -96,7 +96,11 @@ class ProfilingParams(Caps):
 
 class ScalingParams(Caps):
     nproc: int = Field(2, ge=1)
-    nucleotide: bool = True  # also scale the nucleotide stage, for the end-to-end (projected) factor
+    nucleotide: bool = True  # also scale the nucleotide stage, for the embedding-stages (projected) factor
+    # the whole chain (perfkit predict) on 1 and on N processes, same reads (max_reads; max_seconds unused):
+    # both embedding stages are scaled from its stage runs, and the chain is projected end to end on each side
+    end_to_end: bool = True
+    classifier_hidden: int = Field(512, ge=1)
     embed: dict = Field(default_factory=dict)  # overrides for both runs (e.g. num_workers)
 
 
@@ -687,7 +691,7 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
             title=f"Utilisation over time, v2 packed on {device}",
             caption=f"Sampler: {result['sampler_note']}; interval {ctx.params.profiling.sample_interval_s:g} s, "
                     f"x = seconds since the protein stage's embedding loop started (sampler aligned within ~1 s; "
-                    f"negative = the chain before it: translation count, nucleotide stage, model loading). "
+                    f"negative = the chain before it: planning, nucleotide stage, model loading). "
                     f"Steps: device-busy share per "
                     f"{ctx.params.embed.get('window_s', 10.0):g} s window ({busy_basis})."),
         "windows": plots.window_verdicts(
@@ -700,10 +704,11 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
             result["stages"][["stage", "seconds"]], ctx.path("stages.png"),
             title=f"Time per pipeline stage, v2 chain on {device} "
                   f"({result['chain']['counts']['frames']:,} frames)",
-            caption="Wall time of each stage of one `perfkit predict` run (chain telemetry.jsonl): translation = the "
-                    "count pass over the input (conservation checks; the embedding stages translate again inside "
-                    "their DataLoader workers, overlapped with the model); each embedding stage includes process "
-                    "start, model build and the output check; red = the top stage."),
+            caption="Wall time of each stage of one `perfkit predict` run (chain telemetry.jsonl): planning = cutting "
+                    "the input between ranks (none in one process); translation runs inside the embedding stages' "
+                    "DataLoader workers, overlapped with the model; each embedding stage includes process start, "
+                    "model build and the shard check; merge, classifier and consensus run in every rank on its own "
+                    "reads (slowest rank); red = the top stage."),
         "kernels": plots.top_kernels(
             profiler["table"], ctx.path("kernels.png"),
             title=f"Top {len(profiler['table'])} ops by self {profiler['time_basis']} time "
@@ -822,9 +827,12 @@ def run_scaling(ctx: Context) -> dict:
         marker = crit.not_measured(plan["not_measurable"])
         return {"plan": plan, "scaling": None, "single": None, "multi": None,
                 "scaling_factor": marker, "scaling_efficiency": marker, "rank_imbalance": marker,
-                "nucleotide": None, "embedding_stages": None,
-                "scaling_factor_nucleotide": marker, "scaling_factor_embedding_stages": marker}
+                "nucleotide": None, "embedding_stages": None, "end_to_end": None,
+                "scaling_factor_nucleotide": marker, "scaling_factor_embedding_stages": marker,
+                "scaling_factor_end_to_end": marker, "scaling_factor_end_to_end_measured": marker}
     distributed = _distributed()
+    if p.end_to_end:
+        return _scaling_by_chains(ctx, plan, distributed)
     common = {"mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads, **p.embed}
     single = run_embed(ctx.embed_config("single", **common))
     multi = distributed.run_multi(ctx.embed_config(f"multi-{plan['nproc']}", **common), plan["nproc"],
@@ -851,6 +859,66 @@ def run_scaling(ctx: Context) -> dict:
                 "scaling.nucleotide: false in the params"),
             "scaling_factor_embedding_stages": combined["factor"] if p.nucleotide else crit.not_measured(
                 "scaling.nucleotide: false in the params: the nucleotide stage was not scaled")}
+
+
+def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
+    """The whole chain on 1 and on N processes, same reads: per-stage scaling from its stage runs, and
+    each side projected end to end to the full sample (`project_end_to_end`): factor = 1-process hours
+    / N-process hours, every stage counted (planning, start-up, model load, scoring, joining)."""
+    from perfkit.workload.predict import run_predict
+
+    p = ctx.params.scaling
+    common = {"mode": "v2", "layout": "packed", "max_reads": p.max_reads, **p.embed}
+    run_reads = min(p.max_reads or ctx.sample_stats["reads"], ctx.sample_stats["reads"])
+    full_reads = ctx.params.full_validation.full_sample_reads
+    sides = {}
+    for side, nproc in (("single", 1), ("multi", plan["nproc"])):
+        cfg = ctx.embed_config(f"chain-{nproc}", **common)
+        chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=nproc, gpus=plan["gpus"] and nproc > 1)
+        stage_summaries = {stage: json.loads((cfg.out_dir / stage.split("_")[0] / "summary.json").read_text())
+                           for stage in ("nucleotide_embedding", "protein_embedding")}
+        sides[side] = {"chain": chain, "stages": stage_summaries,
+                       "end_to_end": project_end_to_end(chain, stage_summaries, run_reads, full_reads, {})}
+    one, many = sides["single"], sides["multi"]
+    pairs = {stage: (one["stages"][stage], many["stages"][stage]) for stage in one["stages"]}
+    scaling = normalise_scaling(distributed.scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
+                                plan["nproc"])
+    nt_scaling = normalise_scaling(distributed.scaling(*pairs["nucleotide_embedding"]),
+                                   *pairs["nucleotide_embedding"], plan["nproc"])
+    combined = embedding_stages_scaling(pairs, ctx.sample_stats, full_reads)
+    end_to_end = end_to_end_scaling(one, many, plan["nproc"])
+    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
+                                          "embedding_stages": combined, "end_to_end": end_to_end})
+    return {"plan": plan, "scaling": scaling, "single": pairs["protein_embedding"][0],
+            "multi": pairs["protein_embedding"][1], "nucleotide": nt_scaling, "embedding_stages": combined,
+            "end_to_end": end_to_end, "chains": sides,
+            "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
+            "rank_imbalance": scaling["imbalance"], "scaling_factor_nucleotide": nt_scaling["factor"],
+            "scaling_factor_embedding_stages": combined["factor"],
+            "scaling_factor_end_to_end": end_to_end["factor"],
+            "scaling_factor_end_to_end_measured": end_to_end["measured_factor"]}
+
+
+def end_to_end_scaling(one: dict, many: dict, nproc: int) -> dict:
+    """1 vs N processes, the whole chain: projected full-sample hours of each side (and their ratio), the
+    ratio of the measured chain wall times (the run's reads, start-up included), and a stage table."""
+    hours_1, hours_n = one["end_to_end"]["hours"], many["end_to_end"]["hours"]
+    rows_1 = {r["stage"]: r for r in one["end_to_end"]["stages"]}
+    rows_n = {r["stage"]: r for r in many["end_to_end"]["stages"]}
+    table = [{"stage": stage, "single_measured_s": rows_1[stage]["measured_s"],
+              "multi_measured_s": rows_n.get(stage, {}).get("measured_s"),
+              "single_projected_h": rows_1[stage]["projected_h"],
+              "multi_projected_h": rows_n.get(stage, {}).get("projected_h"),
+              "factor": (rows_1[stage]["projected_h"] / rows_n[stage]["projected_h"]
+                         if rows_n.get(stage, {}).get("projected_h") else None)}
+             for stage in rows_1]
+    measured_1, measured_n = one["chain"]["end_to_end_s"], many["chain"]["end_to_end_s"]
+    return {"nproc": nproc, "full_sample_reads": one["end_to_end"]["full_sample_reads"],
+            "run_reads": one["end_to_end"]["run_reads"], "single_h": hours_1, "multi_h": hours_n,
+            "factor": hours_1 / hours_n if hours_n else crit.not_measured("no N-process projection"),
+            "measured_single_s": measured_1, "measured_multi_s": measured_n,
+            "measured_factor": measured_1 / measured_n if measured_n else None,
+            "method": "each side: " + one["end_to_end"]["method"], "stages": table}
 
 
 def embedding_stages_scaling(stages: dict, sample_stats: dict, full_reads: int) -> dict:
@@ -896,6 +964,11 @@ def scaling_headline(result: dict) -> dict:
         "scaling_factor_embedding_stages": result.get("scaling_factor_embedding_stages",
                                                       crit.not_measured("not run")),
         "embedding_stages_scaling": (result.get("embedding_stages") or {}).get("stages"),
+        "scaling_factor_end_to_end": result.get("scaling_factor_end_to_end", crit.not_measured(
+            "scaling.end_to_end: false in the params: the chain was not run on 1 and N processes")),
+        "scaling_factor_end_to_end_measured": result.get("scaling_factor_end_to_end_measured",
+                                                         crit.not_measured("not run")),
+        "end_to_end_scaling": {k: v for k, v in (result.get("end_to_end") or {}).items() if k != "method"} or None,
     }
 
 
@@ -905,6 +978,19 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
     plan = result["plan"]
     what = f"{plan['nproc']} GPUs" if plan["gpus"] else f"{plan['nproc']} CPU processes (gloo)"
     figs = {}
+    if result.get("end_to_end"):
+        e2e = result["end_to_end"]
+        table = pd.DataFrame(e2e["stages"])
+        table = pd.DataFrame({"stage": table["stage"], "1 process: projected s": table["single_projected_h"] * 3600,
+                              f"{plan['nproc']} processes: projected s": table["multi_projected_h"] * 3600})
+        figs["scaling_end_to_end"] = plots.stage_breakdown(
+            table, ctx.path("scaling_end_to_end.png"),
+            title=f"Whole chain, {e2e['full_sample_reads']:,} reads projected: 1 vs {what}",
+            caption=f"Both sides ran `perfkit predict` on the same {e2e['run_reads']:,} reads; each stage is projected "
+                    "to the full sample as in 05 (embedding: fixed + tokens / steady tok/s + shard check; others "
+                    f"linear in reads). End to end: {e2e['single_h']:.3f} h vs {e2e['multi_h']:.3f} h = "
+                    f"{_fmt_factor(e2e['factor'])}; measured on the run's reads (start-up included): "
+                    f"{_fmt_factor(e2e['measured_factor'])}.")
     if result.get("nucleotide"):
         combined = result["embedding_stages"]
         figs["scaling_nucleotide"] = plots.scaling_bars(
@@ -1088,10 +1174,10 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
                        protein_projection: dict) -> dict:
     """Hours for the whole chain on the full sample, stage by stage, from one measured chain run.
 
-    Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s - its output assembly:
-    process start, model build, warm-up, output check) + full-sample tokens / steady tok/s + the output
-    assembly (rereads and rewrites every vector) scaled with reads. Other stages
-    (translation count pass, merge, classifier, consensus): linear in reads. Error: the protein
+    Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s - its output assembly
+    or shard check: process start, model build, warm-up, alignment check) + full-sample tokens / steady
+    tok/s + the output assembly or shard check scaled with reads. Other stages (planning, merge,
+    classifier, consensus): linear in reads. Error: the protein
     stage's window spread applied to its share (the other stages' spread is not measured).
     """
     scale = full_reads / run_reads
@@ -1101,7 +1187,8 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
         if t and t.get("steady_tok_per_s"):
             rate = t["steady_tok_per_s"]
             output = ((stage_summaries[stage].get("run") or {}).get("output") or {})
-            assemble = float(output.get("assemble_s") or 0.0)
+            # writing embeddings.h5, or checking the shards that replace it: both grow with the reads
+            assemble = float(output.get("assemble_s") or 0.0) + float(output.get("check_s") or 0.0)
             fixed = max(seconds - t["real_tokens"] / rate - assemble, 0.0)
             projected = fixed + t["real_tokens"] * scale / rate + assemble * scale
             rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "assemble_s": assemble,

@@ -197,7 +197,7 @@ def test_projection_method_error_and_check():
 
 
 def fake_chain(**stages):
-    seconds = {"translation": 2.0, "nucleotide_embedding": 20.0, "protein_embedding": 100.0, "merge": 1.0,
+    seconds = {"planning": 2.0, "nucleotide_embedding": 20.0, "protein_embedding": 100.0, "merge": 1.0,
                "classifier": 0.5, "consensus": 0.5, **stages}
     return {"stages_s": seconds, "end_to_end_s": sum(seconds.values()), "bottleneck_stage": "protein_embedding"}
 
@@ -206,11 +206,11 @@ def test_end_to_end_projection_per_stage():
     # protein: 90 s of tokens at 1000 tok/s + 10 s fixed; nucleotide: 10 s of tokens at 5000 tok/s + 10 s fixed
     summaries = {"protein_embedding": fake_summary(tok=1000.0, real_tokens=90_000),
                  "nucleotide_embedding": fake_summary(tok=5000.0, real_tokens=50_000)}
-    summaries["protein_embedding"]["run"]["output"] = {"assemble_s": 4.0}  # grows with reads, like the tokens
+    summaries["protein_embedding"]["run"]["output"] = {"check_s": 4.0}  # the shard check grows with reads
     protein = {"relative_error": 0.02}
     e2e = ex.project_end_to_end(fake_chain(), summaries, run_reads=1000, full_reads=100_000, protein_projection=protein)
     rows = pd.DataFrame(e2e["stages"]).set_index("stage")
-    assert rows.loc["protein_embedding", "fixed_s"] == pytest.approx(6.0)  # 100 - 90 s of tokens - 4 s assembly
+    assert rows.loc["protein_embedding", "fixed_s"] == pytest.approx(6.0)  # 100 - 90 s of tokens - 4 s shard check
     assert rows.loc["protein_embedding", "projected_h"] == pytest.approx((6 + 90 * 100 + 4 * 100) / 3600)
     assert rows.loc["nucleotide_embedding", "projected_h"] == pytest.approx((10 + 10 * 100) / 3600)
     assert rows.loc["merge", "projected_h"] == pytest.approx(100 / 3600)  # linear in reads
@@ -220,6 +220,29 @@ def test_end_to_end_projection_per_stage():
     # a stage faster than its steady rate explains: the fixed part is 0, never negative
     fast = ex.project_end_to_end(fake_chain(protein_embedding=50.0), summaries, 1000, 1000, protein)
     assert pd.DataFrame(fast["stages"]).set_index("stage").loc["protein_embedding", "fixed_s"] == 0.0
+
+
+def test_end_to_end_scaling_compares_projected_chains_stage_by_stage():
+    # 1 process: protein 90 s of tokens + 10 s fixed, nucleotide 10 s + 10 s; 2 processes: half the token
+    # seconds, 5 s more fixed per stage (launch), the same scoring per rank halved
+    one_summaries = {"protein_embedding": fake_summary(tok=1000.0, real_tokens=90_000),
+                     "nucleotide_embedding": fake_summary(tok=5000.0, real_tokens=50_000)}
+    two_summaries = {"protein_embedding": fake_summary(tok=2000.0, real_tokens=90_000),
+                     "nucleotide_embedding": fake_summary(tok=10_000.0, real_tokens=50_000)}
+    chain_1 = fake_chain(planning=0.0, merge=2.0, classifier=1.0, consensus=1.0)
+    chain_2 = fake_chain(planning=0.1, protein_embedding=60.0, nucleotide_embedding=20.0, merge=1.0, classifier=0.5,
+                         consensus=0.5)
+    sides = [{"chain": c, "end_to_end": ex.project_end_to_end(c, s, 1000, 100_000, {})}
+             for c, s in ((chain_1, one_summaries), (chain_2, two_summaries))]
+    out = ex.end_to_end_scaling(sides[0], sides[1], 2)
+    hours_1 = (10 + 9000 + 10 + 1000 + 400) / 3600
+    hours_2 = (15 + 4500 + 15 + 500 + 10 + 200) / 3600
+    assert out["single_h"] == pytest.approx(hours_1) and out["multi_h"] == pytest.approx(hours_2)
+    assert out["factor"] == pytest.approx(hours_1 / hours_2)
+    assert out["measured_factor"] == pytest.approx(chain_1["end_to_end_s"] / chain_2["end_to_end_s"])
+    rows = pd.DataFrame(out["stages"]).set_index("stage")
+    assert rows.loc["protein_embedding", "factor"] == pytest.approx(9010 / 4515)
+    assert rows.loc["planning", "factor"] == 0.0  # one process plans nothing; N processes pay for it
 
 
 def test_holdout_check_predicts_the_whole_run_from_its_first_half():
@@ -419,7 +442,7 @@ def test_real_profiling(tiny):
     assert profiler["table"]["share"].between(0, 1).all()
     headline = ex.profiling_headline(result, profiler)
     assert headline["gpu_util_mean"]["measured"] is False  # CPU: not measured, never 0
-    assert result["stages"]["stage"].tolist() == ["translation", "nucleotide_embedding", "protein_embedding", "merge",
+    assert result["stages"]["stage"].tolist() == ["planning", "nucleotide_embedding", "protein_embedding", "merge",
                                                   "classifier", "consensus"]
     assert result["stages"]["share"].sum() == pytest.approx(1.0)
     assert headline["bottleneck_stage"] == result["stages"].set_index("stage")["seconds"].idxmax()

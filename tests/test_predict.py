@@ -1,5 +1,4 @@
 """The whole chain on CPU: both embedding stages through the same runner, classifier, consensus."""
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +8,8 @@ from perfkit.errors import UserError
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
 from perfkit.workload.encoders import NUCLEOTIDE_STAGE, PROTEIN_STAGE, encoder_for
-from perfkit.workload.predict import run_predict
+from perfkit.workload.predict import run_predict, score_reads
+from perfkit.workload.store import read_shards
 
 FAST = dict(precision="fp32", device="cpu", progress=False, token_budget=1024, num_workers=0)
 
@@ -31,13 +31,16 @@ def test_predict_chain_counts_and_outputs(tmp_path):
     summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "run", **FAST), hidden=32)
     frames = count_frames(fasta)
     assert summary["counts"]["frames"] == frames
-    for stage in ("translation", "nucleotide_embedding", "protein_embedding", "merge", "classifier", "consensus"):
-        assert summary["stages_s"][stage] >= 0
+    assert list(summary["stages_s"]) == ["planning", "nucleotide_embedding", "protein_embedding", "merge",
+                                         "classifier", "consensus"]
+    assert all(v >= 0 for v in summary["stages_s"].values()) and summary["stages_s"]["planning"] < 0.1  # 1 process: no plan
     assert summary["bottleneck_stage"] in summary["stages_s"]
-    with h5py.File(tmp_path / "run" / "nucleotide" / "embeddings.h5") as nt, \
-         h5py.File(tmp_path / "run" / "protein" / "embeddings.h5") as pr:
-        assert nt["embeddings"].shape == (frames, 768) and pr["embeddings"].shape == (frames, 320)
-        assert (nt["ids"][:] == pr["ids"][:]).all()
+    # the stages' checked shards are the output: nobody rereads and rewrites every vector into one file
+    assert not list((tmp_path / "run").glob("*/embeddings.h5"))
+    nt_keys, nt_ids, nt = read_shards(tmp_path / "run" / "nucleotide")
+    pr_keys, pr_ids, pr = read_shards(tmp_path / "run" / "protein")
+    assert nt.shape == (frames, 768) and pr.shape == (frames, 320)
+    assert (nt_keys == pr_keys).all() and nt_ids == pr_ids
     per_frame = pd.read_csv(tmp_path / "run" / "predictions_per_frame.csv")
     per_read = pd.read_csv(tmp_path / "run" / "predictions_per_read.csv")
     assert len(per_frame) == frames
@@ -141,19 +144,55 @@ def test_predict_resumes_an_interrupted_chain(tmp_path):
 
 
 def test_merge_and_classify_in_chunks_equals_all_at_once(tmp_path, monkeypatch):
-    """The chain merges and classifies chunk by chunk from disk; the calls equal one in-memory pass."""
+    """The chain merges and classifies chunk by chunk from the shards (few cached); the calls equal one
+    in-memory pass over all vectors in key order."""
     from perfkit.workload import classifier as clf
     from perfkit.workload import predict
-    from perfkit.workload.store import read_embeddings
 
     monkeypatch.setattr(predict, "MERGE_CHUNK_ROWS", 7)
+    monkeypatch.setattr(predict, "SHARDS_CACHED", 1)  # shards are reread when a chunk needs them again
     fasta = orf_fasta(tmp_path / "s.fa", 25, seed=6)
-    summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "run", **FAST), hidden=16)
-    ids, nt = read_embeddings(tmp_path / "run" / "nucleotide" / "embeddings.h5")
-    _, protein = read_embeddings(tmp_path / "run" / "protein" / "embeddings.h5")
+    summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "run", checkpoint_every_sequences=5,
+                                      **{**FAST, "token_budget": 128}), hidden=16)
+    assert len(list((tmp_path / "run" / "protein" / "checkpoints").glob("shard-*"))) > 3
+    _, ids, nt = read_shards(tmp_path / "run" / "nucleotide")
+    _, _, protein = read_shards(tmp_path / "run" / "protein")
     model, _ = clf.load_classifier(hidden=16, in_dim=768 + 320, seed=0)
     expected = clf.predict_frames(model, clf.merge_features(nt, protein, protein_dim=320))
     frames = pd.read_csv(tmp_path / "run" / "predictions_per_frame.csv")
     assert len(ids) > 7 * 2 and frames["frame_id"].tolist() == ids
     assert np.allclose(frames["p_virus"], expected[:, 1], atol=1e-6)
     assert summary["stages_s"]["merge"] > 0 and summary["stages_s"]["classifier"] > 0
+
+
+def test_scoring_refuses_stages_that_embedded_different_frames(tmp_path):
+    """Conservation between the stages is checked key by key in every rank's range, not by totals."""
+    fasta = orf_fasta(tmp_path / "s.fa", 30, seed=2)
+    cfg = make_config(input=fasta, out_dir=tmp_path / "run", checkpoint_every_sequences=10, **FAST)
+    run_predict(cfg, hidden=16)
+    score_reads(cfg, 0, 10**12, hidden=16)  # both stages agree
+    first = sorted((tmp_path / "run" / "nucleotide" / "checkpoints").glob("shard-*"))[0]
+    first.unlink()  # a nucleotide shard lost after the stage finished
+    with pytest.raises(RuntimeError, match="count check failed in rank 0"):
+        score_reads(cfg, 0, 10**12, hidden=16)
+
+
+@pytest.mark.slow
+def test_chain_in_two_ranks_equals_one_process(tmp_path):
+    """One torchrun launch of 2 CPU ranks (gloo): contiguous plan, both stages, per-rank scoring,
+    joined predictions: the same frames, order and calls as the 1-process chain."""
+    fasta = orf_fasta(tmp_path / "s.fa", 90, seed=8)
+    settings = {**FAST, "block_reads": 10, "token_budget": 512}
+    one = run_predict(make_config(input=fasta, out_dir=tmp_path / "one", **settings), hidden=16)
+    two = run_predict(make_config(input=fasta, out_dir=tmp_path / "two", **settings), hidden=16, nproc=2)
+    assert two["ranks"] == 2 and two["counts"] == one["counts"]
+    assert two["plan"]["blocks"] == 9 and sum(r["frames"] for r in two["score_ranks"]) == one["counts"]["frames"]
+    assert all(r["frames"] > 0 for r in two["score_ranks"])  # both ranks scored their own reads
+    assert two["stages_s"]["planning"] > 0 and two["stage_throughput"]["protein_embedding"]["ranks"] == 2
+    for name in ("predictions_per_frame.csv", "predictions_per_read.csv"):
+        a, b = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
+        assert a.columns.tolist() == b.columns.tolist() and len(a) == len(b)
+        assert a.iloc[:, 0].tolist() == b.iloc[:, 0].tolist()  # input order
+    frames_a = pd.read_csv(tmp_path / "one" / "predictions_per_frame.csv")
+    frames_b = pd.read_csv(tmp_path / "two" / "predictions_per_frame.csv")
+    assert np.abs(frames_a["p_virus"] - frames_b["p_virus"]).max() < 1e-4

@@ -50,6 +50,9 @@ class EmbedConfig(BaseModel):
     checkpoint_every_sequences: int = Field(10_000, ge=1)
     checkpoint_every_seconds: float = Field(300.0, gt=0)
     resume: bool = False
+    # False: the checked checkpoint shards are the output, no embeddings.h5 (the chain's stages: each rank
+    # scores its own frames from them, so no process rereads and rewrites every vector)
+    assemble: bool = True
     # caps
     max_reads: Optional[int] = Field(None, ge=1)
     # seconds of steady state (counted after warmup_batches); a time-capped run is a benchmark: no embeddings.h5

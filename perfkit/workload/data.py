@@ -15,6 +15,8 @@ frames translated = frames embedded at the end.
 """
 from __future__ import annotations
 
+import gzip
+import os
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterator
@@ -165,3 +167,29 @@ def block_tokens(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, max_
         sequences = translate_block(first, records, max_residues, encoder.frame_field)[2]
         counts.append(int(encoder.encode(sequences)[1].sum()) if sequences else 0)
     return np.array(counts, dtype=np.int64)
+
+
+def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26) -> np.ndarray:
+    """Size of every block of `block_reads` reads, for splitting work without translating: bytes from
+    its first header to the next block's (a plain FASTA: one vectorised scan for line-start '>'), or
+    bases (gzipped input or chunked reads: the records are parsed)."""
+    from perfkit.workload.fasta import GZIP_MAGIC, _open_binary
+
+    with _open_binary(fasta) as probe:
+        plain = not isinstance(probe, gzip.GzipFile) and probe.read(2) != GZIP_MAGIC
+    if chunk_bp or not plain:
+        return np.array([sum(len(seq) for _, seq in records)
+                         for _, _, records in read_blocks(fasta, block_reads, max_reads, chunk_bp)], dtype=np.int64)
+    data = np.memmap(fasta, dtype=np.uint8, mode="r") if os.path.getsize(fasta) else np.empty(0, np.uint8)
+    heads = []
+    for start in range(0, len(data), scan_bytes):
+        part = data[start : start + scan_bytes]
+        at = np.flatnonzero(part == ord(">"))
+        before = np.where(at > 0, part[np.maximum(at - 1, 0)], ord("\n")) if start == 0 else \
+            np.where(at > 0, part[np.maximum(at - 1, 0)], data[start - 1])
+        heads.append(at[before == ord("\n")] + start)
+    heads = np.concatenate(heads) if heads else np.empty(0, np.int64)
+    reads = len(heads) if max_reads is None else min(len(heads), max_reads)
+    firsts = heads[:reads:block_reads]
+    end = heads[reads] if reads < len(heads) else len(data)
+    return np.diff(np.append(firsts, end)).astype(np.int64)

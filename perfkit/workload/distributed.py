@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -180,12 +181,28 @@ def assign_blocks(tokens: np.ndarray, world: int) -> list[np.ndarray]:
     return [np.sort(np.array(blocks, dtype=np.int64)) for blocks in mine]
 
 
-def plan_summary(tokens: np.ndarray, plan: list[np.ndarray]) -> dict:
+def contiguous_blocks(weights: np.ndarray, world: int) -> list[np.ndarray]:
+    """Consecutive runs of blocks, one per rank, cut where the running weight is nearest k/world of the
+    total: each rank holds one contiguous range of reads (so of keys). With thousands of blocks this is
+    as even as any assignment; an empty run only when there are fewer blocks than ranks."""
+    weights = np.asarray(weights, dtype=np.int64)
+    running = np.concatenate(([0], np.cumsum(weights)))
+    cuts = [0]
+    for k in range(1, world):
+        target = running[-1] * k / world
+        cut = int(np.clip(np.abs(running - target).argmin(), cuts[-1], len(weights)))
+        cuts.append(cut)
+    cuts.append(len(weights))
+    return [np.arange(a, b, dtype=np.int64) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def plan_summary(tokens: np.ndarray, plan: list[np.ndarray], *, balance: str | None = None,
+                 weight: str | None = None) -> dict:
     planned = [int(tokens[blocks].sum()) for blocks in plan]
     total = sum(planned)
     mean = total / len(planned) if planned else 0
-    return {"balance": "greedy longest-processing-time on per-block ESM tokens",
-            "token_count": "translated for real: residues + 2 per surviving frame",
+    return {"balance": balance or "greedy longest-processing-time on per-block ESM tokens",
+            "token_count": weight or "translated for real: residues + 2 per surviving frame",
             "blocks": int(len(tokens)), "total_tokens": total,
             "planned_tokens": {r: t for r, t in enumerate(planned)},
             "planned_token_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
@@ -248,6 +265,14 @@ def rank_main(cfg: EmbedConfig, info: RankInfo) -> dict | None:
 
 
 def run_rank(cfg: EmbedConfig, info: RankInfo) -> dict | None:
+    with rank_group(cfg, info) as (device, group):
+        return embed_in_ranks(cfg.model_copy(update={"device": device}), info, group)
+
+
+@contextmanager
+def rank_group(cfg: EmbedConfig, info: RankInfo):
+    """This rank's process group (NCCL on GPUs, else gloo) and a gloo group for control messages;
+    yields (this rank's device, the gloo group)."""
     set_nccl_env(os.environ)
     die_with_parent()
     device = rank_device(cfg.device, info.local_rank, torch.cuda.device_count())
@@ -260,27 +285,37 @@ def run_rank(cfg: EmbedConfig, info: RankInfo) -> dict | None:
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     try:
         # small control messages go over gloo (CPU) on every backend: one code path, tested on CPU
-        group = dist.new_group(backend="gloo", timeout=timeout)
-        cfg, done_keys = _prepared_by_rank0(cfg.model_copy(update={"device": device}), info, group)
-        plan_start = time.perf_counter()
-        tokens = _block_tokens(cfg, info, group)
-        plan = assign_blocks(tokens, info.world)
-        plan_s = time.perf_counter() - plan_start
-        if len(tokens) < 4 * info.world:
-            log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
-                        len(tokens), info.world)
-        sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
-        share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
-                            shard=Shard(tuple(plan[info.rank].tolist())), sampler=sampler,
-                            on_batch=fault_injection_hook(info.rank))
-        dist.barrier(group)  # every rank's shards are on disk
-        reports = [None] * info.world if info.rank == 0 else None
-        dist.gather_object(_report(share, info, plan[info.rank]), reports, dst=0, group=group)
-        if info.rank != 0:
-            return None
-        return _finish_run(share, reports, {**plan_summary(tokens, plan), "plan_s": plan_s})
+        yield device, dist.new_group(backend="gloo", timeout=timeout)
     finally:
         dist.destroy_process_group()
+
+
+def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: tuple[list[np.ndarray], dict] | None = None
+                   ) -> dict | None:
+    """One embedding run over the ranks of `group`; rank 0 returns its summary. `plan`: (each rank's
+    blocks, plan summary) decided by the caller; None = balance this run's ESM/BPE tokens (one
+    translation pass, split over the ranks)."""
+    cfg, done_keys = _prepared_by_rank0(cfg, info, group)
+    if plan is None:
+        plan_start = time.perf_counter()
+        tokens = _block_tokens(cfg, info, group)
+        blocks = assign_blocks(tokens, info.world)
+        plan = blocks, {**plan_summary(tokens, blocks), "plan_s": time.perf_counter() - plan_start}
+    blocks, plan_info = plan
+    if plan_info["blocks"] < 4 * info.world:
+        log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
+                    plan_info["blocks"], info.world)
+    cuda = cfg.device.startswith("cuda")
+    sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
+    share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
+                        shard=Shard(tuple(blocks[info.rank].tolist())), sampler=sampler,
+                        on_batch=fault_injection_hook(info.rank))
+    dist.barrier(group)  # every rank's shards are on disk
+    reports = [None] * info.world if info.rank == 0 else None
+    dist.gather_object(_report(share, info, blocks[info.rank]), reports, dst=0, group=group)
+    if info.rank != 0:
+        return None
+    return _finish_run(share, reports, plan_info)
 
 
 def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group) -> tuple[EmbedConfig, np.ndarray]:

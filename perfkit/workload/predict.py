@@ -1,40 +1,65 @@
-"""The whole chain, each stage timed: translation -> nucleotide embedding -> protein embedding ->
-merge -> classifier -> per-read consensus.
+"""The whole chain, each stage timed: nucleotide embedding -> protein embedding -> merge -> classifier
+-> per-read consensus, in one process or in N ranks of ONE torchrun launch.
 
-Both embedding stages are ordinary `perfkit embed` runs (same runner, telemetry, checkpoints
-and resume; 1 or N processes) into OUT/nucleotide/ and OUT/protein/. Chunking and six-frame
-translation run inside their DataLoader workers, overlapped with the GPU; the `translation` stage
-is the single-process count pass the conservation checks need. Every stage's span goes into
-OUT/telemetry.jsonl and OUT/summary.json. Counts are checked at
-every stage boundary: frames translated = embedded (each stage), nucleotide ids = protein ids
-(same order), rows merged = rows classified, reads in the consensus = reads with a frame.
+Chunking and six-frame translation run inside the embedding stages' DataLoader workers, overlapped
+with the GPU. Both embedding stages are ordinary embedding runs (same runner, telemetry, checkpoints,
+resume) into OUT/nucleotide/ and OUT/protein/, except that their checked checkpoint shards are the
+output (no embeddings.h5): with N ranks, rank 0 first cuts the input into N contiguous runs of blocks
+of about equal size (one vectorised scan of the FASTA, the `planning` stage), both stages embed each
+rank's own run, and then every rank merges, classifies and calls its own reads straight from the
+shards. Rank 0 only joins the ranks' prediction files, in input order. Nothing that grows with the
+sample runs in one process, so the chain scales with its ranks end to end.
+
+Every stage's span goes into OUT/telemetry.jsonl and OUT/summary.json; stages the ranks do in
+parallel count the slowest rank. Counts are checked at every stage boundary: frames translated =
+embedded (each stage), nucleotide frames = protein frames (per rank, key by key), frames merged =
+classified, reads called = reads with a frame.
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 
 from perfkit.environment import environment
 from perfkit.errors import UserError
 from perfkit.summary import write_json
 from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
-from perfkit.workload import esm2
+from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
-from perfkit.workload.data import count_frames
+from perfkit.workload.data import block_sizes
 from perfkit.workload.runner import run_embed
-from perfkit.workload.store import open_complete
+from perfkit.workload.translate import FRAMES
 
 NUCLEOTIDE_MODEL = "dnabert_s"
 MERGE_CHUNK_ROWS = 65_536  # frames merged and classified at a time (~0.9 GB of 3B features)
+SHARDS_CACHED = 16  # shards per stage a scoring rank keeps in memory (they follow key order closely)
+PARTS = "parts"  # per-rank prediction files, joined by rank 0
+ALL_KEYS = (0, np.iinfo(np.int64).max)
 
 
 def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512, nproc: int = 1,
                 gpus: bool = False) -> dict:
     """`cfg` is the protein stage's config (its out_dir is the chain's folder); returns summary.json's content."""
+    check_chain(cfg, nproc)
+    if cfg.mode == "v2" and (nproc > 1 or gpus):
+        return _launch_ranks(cfg, classifier_weights, hidden, nproc, gpus)
+    return run_chain(cfg, None, classifier_weights=classifier_weights, hidden=hidden)
+
+
+def check_chain(cfg: EmbedConfig, nproc: int) -> None:
     if cfg.model not in esm2.CONFIGS:
         raise UserError(f"predict's --model is the protein (ESM-2) model, got {cfg.model!r}",
                         f"pass an ESM-2 model; the nucleotide stage always runs {NUCLEOTIDE_MODEL}")
@@ -43,69 +68,199 @@ def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512,
                         "cap it by reads (max_reads / --max-reads)")
     if cfg.mode == "v1" and nproc > 1:
         raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "drop --nproc or use --mode v2")
+
+
+def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int = 512) -> dict | None:
+    """`perfkit predict` under torchrun: the whole chain in this rank; rank 0 returns the summary."""
+    from perfkit.workload.distributed import rank_group
+
+    try:
+        check_chain(cfg, info.world)
+        with rank_group(cfg, info) as (device, group):
+            return run_chain(cfg.model_copy(update={"device": device}), (info, group),
+                             classifier_weights=classifier_weights, hidden=hidden)
+    except UserError as err:
+        raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
+    except BaseException as err:
+        print(f"error: rank {info.rank} of {info.world} (local rank {info.local_rank} on {socket.gethostname()}) "
+              f"failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        raise
+
+
+def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int = 512) -> dict | None:
+    """The chain in this process: alone (`ranks` None) or as one rank of (RankInfo, gloo group)."""
+    import torch.distributed as dist
+
+    from perfkit.workload.distributed import contiguous_blocks, embed_in_ranks, plan_summary
+
+    info, group = ranks if ranks else (None, None)
+    rank, world = (info.rank, info.world) if info else (0, 1)
+    lead = rank == 0
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)  # no summary of an earlier chain survives a failed one
-    telemetry = Telemetry(out / "telemetry.jsonl", run_id=f"predict-{cfg.mode}")
-    stages: dict[str, float] = {}
+    telemetry = None
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)  # no summary of an earlier chain survives a failed one
+        telemetry = Telemetry(out / "telemetry.jsonl", run_id=f"predict-{cfg.mode}")
     started: dict[str, float] = {}
 
     def timed(name):
+        if not lead:
+            return nullcontext()
         started[name] = time.time()
         return telemetry.stage(name)
 
     try:
-        with timed("translation"):
-            frames = count_frames(cfg.input, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                                  max_residues=cfg.max_residues)
-
+        with timed("planning"):
+            plan = None
+            if world > 1:
+                if lead:
+                    sizes = block_sizes(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads,
+                                        chunk_bp=cfg.chunk_bp)
+                    blocks = contiguous_blocks(sizes, world)
+                    plan = [(blocks, plan_summary(sizes, blocks, balance="contiguous runs of blocks, cut at equal shares",
+                                                  weight="bytes of FASTA per block (no translation)"))]
+                else:
+                    plan = [None]
+                dist.broadcast_object_list(plan, src=0, group=group)
+                plan = plan[0]
         runs = {}
         for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model)):
             stage_cfg = cfg.model_copy(update={
-                "model": model, "out_dir": out / stage.split("_")[0],
+                "model": model, "out_dir": out / stage.split("_")[0], "assemble": False,
                 "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
                 "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init})
             with timed(stage):
-                runs[stage] = _embed(stage_cfg, nproc, gpus)
-            embedded = runs[stage]["run"]["output"]["count"]
-            if embedded != frames:
-                raise RuntimeError(f"count check failed after {stage}: {frames} frames translated, {embedded} embedded")
-
-        started["merge"] = started["classifier"] = time.time()
-        ids, probs, classifier_info = _merge_and_classify(out, cfg, classifier_weights, hidden, telemetry)
-        with timed("consensus"):
-            reads = clf.consensus(ids, probs)
-            written = clf.write_predictions(out, ids, probs, reads)
+                runs[stage] = (embed_in_ranks(stage_cfg, info, group, plan) if info else run_embed(stage_cfg))
+        frames = None
+        if lead:
+            counts = {stage: r["run"]["output"]["count"] for stage, r in runs.items()}
+            if len(set(counts.values())) != 1:
+                raise RuntimeError(f"count check failed between the embedding stages: {counts}")
+            frames = counts["protein_embedding"]
+        score_start, score_unix = (telemetry.now(), time.time()) if lead else (None, None)
+        block_range = plan[0][rank] if plan else None
+        lo, hi = ((int(block_range[0]) * cfg.block_reads * len(FRAMES),
+                   (int(block_range[-1]) + 1) * cfg.block_reads * len(FRAMES)) if block_range is not None and len(block_range)
+                  else ALL_KEYS if block_range is None else (0, 0))
+        mine = score_reads(cfg, lo, hi, rank=rank, classifier_weights=classifier_weights, hidden=hidden)
+        reports = [mine]
+        if info:
+            reports = [None] * world if lead else None
+            dist.gather_object(mine, reports, dst=0, group=group)
+        if not lead:
+            return None
+        join_start = time.perf_counter()
+        written = _join_parts(out, world)
+        join_s = time.perf_counter() - join_start
+        score_end = telemetry.now()
+        for stage, key in (("merge", "merge_s"), ("classifier", "classify_s"), ("consensus", "consensus_s")):
+            slowest = max(r[key] for r in reports) + (join_s if stage == "consensus" else 0.0)
+            started[stage] = score_unix
+            telemetry.stage_total(stage, slowest, score_start, score_end)
     finally:
-        telemetry.close()
+        if telemetry is not None:
+            telemetry.close()
+    scored = sum(r["frames"] for r in reports)
+    if scored != frames:
+        raise RuntimeError(f"count check failed after classifier: {frames} frames embedded, {scored} scored")
+    reads_called = sum(r["reads"] for r in reports)
+    if written["reads"] != reads_called or written["frames"] != frames:
+        raise RuntimeError(f"count check failed joining the ranks' predictions: {written}")
     stages = dict(telemetry.stages)
-    reads_with_frames = len({i.rsplit("_", 1)[0] for i in ids})
-    if len(reads) != reads_with_frames:
-        raise RuntimeError(f"count check failed after consensus: {reads_with_frames} reads with frames, {len(reads)} called")
-
     embedding_s = stages["nucleotide_embedding"] + stages["protein_embedding"]
     summary = {
-        "schema": "perfkit.predict/1",
+        "schema": "perfkit.predict/2",
         "mode": cfg.mode,
+        "ranks": world,
         "stages_s": stages,
         "stage_started_unix": started,
         "end_to_end_s": sum(stages.values()),
         "bottleneck_stage": max(stages, key=stages.get),
         "stage_share": {k: v / embedding_s for k, v in stages.items() if k.endswith("embedding")},
-        "counts": {"frames": frames, "reads_called": len(reads),
-                   "virus_reads": int((reads["prediction"] == "virus").sum())},
+        "counts": {"frames": frames, "reads_called": reads_called,
+                   "virus_reads": sum(r["virus_reads"] for r in reports)},
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
         "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
                                  "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}
                              for k, r in runs.items()},
-        "classifier": classifier_info,
+        "plan": plan[1] if plan else None,
+        "score_ranks": reports,
+        "classifier": reports[0]["classifier"],
         "predictions": written,
-        "note": "translation = the count pass over the input (frames translated, for the conservation checks); "
-                "the embedding stages translate again inside their DataLoader workers, overlapped with the model",
+        "note": "translation runs inside the embedding stages' DataLoader workers, overlapped with the model; "
+                "merge, classifier and consensus run in every rank on its own reads: each counts the slowest rank",
         "environment": environment(),
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier_weights=None,
+                hidden: int = 512) -> dict:
+    """Merge, classify and call the frames with keys in [lo, hi) (whole reads) from both stages' shards;
+    writes OUT/parts/{frames,reads}.r{rank}.csv; returns counts and the time of each step."""
+    out = Path(cfg.out_dir)
+    t = time.perf_counter()
+    nt, protein = store.ShardIndex(out / "nucleotide"), store.ShardIndex(out / "protein")
+    keys = protein.keys[protein.between(lo, hi)]
+    nt_keys = nt.keys[nt.between(lo, hi)]
+    if not np.array_equal(keys, nt_keys):
+        raise RuntimeError(f"count check failed in rank {rank}: {len(nt_keys)} nucleotide frames, "
+                           f"{len(keys)} protein frames, or different frames, in its reads")
+    read = functools.lru_cache(maxsize=SHARDS_CACHED)(store.read_shard)
+    read_nt = functools.lru_cache(maxsize=SHARDS_CACHED)(store.read_shard)
+    protein_dim = esm2.get_config(cfg.model).embed_dim
+    device = cfg.device if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else "cpu"
+    model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim, seed=cfg.seed)
+    merge_s, classify_s = time.perf_counter() - t, 0.0
+    ids = np.empty(len(keys), dtype=object)
+    probs = np.empty((len(keys), len(clf.CLASSES)), dtype=np.float32)
+    for start in range(0, len(keys), MERGE_CHUNK_ROWS):
+        chunk = keys[start:start + MERGE_CHUNK_ROWS]
+        t = time.perf_counter()
+        ids[start:start + len(chunk)] = protein.take(chunk, 1, read)
+        features = clf.merge_features(nt.take(chunk, 2, read_nt), protein.take(chunk, 2, read), protein_dim=protein_dim)
+        merge_s += time.perf_counter() - t
+        t = time.perf_counter()
+        scored = clf.predict_frames(model, features, device=device)
+        if len(scored) != len(chunk):
+            raise RuntimeError(f"count check failed in the classifier: {len(chunk)} rows in, {len(scored)} scored")
+        probs[start:start + len(chunk)] = scored
+        classify_s += time.perf_counter() - t
+    t = time.perf_counter()
+    frame_ids = [str(i) for i in ids]
+    reads = clf.consensus(frame_ids, probs)
+    reads_with_frames = len({i.rsplit("_", 1)[0] for i in frame_ids})
+    if len(reads) != reads_with_frames:
+        raise RuntimeError(f"count check failed after consensus: {reads_with_frames} reads with frames, {len(reads)} called")
+    clf.write_predictions(out / PARTS / f"r{rank:03d}", frame_ids, probs, reads)
+    return {"rank": rank, "key_range": [int(lo), int(hi)], "device": device, "frames": len(keys),
+            "reads": len(reads), "virus_reads": int((reads["prediction"] == "virus").sum()),
+            "merge_s": merge_s, "classify_s": classify_s, "consensus_s": time.perf_counter() - t,
+            "classifier": info}
+
+
+def _join_parts(out: Path, world: int) -> dict:
+    """The ranks' prediction files, one after another (their reads are consecutive runs of the input),
+    into OUT/predictions_per_{frame,read}.csv: header once, temp file then rename."""
+    counts = {}
+    for kind, name in (("frames", clf.FRAME_CSV), ("reads", clf.READ_CSV)):
+        final = out / name
+        tmp = final.with_name(name + ".tmp")
+        rows = 0
+        with open(tmp, "wb") as joined:
+            for rank in range(world):
+                with open(out / PARTS / f"r{rank:03d}" / name, "rb") as part:
+                    header = part.readline()
+                    if rank == 0:
+                        joined.write(header)
+                    for block in iter(functools.partial(part.read, 1 << 24), b""):
+                        rows += block.count(b"\n")
+                        joined.write(block)
+        os.replace(tmp, final)
+        counts[kind] = rows
+    return {"frames_csv": str(out / clf.FRAME_CSV), "reads_csv": str(out / clf.READ_CSV), **counts}
 
 
 def stage_run(summary: dict) -> dict:
@@ -118,43 +273,6 @@ def stage_run(summary: dict) -> dict:
             "ranks": t.get("ranks", 1)}
 
 
-def _merge_and_classify(out: Path, cfg: EmbedConfig, classifier_weights, hidden: int, telemetry: Telemetry):
-    """Merge and classify chunk by chunk, straight from both embeddings.h5 files: memory stays at one
-    chunk (a 6M-read sample holds ~64 GB of features). The two stages' times are summed over chunks."""
-    clock = telemetry.now()
-    merge_s, classify_s, scored_rows = 0.0, 0.0, 0
-    t = time.perf_counter()
-    with ExitStack() as files:
-        nt, nt_ids = open_complete(out / "nucleotide" / "embeddings.h5")
-        files.enter_context(nt)
-        pr, pr_ids = open_complete(out / "protein" / "embeddings.h5")
-        files.enter_context(pr)
-        ids, nt_vectors, pr_vectors = clf.align_by_ids(nt_ids, nt["embeddings"], pr_ids, pr["embeddings"])
-        protein_dim = esm2.get_config(cfg.model).embed_dim
-        model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim,
-                                          seed=cfg.seed)
-        probs = np.empty((len(ids), len(clf.CLASSES)), dtype=np.float32)
-        merge_s += time.perf_counter() - t
-        for start in range(0, len(ids), MERGE_CHUNK_ROWS):
-            stop = min(start + MERGE_CHUNK_ROWS, len(ids))
-            t = time.perf_counter()
-            features = clf.merge_features(nt_vectors[start:stop], pr_vectors[start:stop], protein_dim=protein_dim)
-            merge_s += time.perf_counter() - t
-            t = time.perf_counter()
-            scored = clf.predict_frames(model, features, device="cpu")
-            if len(scored) != stop - start:
-                raise RuntimeError(f"count check failed in the classifier: rows {start}-{stop} in, {len(scored)} scored")
-            probs[start:stop] = scored
-            scored_rows += len(scored)
-            classify_s += time.perf_counter() - t
-        if scored_rows != len(ids):
-            raise RuntimeError(f"count check failed after classifier: {len(ids)} frames in, {scored_rows} scored")
-    end = telemetry.now()
-    telemetry.stage_total("merge", merge_s, clock, end)
-    telemetry.stage_total("classifier", classify_s, clock, end)
-    return ids, probs, info
-
-
 def compare_runs(dir_a, dir_b) -> dict:
     """Prediction agreement of two chains (e.g. v1 and v2) from their prediction CSVs and summaries."""
     import json
@@ -165,9 +283,20 @@ def compare_runs(dir_a, dir_b) -> dict:
     return clf.prediction_agreement(reads_a, reads_b, frames_a, frames_b, info[0], info[1])
 
 
-def _embed(cfg: EmbedConfig, nproc: int, gpus: bool) -> dict:
-    if cfg.mode == "v2" and (nproc > 1 or gpus):
-        from perfkit.workload.distributed import run_multi
+def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool) -> dict:
+    """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank); its summary."""
+    from perfkit.workload.distributed import check_launch, set_nccl_env, torchrun_command
 
-        return run_multi(cfg, nproc, gpus=gpus)
-    return run_embed(cfg)
+    device = check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus)  # the chain folder may hold stages
+    env = dict(os.environ)
+    set_nccl_env(env)
+    with tempfile.TemporaryDirectory(prefix="perfkit-predict-") as tmp:
+        params = Path(tmp) / "params.yaml"  # JSON is YAML: every setting of cfg, flags for the rest
+        params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", "device"})}))
+        argv = ["predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), "--hidden", str(hidden),
+                "--device", device, *(["--classifier", str(classifier_weights)] if classifier_weights else [])]
+        done = subprocess.run(torchrun_command(nproc, argv), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-25:])
+        raise RuntimeError(f"{nproc}-rank chain failed (torchrun exit {done.returncode}):\n{tail}")
+    return json.loads((Path(cfg.out_dir) / "summary.json").read_text())

@@ -240,14 +240,28 @@ def run_result(share: Share, frames_translated: int, capped: bool | None = None)
 
 
 def assemble_and_verify(share: Share, frames_translated: int) -> dict:
-    """Every shard in the folder -> embeddings.h5 (count checked), then the alignment check on it."""
+    """The run's output, checked: every shard -> embeddings.h5 (count checked), or, with `assemble`
+    off, the shards themselves (same checks); then the alignment check on it."""
     cfg = share.run.cfg
-    assemble_start = time.perf_counter()
+    start = time.perf_counter()
+    if not cfg.assemble:
+        output, index = store.check_shards(cfg.out_dir, expected_count=frames_translated, frame_names=FRAMES)
+        output["check_s"] = time.perf_counter() - start
+        return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, index.vectors)}
     output = store.assemble(cfg.out_dir, expected_count=frames_translated, frame_names=FRAMES,
                             attrs={"model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
                                    "weights": json.dumps(share.weights_info)})
-    output["assemble_s"] = time.perf_counter() - assemble_start
-    return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg)}
+    output["assemble_s"] = time.perf_counter() - start
+    with h5py.File(cfg.out_dir / "embeddings.h5", "r") as h5:
+        stored_keys = h5["keys"][:]
+
+        def stored(keys):
+            rows = np.searchsorted(stored_keys, keys)
+            if rows.max() >= len(stored_keys) or not np.array_equal(stored_keys[rows], keys):
+                raise RuntimeError("alignment check failed: a key is missing from embeddings.h5")
+            return np.stack([h5["embeddings"][int(r)] for r in rows])
+
+        return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, stored)}
 
 
 def _finish(share: Share) -> dict:
@@ -526,21 +540,19 @@ def _loop_v1_nucleotide(run: Run, model, done_keys, progress) -> bool:
 
 # ---------------------------------------------------------------------------- checks
 
-def verify_alignment(run: Run, model, cfg: EmbedConfig) -> dict:
-    """Recompute a few sequences alone and compare with the rows stored under their keys."""
+def verify_alignment(run: Run, model, cfg: EmbedConfig, stored) -> dict:
+    """Recompute a few sequences alone and compare with the rows stored under their keys
+    (`stored(keys)` -> those rows)."""
     if not run.verify_pool:
         return {"checked": 0, "passed": True}
-    with h5py.File(cfg.out_dir / "embeddings.h5", "r") as h5:
-        keys = h5["keys"][:]
-        worst = 1.0
-        for key, tokens in run.verify_pool:
-            row = int(np.searchsorted(keys, key))
-            if row >= len(keys) or keys[row] != key:
-                raise RuntimeError(f"alignment check failed: key {key} is missing from embeddings.h5")
-            alone = _embed_one(model, cfg, run.encoder, tokens, run.device).astype(np.float64)
-            stored = h5["embeddings"][row].astype(np.float64)
-            cosine = float(alone @ stored / (np.linalg.norm(alone) * np.linalg.norm(stored)))
-            worst = min(worst, cosine)
+    keys = np.array([key for key, _ in run.verify_pool], dtype=np.int64)
+    order = np.argsort(keys)
+    rows = stored(keys[order])
+    worst = 1.0
+    for row, i in zip(rows, order):
+        alone = _embed_one(model, cfg, run.encoder, run.verify_pool[i][1], run.device).astype(np.float64)
+        row = row.astype(np.float64)
+        worst = min(worst, float(alone @ row / (np.linalg.norm(alone) * np.linalg.norm(row))))
     threshold = 0.9999 if cfg.precision == "fp32" else 0.99
     if worst < threshold:
         raise RuntimeError(f"alignment check failed: a stored vector has cosine {worst:.4f} with its sequence recomputed alone")

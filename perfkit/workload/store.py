@@ -204,3 +204,69 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     h5, ids = open_complete(path)
     with h5:
         return ids, h5["embeddings"][:]
+
+
+# ---------------------------------------------------------------------------- shards as the output
+
+class ShardIndex:
+    """Where each key's vector lives among a folder's shards, without reading any vector.
+
+    A key found in two shards (a resume after a config change) counts once: the first shard in
+    name order wins, as in `assemble`."""
+
+    def __init__(self, out_dir: str | Path):
+        self.paths = sorted((Path(out_dir) / "checkpoints").glob(SHARD_GLOB))
+        parts = [read_shard_keys(p) for p in self.paths]
+        all_keys = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        shard = np.repeat(np.arange(len(parts)), [len(k) for k in parts])
+        row = np.concatenate([np.arange(len(k)) for k in parts]) if parts else np.empty(0, np.int64)
+        self.keys, first = np.unique(all_keys, return_index=True)
+        self.shard, self.row = shard[first], row[first]
+        self.duplicates = len(all_keys) - len(self.keys)
+
+    def between(self, lo: int, hi: int) -> slice:
+        """Positions (in self.keys) of the keys in [lo, hi)."""
+        return slice(int(np.searchsorted(self.keys, lo)), int(np.searchsorted(self.keys, hi)))
+
+    def take(self, keys: np.ndarray, field: int = 2, read=read_shard) -> np.ndarray:
+        """Vectors (field 2) or ids (field 1) of `keys` (all present), in that order; `read(path)` ->
+        (keys, ids, vectors) of a shard, e.g. a cached read_shard."""
+        at = np.searchsorted(self.keys, keys)
+        if len(keys) and (at.max() >= len(self.keys) or not np.array_equal(self.keys[at], keys)):
+            raise RuntimeError("alignment check failed: a key is missing from the checkpoint shards")
+        out = None
+        for number in np.unique(self.shard[at]):
+            pick = np.flatnonzero(self.shard[at] == number)
+            values = read(self.paths[number])[field]
+            if out is None:
+                out = (np.empty((len(keys), values.shape[1]), dtype=np.float32) if field == 2
+                       else np.empty(len(keys), dtype=values.dtype))
+            out[pick] = values[self.row[at[pick]]]
+        if out is None:
+            return np.empty((0, 0), dtype=np.float32) if field == 2 else np.empty(0, dtype=str)
+        return out
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        return self.take(keys, 2)
+
+
+def check_shards(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str, ...]) -> tuple[dict, ShardIndex]:
+    """The shards as a run's output (no embeddings.h5): the same count and id <-> key checks as `assemble`."""
+    index = ShardIndex(out_dir)
+    if len(index.keys) != expected_count:
+        raise RuntimeError(f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded")
+    names = np.array(frame_names)
+    for number, path in enumerate(index.paths):
+        with np.load(path, allow_pickle=False) as data:
+            keys, ids = data["keys"], data["ids"]
+        mine = index.row[index.shard == number]
+        if not np.all(np.char.endswith(ids[mine].astype(str), np.char.add("_", names[keys[mine] % len(names)]))):
+            raise RuntimeError(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
+    return {"count": expected_count, "assembled": False, "checkpoints": str(Path(out_dir) / "checkpoints"),
+            "duplicates_dropped": int(index.duplicates), "shards": len(index.paths)}, index
+
+
+def read_shards(out_dir: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """keys, ids and vectors of every key in a folder's shards, in key order (small runs and tests)."""
+    index = ShardIndex(out_dir)
+    return index.keys, [str(i) for i in index.take(index.keys, 1)], index.take(index.keys, 2)
