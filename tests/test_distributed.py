@@ -182,3 +182,36 @@ def test_resume_after_killing_the_whole_launch(runs, tmp_path):
     assert np.array_equal(vectors, ref_vectors)
     summary = json.loads((out / "summary.json").read_text())
     assert 0 < summary["throughput"]["sequences"] < len(ids)  # only the unfinished part was embedded
+
+
+def test_contiguous_blocks_cut_at_equal_shares():
+    from perfkit.workload.distributed import contiguous_blocks
+
+    plan = contiguous_blocks(np.array([10, 10, 10, 10, 10, 10, 10, 30]), 2)
+    assert [p.tolist() for p in plan] == [[0, 1, 2, 3, 4], [5, 6, 7]]  # 50 | 50
+    plan = contiguous_blocks(np.ones(10, dtype=np.int64), 3)
+    assert np.concatenate(plan).tolist() == list(range(10)) and [len(p) for p in plan] == [3, 4, 3]
+    assert [len(p) for p in contiguous_blocks(np.array([5]), 2)] == [0, 1] or \
+        [len(p) for p in contiguous_blocks(np.array([5]), 2)] == [1, 0]  # fewer blocks than ranks: one empty
+
+
+def test_block_sizes_scan_matches_the_parser(tmp_path):
+    """The vectorised scan finds the same blocks as read_blocks (and bytes follow bases); gzip and
+    chunked input fall back to parsing."""
+    import gzip
+
+    from perfkit.workload.data import block_sizes, read_blocks
+
+    fasta = orf_fasta(tmp_path / "s.fa", 57, seed=3)
+    for block_reads, max_reads in ((10, None), (7, 30), (100, None)):
+        sizes = block_sizes(fasta, block_reads=block_reads, max_reads=max_reads, scan_bytes=97)  # scan in pieces
+        blocks = list(read_blocks(fasta, block_reads, max_reads))
+        assert len(sizes) == len(blocks)
+        text = fasta.read_bytes()
+        assert sizes.sum() <= len(text) and (max_reads or sizes.sum() == len(text))
+        bases = np.array([sum(len(s) for _, s in recs) for _, _, recs in blocks])
+        assert np.all(sizes > bases)  # bytes = bases + headers + newlines
+    packed = tmp_path / "s.fa.gz"
+    packed.write_bytes(gzip.compress(fasta.read_bytes()))
+    assert block_sizes(packed, block_reads=10).tolist() == [
+        sum(len(s) for _, s in recs) for _, _, recs in read_blocks(fasta, 10)]

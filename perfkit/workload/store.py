@@ -240,10 +240,10 @@ class ShardIndex:
             values = read(self.paths[number])[field]
             if out is None:
                 out = (np.empty((len(keys), values.shape[1]), dtype=np.float32) if field == 2
-                       else np.empty(len(keys), dtype=values.dtype))
+                       else np.empty(len(keys), dtype=object))  # shards' id widths differ: never truncate
             out[pick] = values[self.row[at[pick]]]
         if out is None:
-            return np.empty((0, 0), dtype=np.float32) if field == 2 else np.empty(0, dtype=str)
+            return np.empty((0, 0), dtype=np.float32) if field == 2 else np.empty(0, dtype=object)
         return out
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
