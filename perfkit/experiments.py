@@ -1170,14 +1170,18 @@ def run_full_validation(ctx: Context) -> dict:
             "tuned_knobs": knobs}
 
 
+FIXED_STAGES = ("launch",)  # chain stages that do not grow with the reads
+
+
 def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_reads: int,
                        protein_projection: dict) -> dict:
     """Hours for the whole chain on the full sample, stage by stage, from one measured chain run.
 
     Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s - its output assembly
     or shard check: process start, model build, warm-up, alignment check) + full-sample tokens / steady
-    tok/s + the output assembly or shard check scaled with reads. Other stages (planning, merge,
-    classifier, consensus): linear in reads. Error: the protein
+    tok/s + the output assembly or shard check scaled with reads. `launch` (torchrun start, imports,
+    process groups: N-rank chains only): fixed. Other stages (planning, merge, classifier, consensus):
+    linear in reads. Error: the protein
     stage's window spread applied to its share (the other stages' spread is not measured).
     """
     scale = full_reads / run_reads
@@ -1195,6 +1199,10 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
                          "steady_tok_per_s": rate,
                          "run_tokens": t["real_tokens"], "full_sample_tokens": t["real_tokens"] * scale,
                          "projected_h": projected / 3600, "method": "fixed + full tokens / steady rate"})
+        elif stage in FIXED_STAGES:
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": seconds, "assemble_s": 0.0,
+                         "steady_tok_per_s": None, "run_tokens": None, "full_sample_tokens": None,
+                         "projected_h": seconds / 3600, "method": "fixed"})
         else:
             rows.append({"stage": stage, "measured_s": seconds, "fixed_s": 0.0, "assemble_s": 0.0, "steady_tok_per_s": None,
                          "run_tokens": None, "full_sample_tokens": None, "projected_h": seconds * scale / 3600,

@@ -230,13 +230,13 @@ def test_end_to_end_scaling_compares_projected_chains_stage_by_stage():
     two_summaries = {"protein_embedding": fake_summary(tok=2000.0, real_tokens=90_000),
                      "nucleotide_embedding": fake_summary(tok=10_000.0, real_tokens=50_000)}
     chain_1 = fake_chain(planning=0.0, merge=2.0, classifier=1.0, consensus=1.0)
-    chain_2 = fake_chain(planning=0.1, protein_embedding=60.0, nucleotide_embedding=20.0, merge=1.0, classifier=0.5,
+    chain_2 = fake_chain(launch=7.0, planning=0.1, protein_embedding=60.0, nucleotide_embedding=20.0, merge=1.0, classifier=0.5,
                          consensus=0.5)
     sides = [{"chain": c, "end_to_end": ex.project_end_to_end(c, s, 1000, 100_000, {})}
              for c, s in ((chain_1, one_summaries), (chain_2, two_summaries))]
     out = ex.end_to_end_scaling(sides[0], sides[1], 2)
     hours_1 = (10 + 9000 + 10 + 1000 + 400) / 3600
-    hours_2 = (15 + 4500 + 15 + 500 + 10 + 200) / 3600
+    hours_2 = (7 + 15 + 4500 + 15 + 500 + 10 + 200) / 3600  # launch is fixed, not linear in reads
     assert out["single_h"] == pytest.approx(hours_1) and out["multi_h"] == pytest.approx(hours_2)
     assert out["factor"] == pytest.approx(hours_1 / hours_2)
     assert out["measured_factor"] == pytest.approx(chain_1["end_to_end_s"] / chain_2["end_to_end_s"])

@@ -189,6 +189,10 @@ def test_chain_in_two_ranks_equals_one_process(tmp_path):
     assert two["plan"]["blocks"] == 9 and sum(r["frames"] for r in two["score_ranks"]) == one["counts"]["frames"]
     assert all(r["frames"] > 0 for r in two["score_ranks"])  # both ranks scored their own reads
     assert two["stages_s"]["planning"] > 0 and two["stage_throughput"]["protein_embedding"]["ranks"] == 2
+    # torchrun's start and the ranks' set-up are outside every span: the launching process adds them
+    assert list(two["stages_s"])[0] == "launch" and two["stages_s"]["launch"] > 0
+    assert two["end_to_end_s"] == pytest.approx(sum(two["stages_s"].values()))
+    assert two["end_to_end_s"] == pytest.approx(two["launch_wall_s"], rel=1e-6)
     for name in ("predictions_per_frame.csv", "predictions_per_read.csv"):
         a, b = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
         assert a.columns.tolist() == b.columns.tolist() and len(a) == len(b)

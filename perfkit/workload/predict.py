@@ -295,8 +295,18 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
         params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", "device"})}))
         argv = ["predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), "--hidden", str(hidden),
                 "--device", device, *(["--classifier", str(classifier_weights)] if classifier_weights else [])]
+        start = time.perf_counter()
         done = subprocess.run(torchrun_command(nproc, argv), env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-25:])
         raise RuntimeError(f"{nproc}-rank chain failed (torchrun exit {done.returncode}):\n{tail}")
-    return json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    path = Path(cfg.out_dir) / "summary.json"
+    summary = json.loads(path.read_text())
+    # torchrun's start, every rank's imports and process-group set-up, and their exit: outside every span
+    launch = max(wall - summary["end_to_end_s"], 0.0)
+    summary["stages_s"] = {"launch": launch, **summary["stages_s"]}
+    summary["end_to_end_s"] += launch
+    summary["launch_wall_s"] = wall
+    write_json(path, summary)
+    return summary
