@@ -1173,16 +1173,27 @@ def run_full_validation(ctx: Context) -> dict:
 FIXED_STAGES = ("launch",)  # chain stages that do not grow with the reads
 
 
+def slowest_rank_token_seconds(summary: dict) -> float:
+    """A run's tokens at steady state: its tokens / steady tok/s, or with several ranks the slowest
+    rank's own tokens / own steady tok/s (every rank must have a steady rate, else the summed figure)."""
+    t = summary["throughput"]
+    ranks = [r for r in (summary.get("per_rank") or {}).values() if isinstance(r, dict)]
+    if len(ranks) > 1 and all(r.get("steady_tok_per_s") and r.get("real_tokens") is not None for r in ranks):
+        return max(r["real_tokens"] / r["steady_tok_per_s"] for r in ranks)
+    return t["real_tokens"] / t["steady_tok_per_s"]
+
+
 def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_reads: int,
                        protein_projection: dict) -> dict:
     """Hours for the whole chain on the full sample, stage by stage, from one measured chain run.
 
     Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s - its output assembly
     or shard check: process start, model build, warm-up, alignment check) + full-sample tokens / steady
-    tok/s + the output assembly or shard check scaled with reads. `launch` (torchrun start, imports,
-    process groups: N-rank chains only): fixed. Other stages (planning, merge, classifier, consensus):
-    linear in reads. Error: the protein
-    stage's window spread applied to its share (the other stages' spread is not measured).
+    tok/s + the output assembly or shard check scaled with reads. With N ranks the token time is the
+    slowest rank's (its tokens / its steady tok/s): an uneven split grows with the sample. `launch`
+    (torchrun start, imports, process groups: N-rank chains only): fixed. Other stages (planning,
+    merge, classifier, consensus): linear in reads. Error: the protein stage's window spread applied
+    to its share (the other stages' spread is not measured).
     """
     scale = full_reads / run_reads
     rows = []
@@ -1190,13 +1201,14 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
         t = (stage_summaries.get(stage) or {}).get("throughput")
         if t and t.get("steady_tok_per_s"):
             rate = t["steady_tok_per_s"]
+            token_s = slowest_rank_token_seconds(stage_summaries[stage])
             output = ((stage_summaries[stage].get("run") or {}).get("output") or {})
             # writing embeddings.h5, or checking the shards that replace it: both grow with the reads
             assemble = float(output.get("assemble_s") or 0.0) + float(output.get("check_s") or 0.0)
-            fixed = max(seconds - t["real_tokens"] / rate - assemble, 0.0)
-            projected = fixed + t["real_tokens"] * scale / rate + assemble * scale
+            fixed = max(seconds - token_s - assemble, 0.0)
+            projected = fixed + token_s * scale + assemble * scale
             rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "assemble_s": assemble,
-                         "steady_tok_per_s": rate,
+                         "steady_tok_per_s": rate, "token_s": token_s,
                          "run_tokens": t["real_tokens"], "full_sample_tokens": t["real_tokens"] * scale,
                          "projected_h": projected / 3600, "method": "fixed + full tokens / steady rate"})
         elif stage in FIXED_STAGES:

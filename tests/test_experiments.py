@@ -245,6 +245,19 @@ def test_end_to_end_scaling_compares_projected_chains_stage_by_stage():
     assert rows.loc["planning", "factor"] == 0.0  # one process plans nothing; N processes pay for it
 
 
+def test_multi_rank_projection_uses_the_slowest_ranks_tokens():
+    # 2 ranks at 500 tok/s each; rank 1 holds 60 % of the tokens: at scale its share decides the wall time
+    ranks = {"0": {"real_tokens": 40_000, "steady_tok_per_s": 500.0},
+             "1": {"real_tokens": 60_000, "steady_tok_per_s": 500.0}}
+    summary = fake_summary(tok=1000.0, real_tokens=100_000, per_rank=ranks)
+    assert ex.slowest_rank_token_seconds(summary) == pytest.approx(120.0)  # not 100 s from the summed rate
+    e2e = ex.project_end_to_end(fake_chain(protein_embedding=130.0), {"protein_embedding": summary}, 1000, 10_000, {})
+    row = pd.DataFrame(e2e["stages"]).set_index("stage").loc["protein_embedding"]
+    assert row["fixed_s"] == pytest.approx(10.0) and row["projected_h"] == pytest.approx((10 + 1200) / 3600)
+    ranks["1"]["steady_tok_per_s"] = None  # a rank without a steady rate: the summed figure
+    assert ex.slowest_rank_token_seconds(summary) == pytest.approx(100.0)
+
+
 def test_holdout_check_predicts_the_whole_run_from_its_first_half():
     # window 0: warm-up, 500 tok/s; then 1000 tok/s for 8 windows: the whole run is 500*10 + 80_000 tokens
     windows = [window(0, 500)] + [window(i, 1000) for i in range(1, 9)]
