@@ -345,7 +345,7 @@ GOOD = {
     "01_baseline": {"speedup_v2_over_v1": 6.0, "equivalence_gate_passed": True, "prediction_agreement_v1_v2": 0.999,
                     "nt_equivalence_gate_passed": True},
     "02_profiling": {"device_busy_fraction": 0.9},
-    "03_scaling": {"scaling_factor_embedding_stages": 1.95},
+    "03_scaling": {"scaling_factor_end_to_end": 1.95},
     "04_tuning": {"best_tok_per_s": 1.0},
     "05_full_validation": {"projected_hours_end_to_end": 8.0, "gpu_util_mean": 80.0, "packing_efficiency": 0.97},
 }
