@@ -54,7 +54,7 @@ def _embed(args) -> int:
     ranks = f" x {t['ranks']} ranks" if t["ranks"] > 1 else ""
     print(f"{cfg.mode} {cfg.model} {cfg.precision} on {run['device']}{ranks}: {t['sequences']} sequences, "
           f"{t['seq_per_s']:.1f} seq/s, {t['tok_per_s']:.0f} tok/s, packing {summary['packing']['efficiency']:.1%}"
-          + ("" if run["capped"] else f" -> {run['output']['path']}"))
+          + ("" if run["capped"] else f" -> {run['output'].get('path') or run['output']['checkpoints']}"))
     return 0
 
 

@@ -905,13 +905,14 @@ def end_to_end_scaling(one: dict, many: dict, nproc: int) -> dict:
     hours_1, hours_n = one["end_to_end"]["hours"], many["end_to_end"]["hours"]
     rows_1 = {r["stage"]: r for r in one["end_to_end"]["stages"]}
     rows_n = {r["stage"]: r for r in many["end_to_end"]["stages"]}
-    table = [{"stage": stage, "single_measured_s": rows_1[stage]["measured_s"],
-              "multi_measured_s": rows_n.get(stage, {}).get("measured_s"),
-              "single_projected_h": rows_1[stage]["projected_h"],
-              "multi_projected_h": rows_n.get(stage, {}).get("projected_h"),
-              "factor": (rows_1[stage]["projected_h"] / rows_n[stage]["projected_h"]
+    stages = list(rows_n) + [s for s in rows_1 if s not in rows_n]  # `launch`: the N-process side only
+    table = [{"stage": stage, "single_measured_s": rows_1.get(stage, {}).get("measured_s", 0.0),
+              "multi_measured_s": rows_n.get(stage, {}).get("measured_s", 0.0),
+              "single_projected_h": rows_1.get(stage, {}).get("projected_h", 0.0),
+              "multi_projected_h": rows_n.get(stage, {}).get("projected_h", 0.0),
+              "factor": (rows_1.get(stage, {}).get("projected_h", 0.0) / rows_n[stage]["projected_h"]
                          if rows_n.get(stage, {}).get("projected_h") else None)}
-             for stage in rows_1]
+             for stage in stages]
     measured_1, measured_n = one["chain"]["end_to_end_s"], many["chain"]["end_to_end_s"]
     return {"nproc": nproc, "full_sample_reads": one["end_to_end"]["full_sample_reads"],
             "run_reads": one["end_to_end"]["run_reads"], "single_h": hours_1, "multi_h": hours_n,

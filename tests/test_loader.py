@@ -52,3 +52,13 @@ def test_dataloader_queue_fills_when_consumer_is_slow():
     assert all(d is not None for d in depths)
     assert max(depths) >= 2  # workers ran ahead while the consumer was busy
     assert all(a.wait_s < 0.05 for a in loader.arrivals[3:])
+
+
+def test_a_block_beyond_the_plan_fails_the_run(small_fasta):
+    """Blocks the planning scan did not count would belong to no rank: the loader refuses them."""
+    from perfkit.workload.data import PackedFrames, Shard
+
+    frames = PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=Shard((0,), planned_blocks=1))
+    with pytest.raises(RuntimeError, match="more than the 1 blocks"):
+        list(frames)
+    assert list(PackedFrames(small_fasta, token_budget=4096, block_reads=10**6, shard=Shard((0,), planned_blocks=1)))

@@ -182,17 +182,21 @@ def test_chain_in_two_ranks_equals_one_process(tmp_path):
     """One torchrun launch of 2 CPU ranks (gloo): contiguous plan, both stages, per-rank scoring,
     joined predictions: the same frames, order and calls as the 1-process chain."""
     fasta = orf_fasta(tmp_path / "s.fa", 90, seed=8)
-    settings = {**FAST, "block_reads": 10, "token_budget": 512}
+    settings = {**FAST, "block_reads": 8, "max_reads": 85, "token_budget": 512}  # 11 blocks, the last of 5 reads
     one = run_predict(make_config(input=fasta, out_dir=tmp_path / "one", **settings), hidden=16)
     two = run_predict(make_config(input=fasta, out_dir=tmp_path / "two", **settings), hidden=16, nproc=2)
     assert two["ranks"] == 2 and two["counts"] == one["counts"]
-    assert two["plan"]["blocks"] == 9 and sum(r["frames"] for r in two["score_ranks"]) == one["counts"]["frames"]
+    assert one["counts"]["frames"] == count_frames(fasta, max_reads=85)
+    assert two["plan"]["blocks"] == 11 and sum(r["frames"] for r in two["score_ranks"]) == one["counts"]["frames"]
     assert all(r["frames"] > 0 for r in two["score_ranks"])  # both ranks scored their own reads
     assert two["stages_s"]["planning"] > 0 and two["stage_throughput"]["protein_embedding"]["ranks"] == 2
     # torchrun's start and the ranks' set-up are outside every span: the launching process adds them
     assert list(two["stages_s"])[0] == "launch" and two["stages_s"]["launch"] > 0
     assert two["end_to_end_s"] == pytest.approx(sum(two["stages_s"].values()))
     assert two["end_to_end_s"] == pytest.approx(two["launch_wall_s"], rel=1e-6)
+    slowest = max(two["score_ranks"], key=lambda r: r["merge_s"] + r["classify_s"] + r["consensus_s"])
+    assert two["stages_s"]["merge"] == pytest.approx(slowest["merge_s"])  # one rank's steps, never mixed
+    assert two["score_ranks"][0]["device"] == "cpu" == one["score_ranks"][0]["device"]  # same rule both sides
     for name in ("predictions_per_frame.csv", "predictions_per_read.csv"):
         a, b = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
         assert a.columns.tolist() == b.columns.tolist() and len(a) == len(b)

@@ -43,6 +43,7 @@ class Shard:
     """
 
     blocks: tuple[int, ...] | None = None
+    planned_blocks: int | None = None  # blocks the plan split between ranks: the input must not hold more
 
     def positions(self) -> dict[int, int] | None:
         """block index -> its position among this shard's blocks (None: every block, position = index)."""
@@ -105,6 +106,9 @@ class PackedFrames(IterableDataset):
         translated = 0
         positions = self.shard.positions()
         for block, first_read, records in read_blocks(self.fasta, self.block_reads, self.max_reads, self.chunk_bp):
+            if self.shard.planned_blocks is not None and block >= self.shard.planned_blocks:
+                raise RuntimeError(f"count check failed: the input holds more than the {self.shard.planned_blocks} "
+                                   "blocks the ranks were planned for; its reads would be embedded by no rank")
             position = block if positions is None else positions.get(block)
             if position is None or position % workers != worker:
                 continue

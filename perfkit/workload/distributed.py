@@ -308,7 +308,7 @@ def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: tuple[list[np.
     cuda = cfg.device.startswith("cuda")
     sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
     share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
-                        shard=Shard(tuple(blocks[info.rank].tolist())), sampler=sampler,
+                        shard=Shard(tuple(blocks[info.rank].tolist()), planned_blocks=plan_info["blocks"]), sampler=sampler,
                         on_batch=fault_injection_hook(info.rank))
     dist.barrier(group)  # every rank's shards are on disk
     reports = [None] * info.world if info.rank == 0 else None

@@ -7,8 +7,9 @@ resume) into OUT/nucleotide/ and OUT/protein/, except that their checked checkpo
 output (no embeddings.h5): with N ranks, rank 0 first cuts the input into N contiguous runs of blocks
 of about equal size (one vectorised scan of the FASTA, the `planning` stage), both stages embed each
 rank's own run, and then every rank merges, classifies and calls its own reads straight from the
-shards. Rank 0 only joins the ranks' prediction files, in input order. Nothing that grows with the
-sample runs in one process, so the chain scales with its ranks end to end.
+shards. Rank 0 only joins the ranks' prediction files, in input order. What still grows with the
+sample outside the ranks' own share is small and measured: the planning scan, every rank indexing the
+shards' keys, rank 0's shard check and the byte copy of the joined CSVs.
 
 Every stage's span goes into OUT/telemetry.jsonl and OUT/summary.json; stages the ranks do in
 parallel count the slowest rank. Counts are checked at every stage boundary: frames translated =
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from perfkit.environment import environment
 from perfkit.errors import UserError
@@ -40,7 +40,7 @@ from perfkit.workload import classifier as clf
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import block_sizes
-from perfkit.workload.runner import run_embed
+from perfkit.workload.runner import pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 
 NUCLEOTIDE_MODEL = "dnabert_s"
@@ -113,7 +113,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
     try:
         with timed("planning"):
             plan = None
-            if world > 1:
+            if info:  # any torchrun launch, even of 1 rank: the stages must not each plan (a translation pass)
                 if lead:
                     sizes = block_sizes(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads,
                                         chunk_bp=cfg.chunk_bp)
@@ -154,10 +154,13 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
         written = _join_parts(out, world)
         join_s = time.perf_counter() - join_start
         score_end = telemetry.now()
+        # the slowest rank's scoring, split into its own steps (per-step maxima of different ranks would add up
+        # to more than any rank spent); joining the ranks' files is rank 0's, after every rank
+        slowest = max(reports, key=lambda r: r["merge_s"] + r["classify_s"] + r["consensus_s"])
         for stage, key in (("merge", "merge_s"), ("classifier", "classify_s"), ("consensus", "consensus_s")):
-            slowest = max(r[key] for r in reports) + (join_s if stage == "consensus" else 0.0)
             started[stage] = score_unix
-            telemetry.stage_total(stage, slowest, score_start, score_end)
+            telemetry.stage_total(stage, slowest[key] + (join_s if stage == "consensus" else 0.0),
+                                  score_start, score_end)
     finally:
         if telemetry is not None:
             telemetry.close()
@@ -211,7 +214,7 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
     read = functools.lru_cache(maxsize=SHARDS_CACHED)(store.read_shard)
     read_nt = functools.lru_cache(maxsize=SHARDS_CACHED)(store.read_shard)
     protein_dim = esm2.get_config(cfg.model).embed_dim
-    device = cfg.device if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else "cpu"
+    device = str(pick_device(cfg.device))  # the same rule on 1 and N processes (auto: the GPU when there is one)
     model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim, seed=cfg.seed)
     merge_s, classify_s = time.perf_counter() - t, 0.0
     ids = np.empty(len(keys), dtype=object)
@@ -307,6 +310,7 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
     launch = max(wall - summary["end_to_end_s"], 0.0)
     summary["stages_s"] = {"launch": launch, **summary["stages_s"]}
     summary["end_to_end_s"] += launch
+    summary["bottleneck_stage"] = max(summary["stages_s"], key=summary["stages_s"].get)
     summary["launch_wall_s"] = wall
     write_json(path, summary)
     return summary
