@@ -865,7 +865,7 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
     """The whole chain on 1 and on N processes, same reads: per-stage scaling from its stage runs, and
     each side projected end to end to the full sample (`project_end_to_end`): factor = 1-process hours
     / N-process hours, every stage counted (planning, start-up, model load, scoring, joining)."""
-    from perfkit.workload.predict import run_predict
+    from perfkit.workload.predict import run_predict, stage_summaries
 
     p = ctx.params.scaling
     common = {"mode": "v2", "layout": "packed", "max_reads": p.max_reads, **p.embed}
@@ -875,10 +875,9 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
     for side, nproc in (("single", 1), ("multi", plan["nproc"])):
         cfg = ctx.embed_config(f"chain-{nproc}", **common)
         chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=nproc, gpus=plan["gpus"] and nproc > 1)
-        stage_summaries = {stage: json.loads((cfg.out_dir / stage.split("_")[0] / "summary.json").read_text())
-                           for stage in ("nucleotide_embedding", "protein_embedding")}
-        sides[side] = {"chain": chain, "stages": stage_summaries,
-                       "end_to_end": project_end_to_end(chain, stage_summaries, run_reads, full_reads, {})}
+        stages = stage_summaries(cfg.out_dir)
+        sides[side] = {"chain": chain, "stages": stages,
+                       "end_to_end": project_end_to_end(chain, stages, run_reads, full_reads, {})}
     one, many = sides["single"], sides["multi"]
     pairs = {stage: (one["stages"][stage], many["stages"][stage]) for stage in one["stages"]}
     scaling = normalise_scaling(distributed.scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
@@ -1147,6 +1146,7 @@ def run_full_validation(ctx: Context) -> dict:
     """The production run: the whole chain (v2), checkpointing on, over the sample or `max_reads` of it;
     projections of the ESM-2 stage and of the whole chain to the full sample."""
     from perfkit.workload.predict import run_predict
+    from perfkit.workload.predict import stage_summaries as chain_stage_summaries
 
     p = ctx.params.full_validation
     knobs = {}
@@ -1159,8 +1159,7 @@ def run_full_validation(ctx: Context) -> dict:
     device = resolved_device(ctx.params)
     cfg = ctx.embed_config("production", **overrides)
     chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=p.nproc, gpus=is_cuda(device) and p.nproc > 1)
-    stage_summaries = {stage: json.loads((cfg.out_dir / stage.split("_")[0] / "summary.json").read_text())
-                       for stage in ("nucleotide_embedding", "protein_embedding")}
+    stage_summaries = chain_stage_summaries(cfg.out_dir)
     summary = stage_summaries["protein_embedding"]
     run_reads = min(p.max_reads or ctx.sample_stats["reads"], ctx.sample_stats["reads"])
     projection = project_full_sample(summary, ctx.sample_stats, p.full_sample_reads, sample_reads=run_reads)

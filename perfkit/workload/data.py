@@ -177,10 +177,10 @@ def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_
     """Size of every block of `block_reads` reads, for splitting work without translating: bytes from
     its first header to the next block's (a plain FASTA: one vectorised scan for line-start '>'), or
     bases (gzipped input or chunked reads: the records are parsed)."""
-    from perfkit.workload.fasta import GZIP_MAGIC, _open_binary
+    from perfkit.workload.fasta import _open_binary
 
     with _open_binary(fasta) as probe:
-        plain = not isinstance(probe, gzip.GzipFile) and probe.read(2) != GZIP_MAGIC
+        plain = not isinstance(probe, gzip.GzipFile)
     if chunk_bp or not plain:
         return np.array([sum(len(seq) for _, seq in records)
                          for _, _, records in read_blocks(fasta, block_reads, max_reads, chunk_bp)], dtype=np.int64)
@@ -189,9 +189,8 @@ def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_
     for start in range(0, len(data), scan_bytes):
         part = data[start : start + scan_bytes]
         at = np.flatnonzero(part == ord(">"))
-        before = np.where(at > 0, part[np.maximum(at - 1, 0)], ord("\n")) if start == 0 else \
-            np.where(at > 0, part[np.maximum(at - 1, 0)], data[start - 1])
-        heads.append(at[before == ord("\n")] + start)
+        before = np.where(at > 0, part[np.maximum(at - 1, 0)], data[start - 1] if start else ord("\n"))
+        heads.append(at[before == ord("\n")] + start)  # '>' at a line start: a header
     heads = np.concatenate(heads) if heads else np.empty(0, np.int64)
     reads = len(heads) if max_reads is None else min(len(heads), max_reads)
     firsts = heads[:reads:block_reads]

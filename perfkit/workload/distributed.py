@@ -152,16 +152,27 @@ def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool) -> int:
 
 def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | None = None) -> dict:
     """Launch `cfg` in `nproc` ranks (as `perfkit embed --gpus/--nproc N` does); the run's summary.json."""
+    run_with_params(cfg, lambda params: [sys.executable, "-m", "perfkit", "embed", str(cfg.input), "-o", str(cfg.out_dir),
+                                         "--params", str(params), "--gpus" if gpus else "--nproc", str(nproc)],
+                    what=f"{nproc}-rank run", timeout_s=timeout_s)
+    return json.loads((cfg.out_dir / "summary.json").read_text())
+
+
+def run_with_params(cfg: EmbedConfig, command_for: Callable[[Path], list[str]], *, what: str,
+                    exclude: tuple[str, ...] = (), env: Mapping[str, str] | None = None,
+                    timeout_s: float | None = None) -> float:
+    """Run `command_for(params_file)` with every setting of `cfg` in a temporary params file (JSON is YAML;
+    input and out_dir go as flags); RuntimeError with the stderr tail if it fails; its wall seconds."""
     with tempfile.TemporaryDirectory(prefix="perfkit-multi-") as tmp:
-        params = Path(tmp) / "params.yaml"  # JSON is YAML: every setting of cfg, flags for the rest
-        params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir"})}))
-        command = [sys.executable, "-m", "perfkit", "embed", str(cfg.input), "-o", str(cfg.out_dir),
-                   "--params", str(params), "--gpus" if gpus else "--nproc", str(nproc)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        params = Path(tmp) / "params.yaml"
+        params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", *exclude})}))
+        start = time.perf_counter()
+        done = subprocess.run(command_for(params), env=env, capture_output=True, text=True, timeout=timeout_s)
+        wall = time.perf_counter() - start
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-25:])
-        raise RuntimeError(f"{nproc}-rank run failed (exit {done.returncode}):\n{tail}")
-    return json.loads((cfg.out_dir / "summary.json").read_text())
+        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{tail}")
+    return wall
 
 
 # ---------------------------------------------------------------------------- planning

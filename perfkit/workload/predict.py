@@ -22,15 +22,12 @@ import functools
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from perfkit.environment import environment
 from perfkit.errors import UserError
@@ -47,7 +44,7 @@ NUCLEOTIDE_MODEL = "dnabert_s"
 MERGE_CHUNK_ROWS = 65_536  # frames merged and classified at a time (~0.9 GB of 3B features)
 SHARDS_CACHED = 16  # shards per stage a scoring rank keeps in memory (they follow key order closely)
 PARTS = "parts"  # per-rank prediction files, joined by rank 0
-ALL_KEYS = (0, np.iinfo(np.int64).max)
+STAGES = {"nucleotide_embedding": "nucleotide", "protein_embedding": "protein"}  # stage -> its folder in OUT
 
 
 def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512, nproc: int = 1,
@@ -127,7 +124,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
         runs = {}
         for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model)):
             stage_cfg = cfg.model_copy(update={
-                "model": model, "out_dir": out / stage.split("_")[0], "assemble": False,
+                "model": model, "out_dir": out / STAGES[stage], "assemble": False,
                 "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
                 "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init})
             with timed(stage):
@@ -139,10 +136,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
                 raise RuntimeError(f"count check failed between the embedding stages: {counts}")
             frames = counts["protein_embedding"]
         score_start, score_unix = (telemetry.now(), time.time()) if lead else (None, None)
-        block_range = plan[0][rank] if plan else None
-        lo, hi = ((int(block_range[0]) * cfg.block_reads * len(FRAMES),
-                   (int(block_range[-1]) + 1) * cfg.block_reads * len(FRAMES)) if block_range is not None and len(block_range)
-                  else ALL_KEYS if block_range is None else (0, 0))
+        lo, hi = key_range(plan[0][rank], cfg.block_reads) if plan else (0, np.iinfo(np.int64).max)
         mine = score_reads(cfg, lo, hi, rank=rank, classifier_weights=classifier_weights, hidden=hidden)
         reports = [mine]
         if info:
@@ -199,13 +193,26 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
     return summary
 
 
+def key_range(blocks: np.ndarray, block_reads: int) -> tuple[int, int]:
+    """Keys [lo, hi) of a contiguous run of blocks (key = read index x 6 + frame; a block is `block_reads`
+    reads, the last one may be shorter); an empty run has an empty range."""
+    if not len(blocks):
+        return 0, 0
+    return int(blocks[0]) * block_reads * len(FRAMES), (int(blocks[-1]) + 1) * block_reads * len(FRAMES)
+
+
+def stage_summaries(out_dir) -> dict:
+    """Each embedding stage's summary.json of a finished chain in `out_dir`."""
+    return {stage: json.loads((Path(out_dir) / folder / "summary.json").read_text()) for stage, folder in STAGES.items()}
+
+
 def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier_weights=None,
                 hidden: int = 512) -> dict:
     """Merge, classify and call the frames with keys in [lo, hi) (whole reads) from both stages' shards;
     writes OUT/parts/{frames,reads}.r{rank}.csv; returns counts and the time of each step."""
     out = Path(cfg.out_dir)
     t = time.perf_counter()
-    nt, protein = store.ShardIndex(out / "nucleotide"), store.ShardIndex(out / "protein")
+    nt, protein = (store.ShardIndex(out / STAGES[stage]) for stage in ("nucleotide_embedding", "protein_embedding"))
     keys = protein.keys[protein.between(lo, hi)]
     nt_keys = nt.keys[nt.between(lo, hi)]
     if not np.array_equal(keys, nt_keys):
@@ -226,17 +233,11 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
         features = clf.merge_features(nt.take(chunk, 2, read_nt), protein.take(chunk, 2, read), protein_dim=protein_dim)
         merge_s += time.perf_counter() - t
         t = time.perf_counter()
-        scored = clf.predict_frames(model, features, device=device)
-        if len(scored) != len(chunk):
-            raise RuntimeError(f"count check failed in the classifier: {len(chunk)} rows in, {len(scored)} scored")
-        probs[start:start + len(chunk)] = scored
+        probs[start:start + len(chunk)] = clf.predict_frames(model, features, device=device)
         classify_s += time.perf_counter() - t
     t = time.perf_counter()
     frame_ids = [str(i) for i in ids]
-    reads = clf.consensus(frame_ids, probs)
-    reads_with_frames = len({i.rsplit("_", 1)[0] for i in frame_ids})
-    if len(reads) != reads_with_frames:
-        raise RuntimeError(f"count check failed after consensus: {reads_with_frames} reads with frames, {len(reads)} called")
+    reads = clf.consensus(frame_ids, probs)  # one row per read with a frame (a groupby: nothing to count)
     clf.write_predictions(out / PARTS / f"r{rank:03d}", frame_ids, probs, reads)
     return {"rank": rank, "key_range": [int(lo), int(hi)], "device": device, "frames": len(keys),
             "reads": len(reads), "virus_reads": int((reads["prediction"] == "virus").sum()),
@@ -288,22 +289,16 @@ def compare_runs(dir_a, dir_b) -> dict:
 
 def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool) -> dict:
     """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank); its summary."""
-    from perfkit.workload.distributed import check_launch, set_nccl_env, torchrun_command
+    from perfkit.workload.distributed import check_launch, run_with_params, set_nccl_env, torchrun_command
 
     device = check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus)  # the chain folder may hold stages
     env = dict(os.environ)
     set_nccl_env(env)
-    with tempfile.TemporaryDirectory(prefix="perfkit-predict-") as tmp:
-        params = Path(tmp) / "params.yaml"  # JSON is YAML: every setting of cfg, flags for the rest
-        params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", "device"})}))
-        argv = ["predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), "--hidden", str(hidden),
-                "--device", device, *(["--classifier", str(classifier_weights)] if classifier_weights else [])]
-        start = time.perf_counter()
-        done = subprocess.run(torchrun_command(nproc, argv), env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-25:])
-        raise RuntimeError(f"{nproc}-rank chain failed (torchrun exit {done.returncode}):\n{tail}")
+    extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
+                                                            if classifier_weights else [])]
+    wall = run_with_params(cfg, lambda params: torchrun_command(nproc, [
+        "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra]),
+        what=f"{nproc}-rank chain (torchrun)", exclude=("device",), env=env)
     path = Path(cfg.out_dir) / "summary.json"
     summary = json.loads(path.read_text())
     # torchrun's start, every rank's imports and process-group set-up, and their exit: outside every span
@@ -312,5 +307,7 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
     summary["end_to_end_s"] += launch
     summary["bottleneck_stage"] = max(summary["stages_s"], key=summary["stages_s"].get)
     summary["launch_wall_s"] = wall
+    summary["note"] += ("; launch = the launching process's wall time of the torchrun command minus the chain's "
+                        "own spans (torchrun start, rank imports, process groups, exit)")
     write_json(path, summary)
     return summary

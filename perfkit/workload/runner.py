@@ -259,7 +259,7 @@ def assemble_and_verify(share: Share, frames_translated: int) -> dict:
             rows = np.searchsorted(stored_keys, keys)
             if rows.max() >= len(stored_keys) or not np.array_equal(stored_keys[rows], keys):
                 raise RuntimeError("alignment check failed: a key is missing from embeddings.h5")
-            return np.stack([h5["embeddings"][int(r)] for r in rows])
+            return h5["embeddings"][rows]  # keys come sorted and unique: rows ascend
 
         return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, stored)}
 

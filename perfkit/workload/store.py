@@ -139,42 +139,29 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
     Writes to a temp file and renames it, with attribute complete=True, only when all hold.
     """
     out_dir = Path(out_dir)
-    shards = sorted((out_dir / "checkpoints").glob(SHARD_GLOB))
-    key_parts = [read_shard_keys(p) for p in shards]  # vectors are read once, in the write pass below
-    all_keys = np.concatenate(key_parts) if key_parts else np.empty(0, dtype=np.int64)
-    unique_keys, first_index = np.unique(all_keys, return_index=True)
-    duplicates = len(all_keys) - len(unique_keys)
-    if len(unique_keys) != expected_count:
-        raise RuntimeError(f"count check failed: {expected_count} frames translated, {len(unique_keys)} embedded")
-    keep = np.zeros(len(all_keys), dtype=bool)
-    keep[first_index] = True  # a sequence embedded twice (resume after a config change) is kept once
+    index = ShardIndex(out_dir)  # vectors are read once, in the write pass below
+    _check_count(index, expected_count)
     dim = None
     final = out_dir / "embeddings.h5"
     tmp = out_dir / "embeddings.h5.tmp"
-    offset = 0
     with h5py.File(tmp, "w") as h5:
         ids_ds = embeddings_ds = None
-        for path, keys in zip(shards, key_parts):
+        for number, path in enumerate(index.paths):
             _, ids, vectors = read_shard(path)
-            mine = keep[offset : offset + len(keys)]
-            offset += len(keys)
-            keys, ids, vectors = keys[mine], ids[mine], vectors[mine]
-            frames = np.array(frame_names)[keys % len(frame_names)]
-            if not np.all(np.char.endswith(ids.astype(str), np.char.add("_", frames))):
-                raise RuntimeError(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
+            rows = np.flatnonzero(index.shard == number)  # where this shard's kept keys go, ascending
+            mine = index.row[rows]
+            _check_frames(path, index.keys[rows], ids[mine], frame_names)
             if embeddings_ds is None:
                 dim = vectors.shape[1]
                 embeddings_ds = h5.create_dataset("embeddings", (expected_count, dim), dtype="float32")
                 ids_ds = h5.create_dataset("ids", (expected_count,), dtype=h5py.string_dtype("utf-8"))
-                h5.create_dataset("keys", data=unique_keys)
-            order = np.argsort(keys)
-            rows = np.searchsorted(unique_keys, keys[order])
-            embeddings_ds[rows] = vectors[order].astype(np.float32)
-            ids_ds[rows] = ids[order].astype(object)
+                h5.create_dataset("keys", data=index.keys)
+            embeddings_ds[rows] = vectors[mine].astype(np.float32)
+            ids_ds[rows] = ids[mine].astype(object)
         if embeddings_ds is None:
             h5.create_dataset("embeddings", (0, 0), dtype="float32")
             h5.create_dataset("ids", (0,), dtype=h5py.string_dtype("utf-8"))
-            h5.create_dataset("keys", data=unique_keys)
+            h5.create_dataset("keys", data=index.keys)
         id_values = h5["ids"][:]
         if len(set(id_values)) != len(id_values):
             raise RuntimeError("uniqueness check failed: two rows carry the same id")
@@ -183,8 +170,20 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
         h5.attrs["count"] = expected_count
         h5.attrs["complete"] = True
     os.replace(tmp, final)
-    return {"path": str(final), "count": expected_count, "dim": dim, "duplicates_dropped": int(duplicates),
-            "shards": len(shards)}
+    return {"path": str(final), "count": expected_count, "dim": dim, "duplicates_dropped": int(index.duplicates),
+            "shards": len(index.paths)}
+
+
+def _check_count(index: "ShardIndex", expected_count: int) -> None:
+    if len(index.keys) != expected_count:
+        raise RuntimeError(f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded")
+
+
+def _check_frames(path: Path, keys: np.ndarray, ids: np.ndarray, frame_names: tuple[str, ...]) -> None:
+    """Each id's frame suffix must be its key's frame (key = read index x 6 + frame index)."""
+    frames = np.array(frame_names)[keys % len(frame_names)]
+    if not np.all(np.char.endswith(ids.astype(str), np.char.add("_", frames))):
+        raise RuntimeError(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
 
 
 def open_complete(path: str | Path) -> tuple[h5py.File, list[str]]:
@@ -253,15 +252,12 @@ class ShardIndex:
 def check_shards(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str, ...]) -> tuple[dict, ShardIndex]:
     """The shards as a run's output (no embeddings.h5): the same count and id <-> key checks as `assemble`."""
     index = ShardIndex(out_dir)
-    if len(index.keys) != expected_count:
-        raise RuntimeError(f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded")
-    names = np.array(frame_names)
+    _check_count(index, expected_count)
     for number, path in enumerate(index.paths):
         with np.load(path, allow_pickle=False) as data:
-            keys, ids = data["keys"], data["ids"]
-        mine = index.row[index.shard == number]
-        if not np.all(np.char.endswith(ids[mine].astype(str), np.char.add("_", names[keys[mine] % len(names)]))):
-            raise RuntimeError(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
+            ids = data["ids"]  # the keys are in the index already
+        rows = np.flatnonzero(index.shard == number)
+        _check_frames(path, index.keys[rows], ids[index.row[rows]], frame_names)
     return {"count": expected_count, "assembled": False, "checkpoints": str(Path(out_dir) / "checkpoints"),
             "duplicates_dropped": int(index.duplicates), "shards": len(index.paths)}, index
 
