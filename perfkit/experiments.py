@@ -535,15 +535,18 @@ def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
 
 def run_nt_equivalence(ctx: Context, device: str, precision: str) -> dict:
     """DNABERT-S gate: packed path at the run's precision vs the fp32 padded path, same weights, same device.
-    The kernel is the one runs take: `nt_attention`, where auto under the runner's autocast = sdpa_repadded."""
+    The path is the one the nucleotide stage takes: its kernel (`nt_attention`: auto = flex in half precision
+    on CUDA) and, with `compile`, its compiled blocks (`embed.nucleotide` overrides both)."""
     from perfkit.workload import dnabert
 
     p = ctx.params.baseline
     if not p.nucleotide:
         return {"passed": crit.not_measured("baseline.nucleotide: false in the params"), "tokens_per_base": None}
-    kernel = ctx.params.embed.get("nt_attention", "auto")
+    stage = {**ctx.params.embed, **{k: v for k, v in (ctx.params.embed.get("nucleotide") or {}).items()
+                                    if v is not None}}
     result = dnabert.run_nt_equivalence(device=device, precision=precision, n=p.nt_equivalence_reads,
-                                        packed_attention="sdpa_repadded" if kernel == "auto" else kernel)
+                                        packed_attention=stage.get("nt_attention", "auto"),
+                                        compile=bool(stage.get("compile", False)))
     write_json(ctx.path("nt_equivalence.json"), result)
     return result
 

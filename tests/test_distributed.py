@@ -16,7 +16,7 @@ import pytest
 from conftest import orf_fasta
 from perfkit.workload import distributed
 from perfkit.workload.config import make_config
-from perfkit.workload.data import block_tokens, count_frames
+from perfkit.workload.data import count_frames
 from perfkit.workload.store import read_embeddings
 
 FLAGS = ["--device", "cpu", "--precision", "fp32", "--token-budget", "512", "--num-workers", "0",
@@ -78,8 +78,10 @@ def test_summary_keeps_every_rank_and_sums_throughput(runs):
     ranks = summary["distributed"]["ranks"]
     assert sum(r["frames_translated"] for r in ranks.values()) == summary["run"]["frames_translated"] == count_frames(fasta)
     plan = summary["distributed"]["plan"]
-    assert sum(plan["planned_token_share"].values()) == pytest.approx(1.0)
-    assert sum(plan["planned_tokens"].values()) == total["real_tokens"]  # the plan counted what was embedded
+    assert sum(plan["planned_share"].values()) == pytest.approx(1.0)
+    # a byte plan: the ranks' planned bytes are the whole file, each rank one contiguous run of blocks
+    assert sum(plan["planned_weight"].values()) == fasta.stat().st_size
+    assert plan["weight"].startswith("bytes of FASTA") and "own blocks' byte ranges" in plan["worker_input"]
     assert summary["run"]["alignment_check"]["passed"] and summary["run"]["alignment_check"]["checked"] > 0
     assert summary["distributed"]["backend"] == "gloo"
     assert summary["distributed"]["nccl_env"]["NCCL_NVLS_ENABLE"] == "0"
@@ -95,28 +97,6 @@ def test_scaling_figures(runs):
     assert sorted(figures["per_rank"]) == ["0", "1"]
     util = figures["per_rank"]["0"]["gpu_utilization_mean"]
     assert util["measured"] is False and util["reason"]  # no NVIDIA driver here: marked, never a zero
-
-
-def test_token_balanced_assignment():
-    tokens = np.array([100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 5])
-    plan = distributed.assign_blocks(tokens, 3)
-    assigned = np.concatenate(plan)
-    assert sorted(assigned.tolist()) == list(range(len(tokens)))  # every block exactly once
-    assert all(np.all(np.diff(p) > 0) for p in plan)  # input order within a rank
-    loads = [int(tokens[p].sum()) for p in plan]
-    assert max(loads) / np.mean(loads) < 1.05  # greedy LPT: 194, 190, 186 here
-    # a count-based split (block % 3) would give 235, 185, 160
-    rng = np.random.default_rng(0)
-    skewed = rng.lognormal(6, 1.5, size=400).astype(np.int64)
-    loads = [int(skewed[p].sum()) for p in distributed.assign_blocks(skewed, 8)]
-    assert max(loads) <= np.mean(loads) + skewed.max()  # the list-scheduling bound
-    assert max(loads) / np.mean(loads) < 1.02
-
-
-def test_block_tokens_split_between_ranks_sums_to_the_whole(small_fasta):
-    whole = block_tokens(small_fasta, block_reads=16)
-    parts = [block_tokens(small_fasta, block_reads=16, rank=r, world=3) for r in range(3)]
-    assert np.array_equal(sum(parts), whole) and whole.min() > 0
 
 
 def test_each_rank_samples_its_own_physical_gpu():

@@ -62,3 +62,77 @@ def test_a_block_beyond_the_plan_fails_the_run(small_fasta):
     with pytest.raises(RuntimeError, match="more than the 1 blocks"):
         list(frames)
     assert list(PackedFrames(small_fasta, token_budget=4096, block_reads=10**6, shard=Shard((0,), planned_blocks=1)))
+
+
+def _spy_ranges(monkeypatch):
+    """Record every byte range read_blocks_at parses; fail on any whole-file parse."""
+    from perfkit.workload import data, fasta
+
+    ranges = []
+    real = fasta.read_fasta_range
+
+    def spy(path, start, end):
+        ranges.append((start, end))
+        return real(path, start, end)
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("a worker parsed the whole file")
+
+    monkeypatch.setattr(fasta, "read_fasta_range", spy)
+    monkeypatch.setattr(data, "read_fasta", whole_file)
+    return ranges
+
+
+def test_each_worker_parses_only_its_own_blocks(small_fasta, monkeypatch):
+    """With the plan's byte offsets, worker w of W reads exactly its blocks' bytes, nothing else."""
+    from perfkit.workload.data import PackedFrames, Shard, block_offsets, read_blocks
+
+    offsets = block_offsets(small_fasta, block_reads=4)
+    expected = {block: records for block, _, records in read_blocks(small_fasta, 4)}  # the whole-file parser
+    assert len(expected) == len(offsets) - 1 >= 6
+    rank_blocks = tuple(range(1, len(expected) - 1))  # a rank's contiguous run, not starting at block 0
+    shard = Shard(rank_blocks, planned_blocks=len(expected), offsets=tuple(offsets.tolist()))
+    ranges = _spy_ranges(monkeypatch)
+    seen = {}
+    for worker in range(3):
+        ranges.clear()
+        got = list(PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=shard)._my_blocks(worker, 3))
+        mine = rank_blocks[worker::3]
+        assert [block for block, _, _ in got] == list(mine)
+        assert ranges == [(int(offsets[b]), int(offsets[b + 1])) for b in mine]  # its own bytes only
+        for block, first, records in got:
+            assert first == block * 4 and records == expected[block]
+            seen[block] = worker
+    assert sorted(seen) == list(rank_blocks)  # every block of the rank, each by one worker
+
+
+def test_byte_ranges_and_the_stream_give_the_same_batches(small_fasta, tmp_path):
+    """Plain input read by byte ranges and the same reads gzipped (parsed as a stream) pack the same frames."""
+    import gzip
+
+    import numpy as np
+
+    from perfkit.workload.data import PackedFrames, Shard, block_offsets
+
+    zipped = tmp_path / "reads.fa.gz"
+    zipped.write_bytes(gzip.compress(small_fasta.read_bytes()))
+    assert block_offsets(zipped, block_reads=4) is None  # gzip cannot be cut by bytes
+    offsets = tuple(block_offsets(small_fasta, block_reads=4).tolist())
+
+    def keys(path, shard):
+        batches = PackedFrames(path, token_budget=512, block_reads=4, shard=shard)
+        return np.sort(np.concatenate([b["keys"].numpy() for b in batches if b.get("sequences")]))
+
+    by_bytes = keys(small_fasta, Shard(offsets=offsets))
+    assert len(by_bytes) and np.array_equal(by_bytes, keys(zipped, Shard()))
+
+
+def test_a_changed_input_is_caught_by_its_byte_ranges(small_fasta):
+    from perfkit.errors import UserError
+    from perfkit.workload.data import PackedFrames, Shard, block_offsets
+
+    offsets = block_offsets(small_fasta, block_reads=4)
+    small_fasta.write_bytes(small_fasta.read_bytes()[: int(offsets[-2]) + 10])  # cut inside the last block
+    frames = PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=Shard(offsets=tuple(offsets.tolist())))
+    with pytest.raises(UserError, match="shorter than when its blocks were planned"):
+        list(frames._my_blocks(0, 1))

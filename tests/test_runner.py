@@ -151,3 +151,18 @@ def test_time_cap_counts_steady_seconds_only(monkeypatch):
     no_warmup = runner.TimeCap(10.0, warmup_batches=0)
     now[0] = 10.5
     assert no_warmup.reached(1)
+
+
+def test_nucleotide_knobs_apply_to_the_nucleotide_stage_only(small_fasta, tmp_path):
+    knobs = {"token_budget": 2048, "num_workers": 1}
+    protein = make_config(input=small_fasta, out_dir=tmp_path / "p", nucleotide=knobs, **FAST)
+    assert protein.for_stage() is protein  # ESM-2 keeps the run's knobs
+    nucleotide = protein.model_copy(update={"model": "dnabert_s", "out_dir": tmp_path / "n"})
+    assert nucleotide.for_stage().token_budget == 2048 and nucleotide.for_stage().num_workers == 1
+    assert nucleotide.for_stage().prefetch_factor == protein.prefetch_factor  # unset knobs: the run's value
+    summary = run_embed(nucleotide)
+    assert summary["config"]["token_budget"] == 2048  # the summary records what the stage ran with
+    with pytest.raises(UserError, match="nucleotide"):
+        make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"token_budget": 0})
+    with pytest.raises(UserError, match="nucleotide"):
+        make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5})  # not a stage knob

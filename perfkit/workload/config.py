@@ -9,6 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from perfkit.errors import UserError
 
 
+class NucleotideKnobs(BaseModel):
+    """The nucleotide stage's own settings (params `embed.nucleotide`), where they differ from the protein
+    stage's: DNABERT-S does ~25x less work per token than ESM-2 3B, so it wants larger packs and more
+    loader workers. Unset keys take the run's value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_budget: Optional[int] = Field(None, ge=16)
+    buffer_size: Optional[int] = Field(None, ge=1)
+    num_workers: Optional[int] = Field(None, ge=0)
+    prefetch_factor: Optional[int] = Field(None, ge=1)
+    compile: Optional[bool] = None
+    nt_attention: Optional[Literal["auto", "flex", "sdpa_repadded"]] = None
+
+
 class EmbedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,9 +50,10 @@ class EmbedConfig(BaseModel):
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
     compile: bool = False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
     # dnabert_s packed attention: flex = flex_attention (ALiBi + block mask); sdpa_repadded = each sequence
-    # re-padded for one SDPA call with the ALiBi mask; auto = flex only when the hidden states are half
-    # precision, so under the runner's autocast (fp32 LayerNorm outputs) auto means sdpa_repadded
+    # re-padded for one SDPA call with the ALiBi mask; auto = flex when the hidden states are half precision
+    # (a bf16/fp16 run on CUDA: the nucleotide model runs in its own dtype, without autocast), else sdpa_repadded
     nt_attention: Literal["auto", "flex", "sdpa_repadded"] = "auto"
+    nucleotide: NucleotideKnobs = NucleotideKnobs()  # the nucleotide stage's own knobs (dnabert_s runs)
     allocator: Optional[str] = None  # PYTORCH_CUDA_ALLOC_CONF, e.g. "expandable_segments:True"
     # v1 batching (fair-esm get_batch_indices)
     v1_toks_per_batch: int = Field(2048, ge=16)
@@ -73,6 +89,15 @@ class EmbedConfig(BaseModel):
         if name not in known_models():
             raise ValueError(f"unknown model {name!r}; known: {', '.join(known_models())}")
         return name
+
+    def for_stage(self) -> "EmbedConfig":
+        """This config as its model's stage runs it: a nucleotide model takes the `nucleotide` knobs."""
+        from perfkit.workload.encoders import encoder_for
+
+        knobs = self.nucleotide.model_dump(exclude_none=True)
+        if not knobs or not encoder_for(self.model).nucleotide:
+            return self
+        return self.model_copy(update=knobs)
 
     def result_fields(self) -> dict:
         """The settings that change the numbers: a resumed run must match them."""

@@ -4,7 +4,10 @@ Each worker owns a share of the FASTA's blocks (block = `block_reads` consecutiv
 reads; in a multi-process run, a share of its rank's blocks) and its own packer:
 nothing stateful crosses a process boundary, and the main process receives
 ready-made batches (flat tokens, positions, cu_seqlens, pooling weights) — no
-per-sequence Python on the hot path.
+per-sequence Python on the hot path. On a plain FASTA file every block's byte range
+is known before the run (`block_offsets`, one vectorised scan): a worker seeks to its
+own blocks and parses nothing else. Gzipped input and chunked reads cannot be cut by
+bytes; there every worker parses the stream and skips the blocks that are not its own.
 
 A sequence's key is read_index x 6 + frame_index: sorting by key gives the
 translated input order. Batches whose keys are all in `done_keys` (a resumed run)
@@ -44,10 +47,30 @@ class Shard:
 
     blocks: tuple[int, ...] | None = None
     planned_blocks: int | None = None  # blocks the plan split between ranks: the input must not hold more
+    # byte offset of every block's first header, then the end of the last block (len = blocks + 1); None:
+    # the input cannot be cut by bytes (gzip, chunked reads) and workers parse it whole
+    offsets: tuple[int, ...] | None = None
 
     def positions(self) -> dict[int, int] | None:
         """block index -> its position among this shard's blocks (None: every block, position = index)."""
         return None if self.blocks is None else {b: i for i, b in enumerate(self.blocks)}
+
+    def worker_blocks(self, worker: int, workers: int) -> list[int]:
+        """With offsets: the blocks DataLoader worker `worker` of `workers` embeds (they take turns)."""
+        mine = range(len(self.offsets) - 1) if self.blocks is None else self.blocks
+        return [block for position, block in enumerate(mine) if position % workers == worker]
+
+
+def read_blocks_at(path, blocks, offsets, block_reads: int):
+    """(block_index, first_read_index, records) of the given blocks only, each parsed from its own bytes."""
+    from perfkit.workload.fasta import read_fasta_range
+
+    for block in blocks:
+        records = list(read_fasta_range(path, offsets[block], offsets[block + 1]))
+        if len(records) > block_reads:
+            raise RuntimeError(f"count check failed: block {block} holds {len(records)} reads, "
+                               f"the plan cut blocks of {block_reads}")
+        yield block, block * block_reads, records
 
 
 def read_blocks(path, block_reads: int, max_reads: int | None = None, chunk_bp: int | None = None):
@@ -104,14 +127,7 @@ class PackedFrames(IterableDataset):
                                    on_oversize="error", pad_id=self.encoder.pad_id)
         ids_of: dict[int, str] = {}
         translated = 0
-        positions = self.shard.positions()
-        for block, first_read, records in read_blocks(self.fasta, self.block_reads, self.max_reads, self.chunk_bp):
-            if self.shard.planned_blocks is not None and block >= self.shard.planned_blocks:
-                raise RuntimeError(f"count check failed: the input holds more than the {self.shard.planned_blocks} "
-                                   "blocks the ranks were planned for; its reads would be embedded by no rank")
-            position = block if positions is None else positions.get(block)
-            if position is None or position % workers != worker:
-                continue
+        for block, first_read, records in self._my_blocks(worker, workers):
             keys, ids, sequences = translate_block(first_read, records, self.max_residues, self.encoder.frame_field)
             translated += len(keys)
             if not len(keys):
@@ -131,6 +147,21 @@ class PackedFrames(IterableDataset):
                 yield out
         if translated:  # frames translated but every batch skipped: still report the count
             yield {"frames_translated": translated, "sequences": 0}
+
+    def _my_blocks(self, worker: int, workers: int):
+        """This worker's blocks: read at their byte offsets, or picked out of the whole parsed stream."""
+        if self.shard.offsets is not None:
+            yield from read_blocks_at(self.fasta, self.shard.worker_blocks(worker, workers), self.shard.offsets,
+                                      self.block_reads)
+            return
+        positions = self.shard.positions()
+        for block, first_read, records in read_blocks(self.fasta, self.block_reads, self.max_reads, self.chunk_bp):
+            if self.shard.planned_blocks is not None and block >= self.shard.planned_blocks:
+                raise RuntimeError(f"count check failed: the input holds more than the {self.shard.planned_blocks} "
+                                   "blocks the ranks were planned for; its reads would be embedded by no rank")
+            position = block if positions is None else positions.get(block)
+            if position is not None and position % workers == worker:
+                yield block, first_read, records
 
     def _emit(self, batch, ids_of: dict, translated: int) -> dict | None:
         ids = [ids_of.pop(k) for k in batch.keys.tolist()]
@@ -155,35 +186,17 @@ def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, blo
                for _, first, recs in read_blocks(fasta, block_reads, max_reads, chunk_bp))
 
 
-def block_tokens(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, max_residues=1022,
-                 rank: int = 0, world: int = 1, encoder: Encoder = Encoder("esm2_t6_8M")) -> np.ndarray:
-    """The encoder's tokens (incl. special tokens) of every surviving frame, per block of `block_reads` reads.
-
-    Translates for real (stops decide which frames survive, so base counts are a poor proxy).
-    Split for speed: this process translates blocks b % world == rank and leaves the others 0;
-    summing the ranks' arrays gives every block's count. Every process reads the whole FASTA.
-    """
-    counts = []
-    for block, first, records in read_blocks(fasta, block_reads, max_reads, chunk_bp):
-        if block % world != rank:
-            counts.append(0)
-            continue
-        sequences = translate_block(first, records, max_residues, encoder.frame_field)[2]
-        counts.append(int(encoder.encode(sequences)[1].sum()) if sequences else 0)
-    return np.array(counts, dtype=np.int64)
-
-
-def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26) -> np.ndarray:
-    """Size of every block of `block_reads` reads, for splitting work without translating: bytes from
-    its first header to the next block's (a plain FASTA: one vectorised scan for line-start '>'), or
-    bases (gzipped input or chunked reads: the records are parsed)."""
+def block_offsets(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26
+                  ) -> np.ndarray | None:
+    """Byte offset of the first header of every block of `block_reads` reads, then the end of the last
+    block (len = blocks + 1), from one vectorised scan for line-start '>' of a plain FASTA file. None when
+    the input cannot be cut by bytes: gzipped input, or reads chunked into several records."""
     from perfkit.workload.fasta import _open_binary
 
     with _open_binary(fasta) as probe:
         plain = not isinstance(probe, gzip.GzipFile)
     if chunk_bp or not plain:
-        return np.array([sum(len(seq) for _, seq in records)
-                         for _, _, records in read_blocks(fasta, block_reads, max_reads, chunk_bp)], dtype=np.int64)
+        return None
     data = np.memmap(fasta, dtype=np.uint8, mode="r") if os.path.getsize(fasta) else np.empty(0, np.uint8)
     heads = []
     for start in range(0, len(data), scan_bytes):
@@ -195,4 +208,16 @@ def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_
     reads = len(heads) if max_reads is None else min(len(heads), max_reads)
     firsts = heads[:reads:block_reads]
     end = heads[reads] if reads < len(heads) else len(data)
-    return np.diff(np.append(firsts, end)).astype(np.int64)
+    return np.append(firsts, end).astype(np.int64)
+
+
+def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26) -> np.ndarray:
+    """Size of every block of `block_reads` reads, for splitting work without translating: bytes from
+    its first header to the next block's (a plain FASTA: `block_offsets`), or bases (gzipped input or
+    chunked reads: the records are parsed)."""
+    offsets = block_offsets(fasta, block_reads=block_reads, max_reads=max_reads, chunk_bp=chunk_bp,
+                            scan_bytes=scan_bytes)
+    if offsets is not None:
+        return np.diff(offsets)
+    return np.array([sum(len(seq) for _, seq in records)
+                     for _, _, records in read_blocks(fasta, block_reads, max_reads, chunk_bp)], dtype=np.int64)

@@ -12,9 +12,10 @@ torchrun themselves, on every node, with rendezvous flags, e.g.
 In every rank (`run_rank`):
 1. rank 0 checks and prepares --out and reads the completed keys of a resumed run; the
    result (or its error) is broadcast, so no rank starts before the folder is ready;
-2. the ranks translate the FASTA's blocks once, split between them, to count each block's
-   ESM tokens; blocks go to ranks by greedy longest-processing-time on those counts, so the
-   ranks finish together (`assign_blocks`); every sequence belongs to exactly one rank;
+2. rank 0 plans (`byte_plan`): one vectorised scan finds every block's byte range, and the
+   blocks are cut into contiguous runs of about equal bytes, one per rank (no translation
+   pass); every sequence belongs to exactly one rank, and each DataLoader worker parses only
+   its own blocks' bytes;
 3. each rank embeds its blocks, writing its own shards and telemetry.rank{r}.jsonl;
 4. barrier; rank 0 gathers every rank's report, assembles one embeddings.h5 from all shards,
    checks alignment, and writes summary.json: per-rank and summed throughput, imbalance.
@@ -26,7 +27,6 @@ ranks die with their torchrun agent (parent-death signal) so a killed launch lea
 from __future__ import annotations
 
 import ctypes
-import heapq
 import json
 import logging
 import os
@@ -54,8 +54,7 @@ from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.workload import store
 from perfkit.workload.config import EmbedConfig
-from perfkit.workload.data import Shard, block_tokens
-from perfkit.workload.encoders import encoder_for
+from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.runner import (Share, assemble_and_verify, check_before_work, check_out_dir,
                                      embed_share, prepare_out_dir, run_result, telemetry_name)
 
@@ -177,21 +176,6 @@ def run_with_params(cfg: EmbedConfig, command_for: Callable[[Path], list[str]], 
 
 # ---------------------------------------------------------------------------- planning
 
-def assign_blocks(tokens: np.ndarray, world: int) -> list[np.ndarray]:
-    """Greedy longest-processing-time: biggest block first, each to the least-loaded rank.
-
-    Returns each rank's block indices, sorted (input order). Max load <= 4/3 of the best possible.
-    """
-    tokens = np.asarray(tokens, dtype=np.int64)
-    loads = [(0, rank) for rank in range(world)]  # (tokens so far, rank): a heap, ties to the lower rank
-    mine: list[list[int]] = [[] for _ in range(world)]
-    for block in np.argsort(-tokens, kind="stable"):
-        load, rank = heapq.heappop(loads)
-        mine[rank].append(int(block))
-        heapq.heappush(loads, (load + int(tokens[block]), rank))
-    return [np.sort(np.array(blocks, dtype=np.int64)) for blocks in mine]
-
-
 def contiguous_blocks(weights: np.ndarray, world: int) -> list[np.ndarray]:
     """Consecutive runs of blocks, one per rank, cut where the running weight is nearest k/world of the
     total: each rank holds one contiguous range of reads (so of keys). With thousands of blocks this is
@@ -207,16 +191,59 @@ def contiguous_blocks(weights: np.ndarray, world: int) -> list[np.ndarray]:
     return [np.arange(a, b, dtype=np.int64) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def plan_summary(tokens: np.ndarray, plan: list[np.ndarray], *, balance: str | None = None,
-                 weight: str | None = None) -> dict:
-    planned = [int(tokens[blocks].sum()) for blocks in plan]
+@dataclass(frozen=True)
+class Plan:
+    """Which blocks each rank embeds, decided once by rank 0 and shared by every stage of a run."""
+
+    blocks: list[np.ndarray]  # each rank's block indices, one contiguous run, input order
+    info: dict  # plan_summary: what summary.json records
+    offsets: np.ndarray | None  # data.block_offsets: each block's byte range; None = parse the stream
+
+    def shard(self, rank: int) -> Shard:
+        return Shard(tuple(self.blocks[rank].tolist()), planned_blocks=self.info["blocks"],
+                     offsets=None if self.offsets is None else tuple(self.offsets.tolist()))
+
+
+def byte_plan(cfg: EmbedConfig, world: int) -> Plan:
+    """Contiguous runs of blocks of about equal bytes of FASTA (bases where the input cannot be cut by
+    bytes), one per rank: no translation pass, and the same plan serves both embedding stages."""
+    start = time.perf_counter()
+    offsets = block_offsets(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp)
+    sizes = (np.diff(offsets) if offsets is not None else
+             block_sizes(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp))
+    blocks = contiguous_blocks(sizes, world)
+    info = plan_summary(sizes, blocks, balance="contiguous runs of blocks, cut at equal shares",
+                        weight="bytes of FASTA per block (bases for gzipped or chunked input; no translation)")
+    info["worker_input"] = ("each DataLoader worker reads its own blocks' byte ranges" if offsets is not None else
+                            "gzipped or chunked input: each worker parses the stream and skips other blocks")
+    info["plan_s"] = time.perf_counter() - start
+    return Plan(blocks, info, offsets)
+
+
+def shared_plan(cfg: EmbedConfig, info: RankInfo, group) -> Plan:
+    """Rank 0's byte plan, broadcast to every rank (its error too, as a one-line UserError everywhere)."""
+    message: list = [None]
+    if info.rank == 0:
+        try:
+            message = [("ok", byte_plan(cfg, info.world))]
+        except UserError as err:
+            message = [("error", (err.problem, err.fix))]
+    dist.broadcast_object_list(message, src=0, group=group)
+    status, value = message[0]
+    if status == "error":
+        raise UserError(*value)
+    return value
+
+
+def plan_summary(weights: np.ndarray, plan: list[np.ndarray], *, balance: str, weight: str) -> dict:
+    """What summary.json records of a plan: each rank's planned weight (`weight` says in what unit) and share."""
+    planned = [int(weights[blocks].sum()) for blocks in plan]
     total = sum(planned)
     mean = total / len(planned) if planned else 0
-    return {"balance": balance or "greedy longest-processing-time on per-block ESM tokens",
-            "token_count": weight or "translated for real: residues + 2 per surviving frame",
-            "blocks": int(len(tokens)), "total_tokens": total,
-            "planned_tokens": {r: t for r, t in enumerate(planned)},
-            "planned_token_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
+    return {"balance": balance, "weight": weight,
+            "blocks": int(len(weights)), "total_weight": total,
+            "planned_weight": {r: t for r, t in enumerate(planned)},
+            "planned_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
             "planned_imbalance": max(planned) / mean if mean else None}
 
 
@@ -301,32 +328,25 @@ def rank_group(cfg: EmbedConfig, info: RankInfo):
         dist.destroy_process_group()
 
 
-def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: tuple[list[np.ndarray], dict] | None = None
-                   ) -> dict | None:
-    """One embedding run over the ranks of `group`; rank 0 returns its summary. `plan`: (each rank's
-    blocks, plan summary) decided by the caller; None = balance this run's ESM/BPE tokens (one
-    translation pass, split over the ranks)."""
+def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: Plan | None = None) -> dict | None:
+    """One embedding run over the ranks of `group`; rank 0 returns its summary. `plan`: decided by the
+    caller (the chain plans once for both stages); None = rank 0 makes this run's byte plan."""
     cfg, done_keys = _prepared_by_rank0(cfg, info, group)
     if plan is None:
-        plan_start = time.perf_counter()
-        tokens = _block_tokens(cfg, info, group)
-        blocks = assign_blocks(tokens, info.world)
-        plan = blocks, {**plan_summary(tokens, blocks), "plan_s": time.perf_counter() - plan_start}
-    blocks, plan_info = plan
-    if plan_info["blocks"] < 4 * info.world:
+        plan = shared_plan(cfg, info, group)
+    if plan.info["blocks"] < 4 * info.world:
         log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
-                    plan_info["blocks"], info.world)
+                    plan.info["blocks"], info.world)
     cuda = cfg.device.startswith("cuda")
     sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
     share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
-                        shard=Shard(tuple(blocks[info.rank].tolist()), planned_blocks=plan_info["blocks"]), sampler=sampler,
-                        on_batch=fault_injection_hook(info.rank))
+                        shard=plan.shard(info.rank), sampler=sampler, on_batch=fault_injection_hook(info.rank))
     dist.barrier(group)  # every rank's shards are on disk
     reports = [None] * info.world if info.rank == 0 else None
-    dist.gather_object(_report(share, info, blocks[info.rank]), reports, dst=0, group=group)
+    dist.gather_object(_report(share, info, plan.blocks[info.rank]), reports, dst=0, group=group)
     if info.rank != 0:
         return None
-    return _finish_run(share, reports, plan_info)
+    return _finish_run(share, reports, plan.info)
 
 
 def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group) -> tuple[EmbedConfig, np.ndarray]:
@@ -345,15 +365,6 @@ def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group) -> tuple[EmbedCo
     if status == "error":
         raise UserError(first, second)
     return cfg.model_copy(update={"precision": first}), second
-
-
-def _block_tokens(cfg: EmbedConfig, info: RankInfo, group) -> np.ndarray:
-    mine = block_tokens(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                        max_residues=cfg.max_residues, rank=info.rank, world=info.world,
-                        encoder=encoder_for(cfg.model, cfg.tokenizer))
-    counts = torch.from_numpy(mine)
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
-    return counts.numpy()
 
 
 def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
@@ -381,8 +392,8 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
                                                     "frames_translated", "blocks", "peak_flops")}
                 for r in reports}
     for rank, info in per_rank.items():
-        info["planned_tokens"] = plan["planned_tokens"][rank]
-        info["planned_token_share"] = plan["planned_token_share"][rank]
+        info["planned_weight"] = plan["planned_weight"][rank]
+        info["planned_share"] = plan["planned_share"][rank]
     distributed = {"world": world, "launcher": "torchrun", "backend": dist.get_backend(),
                    "nccl_env": {k: os.environ.get(k) for k in NCCL_ENV}, "plan": plan, "ranks": per_rank,
                    "throughput_rule": "summed over ranks (never averaged); overall rates use the slowest rank's wall time",

@@ -244,19 +244,42 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-def flex_block_mask(seq_index, compiled: bool):
-    """Block mask for packed tokens [N]: a token sees only tokens of its own sequence. Made once per forward."""
-    from torch.nn.attention.flex_attention import create_block_mask
+FLEX_BLOCK = 128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
+
+
+def flex_block_mask(seq_index, cu_seqlens):
+    """flex BlockMask for packed tokens [N]: a token sees only tokens of its own sequence.
+
+    Built in O(tiles^2) integer ops from the packing itself (a query tile can only reach the key tiles
+    between the first token of its first sequence and the last token of its last one), instead of
+    evaluating the mask on all N x N pairs as create_block_mask does: at a 64K-token pack that is
+    4 G evaluations a forward. Every listed tile is partial (the mask applies inside it). No host sync."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n = seq_index.shape[0]
+    tiles = -(-n // FLEX_BLOCK)
+    device = seq_index.device
+    first = torch.arange(tiles, device=device) * FLEX_BLOCK
+    last = torch.clamp(first + FLEX_BLOCK, max=n) - 1
+    cu = cu_seqlens.long()
+    lo = cu[seq_index[first]] // FLEX_BLOCK
+    hi = (cu[seq_index[last] + 1] - 1) // FLEX_BLOCK
+    # row i lists tiles lo_i, lo_i + 1, ...; entries past its count are never read
+    indices = torch.clamp(lo[:, None] + torch.arange(tiles, device=device)[None, :], max=tiles - 1)
+    counts = hi - lo + 1
 
     def same_sequence(b, h, q_idx, kv_idx):
         return seq_index[q_idx] == seq_index[kv_idx]
 
-    n = seq_index.shape[0]
-    return create_block_mask(same_sequence, None, None, n, n, device=seq_index.device, _compile=compiled)
+    return BlockMask.from_kv_blocks(counts.to(torch.int32)[None, None], indices.to(torch.int32)[None, None],
+                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_sequence, seq_lengths=(n, n),
+                                    compute_q_blocks=False)
 
 
-def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool):
-    """Packed [N, H, hd] attention with ALiBi under `block_mask` (see flex_block_mask)."""
+def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool, inside_compiled: bool = False):
+    """Packed [N, H, hd] attention with ALiBi under `block_mask` (see flex_block_mask).
+
+    `inside_compiled`: the caller is itself compiled (compiled blocks), which compiles flex with it."""
     from torch.nn.attention.flex_attention import flex_attention
 
     def alibi(score, b, h, q_idx, kv_idx):
@@ -264,7 +287,9 @@ def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool):
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, hd]
-    if compiled:
+    if inside_compiled:
+        out = flex_attention(q, k, v, score_mod=alibi, block_mask=block_mask)
+    elif compiled:
         out = _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask)
     else:
         with warnings.catch_warnings():  # eager flex is slow, and we know: only small CPU checks use it
@@ -304,7 +329,11 @@ class DNABERT(nn.Module):
         self.token_type_embedding = nn.Parameter(torch.empty(config.embed_dim))
         self.embed_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.slopes = alibi_slopes(config.attention_heads)  # a list: made into a tensor per forward
+        self.slopes = alibi_slopes(config.attention_heads)
+        # one fp32 tensor per device, made once: a list made into a tensor every forward is a host->device
+        # copy that synced the stream every batch (not a buffer: meta init and .to(dtype) would spoil it)
+        self._slopes_on: dict[torch.device, torch.Tensor] = {}
+        self.blocks_compiled = False
         # packed path kernel: "auto" = flex when the hidden states are fp16/bf16 on CUDA (a model cast to half
         # precision), else sdpa_repadded (runs use autocast, which keeps LayerNorm outputs fp32: sdpa_repadded)
         self.packed_attention = "auto"
@@ -314,8 +343,19 @@ class DNABERT(nn.Module):
     def embed(self, tokens):
         return self.embed_norm(self.token_embedding(tokens) + self.token_type_embedding)
 
+    def compile_blocks(self) -> "DNABERT":
+        """torch.compile each layer (fuses norms, GELU gate, residuals, and flex attention with them);
+        dynamic token counts, compiled once."""
+        for layer in self.layers:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
+        self.blocks_compiled = True
+        return self
+
     def slopes_on(self, device) -> torch.Tensor:
-        return torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        device = torch.device(device)
+        if device not in self._slopes_on:
+            self._slopes_on[device] = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        return self._slopes_on[device]
 
     @torch.inference_mode()
     def forward_padded(self, tokens: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
@@ -354,10 +394,11 @@ class DNABERT(nn.Module):
 
         kernel = self._packed_kernel(x)
         if kernel == "flex":
-            block_mask = flex_block_mask(seq_index, compiled=x.is_cuda)
+            block_mask = flex_block_mask(seq_index, cu_seqlens)
 
             def attend(q, k, v):  # [N, H, hd]
-                return flex_alibi_attention(q, k, v, slopes, block_mask, compiled=x.is_cuda)
+                return flex_alibi_attention(q, k, v, slopes, block_mask, compiled=x.is_cuda,
+                                            inside_compiled=self.blocks_compiled)
 
             self.attention_calls["flex_attention"] += 1
         elif kernel == "sdpa_repadded":
@@ -537,8 +578,10 @@ def run_nt_equivalence(
     tokenizer=None,
     packed_attention: str = "auto",
     token_budget: int = 8192,
+    compile: bool = False,
 ) -> dict:
-    """Padded fp32 SDPA (reference) vs packed path at `precision`, same seeded weights, same device."""
+    """Padded fp32 SDPA (reference) vs packed path at `precision`, same seeded weights, same device.
+    `compile`: the packed path through compiled blocks, as a `compile: true` run takes it (CUDA only)."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     tokenizer = load_tokenizer() if tokenizer is None else tokenizer
@@ -564,6 +607,9 @@ def run_nt_equivalence(
 
     model.to(PRECISIONS[precision])
     model.packed_attention = packed_attention
+    compiled = bool(compile and torch.device(device).type == "cuda")
+    if compiled:
+        model.compile_blocks()
     candidate = np.concatenate([
         model.forward_packed(**packed_to_torch(packed_inputs_nt(*spans(b)), device)).cpu().numpy() for b in batches
     ])
@@ -579,5 +625,6 @@ def run_nt_equivalence(
         "seed": seed,
         "attention_calls": dict(model.attention_calls),
         "attention_path": max(packed_calls, key=packed_calls.get),
+        "compiled": compiled,
     })
     return result

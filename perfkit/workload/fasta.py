@@ -54,51 +54,72 @@ def _lines(path) -> Iterator[tuple[int, bytes]]:
                             "re-create or re-download the file") from None
 
 
-def _bad_char_error(path, lineno: int, bad: bytes) -> UserError:
+def _bad_char_error(where: str, bad: bytes) -> UserError:
     c = bad[0]
     if c == 0 or c > 127:
-        return UserError(f"{path}:{lineno}: binary data (byte 0x{c:02x}), not a FASTA text file",
+        return UserError(f"{where}: binary data (byte 0x{c:02x}), not a FASTA text file",
                          "give a plain or gzipped FASTA file")
     if bad[:1] in b"-.":
-        return UserError(f"{path}:{lineno}: gap character '{chr(c)}' (alignments are not supported)",
+        return UserError(f"{where}: gap character '{chr(c)}' (alignments are not supported)",
                          "remove the gaps from the sequences")
-    return UserError(f"{path}:{lineno}: character {chr(c)!r} is not an IUPAC nucleotide code",
+    return UserError(f"{where}: character {chr(c)!r} is not an IUPAC nucleotide code",
                      "fix or remove that record")
 
 
 def read_fasta(path) -> Iterator[tuple[str, str]]:
     """Yield (id, sequence) per record, streaming; raise UserError on any bad input."""
-    seen_ids: set[str] = set()
+    return _records(_lines(path), path, lambda lineno: f"{path}:{lineno}", set())
+
+
+def read_fasta_range(path, start: int, end: int) -> Iterator[tuple[str, str]]:
+    """The records whose headers lie in bytes [start, end) of a plain FASTA file, `start` being a header's
+    first byte (a block boundary of the plan): a worker parses its own blocks only, never the whole file.
+    Same rules as read_fasta; ids are checked for uniqueness within the range."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})", "check the path and permissions") from None
+    if len(data) != end - start:
+        raise UserError(f"{path}: shorter than when its blocks were planned (changed while running?)",
+                        "do not change the input during a run; run it again")
+    lines = ((n, line.rstrip(b"\r")) for n, line in enumerate(data.split(b"\n"), start=1))
+    return _records(lines, path, lambda lineno: f"{path}: line {lineno} of the block at byte {start}", set())
+
+
+def _records(lines, path, where, seen_ids: set) -> Iterator[tuple[str, str]]:
+    """(id, sequence) from (line number, line) pairs; `where(lineno)` names a place in error messages."""
     record_id, header_line, parts = None, 0, []
 
     def finish():
         if not parts:
-            raise UserError(f"{path}:{header_line}: record {record_id!r} has an empty sequence",
+            raise UserError(f"{where(header_line)}: record {record_id!r} has an empty sequence",
                             "remove that record or fix the truncated file")
         return record_id, b"".join(parts).translate(CANONICAL).decode("ascii")
 
-    for lineno, line in _lines(path):
+    for lineno, line in lines:
         if line.startswith(b">"):
             if record_id is not None:
                 yield finish()
             if not line.isascii() or b"\0" in line:
-                raise UserError(f"{path}:{lineno}: binary or non-ASCII bytes in header",
+                raise UserError(f"{where(lineno)}: binary or non-ASCII bytes in header",
                                 "give a plain or gzipped FASTA file with ASCII headers")
             header = line[1:]
             if not header[:1].strip():  # nothing, or whitespace right after '>'
-                raise UserError(f"{path}:{lineno}: empty record id after '>'", "give every record an id")
+                raise UserError(f"{where(lineno)}: empty record id after '>'", "give every record an id")
             record_id, header_line, parts = header.split(maxsplit=1)[0].decode("ascii"), lineno, []
             if record_id in seen_ids:
-                raise UserError(f"{path}:{lineno}: duplicate record id {record_id!r}",
+                raise UserError(f"{where(lineno)}: duplicate record id {record_id!r}",
                                 "make record ids unique")
             seen_ids.add(record_id)
         elif line.strip():
             line = line.strip()
             bad = line.translate(None, ALLOWED)
             if bad:
-                raise _bad_char_error(path, lineno, bad)
+                raise _bad_char_error(where(lineno), bad)
             if record_id is None:
-                raise UserError(f"{path}:{lineno}: sequence data before the first '>' header",
+                raise UserError(f"{where(lineno)}: sequence data before the first '>' header",
                                 "start the file with a '>id' header line")
             parts.append(line)
 

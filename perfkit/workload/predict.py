@@ -88,7 +88,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
     """The chain in this process: alone (`ranks` None) or as one rank of (RankInfo, gloo group)."""
     import torch.distributed as dist
 
-    from perfkit.workload.distributed import contiguous_blocks, embed_in_ranks, plan_summary
+    from perfkit.workload.distributed import embed_in_ranks, shared_plan
 
     info, group = ranks if ranks else (None, None)
     rank, world = (info.rank, info.world) if info else (0, 1)
@@ -109,18 +109,9 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
 
     try:
         with timed("planning"):
-            plan = None
-            if info:  # any torchrun launch, even of 1 rank: the stages must not each plan (a translation pass)
-                if lead:
-                    sizes = block_sizes(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads,
-                                        chunk_bp=cfg.chunk_bp)
-                    blocks = contiguous_blocks(sizes, world)
-                    plan = [(blocks, plan_summary(sizes, blocks, balance="contiguous runs of blocks, cut at equal shares",
-                                                  weight="bytes of FASTA per block (no translation)"))]
-                else:
-                    plan = [None]
-                dist.broadcast_object_list(plan, src=0, group=group)
-                plan = plan[0]
+            # any torchrun launch, even of 1 rank, plans once for both stages (a single process reads the
+            # blocks' byte ranges too: run_embed finds them itself)
+            plan = shared_plan(cfg, info, group) if info else None
         runs = {}
         for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model)):
             stage_cfg = cfg.model_copy(update={
@@ -136,7 +127,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
                 raise RuntimeError(f"count check failed between the embedding stages: {counts}")
             frames = counts["protein_embedding"]
         score_start, score_unix = (telemetry.now(), time.time()) if lead else (None, None)
-        lo, hi = key_range(plan[0][rank], cfg.block_reads) if plan else (0, np.iinfo(np.int64).max)
+        lo, hi = key_range(plan.blocks[rank], cfg.block_reads) if plan else (0, np.iinfo(np.int64).max)
         mine = score_reads(cfg, lo, hi, rank=rank, classifier_weights=classifier_weights, hidden=hidden)
         reports = [mine]
         if info:
@@ -181,7 +172,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
         "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
                                  "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}
                              for k, r in runs.items()},
-        "plan": plan[1] if plan else None,
+        "plan": plan.info if plan else None,
         "score_ranks": reports,
         "classifier": reports[0]["classifier"],
         "predictions": written,

@@ -32,7 +32,7 @@ from perfkit.telemetry import Telemetry
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
-from perfkit.workload.data import PackedFrames, Shard
+from perfkit.workload.data import PackedFrames, Shard, block_offsets
 from perfkit.workload.translate import FRAMES
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,9 @@ def run_embed(cfg: EmbedConfig, done_keys=None) -> dict:
     prepare_out_dir(cfg)
     if done_keys is None:
         done_keys = store.completed_keys(cfg.out_dir) if cfg.resume else np.empty(0, np.int64)
-    return _finish(embed_share(cfg, done_keys))
+    offsets = block_offsets(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp)
+    shard = Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))  # workers read their own bytes
+    return _finish(embed_share(cfg, done_keys, shard=shard))
 
 
 @dataclass
@@ -199,6 +201,7 @@ class Share:
 def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, local_rank: int = 0,
                 shard: Shard = Shard(), sampler: GpuSampler | None = None, on_batch=None) -> Share:
     """Embed this process's blocks (`shard`) of a resolved config; checkpoints and telemetry are closed on return."""
+    cfg = cfg.for_stage()
     run = Run(cfg, rank, world, local_rank, shard=shard, sampler=sampler, on_batch=on_batch)
     peak = None
     if run.device.type == "cuda":
@@ -318,7 +321,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     capped = False
     batch_index = 0
-    autocast = torch.autocast(device.type, dtype=run.dtype) if cuda and run.dtype != torch.float32 else nullcontext()
+    autocast = run_autocast(device, run.dtype, run.encoder)
     for batch in iloader:
         arrival = iloader.last
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
@@ -351,6 +354,15 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
             break
     _drain(run, in_flight, wait=True)
     return capped
+
+
+def run_autocast(device: torch.device, dtype, encoder):
+    """Autocast for ESM-2 in half precision. The nucleotide model runs in its own dtype without it: under
+    autocast its LayerNorm outputs are fp32, which forbids flex attention (a re-padded SDPA with a dense
+    [B, H, T, T] ALiBi mask instead) and adds a cast kernel to every op of a launch-bound model."""
+    if device.type != "cuda" or dtype == torch.float32 or encoder.nucleotide:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _to_device(batch: dict, device, copy_stream, compute_stream, layout: str) -> dict:
@@ -561,9 +573,7 @@ def verify_alignment(run: Run, model, cfg: EmbedConfig, stored) -> dict:
 
 def _embed_one(model, cfg: EmbedConfig, encoder, tokens: np.ndarray, device) -> np.ndarray:
     lengths = np.array([len(tokens)], dtype=np.int32)
-    autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.precision])
-                if device.type == "cuda" and cfg.precision != "fp32" else nullcontext())
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), run_autocast(device, DTYPES[cfg.precision], encoder):
         if cfg.mode == "v2" or encoder.nucleotide:
             inputs = esm2.packed_to_torch(encoder.packed_inputs(tokens, lengths), device)
             if cfg.mode == "v1":
