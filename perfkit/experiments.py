@@ -27,7 +27,7 @@ from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from perfkit import criteria as crit
 from perfkit.errors import UserError
@@ -97,11 +97,28 @@ class ProfilingParams(Caps):
 class ScalingParams(Caps):
     nproc: int = Field(2, ge=1)
     nucleotide: bool = True  # also scale the nucleotide stage, for the embedding-stages (projected) factor
-    # the whole chain (perfkit predict) on 1 and on N processes, same reads (max_reads; max_seconds unused):
-    # both embedding stages are scaled from its stage runs, and the chain is projected end to end on each side
+    # the whole chain (perfkit predict) launched by torchrun with 1 rank and with N ranks, at two sizes each
+    # (fit_reads; max_seconds unused): wall = fixed + per read x reads per side, projected to the full sample
     end_to_end: bool = True
+    # the two chain sizes (reads) of each side, small then large; None: [max_reads / 2, max_reads]
+    fit_reads: Optional[list[int]] = None
+    repeats: int = Field(1, ge=1)  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
     classifier_hidden: int = Field(512, ge=1)
     embed: dict = Field(default_factory=dict)  # overrides for both runs (e.g. num_workers)
+
+    @field_validator("fit_reads")
+    @classmethod
+    def _two_sizes(cls, sizes):
+        if sizes is not None and (len(sizes) != 2 or sizes[0] < 1 or sizes[0] >= sizes[1]):
+            raise ValueError("give two sizes in reads, small then large, e.g. [60000, 120000]")
+        return sizes
+
+    @model_validator(mode="after")
+    def _one_largest_size(self):
+        if self.fit_reads and self.max_reads is not None and self.max_reads != self.fit_reads[1]:
+            raise ValueError(f"max_reads {self.max_reads} differs from the largest of fit_reads "
+                             f"{self.fit_reads[1]}: set one of them")
+        return self
 
 
 class TuningParams(Caps):
@@ -832,7 +849,8 @@ def run_scaling(ctx: Context) -> dict:
                 "scaling_factor": marker, "scaling_efficiency": marker, "rank_imbalance": marker,
                 "nucleotide": None, "embedding_stages": None, "end_to_end": None,
                 "scaling_factor_nucleotide": marker, "scaling_factor_embedding_stages": marker,
-                "scaling_factor_end_to_end": marker, "scaling_factor_end_to_end_measured": marker}
+                "scaling_factor_end_to_end": marker, "scaling_factor_end_to_end_measured": marker,
+                "scaling_factor_end_to_end_projected": marker, "scaling_factor_end_to_end_source": None}
     distributed = _distributed()
     if p.end_to_end:
         return _scaling_by_chains(ctx, plan, distributed)
@@ -864,64 +882,212 @@ def run_scaling(ctx: Context) -> dict:
                 "scaling.nucleotide: false in the params: the nucleotide stage was not scaled")}
 
 
+FIT_TOLERANCE = 0.03  # the two-size check must hold within this on both sides for the projected factor to count
+SCORING_STAGES = ("merge", "classifier", "consensus")
+
+
+def scaling_sizes(params: SuiteParams, sample_reads: int) -> list[int]:
+    """The two chain sizes (reads) of each side in 03: `scaling.fit_reads`, else half and all of `max_reads`
+    (else of the sample). A size beyond the sample would silently run the sample: refused."""
+    p = params.scaling
+    if p.fit_reads:
+        sizes = [int(r) for r in p.fit_reads]
+    else:
+        largest = min(p.max_reads or sample_reads, sample_reads)
+        sizes = [max(largest // 2, 1), largest]
+    if sizes[1] > sample_reads or sizes[0] >= sizes[1]:
+        raise UserError(f"scaling sizes {sizes} reads: the sample has {sample_reads:,} reads and the two sizes "
+                        f"must differ", "set scaling.fit_reads to two sizes within the sample, small then large")
+    return sizes
+
+
 def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
-    """The whole chain on 1 and on N processes, same reads: per-stage scaling from its stage runs, and
-    each side projected end to end to the full sample (`project_end_to_end`): factor = 1-process hours
-    / N-process hours, every stage counted (planning, start-up, model load, scoring, joining)."""
+    """The whole chain launched by torchrun with 1 rank and with N ranks (the same launch on both sides), at
+    two sizes each, in interleaved rounds (1, N at the small size, 1, N at the large one, then again):
+    `end_to_end_scaling` fits wall = fixed + per read x reads per side and decides the criterion's factor.
+    The per-stage figures (protein, nucleotide, both embedding stages) come from the first round's largest
+    size."""
     from perfkit.workload.predict import run_predict, stage_summaries
 
     p = ctx.params.scaling
-    common = {"mode": "v2", "layout": "packed", "max_reads": p.max_reads, **p.embed}
-    run_reads = min(p.max_reads or ctx.sample_stats["reads"], ctx.sample_stats["reads"])
+    sizes = scaling_sizes(ctx.params, ctx.sample_stats["reads"])
     full_reads = ctx.params.full_validation.full_sample_reads
-    sides = {}
-    for side, nproc in (("single", 1), ("multi", plan["nproc"])):
-        cfg = ctx.embed_config(f"chain-{nproc}", **common)
-        chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=nproc, gpus=plan["gpus"] and nproc > 1)
-        stages = stage_summaries(cfg.out_dir)
-        sides[side] = {"chain": chain, "stages": stages,
-                       "end_to_end": project_end_to_end(chain, stages, run_reads, full_reads, {})}
-    one, many = sides["single"], sides["multi"]
-    pairs = {stage: (one["stages"][stage], many["stages"][stage]) for stage in one["stages"]}
+    rounds = []
+    for repeat in range(p.repeats):
+        runs = {"single": {}, "multi": {}}
+        for reads in sizes:
+            for side, nproc in (("single", 1), ("multi", plan["nproc"])):
+                name = f"chain-{nproc}-{reads}-r{repeat}"
+                cfg = ctx.embed_config(name, **{"mode": "v2", "layout": "packed", **p.embed, "max_reads": reads})
+                chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=nproc, gpus=plan["gpus"], launch=True)
+                runs[side][reads] = {"run": name, "chain": chain, "stages": stage_summaries(cfg.out_dir)}
+        rounds.append(runs)
+    end_to_end = end_to_end_scaling(rounds, sizes, plan["nproc"], full_reads)
+    first = rounds[0]
+    pairs = {stage: (first["single"][sizes[1]]["stages"][stage], first["multi"][sizes[1]]["stages"][stage])
+             for stage in first["single"][sizes[1]]["stages"]}
     scaling = normalise_scaling(distributed.scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
                                 plan["nproc"])
     nt_scaling = normalise_scaling(distributed.scaling(*pairs["nucleotide_embedding"]),
                                    *pairs["nucleotide_embedding"], plan["nproc"])
     combined = embedding_stages_scaling(pairs, ctx.sample_stats, full_reads)
-    end_to_end = end_to_end_scaling(one, many, plan["nproc"])
     write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
                                           "embedding_stages": combined, "end_to_end": end_to_end})
     return {"plan": plan, "scaling": scaling, "single": pairs["protein_embedding"][0],
             "multi": pairs["protein_embedding"][1], "nucleotide": nt_scaling, "embedding_stages": combined,
-            "end_to_end": end_to_end, "chains": sides,
+            "end_to_end": end_to_end, "rounds": rounds,
             "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
             "rank_imbalance": scaling["imbalance"], "scaling_factor_nucleotide": nt_scaling["factor"],
             "scaling_factor_embedding_stages": combined["factor"],
             "scaling_factor_end_to_end": end_to_end["factor"],
-            "scaling_factor_end_to_end_measured": end_to_end["measured_factor"]}
+            "scaling_factor_end_to_end_source": end_to_end["factor_source"],
+            "scaling_factor_end_to_end_measured": end_to_end["measured_factor"]["median"],
+            "scaling_factor_end_to_end_projected": end_to_end["projected_factor"]["median"]}
 
 
-def end_to_end_scaling(one: dict, many: dict, nproc: int) -> dict:
-    """1 vs N processes, the whole chain: projected full-sample hours of each side (and their ratio), the
-    ratio of the measured chain wall times (the run's reads, start-up included), and a stage table."""
-    hours_1, hours_n = one["end_to_end"]["hours"], many["end_to_end"]["hours"]
-    rows_1 = {r["stage"]: r for r in one["end_to_end"]["stages"]}
-    rows_n = {r["stage"]: r for r in many["end_to_end"]["stages"]}
-    stages = list(rows_n) + [s for s in rows_1 if s not in rows_n]  # `launch`: the N-process side only
-    table = [{"stage": stage, "single_measured_s": rows_1.get(stage, {}).get("measured_s", 0.0),
-              "multi_measured_s": rows_n.get(stage, {}).get("measured_s", 0.0),
-              "single_projected_h": rows_1.get(stage, {}).get("projected_h", 0.0),
-              "multi_projected_h": rows_n.get(stage, {}).get("projected_h", 0.0),
-              "factor": (rows_1.get(stage, {}).get("projected_h", 0.0) / rows_n[stage]["projected_h"]
-                         if rows_n.get(stage, {}).get("projected_h") else None)}
-             for stage in stages]
-    measured_1, measured_n = one["chain"]["end_to_end_s"], many["chain"]["end_to_end_s"]
-    return {"nproc": nproc, "full_sample_reads": one["end_to_end"]["full_sample_reads"],
-            "run_reads": one["end_to_end"]["run_reads"], "single_h": hours_1, "multi_h": hours_n,
-            "factor": hours_1 / hours_n if hours_n else crit.not_measured("no N-process projection"),
-            "measured_single_s": measured_1, "measured_multi_s": measured_n,
-            "measured_factor": measured_1 / measured_n if measured_n else None,
-            "method": "each side: " + one["end_to_end"]["method"], "stages": table}
+def two_size_fit(sizes, walls) -> dict:
+    """The line wall = fixed + per_read x reads through two (reads, seconds) points."""
+    (small, large), (wall_small, wall_large) = sizes, walls
+    per_read = (wall_large - wall_small) / (large - small)
+    return {"fixed_s": wall_small - per_read * small, "per_read_s": per_read, "reads": [small, large],
+            "walls_s": [wall_small, wall_large]}
+
+
+def fit_seconds(fit: dict, reads: float) -> float:
+    return fit["fixed_s"] + fit["per_read_s"] * reads
+
+
+def spread(values) -> dict:
+    """Median with min-max of the finite values (None when there are none)."""
+    numbers = [v for v in (_number(x) for x in values) if v is not None]
+    if not numbers:
+        return {"median": None, "min": None, "max": None, "values": list(values)}
+    return {"median": float(np.median(numbers)), "min": min(numbers), "max": max(numbers), "values": numbers}
+
+
+def criterion_factor(projected, measured, check: dict, tolerance: float = FIT_TOLERANCE) -> dict:
+    """The factor the criterion takes: the projected one only while the two-size check holds within
+    `tolerance` on both sides; otherwise the measured one at the largest size. Says which and why."""
+    projected_ok = _number(projected) is not None
+    if check.get("holds") and projected_ok:
+        return {"factor": projected, "source": "projected",
+                "reason": f"two-size check within {tolerance:.0%} on both sides (worst "
+                          f"{check['worst_deviation']:+.1%}): the fit holds, the full sample is projected with it"}
+    if not projected_ok:
+        why = (projected or {}).get("reason", "no projection") if isinstance(projected, dict) else "no projection"
+    elif check.get("worst_deviation") is None:
+        why = "the two-size check could not be made"
+    else:
+        why = (f"two-size check off by {check['worst_deviation']:+.1%} (tolerance {tolerance:.0%}): the fit does "
+               f"not predict the larger size")
+    return {"factor": measured, "source": "measured",
+            "reason": f"{why}; the measured wall factor at the largest size is used"}
+
+
+def end_to_end_scaling(rounds: list[dict], sizes, nproc: int, full_reads: int,
+                       tolerance: float = FIT_TOLERANCE) -> dict:
+    """1 vs N ranks, the whole chain, both sides launched the same way (torchrun), at two sizes, in rounds.
+
+    `rounds[k][side][reads]` = {"chain": the chain's summary, "stages": its embedding stages' summaries},
+    side "single" (1 rank) or "multi" (N ranks). Per round and side: the two-size fit wall = fixed +
+    per_read x reads (walls = end_to_end_s, launch included) and its full-sample seconds; projected factor
+    = single / multi full-sample seconds; measured factor = single / multi wall at the largest size. Each
+    factor: the median over rounds (a round's 1- and N-rank runs ran back to back), with min-max.
+    Fit check, per side and round: the small run alone, stage by stage (`project_end_to_end`: fixed part +
+    tokens / steady rate, scoring linear in reads, launch fixed) predicts the large run's wall; deviation =
+    measured / predicted - 1, a side's deviation = median over rounds; it holds when both sides are within
+    `tolerance`. The criterion's factor follows `criterion_factor`. Cross-check: the largest run alone,
+    stage by stage, projected to the full sample on each side (as 05 projects). Per-side fits and the stage
+    table: through the median walls (stage seconds) at each size.
+    """
+    small, large = sizes
+    sides, per_round = {}, {"projected": [], "measured": [], "stagewise": []}
+    for side in ("single", "multi"):
+        walls = {reads: [r[side][reads]["chain"]["end_to_end_s"] for r in rounds] for reads in sizes}
+        fits = [two_size_fit(sizes, (w_small, w_large)) for w_small, w_large in zip(walls[small], walls[large])]
+        predicted = [project_end_to_end(r[side][small]["chain"], r[side][small]["stages"], small, large, {})["hours"]
+                     * 3600 for r in rounds]
+        deviations = [w / p - 1 if p else None for w, p in zip(walls[large], predicted)]
+        stagewise = [project_end_to_end(r[side][large]["chain"], r[side][large]["stages"], large, full_reads,
+                                        {})["hours"] * 3600 for r in rounds]
+        median_fit = two_size_fit(sizes, (float(np.median(walls[small])), float(np.median(walls[large]))))
+        sides[side] = {
+            "walls_s": {str(reads): spread(values) for reads, values in walls.items()},
+            "fit": {**median_fit, "full_sample_s": fit_seconds(median_fit, full_reads)},
+            "round_fits": fits,
+            "fit_check": {"predicted_large_s": predicted, "measured_large_s": walls[large],
+                          "deviations": deviations, "deviation": spread(deviations)["median"]},
+            "stagewise_full_sample_s": spread(stagewise),
+            "runs": [{str(reads): r[side][reads].get("run") for reads in sizes} for r in rounds],
+        }
+        per_round[side] = {"fits": fits, "walls": walls, "stagewise": stagewise}
+    for k in range(len(rounds)):
+        one, many = per_round["single"]["fits"][k], per_round["multi"]["fits"][k]
+        if one["per_read_s"] > 0 and many["per_read_s"] > 0:
+            per_round["projected"].append(fit_seconds(one, full_reads) / fit_seconds(many, full_reads))
+        else:
+            per_round["projected"].append(None)
+        per_round["measured"].append(per_round["single"]["walls"][large][k] / per_round["multi"]["walls"][large][k])
+        per_round["stagewise"].append(per_round["single"]["stagewise"][k] / per_round["multi"]["stagewise"][k])
+    projected = spread(per_round["projected"])
+    if None in per_round["projected"]:
+        bad = [side for side in sides if any(f["per_read_s"] <= 0 for f in per_round[side]["fits"])]
+        projected_value = crit.not_measured(f"the two-size fit does not grow with the reads ({', '.join(bad)} "
+                                            f"side): nothing to project")
+    else:
+        projected_value = projected["median"]
+    devs = {side: sides[side]["fit_check"]["deviation"] for side in sides}
+    known = [abs(d) for d in devs.values() if d is not None]
+    worst = max(devs.values(), key=lambda d: abs(d)) if len(known) == len(devs) else None
+    check = {"tolerance": tolerance, **devs, "worst_deviation": worst,
+             "holds": worst is not None and abs(worst) <= tolerance,
+             "method": f"the {small:,}-read run alone, stage by stage (embedding: fixed part + tokens / steady "
+                       f"tok/s + shard check x reads; scoring linear in reads; launch fixed), predicts the "
+                       f"{large:,}-read run's wall; deviation = measured / predicted - 1, median over rounds, "
+                       f"per side; holds when both sides are within {tolerance:.0%}"}
+    measured = {**spread(per_round["measured"]), "reads": large}
+    chosen = criterion_factor(projected_value, measured["median"], check, tolerance)
+    stages = _fit_stage_table(rounds, sizes, full_reads)
+    return {"nproc": nproc, "full_sample_reads": full_reads, "sizes": list(sizes), "repeats": len(rounds),
+            "launch": "torchrun on both sides: 1 rank vs N ranks",
+            "order": [f"round {k + 1}: " + ", ".join(f"{n} rank{'s' if n > 1 else ''} x {reads:,}"
+                                                    for reads in sizes for n in (1, nproc))
+                      for k in range(len(rounds))],
+            "sides": sides, "fit_check": check,
+            "projected_factor": {**projected, "median": projected_value},
+            "measured_factor": measured,
+            "stagewise_factor": spread(per_round["stagewise"]),
+            "factor": chosen["factor"], "factor_source": chosen["source"], "factor_reason": chosen["reason"],
+            "single_h": sides["single"]["fit"]["full_sample_s"] / 3600,
+            "multi_h": sides["multi"]["fit"]["full_sample_s"] / 3600,
+            "stages": stages,
+            "method": "each side: wall = fixed + per_read x reads through its two sizes (launch included), "
+                      "full sample = fixed + per_read x full reads; factor = 1-rank / N-rank; median over "
+                      "interleaved rounds with min-max"}
+
+
+def _fit_stage_table(rounds: list[dict], sizes, full_reads: int) -> list[dict]:
+    """Per stage and side: median stage seconds at each size, the two-size fit through them, full-sample hours."""
+    small, large = sizes
+    names = []
+    for r in rounds:
+        for side in ("single", "multi"):
+            for reads in sizes:
+                names += [s for s in r[side][reads]["chain"]["stages_s"] if s not in names]
+    rows = []
+    for stage in names:
+        row = {"stage": stage}
+        for side in ("single", "multi"):
+            seconds = {reads: float(np.median([r[side][reads]["chain"]["stages_s"].get(stage, 0.0) for r in rounds]))
+                       for reads in sizes}
+            fit = two_size_fit(sizes, (seconds[small], seconds[large]))
+            row.update({f"{side}_small_s": seconds[small], f"{side}_large_s": seconds[large],
+                        f"{side}_fixed_s": fit["fixed_s"], f"{side}_per_kread_s": fit["per_read_s"] * 1000,
+                        f"{side}_projected_h": fit_seconds(fit, full_reads) / 3600})
+        row["factor"] = (row["single_projected_h"] / row["multi_projected_h"]
+                         if row["multi_projected_h"] > 0 and row["single_projected_h"] > 0 else None)
+        rows.append(row)
+    return rows
 
 
 def embedding_stages_scaling(stages: dict, sample_stats: dict, full_reads: int) -> dict:
@@ -953,6 +1119,7 @@ def embedding_stages_scaling(stages: dict, sample_stats: dict, full_reads: int) 
 
 def scaling_headline(result: dict) -> dict:
     scaling = result["scaling"] or {}
+    e2e = result.get("end_to_end") or {}
     return {
         "scaling_factor": result["scaling_factor"],
         "scaling_efficiency": result["scaling_efficiency"],
@@ -967,11 +1134,17 @@ def scaling_headline(result: dict) -> dict:
         "scaling_factor_embedding_stages": result.get("scaling_factor_embedding_stages",
                                                       crit.not_measured("not run")),
         "embedding_stages_scaling": (result.get("embedding_stages") or {}).get("stages"),
+        # the criterion: the projected factor while the two-size check holds, else the measured one
         "scaling_factor_end_to_end": result.get("scaling_factor_end_to_end", crit.not_measured(
             "scaling.end_to_end: false in the params: the chain was not run on 1 and N processes")),
+        "scaling_factor_end_to_end_source": result.get("scaling_factor_end_to_end_source"),
+        "scaling_factor_end_to_end_reason": e2e.get("factor_reason"),
         "scaling_factor_end_to_end_measured": result.get("scaling_factor_end_to_end_measured",
                                                          crit.not_measured("not run")),
-        "end_to_end_scaling": {k: v for k, v in (result.get("end_to_end") or {}).items() if k != "method"} or None,
+        "scaling_factor_end_to_end_projected": result.get("scaling_factor_end_to_end_projected",
+                                                          crit.not_measured("not run")),
+        "scaling_fit_check": e2e.get("fit_check"),
+        "end_to_end_scaling": {k: v for k, v in e2e.items() if k != "method"} or None,
     }
 
 
@@ -980,20 +1153,48 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
 
     plan = result["plan"]
     what = f"{plan['nproc']} GPUs" if plan["gpus"] else f"{plan['nproc']} CPU processes (gloo)"
+    one = "1 GPU" if plan["gpus"] else "1 CPU process"
     figs = {}
     if result.get("end_to_end"):
         e2e = result["end_to_end"]
+        small, large = e2e["sizes"]
+        check = e2e["fit_check"]
+        measured, projected = e2e["measured_factor"], e2e["projected_factor"]
+        rounds = (f"{e2e['repeats']} interleaved round(s) (1 rank, {plan['nproc']} ranks at each size, then "
+                  f"again); factors are the median over rounds with min-max" if e2e["repeats"] > 1 else
+                  "1 round (no repeats: no spread measured)")
+        definitions = (
+            f"Both sides are launched the same way: torchrun with 1 rank vs {plan['nproc']} ranks, `perfkit "
+            f"predict` on the first {small:,} and {large:,} reads; wall = the launching process's wall time "
+            f"(launch, planning, both embedding stages, scoring, joining). {rounds}. Projected factor: each "
+            f"side's wall = fixed + per read x reads through its two sizes, at {e2e['full_sample_reads']:,} "
+            f"reads, 1 rank / {plan['nproc']} ranks = {_fmt_factor(projected['median'])}. Measured factor: "
+            f"wall at {large:,} reads, 1 rank / {plan['nproc']} ranks = {_fmt_factor(measured['median'])}. Fit "
+            f"check: the {small:,}-read run alone, stage by stage, predicts the {large:,}-read wall: "
+            f"1 rank {_fmt_pct(check['single'])}, {plan['nproc']} ranks {_fmt_pct(check['multi'])} (tolerance "
+            f"{check['tolerance']:.0%}). Criterion (scaling_factor_end_to_end) = the {e2e['factor_source']} "
+            f"factor, {_fmt_factor(e2e['factor'])}: {e2e['factor_reason']}.")
+        figs["scaling_fit"] = plots.scaling_fit(
+            e2e, ctx.path("scaling_fit.png"), target=_target(ctx.params, "scaling_factor_end_to_end"),
+            labels={"single": one, "multi": what},
+            title=f"Whole chain, 1 vs {what}: two-size fit, measured and projected factor "
+                  f"(criterion uses the {e2e['factor_source']} one)",
+            caption=definitions)
         table = pd.DataFrame(e2e["stages"])
-        table = pd.DataFrame({"stage": table["stage"], "1 process: projected s": table["single_projected_h"] * 3600,
-                              f"{plan['nproc']} processes: projected s": table["multi_projected_h"] * 3600})
+        table = pd.DataFrame({"stage": table["stage"],
+                              f"{one}: projected s": (table["single_projected_h"] * 3600).clip(lower=0),
+                              f"{what}: projected s": (table["multi_projected_h"] * 3600).clip(lower=0)})
+        stagewise = e2e["stagewise_factor"]["median"]
         figs["scaling_end_to_end"] = plots.stage_breakdown(
             table, ctx.path("scaling_end_to_end.png"),
-            title=f"Whole chain, {e2e['full_sample_reads']:,} reads projected: 1 vs {what}",
-            caption=f"Both sides ran `perfkit predict` on the same {e2e['run_reads']:,} reads; each stage is projected "
-                    "to the full sample as in 05 (embedding: fixed + tokens / steady tok/s + shard check; others "
-                    f"linear in reads). End to end: {e2e['single_h']:.3f} h vs {e2e['multi_h']:.3f} h = "
-                    f"{_fmt_factor(e2e['factor'])}; measured on the run's reads (start-up included): "
-                    f"{_fmt_factor(e2e['measured_factor'])}.")
+            title=f"Whole chain, {e2e['full_sample_reads']:,} reads projected per stage: {one} vs {what}",
+            caption=f"Each stage's seconds through its two sizes ({small:,} and {large:,} reads; medians over "
+                    f"rounds), fixed + per read x {e2e['full_sample_reads']:,} reads (a stage whose fit falls "
+                    f"with the reads is drawn at 0). End to end (the fit of the whole wall): "
+                    f"{e2e['single_h']:.3f} h vs {e2e['multi_h']:.3f} h. Cross-check, the {large:,}-read run alone "
+                    f"projected stage by stage as 05 does (embedding: fixed + tokens / steady tok/s; others linear): "
+                    f"{_fmt_factor(stagewise)}. Measured at {large:,} reads: {_fmt_factor(measured['median'])}; "
+                    f"criterion: {e2e['factor_source']}.")
     if result.get("nucleotide"):
         combined = result["embedding_stages"]
         figs["scaling_nucleotide"] = plots.scaling_bars(
@@ -1003,13 +1204,20 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
                     f"{combined['full_sample_reads']:,} reads (full-sample tokens / steady tok/s per stage, "
                     f"summed): {_fmt_factor(combined['factor'])}.",
             not_measurable=plan["not_measurable"])
+    source = (f"the first round's {result['end_to_end']['sizes'][1]:,}-read chains (1 rank and N ranks, both "
+              f"launched by torchrun)" if result.get("end_to_end") else "the two stage runs")
     return {**figs, "scaling": plots.scaling_bars(
         result["scaling"], ctx.path("scaling.png"),
         title=f"Scaling: 1 vs {what}, same work, v2 packed",
-        caption="Steady-state tokens/s per rank and summed (never averaged) from each run's telemetry; "
-                "factor = N-process tok/s / 1-process tok/s; efficiency = factor / N; imbalance = slowest rank's "
-                "wall / mean wall. GPU utilisation per rank: NVML via nvitop, each rank's own physical GPU.",
+        caption=f"From {source}. Steady-state tokens/s per rank and summed (never averaged) from each run's "
+                "telemetry; factor = N-process tok/s / 1-process tok/s; efficiency = factor / N; imbalance = "
+                "slowest rank's wall / mean wall. GPU utilisation per rank: NVML via nvitop, each rank's own "
+                "physical GPU.",
         not_measurable=plan["not_measurable"])}
+
+
+def _fmt_pct(value) -> str:
+    return f"{value:+.1%}" if isinstance(value, (int, float)) else "not checked"
 
 
 def _fmt_factor(value) -> str:
@@ -1161,16 +1369,117 @@ def run_full_validation(ctx: Context) -> dict:
                  "checkpoint_every_seconds": p.checkpoint_every_seconds}
     device = resolved_device(ctx.params)
     cfg = ctx.embed_config("production", **overrides)
-    chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=p.nproc, gpus=is_cuda(device) and p.nproc > 1)
+    samplers = chain_samplers(device, p.nproc, ctx.params.embed.get("sample_interval_s", 1.0))
+    for sampler in samplers.values():
+        sampler.start()
+    try:
+        chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=p.nproc, gpus=is_cuda(device) and p.nproc > 1)
+    finally:
+        for sampler in samplers.values():
+            sampler.stop()
+    samples = {rank: sampler.samples() for rank, sampler in samplers.items()}
     stage_summaries = chain_stage_summaries(cfg.out_dir)
     summary = stage_summaries["protein_embedding"]
     run_reads = min(p.max_reads or ctx.sample_stats["reads"], ctx.sample_stats["reads"])
     projection = project_full_sample(summary, ctx.sample_stats, p.full_sample_reads, sample_reads=run_reads)
     end_to_end = project_end_to_end(chain, stage_summaries, run_reads, p.full_sample_reads, projection)
+    gpu_util = chain_gpu_utilisation(chain, stage_summaries, samples,
+                                     note="; ".join(dict.fromkeys(sampler.note for sampler in samplers.values())))
     write_json(ctx.path("projection.json"), {"protein_embedding": projection, "end_to_end": end_to_end})
+    write_json(ctx.path("gpu_utilisation.json"), {**gpu_util, "samples": samples})
     return {"summary": summary, "chain": chain, "stages": stage_table(chain), "projection": projection,
             "end_to_end": end_to_end, "nucleotide_summary": stage_summaries["nucleotide_embedding"],
-            "tuned_knobs": knobs}
+            "gpu_util": gpu_util, "tuned_knobs": knobs}
+
+
+def chain_samplers(device: str, nproc: int, interval_s: float) -> dict:
+    """{rank: sampler} of the launching process for every GPU the chain uses (rank r of a torchrun launch on
+    one host runs on CUDA ordinal r; an in-process chain on its own device); a host-only sampler on CPU."""
+    from perfkit.sampler import GpuSampler
+
+    if not is_cuda(device):
+        return {0: GpuSampler(interval_s=interval_s, cuda_index=0, tag="chain")}
+    if nproc > 1:
+        return {rank: GpuSampler(interval_s=interval_s, cuda_index=rank, tag=f"chain-rank{rank}")
+                for rank in range(nproc)}
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return {0: GpuSampler(interval_s=interval_s, cuda_index=index, tag="chain-rank0")}
+
+
+def _chain_spans(chain: dict) -> list[tuple[str, float | None, float]]:
+    """(bucket, start unix, seconds) of a chain's stages: merge, classifier and consensus share one span
+    (`scoring`: they are the slowest rank's own steps, not consecutive spans); `launch` has no span of its
+    own (torchrun start, imports, exit: before and after every other span)."""
+    stages, started = chain["stages_s"], chain.get("stage_started_unix") or {}
+    spans = []
+    for stage, seconds in stages.items():
+        if stage in SCORING_STAGES:
+            continue
+        spans.append((stage, started.get(stage), float(seconds)))
+    scoring = [s for s in SCORING_STAGES if s in stages]
+    if scoring:
+        spans.append(("scoring", started.get(scoring[0]), float(sum(stages[s] for s in scoring))))
+    return spans
+
+
+def _rank_gpu(summary: dict | None, rank: int):
+    """Mean NVML utilisation of `rank` from an embedding stage's summary (its own sampler, loop only), or None."""
+    gpu = (summary or {}).get("gpu") or {}
+    entry = gpu if "gpu_utilization_percent" in gpu else gpu.get(str(rank), gpu.get(rank))
+    util = (entry or {}).get("gpu_utilization_percent") or {}
+    return float(util["mean"]) if util.get("measured") and util.get("mean") is not None else None
+
+
+GPU_UTIL_DEFINITION = (
+    "time-weighted over the whole chain and every rank: sum over ranks and stages of (mean NVML utilisation "
+    "of the rank's GPU during the stage x the stage's seconds) / sum of those seconds. Samples: the launching "
+    "process samples every rank's GPU through the whole chain (launch, planning, both embedding stages, "
+    "scoring = merge + classifier + consensus, joining; samples outside every stage's span, i.e. torchrun's "
+    "start and exit, belong to launch); a stage with no sample of a rank takes the embedding stage's own "
+    "sampler (its loop only) where there is one, else counts at 0 %.")
+
+
+def chain_gpu_utilisation(chain: dict, stage_summaries: dict, samples: dict | None, note: str = "") -> dict:
+    """The chain's GPU utilisation (%), time-weighted over stages and ranks (GPU_UTIL_DEFINITION), with the
+    table it comes from; `samples`: {rank: the launching process's samples of that rank's GPU}. NOT
+    MEASURED when no NVML reading exists at all (no driver)."""
+    ranks = int(chain.get("ranks") or 1)
+    spans = _chain_spans(chain)
+    by_rank: dict[int, list[tuple[float, float]]] = {r: [] for r in range(ranks)}
+    for rank, readings in (samples or {}).items():
+        for sample in readings:
+            if sample.get("gpu_utilization_percent") is not None and int(rank) in by_rank:
+                by_rank[int(rank)].append((float(sample["timestamp"]), float(sample["gpu_utilization_percent"])))
+    rows, weighted, total, zero = [], 0.0, 0.0, 0.0
+    for rank, readings in by_rank.items():
+        placed = set()
+        for bucket, start, seconds in spans:
+            if start is None:
+                continue
+            mine = [i for i, (t, _) in enumerate(readings) if start <= t < start + seconds]
+            placed.update(mine)
+        outside = [u for i, (t, u) in enumerate(readings) if i not in placed]
+        for bucket, start, seconds in spans:
+            if start is not None:
+                values = [u for t, u in readings if start <= t < start + seconds]
+            else:
+                values = outside if bucket == "launch" else []
+            if values:
+                util, source = float(np.mean(values)), "chain sampler"
+            elif _rank_gpu(stage_summaries.get(bucket), rank) is not None:
+                util, source = _rank_gpu(stage_summaries.get(bucket), rank), "the stage's own sampler (loop only)"
+            else:
+                util, source = 0.0, "not sampled: counted at 0 %"
+                zero += seconds
+            rows.append({"rank": rank, "stage": bucket, "seconds": seconds, "util_percent": util,
+                         "samples": len(values), "source": source})
+            weighted += util * seconds
+            total += seconds
+    measured = any(r["source"] != "not sampled: counted at 0 %" for r in rows)
+    value = weighted / total if measured and total else crit.not_measured(
+        note or "no NVML reading of any rank in any stage (no NVIDIA driver)")
+    return {"value": value, "definition": GPU_UTIL_DEFINITION, "ranks": ranks, "seconds": total,
+            "share_counted_at_zero": zero / total if total else None, "table": rows, "sampler_note": note}
 
 
 FIXED_STAGES = ("launch",)  # chain stages that do not grow with the reads
@@ -1281,8 +1590,9 @@ def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: in
     hours = (full_reads x tokens per read) / steady tok/s + model load, where tokens per read
     comes from the sample (frames per read x (mean protein length + 2)). Error: the spread of
     the full steady windows' tok/s (std / mean); interval from their 10th-90th percentiles.
-    Check: when the run processed its whole sample, the same method predicts the run's own
-    embedding wall time, and the deviation is reported.
+    Check: when the run processed its whole sample, the same steady rate predicts the run's own
+    embedding loop time (its time before steady state, from the per-rank figures, + the tokens after
+    warm-up / steady tok/s), and the deviation is reported.
     """
     t = summary["throughput"]
     rate = t.get("steady_tok_per_s")
@@ -1320,13 +1630,34 @@ def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: in
                              f"run longer or shorten window_s")
     if not out["capped"]:
         reads = sample_reads or sample_stats.get("reads")
-        predicted = reads * per_read / rate + (t["wall_s"] - t["steady_wall_s"] if t.get("steady_wall_s") else 0.0)
         measured_tokens = t["real_tokens"]
-        out["check"] = {"sample_reads": reads, "predicted_tokens": reads * per_read, "measured_tokens": measured_tokens,
-                        "token_deviation": measured_tokens / (reads * per_read) - 1 if reads else None,
-                        "predicted_wall_s": predicted, "measured_wall_s": t["wall_s"],
-                        "wall_deviation": t["wall_s"] / predicted - 1 if predicted else None}
+        start = steady_start(summary)
+        check = {"sample_reads": reads, "predicted_tokens": reads * per_read, "measured_tokens": measured_tokens,
+                 "token_deviation": measured_tokens / (reads * per_read) - 1 if reads else None,
+                 "measured_wall_s": t["wall_s"], "predicted_wall_s": None, "wall_deviation": None}
+        if start is None:
+            check["note"] = "no rank has a steady wall time in the summary: the loop's wall is not checked"
+        else:
+            predicted = start["before_steady_s"] + (reads * per_read - start["warmup_tokens"]) / rate
+            check.update(predicted_wall_s=predicted, before_steady_s=start["before_steady_s"],
+                         warmup_tokens=start["warmup_tokens"], wall_deviation=t["wall_s"] / predicted - 1,
+                         method="loop time before steady state (the longest over ranks) + (predicted tokens - "
+                                "warm-up tokens) / steady tok/s")
+        out["check"] = check
     return out
+
+
+def steady_start(summary: dict) -> dict | None:
+    """What comes before the steady state of an embedding run, from its per-rank figures (the summed
+    `throughput` has no steady wall): the longest time before steady state over the ranks, and the tokens
+    all ranks embedded in it (their tokens - steady tok/s x steady wall). None when no rank has a steady wall."""
+    ranks = [r for r in (summary.get("per_rank") or {}).values()
+             if isinstance(r, dict) and r.get("steady_wall_s") is not None and r.get("wall_s") is not None]
+    if not ranks:
+        return None
+    before = max(r["wall_s"] - r["steady_wall_s"] for r in ranks)
+    warm = sum(r["real_tokens"] - (r.get("steady_tok_per_s") or 0.0) * r["steady_wall_s"] for r in ranks)
+    return {"before_steady_s": float(before), "warmup_tokens": float(warm)}
 
 
 def full_validation_headline(result: dict) -> dict:
@@ -1342,7 +1673,10 @@ def full_validation_headline(result: dict) -> dict:
         "projection_holdout_check": holdout_check(summary),
         "projected_hours_full_sample": hours if hours is not None else crit.not_measured(projection["error_note"]),
         "projection": projection,
-        "gpu_util_mean": gpu_util_mean(summary),
+        # the criterion: every stage and rank of the chain, time-weighted; the protein loop alone beside it
+        "gpu_util_end_to_end": (result.get("gpu_util") or {}).get("value", crit.not_measured("not run")),
+        "gpu_util_end_to_end_detail": {k: v for k, v in (result.get("gpu_util") or {}).items() if k != "value"},
+        "gpu_util_protein_loop": gpu_util_mean(summary),
         "packing_efficiency": t["packing_efficiency"],
         "padding_waste": t["padding_waste"],
         "checkpoint_overhead_share": summary["checkpoint"]["share_of_wall"],

@@ -252,6 +252,63 @@ def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_me
     return _finish(fig, path, title, caption)
 
 
+def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: str, caption: str):
+    """Left: each side's chain wall at its two sizes (every round), the two-size fit, and the small run's own
+    prediction of the large size (the fit check). Right: measured, projected and stage-wise factors, median
+    with min-max over rounds; the one the criterion takes is drawn solid."""
+    _style()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.3, 1]})
+    small, large = e2e["sizes"]
+    colours = {"single": "#757575", "multi": "#1565c0"}
+    xs = np.linspace(0, large * 1.1, 50)
+    for side, data in e2e["sides"].items():
+        colour = colours[side]
+        for reads in (small, large):
+            values = data["walls_s"][str(reads)]["values"]
+            left.scatter([reads] * len(values), values, color=colour, s=28, zorder=3)
+        fit = data["fit"]
+        left.plot(xs, fit["fixed_s"] + fit["per_read_s"] * xs, color=colour, linewidth=1.2,
+                  label=f"{labels.get(side, side)}: {fit['fixed_s']:.1f} s + {fit['per_read_s'] * 1000:.3g} s/k reads")
+        predicted = [v for v in data["fit_check"]["predicted_large_s"] if _num(v) is not None]
+        if predicted:
+            dev = data["fit_check"]["deviation"]
+            left.scatter([large] * len(predicted), predicted, marker="x", color=colour, s=50, zorder=4,
+                         label=f"{labels.get(side, side)}: {small:,}-read run predicts {large:,}"
+                               + (f" ({dev:+.1%})" if _num(dev) is not None else ""))
+    left.set_xlim(0, large * 1.1)
+    left.set_ylim(bottom=0)
+    left.set_xlabel("reads in the chain run")
+    left.set_ylabel("chain wall time, launch included (s)")
+    left.legend(fontsize=7, loc="upper left")
+    check = e2e["fit_check"]
+    left.set_title(f"fit check {'holds' if check['holds'] else 'fails'} (tolerance {check['tolerance']:.0%})")
+    bars = [("measured at\n" + f"{large:,} reads", e2e["measured_factor"], "measured"),
+            ("projected\n(two-size fit)", e2e["projected_factor"], "projected"),
+            ("stage-wise\ncross-check", e2e["stagewise_factor"], None)]
+    top = max([_num(f.get("max")) or _num(f.get("median")) or 0.0 for _, f, _ in bars] + [target or 0.0, 1.0])
+    for i, (label, factor, source) in enumerate(bars):
+        value = _num(factor.get("median"))
+        if value is None:
+            right.text(i, top * 0.05, "not measured", ha="center", va="bottom", fontsize=8, color="#757575", rotation=90)
+            continue
+        used = source == e2e["factor_source"]
+        low, high = _num(factor.get("min")), _num(factor.get("max"))
+        yerr = [[max(value - low, 0.0)], [max(high - value, 0.0)]] if low is not None and high is not None else None
+        right.bar([i], [value], yerr=yerr, capsize=6, width=0.6, color="#1565c0" if used else "#bbdefb",
+                  edgecolor="#1565c0", hatch=None if used else "//")
+        right.text(i, value, f"{value:.3f}x" + ("\n(criterion)" if used else ""), ha="center", va="bottom",
+                   fontsize=8)
+    right.set_xticks(range(len(bars)))
+    right.set_xticklabels([b[0] for b in bars], fontsize=8)
+    if target is not None:
+        right.axhline(target, color="#c62828", linestyle="--", linewidth=1, label=f"target >= {target:g}x")
+        right.legend(fontsize=8, loc="lower right")
+    right.set_ylim(0, top * 1.3)
+    right.set_ylabel("1 rank wall / N ranks wall")
+    right.set_title(f"{e2e['repeats']} round(s): median, min-max" if e2e["repeats"] > 1 else "1 round: no spread")
+    return _finish(fig, path, title, caption)
+
+
 # ------------------------------------------------------------------ 04 tuning
 
 def tuning_lines(table: pd.DataFrame, knobs: list[str], path, *, best: dict, title: str, caption: str):

@@ -11,6 +11,7 @@ import yaml
 from perfkit import criteria as crit
 from perfkit import experiments as ex
 from perfkit.errors import UserError
+from perfkit.summary import build_run_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -101,8 +102,7 @@ def test_finish_writes_metrics_json(tmp_path):
 def fake_summary(tok=1000.0, seq=20.0, gpu=None, per_rank=None, windows=(), capped=True, **extra):
     t = {"ranks": 1, "sequences": 500, "real_tokens": 25_000, "batches": 10, "wall_s": 30.0, "seq_per_s": seq,
          "tok_per_s": tok and tok * 0.9, "steady_seq_per_s": seq, "steady_tok_per_s": tok, "device_busy_fraction": 0.9,
-         "loader_wait_fraction": 0.01, "packing_efficiency": 0.95, "padding_waste": 0.0, "rank_imbalance": 1.0,
-         "steady_wall_s": 25.0}
+         "loader_wait_fraction": 0.01, "packing_efficiency": 0.95, "padding_waste": 0.0, "rank_imbalance": 1.0}
     t.update(extra)
     return {"throughput": t, "per_rank": per_rank or {"0": t}, "gpu": gpu or {}, "windows": list(windows), "mfu": 0.6,
             "stages_s": {"model_load": 3.6}, "config": {"mode": "v2", "layout": "packed", "window_s": 10.0},
@@ -186,7 +186,8 @@ def test_projection_method_error_and_check():
                                       stats, 6_000_000)
     assert uncapped["relative_error"] is None and "not estimable" in uncapped["error_note"]
     assert uncapped["check"]["token_deviation"] == pytest.approx(0.0)
-    assert uncapped["check"]["predicted_wall_s"] == pytest.approx(40_000 / 1000.0 + 5.0)
+    # no per-rank steady wall: the loop's wall is not checked (never a deviation from a guessed start-up)
+    assert uncapped["check"]["wall_deviation"] is None and "not checked" in uncapped["check"]["note"]
     nothing = ex.project_full_sample(fake_summary(tok=None), stats, 10)
     assert nothing["hours"] is None and nothing["error_note"]
     chain = fake_chain()
@@ -222,27 +223,95 @@ def test_end_to_end_projection_per_stage():
     assert pd.DataFrame(fast["stages"]).set_index("stage").loc["protein_embedding", "fixed_s"] == 0.0
 
 
-def test_end_to_end_scaling_compares_projected_chains_stage_by_stage():
-    # 1 process: protein 90 s of tokens + 10 s fixed, nucleotide 10 s + 10 s; 2 processes: half the token
-    # seconds, 5 s more fixed per stage (launch), the same scoring per rank halved
-    one_summaries = {"protein_embedding": fake_summary(tok=1000.0, real_tokens=90_000),
-                     "nucleotide_embedding": fake_summary(tok=5000.0, real_tokens=50_000)}
-    two_summaries = {"protein_embedding": fake_summary(tok=2000.0, real_tokens=90_000),
-                     "nucleotide_embedding": fake_summary(tok=10_000.0, real_tokens=50_000)}
-    chain_1 = fake_chain(planning=0.0, merge=2.0, classifier=1.0, consensus=1.0)
-    chain_2 = fake_chain(launch=7.0, planning=0.1, protein_embedding=60.0, nucleotide_embedding=20.0, merge=1.0, classifier=0.5,
-                         consensus=0.5)
-    sides = [{"chain": c, "end_to_end": ex.project_end_to_end(c, s, 1000, 100_000, {})}
-             for c, s in ((chain_1, one_summaries), (chain_2, two_summaries))]
-    out = ex.end_to_end_scaling(sides[0], sides[1], 2)
-    hours_1 = (10 + 9000 + 10 + 1000 + 400) / 3600
-    hours_2 = (7 + 15 + 4500 + 15 + 500 + 10 + 200) / 3600  # launch is fixed, not linear in reads
-    assert out["single_h"] == pytest.approx(hours_1) and out["multi_h"] == pytest.approx(hours_2)
-    assert out["factor"] == pytest.approx(hours_1 / hours_2)
-    assert out["measured_factor"] == pytest.approx(chain_1["end_to_end_s"] / chain_2["end_to_end_s"])
+def test_two_size_fit_is_the_line_through_both_sizes():
+    fit = ex.two_size_fit((1000, 3000), (30.0, 70.0))
+    assert fit["per_read_s"] == pytest.approx(0.02) and fit["fixed_s"] == pytest.approx(10.0)
+    assert ex.fit_seconds(fit, 6_000_000) == pytest.approx(10.0 + 0.02 * 6_000_000)
+    assert ex.spread([1.0, None, 3.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "values": [1.0, 3.0, 2.0]}
+
+
+def test_criterion_takes_the_projected_factor_only_while_the_check_holds():
+    holds = {"holds": True, "worst_deviation": 0.029}
+    chosen = ex.criterion_factor(1.95, 1.5, holds)
+    assert chosen["factor"] == 1.95 and chosen["source"] == "projected" and "+2.9%" in chosen["reason"]
+    off = {"holds": False, "worst_deviation": -0.031}
+    chosen = ex.criterion_factor(1.95, 1.5, off)
+    assert chosen["factor"] == 1.5 and chosen["source"] == "measured" and "-3.1%" in chosen["reason"]
+    no_fit = ex.criterion_factor(crit.not_measured("fit falls with the reads"), 1.5, holds)
+    assert no_fit["factor"] == 1.5 and no_fit["source"] == "measured" and "falls" in no_fit["reason"]
+
+
+def chain_at(reads, *, launch, nt_fixed, nt_per_read, protein_fixed, protein_per_read, score_per_read, extra=0.0):
+    """A launched chain of `reads` whose stages follow fixed + per read x reads exactly, with the stage
+    summaries that say so (tokens / steady rate = the per-read part); `extra` s of noise in the launch."""
+    stages = {"launch": launch + extra, "planning": 0.0, "nucleotide_embedding": nt_fixed + nt_per_read * reads,
+              "protein_embedding": protein_fixed + protein_per_read * reads, "merge": score_per_read * reads,
+              "classifier": 0.0, "consensus": 0.0}
+    summaries = {"nucleotide_embedding": fake_summary(tok=1000.0, real_tokens=1000.0 * nt_per_read * reads),
+                 "protein_embedding": fake_summary(tok=1000.0, real_tokens=1000.0 * protein_per_read * reads)}
+    return {"chain": {"stages_s": stages, "end_to_end_s": sum(stages.values())}, "stages": summaries}
+
+
+SINGLE = dict(launch=10.0, nt_fixed=5.0, nt_per_read=0.001, protein_fixed=8.0, protein_per_read=0.004,
+              score_per_read=0.0005)
+MULTI = dict(launch=12.0, nt_fixed=6.0, nt_per_read=0.0005, protein_fixed=9.0, protein_per_read=0.002,
+             score_per_read=0.00025)
+
+
+def rounds_of(single_extra=(0.0, 0.0), multi_extra=(0.0, 0.0)):
+    return {"single": {r: chain_at(r, **SINGLE, extra=e) for r, e in zip((1000, 3000), single_extra)},
+            "multi": {r: chain_at(r, **MULTI, extra=e) for r, e in zip((1000, 3000), multi_extra)}}
+
+
+def test_end_to_end_scaling_fits_two_sizes_per_side_and_checks_the_fit():
+    # single: 28.5 s at 1000 reads, 39.5 s at 3000 -> 23 s + 5.5 ms/read; multi: 29.75, 35.25 -> 27 s + 2.75 ms/read
+    out = ex.end_to_end_scaling([rounds_of()], (1000, 3000), 2, 100_000)
+    single, multi = out["sides"]["single"], out["sides"]["multi"]
+    assert single["fit"]["fixed_s"] == pytest.approx(23.0) and single["fit"]["per_read_s"] == pytest.approx(0.0055)
+    assert multi["fit"]["fixed_s"] == pytest.approx(27.0) and multi["fit"]["per_read_s"] == pytest.approx(0.00275)
+    assert out["projected_factor"]["median"] == pytest.approx(573.0 / 302.0)
+    assert out["measured_factor"]["median"] == pytest.approx(39.5 / 35.25) and out["measured_factor"]["reads"] == 3000
+    # the small runs alone, stage by stage, predict the large walls exactly: the check holds
+    assert single["fit_check"]["predicted_large_s"] == [pytest.approx(39.5)]
+    assert out["fit_check"]["holds"] and out["fit_check"]["worst_deviation"] == pytest.approx(0.0, abs=1e-12)
+    assert out["factor"] == pytest.approx(573.0 / 302.0) and out["factor_source"] == "projected"
+    assert out["stagewise_factor"]["median"] == pytest.approx(573.0 / 302.0)  # exact model: the cross-check agrees
     rows = pd.DataFrame(out["stages"]).set_index("stage")
-    assert rows.loc["protein_embedding", "factor"] == pytest.approx(9010 / 4515)
-    assert rows.loc["planning", "factor"] == 0.0  # one process plans nothing; N processes pay for it
+    assert rows.loc["protein_embedding", "single_fixed_s"] == pytest.approx(8.0)
+    assert rows.loc["protein_embedding", "multi_per_kread_s"] == pytest.approx(2.0)
+    assert rows.loc["launch", "factor"] == pytest.approx(10.0 / 12.0)
+    assert out["single_h"] == pytest.approx(573.0 / 3600) and out["multi_h"] == pytest.approx(302.0 / 3600)
+
+
+def test_end_to_end_scaling_falls_back_to_the_measured_factor_outside_3_percent():
+    # 2 s more launch in the multi side's large run: the small run predicts 35.25 s, 37.25 s measured (+5.7 %)
+    out = ex.end_to_end_scaling([rounds_of(multi_extra=(0.0, 2.0))], (1000, 3000), 2, 100_000)
+    assert out["fit_check"]["multi"] == pytest.approx(37.25 / 35.25 - 1) and not out["fit_check"]["holds"]
+    assert out["fit_check"]["single"] == pytest.approx(0.0, abs=1e-12)
+    assert out["projected_factor"]["median"] == pytest.approx(573.0 / (26.0 + 0.00375 * 100_000))  # still reported
+    assert out["factor_source"] == "measured" and out["factor"] == pytest.approx(39.5 / 37.25)
+    assert "+5.7%" in out["factor_reason"]
+    # within 3 %: 1 s on the multi side's large run (+2.8 %) keeps the projection
+    out = ex.end_to_end_scaling([rounds_of(multi_extra=(0.0, 1.0))], (1000, 3000), 2, 100_000)
+    assert out["fit_check"]["holds"] and out["factor_source"] == "projected"
+    # a fit that falls with the reads projects nothing
+    out = ex.end_to_end_scaling([rounds_of(multi_extra=(10.0, 0.0))], (1000, 3000), 2, 100_000)
+    assert out["projected_factor"]["median"]["measured"] is False and out["factor_source"] == "measured"
+
+
+def test_end_to_end_scaling_reports_the_median_and_spread_of_interleaved_rounds():
+    rounds = [rounds_of(), rounds_of(single_extra=(3.0, 3.0)), rounds_of(single_extra=(1.0, 1.0))]
+    out = ex.end_to_end_scaling(rounds, (1000, 3000), 2, 100_000)
+    measured = [39.5 / 35.25, 42.5 / 35.25, 40.5 / 35.25]
+    assert out["repeats"] == 3 and len(out["order"]) == 3
+    assert out["measured_factor"]["median"] == pytest.approx(40.5 / 35.25)
+    assert (out["measured_factor"]["min"], out["measured_factor"]["max"]) == (pytest.approx(min(measured)),
+                                                                              pytest.approx(max(measured)))
+    projected = [(573.0 + e) / 302.0 for e in (0.0, 3.0, 1.0)]  # a launch offset moves only the fixed part
+    assert out["projected_factor"]["median"] == pytest.approx(574.0 / 302.0)
+    assert out["projected_factor"]["max"] == pytest.approx(max(projected))
+    walls = out["sides"]["single"]["walls_s"]["3000"]
+    assert (walls["median"], walls["min"], walls["max"]) == (pytest.approx(40.5), pytest.approx(39.5), pytest.approx(42.5))
 
 
 def test_multi_rank_projection_uses_the_slowest_ranks_tokens():
@@ -256,6 +325,67 @@ def test_multi_rank_projection_uses_the_slowest_ranks_tokens():
     assert row["fixed_s"] == pytest.approx(10.0) and row["projected_h"] == pytest.approx((10 + 1200) / 3600)
     ranks["1"]["steady_tok_per_s"] = None  # a rank without a steady rate: the summed figure
     assert ex.slowest_rank_token_seconds(summary) == pytest.approx(100.0)
+
+
+def built_summary(ranks=1, batches=10, tokens=1000, warmup=3, wall=10.0):
+    """A summary made by the real builder (perfkit.summary.build_run_summary) from telemetry rows: batch i
+    of every rank arrives at i + 1 s with no loader wait; the loop ran `wall` s from 0."""
+    rows = [{"kind": "batch", "stage": "protein_embedding", "rank": r, "t_arrive_s": i + 1.0, "loader_wait_s": 0.0,
+             "host_s": 0.01, "device_s": 0.9, "sequences": 20, "real_tokens": tokens, "budget_tokens": 1024,
+             "slot_tokens": tokens} for r in range(ranks) for i in range(batches)]
+    return build_run_summary(pd.DataFrame(rows), config={"window_s": 10.0}, environment={}, wall_s=wall,
+                             stage="protein_embedding", warmup_batches=warmup, window_s=10.0,
+                             extra={"run": {"capped": False}})
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_projection_check_takes_the_start_up_from_the_per_rank_figures(ranks):
+    # per rank: 3 warm-up batches, steady from the 4th batch's request at 4 s: 7000 tokens in 6 s; the loop
+    # ran 10 s. The summed figures have no steady wall: the time before steady state is in per_rank only.
+    summary = built_summary(ranks=ranks)
+    assert "steady_wall_s" not in summary["throughput"]
+    stats = {"reads": 250 * ranks, "frames": 200 * ranks, "mean_protein_length": 48.0}  # 40 tok/read: all tokens
+    check = ex.project_full_sample(summary, stats, 6_000_000)["check"]
+    assert check["token_deviation"] == pytest.approx(0.0)
+    assert check["before_steady_s"] == pytest.approx(4.0) and check["warmup_tokens"] == pytest.approx(3000.0 * ranks)
+    assert check["predicted_wall_s"] == pytest.approx(10.0)  # 4 s + 7000 tokens per rank at 7000/6 tok/s per rank
+    assert check["wall_deviation"] == pytest.approx(0.0, abs=1e-9)  # not +17 % from a start-up of 0 s
+
+
+def test_gpu_utilisation_is_time_weighted_over_stages_and_ranks():
+    chain = {"ranks": 2, "stages_s": {"launch": 10.0, "planning": 2.0, "nucleotide_embedding": 20.0,
+                                      "protein_embedding": 60.0, "merge": 4.0, "classifier": 3.0, "consensus": 1.0},
+             "stage_started_unix": {"planning": 1000.0, "nucleotide_embedding": 1002.0, "protein_embedding": 1022.0,
+                                    "merge": 1082.0, "classifier": 1082.0, "consensus": 1082.0}}
+    def at(*pairs):
+        return [{"timestamp": t, "gpu_utilization_percent": u} for t, u in pairs]
+    # rank 0 sampled everywhere: launch (before and after the spans) 0 %, planning 10, nucleotide 60, protein 95,
+    # scoring 40; rank 1 only in the protein stage (80): its nucleotide stage from that stage's own sampler (30),
+    # its launch, planning and scoring counted at 0 %
+    samples = {0: at((995.0, 0.0), (1001.0, 10.0), (1005.0, 50.0), (1015.0, 70.0), (1030.0, 90.0), (1050.0, 100.0),
+                     (1085.0, 40.0), (1091.0, 0.0)),
+               1: at((1030.0, 80.0)) + [{"timestamp": 1040.0}]}  # a sample without a GPU reading counts nothing
+    loop = lambda *means: {str(r): {"gpu_utilization_percent": {"mean": m, "measured": True}} for r, m in enumerate(means)}
+    stages = {"nucleotide_embedding": {"gpu": loop(55.0, 30.0)}, "protein_embedding": {"gpu": loop(90.0, 80.0)}}
+    out = ex.chain_gpu_utilisation(chain, stages, samples)
+    rank0 = 0 * 10 + 10 * 2 + 60 * 20 + 95 * 60 + 40 * 8
+    rank1 = 30 * 20 + 80 * 60
+    assert out["value"] == pytest.approx((rank0 + rank1) / 200)  # 63.2 %, where the protein loop alone says 85 %
+    assert out["share_counted_at_zero"] == pytest.approx(20 / 200)
+    rows = pd.DataFrame(out["table"]).set_index(["rank", "stage"])
+    assert rows.loc[(0, "launch"), "samples"] == 2 and rows.loc[(0, "scoring"), "seconds"] == pytest.approx(8.0)
+    assert rows.loc[(1, "nucleotide_embedding"), "source"].startswith("the stage's own sampler")
+    assert ex.gpu_util_mean({"gpu": stages["protein_embedding"]["gpu"]}) == pytest.approx(85.0)
+    # without a driver: no reading anywhere -> NOT MEASURED, never a number
+    host = {"gpu_utilization_percent": crit.not_measured("no NVIDIA driver")}
+    none = ex.chain_gpu_utilisation(chain, {"protein_embedding": {"gpu": {"0": host, "1": host}}},
+                                    {0: [{"timestamp": 1030.0}], 1: []}, note="no NVIDIA driver: host only")
+    assert none["value"]["measured"] is False and "no NVIDIA driver" in none["value"]["reason"]
+    headline = ex.full_validation_headline({"summary": fake_summary(gpu=loop(90.0, 80.0)), "gpu_util": out,
+                                            "projection": {"hours": 1.0, "capped": False},
+                                            "end_to_end": {"hours": 2.0, "bottleneck_stage": "protein_embedding"},
+                                            "chain": fake_chain()})
+    assert headline["gpu_util_end_to_end"] == pytest.approx(63.2) and headline["gpu_util_protein_loop"] == 85.0
 
 
 def test_holdout_check_predicts_the_whole_run_from_its_first_half():
@@ -347,7 +477,7 @@ GOOD = {
     "02_profiling": {"device_busy_fraction": 0.9},
     "03_scaling": {"scaling_factor_end_to_end": 1.95},
     "04_tuning": {"best_tok_per_s": 1.0},
-    "05_full_validation": {"projected_hours_end_to_end": 8.0, "gpu_util_mean": 80.0, "packing_efficiency": 0.97},
+    "05_full_validation": {"projected_hours_end_to_end": 8.0, "gpu_util_end_to_end": 80.0, "packing_efficiency": 0.97},
 }
 
 
@@ -359,7 +489,7 @@ def test_evaluate_run_passes_only_when_every_criterion_passes(tmp_path):
     assert result["verdict"] == "PASS", result["criteria"]
     assert {r["source"] for r in result["criteria"]} == {"01_baseline", "03_scaling", "05_full_validation"}
     write_metrics(tmp_path, "05_full_validation", {**GOOD["05_full_validation"],
-                                                   "gpu_util_mean": crit.not_measured("no NVIDIA driver")})
+                                                   "gpu_util_end_to_end": crit.not_measured("no NVIDIA driver")})
     result = ex.evaluate_run(tmp_path, params)
     status = {r["name"]: r["status"] for r in result["criteria"]}
     assert result["verdict"] == "FAIL" and status["gpu_utilisation"] == "NOT MEASURED"
@@ -413,7 +543,7 @@ TINY = {"sample": {"reads": 160}, "embed": {"token_budget": 1024, "buffer_size":
         "profiling": {"max_reads": 120, "profiler_batches": 1, "profiler_warmup": 1, "top_kernels": 5},
         "tuning": {"max_reads": 60, "max_runs": 2, "grid": {"token_budget": [512, 1024]}},
         "full_validation": {"max_reads": None, "checkpoint_every_sequences": 50},
-        "scaling": {"max_reads": 80}}
+        "scaling": {"fit_reads": [40, 80], "embed": {"num_workers": 0, "block_reads": 16}}}
 
 
 @pytest.fixture(scope="module")
@@ -478,11 +608,77 @@ def test_real_tuning_point_and_full_validation(tiny):
     headline = ex.full_validation_headline(result)
     assert headline["checkpoint"]["count"] >= 2 and headline["capped"] is False
     assert result["projection"]["check"]["token_deviation"] == pytest.approx(0.0, abs=1e-9)
+    assert math.isfinite(result["projection"]["check"]["wall_deviation"])  # the per-rank steady wall was found
+    assert headline["gpu_util_end_to_end"]["measured"] is False  # CPU: NOT MEASURED, never 0 and never PASS
+    assert headline["gpu_util_protein_loop"]["measured"] is False and "gpu_util_mean" not in headline
+    detail = headline["gpu_util_end_to_end_detail"]
+    assert {r["stage"] for r in detail["table"]} == {"planning", "nucleotide_embedding", "protein_embedding", "scoring"}
+    assert sum(r["seconds"] for r in detail["table"]) == pytest.approx(headline["measured_end_to_end_s"])
     assert math.isfinite(headline["projected_hours_full_sample"])
     assert headline["projected_hours_end_to_end"] > headline["projected_hours_full_sample"]  # every stage counted
     protein_wall = result["summary"]["throughput"]["wall_s"]  # the protein stage's own loop clock
     assert headline["stage_seconds"]["protein_embedding"] >= protein_wall
     assert headline["measured_end_to_end_s"] > protein_wall + headline["stage_seconds"]["nucleotide_embedding"]
+
+
+def test_run_predict_launches_one_cpu_process_through_torchrun_when_asked(tmp_path, monkeypatch):
+    from perfkit.workload import predict
+    from perfkit.workload.config import make_config
+
+    calls = []
+    monkeypatch.setattr(predict, "_launch_ranks", lambda cfg, weights, hidden, nproc, gpus: calls.append(
+        ("torchrun", nproc, gpus)) or {})
+    monkeypatch.setattr(predict, "run_chain", lambda cfg, ranks, **kw: calls.append(("in process", ranks)) or {})
+    cfg = make_config(input=tmp_path / "s.fa", out_dir=tmp_path / "o", model="esm2_t6_8M", device="cpu")
+    predict.run_predict(cfg, nproc=1)
+    predict.run_predict(cfg, nproc=1, launch=True)
+    predict.run_predict(cfg, nproc=2)
+    assert calls == [("in process", None), ("torchrun", 1, False), ("torchrun", 2, False)]
+
+
+def test_scaling_sizes_from_params(tmp_path):
+    params = ex.load_suite_params(write_params(tmp_path, sample={"reads": 500}, scaling={"fit_reads": None,
+                                                                                          "max_reads": 300}))
+    assert ex.scaling_sizes(params, 500) == [150, 300]
+    params = ex.load_suite_params(write_params(tmp_path, scaling={"fit_reads": [100, 900]}))
+    with pytest.raises(UserError, match="within the sample"):
+        ex.scaling_sizes(params, 500)
+    for bad, message in (([300, 100], "small then large"), ([100], "small then large")):
+        with pytest.raises(UserError, match=message):
+            ex.load_suite_params(write_params(tmp_path, scaling={"fit_reads": bad}))
+    with pytest.raises(UserError, match="set one of them"):
+        ex.load_suite_params(write_params(tmp_path, scaling={"fit_reads": [100, 200], "max_reads": 300}))
+
+
+@pytest.mark.slow
+def test_real_scaling_launches_both_sides_through_torchrun(tiny):
+    params, run_dir = tiny
+    ctx = ex.setup("03_scaling", params, run_dir, gpus=2, nodes=1)
+    result = ex.run_scaling(ctx)
+    e2e = result["end_to_end"]
+    assert e2e["sizes"] == [40, 80] and e2e["repeats"] == 1 and "torchrun on both sides" in e2e["launch"]
+    for reads in (40, 80):
+        runs = {side: result["rounds"][0][side][reads] for side in ("single", "multi")}
+        for side, ranks in (("single", 1), ("multi", 2)):
+            chain, stages = runs[side]["chain"], runs[side]["stages"]
+            # launched: torchrun's time is the first stage, the chain's wall is the launching process's
+            assert chain["ranks"] == ranks and list(chain["stages_s"])[0] == "launch" and chain["stages_s"]["launch"] > 0
+            assert chain["end_to_end_s"] == pytest.approx(chain["launch_wall_s"], rel=1e-6)
+            assert chain["plan"]["blocks"] == math.ceil(reads / 16)  # rank 0 planned, even for 1 rank
+            assert stages["protein_embedding"]["distributed"]["launcher"] == "torchrun"
+            assert stages["protein_embedding"]["distributed"]["world"] == ranks
+        assert runs["single"]["chain"]["counts"] == runs["multi"]["chain"]["counts"]  # the same work
+    assert e2e["measured_factor"]["median"] == pytest.approx(
+        result["rounds"][0]["single"][80]["chain"]["end_to_end_s"] / result["rounds"][0]["multi"][80]["chain"]["end_to_end_s"])
+    headline = ex.scaling_headline(result)
+    source = headline["scaling_factor_end_to_end_source"]
+    assert source == ("projected" if e2e["fit_check"]["holds"] and isinstance(e2e["projected_factor"]["median"], float)
+                      else "measured")
+    expected = headline[f"scaling_factor_end_to_end_{source}"]
+    assert headline["scaling_factor_end_to_end"] == expected and headline["scaling_factor_end_to_end_reason"]
+    figures = ex.scaling_figures(ctx, result)
+    assert {"scaling", "scaling_nucleotide", "scaling_end_to_end", "scaling_fit"} <= set(figures)
+    assert "measured" in figures["scaling_fit"].texts[0].get_text()  # the caption states the definitions
 
 
 def test_scaling_not_measurable_is_a_marker(tiny):

@@ -91,6 +91,25 @@ def test_scaling_bars_measured_and_not(tmp_path):
     check(fig, tmp_path / "n.png", "Scaling")
 
 
+@pytest.mark.parametrize("source", ["projected", "measured"])
+def test_scaling_fit(tmp_path, source):
+    side = lambda fixed, per_read, dev: {
+        "walls_s": {"1000": {"values": [fixed + per_read * 1000]}, "3000": {"values": [fixed + per_read * 3000]}},
+        "fit": {"fixed_s": fixed, "per_read_s": per_read},
+        "fit_check": {"predicted_large_s": [(fixed + per_read * 3000) / (1 + dev)], "deviation": dev}}
+    e2e = {"sizes": [1000, 3000], "repeats": 3, "sides": {"single": side(23.0, 0.0055, 0.01), "multi": side(27.0, 0.00275, -0.02)},
+           "fit_check": {"holds": source == "projected", "tolerance": 0.03},
+           "measured_factor": {"median": 1.12, "min": 1.1, "max": 1.15},
+           "projected_factor": {"median": 1.9, "min": 1.85, "max": 1.93} if source == "projected"
+           else {"median": crit.not_measured("fit falls"), "min": None, "max": None},
+           "stagewise_factor": {"median": 1.88, "min": 1.88, "max": 1.88}, "factor_source": source}
+    fig = plots.scaling_fit(e2e, tmp_path / "f.png", target=1.9, labels={"single": "1 GPU", "multi": "2 GPUs"},
+                            title="Fit", caption="two sizes per side, definitions here")
+    texts = " ".join(t.get_text() for t in fig.axes[1].texts)
+    assert "(criterion)" in texts and ("not measured" in texts) == (source == "measured")
+    check(fig, tmp_path / "f.png", "Fit")
+
+
 def test_tuning_lines_and_heatmap(tmp_path):
     table = pd.DataFrame({"token_budget": [4096, 2048, 8192, 4096], "num_workers": [1, 1, 1, 0],
                           "status": ["ok", "ok", "error", "ok"], "tok_per_s": [10.0, 8.0, None, 12.0]})

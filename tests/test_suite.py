@@ -15,7 +15,7 @@ SMOKE = ROOT / "params" / "smoke.yaml"
 PNGS = {
     "01_baseline": ["throughput.png"],
     "02_profiling": ["timeline.png", "utilisation.png", "windows.png", "kernels.png", "stages.png"],
-    "03_scaling": ["scaling.png", "scaling_nucleotide.png", "scaling_end_to_end.png"],
+    "03_scaling": ["scaling.png", "scaling_nucleotide.png", "scaling_end_to_end.png", "scaling_fit.png"],
     "04_tuning": ["tuning.png", "tuning_heatmap.png"],
     "05_full_validation": ["projection.png", "stages.png"],
     "06_summary": ["criteria.png"],

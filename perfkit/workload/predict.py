@@ -48,10 +48,12 @@ STAGES = {"nucleotide_embedding": "nucleotide", "protein_embedding": "protein"} 
 
 
 def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512, nproc: int = 1,
-                gpus: bool = False) -> dict:
-    """`cfg` is the protein stage's config (its out_dir is the chain's folder); returns summary.json's content."""
+                gpus: bool = False, launch: bool = False) -> dict:
+    """`cfg` is the protein stage's config (its out_dir is the chain's folder); returns summary.json's content.
+    v2 runs in ranks of one torchrun launch when `nproc` > 1, on `gpus`, or with `launch` (1 CPU process too:
+    the same launch as N ranks, for a like-for-like comparison); otherwise in this process."""
     check_chain(cfg, nproc)
-    if cfg.mode == "v2" and (nproc > 1 or gpus):
+    if cfg.mode == "v2" and (nproc > 1 or gpus or launch):
         return _launch_ranks(cfg, classifier_weights, hidden, nproc, gpus)
     return run_chain(cfg, None, classifier_weights=classifier_weights, hidden=hidden)
 
