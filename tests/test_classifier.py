@@ -6,11 +6,15 @@ import torch
 from perfkit.errors import UserError
 from perfkit.workload.classifier import (
     FEATURE_DIM,
+    PredictionWriter,
     align_by_ids,
     consensus,
+    consensus_by_key,
+    frame_table,
     load_classifier,
     merge_features,
     predict_frames,
+    predict_parts,
     prediction_agreement,
     read_predictions,
     write_predictions,
@@ -161,3 +165,88 @@ def test_agreement_on_hand_made_tables():
     assert result["same_classifier"] is False and (result["hidden_a"], result["hidden_b"]) == (8, 12)
     with pytest.raises(UserError, match="'r1' twice"):
         prediction_agreement(pd.concat([a, a]), b)
+
+
+# the chain's path: keys say which read (key // 6) and frame (key % 6) a row is
+KEYS = np.array([0, 4, 7, 8, 15, 18])  # the frames of FRAME_IDS: r1 = read 0, r2 = 1, r3 = 2, r1_chunk_2 = 3
+
+
+def test_consensus_by_key_equals_consensus_by_id():
+    frames = frame_table(KEYS, FRAME_IDS, PROBS)
+    assert frames.column_names == ["frame_id", "read_id", "frame", "p_other", "p_virus"]
+    assert frames.column("read_id").to_pylist() == ["r1", "r1", "r2", "r2", "r3", "r1_chunk_2"]
+    assert frames.column("frame").to_pylist() == ["F1", "R2", "F2", "F3", "R1", "F1"]
+    reads = consensus_by_key(KEYS, frames).to_pandas()
+    expected = consensus(FRAME_IDS, PROBS)
+    assert reads.columns.tolist() == expected.columns.tolist()
+    for column in expected.columns:
+        assert reads[column].tolist() == expected[column].tolist()
+    assert consensus_by_key(KEYS[:0], frame_table(KEYS[:0], FRAME_IDS[:0], PROBS[:0])).num_rows == 0
+
+
+def test_consensus_by_key_refuses_ids_that_do_not_match_their_keys():
+    with pytest.raises(RuntimeError, match="'r1_R2' does not end in its key's frame _R1"):
+        frame_table(np.array([0, 3]), FRAME_IDS[:2], PROBS[:2])  # key 3 is frame R1
+    with pytest.raises(RuntimeError, match="of one read .* carry different read ids"):
+        consensus_by_key(np.array([0, 1]), frame_table(np.array([0, 1]), ["a_F1", "b_F2"], PROBS[:2]))
+    with pytest.raises(RuntimeError, match="ascending key order"):
+        consensus_by_key(np.array([4, 0]), frame_table(np.array([4, 0]), ["a_R2", "a_F1"], PROBS[:2]))
+
+
+def test_parts_put_side_by_side_on_the_device_equal_the_merged_block():
+    rng = np.random.default_rng(2)
+    nt, protein = rng.normal(size=(30, 768)).astype(np.float32), rng.normal(size=(30, 2560)).astype(np.float32)
+    where_nt, where_protein = rng.permutation(30), rng.permutation(30)  # each block in its own storage order
+    model, _ = load_classifier(hidden=16, seed=5)
+    expected = predict_frames(model, merge_features(nt[where_nt], protein[where_protein]), batch_size=8)
+    probs = predict_parts(model, [(nt, where_nt), (protein, where_protein)], batch_size=8)
+    assert probs.shape == (30, 2) and np.allclose(probs, expected, atol=1e-6)
+    with pytest.raises(UserError, match="expects"):
+        predict_parts(model, [(nt, where_nt), (protein[:, :100], where_protein)])
+
+
+def test_prediction_writer_in_chunks_equals_one_write(tmp_path):
+    writer = PredictionWriter(tmp_path / "chunks")
+    writer.add(KEYS[:4], FRAME_IDS[:4], PROBS[:4])  # chunks end between reads
+    writer.add(KEYS[4:], np.array(FRAME_IDS[4:]), PROBS[4:])
+    written = writer.close()
+    assert (written["frames"], written["reads"], written["virus_reads"]) == (6, 4, 2)
+    write_predictions(tmp_path / "once", FRAME_IDS, PROBS, consensus(FRAME_IDS, PROBS))
+    (frames_a, reads_a), (frames_b, reads_b) = read_predictions(tmp_path / "chunks"), read_predictions(tmp_path / "once")
+    pd.testing.assert_frame_equal(frames_a, frames_b)
+    pd.testing.assert_frame_equal(reads_a, reads_b)
+    assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == ["predictions_per_frame.csv",
+                                                                       "predictions_per_read.csv"]
+    assert (tmp_path / "chunks" / "predictions_per_frame.csv").read_text().splitlines()[:2] == [
+        "frame_id,read_id,frame,p_other,p_virus", "r1_F1,r1,F1,0.9,0.1"]
+
+
+def test_prediction_writer_quotes_ids_that_need_it_and_leaves_nothing_when_aborted(tmp_path):
+    writer = PredictionWriter(tmp_path / "q")
+    writer.add(np.array([0, 7]), ["a,b_F1", 'c"d_F2'], PROBS[:2])
+    writer.close()
+    frames, reads = read_predictions(tmp_path / "q")
+    assert frames["frame_id"].tolist() == ["a,b_F1", 'c"d_F2'] and reads["read_id"].tolist() == ["a,b", 'c"d']
+    failing = PredictionWriter(tmp_path / "aborted")
+    failing.add(np.array([0, 3]), FRAME_IDS[:2], PROBS[:2])  # the background check fails
+    with pytest.raises(RuntimeError, match="alignment check failed"):
+        failing.close()
+    assert list((tmp_path / "aborted").iterdir()) == []
+
+
+@pytest.mark.gpu
+def test_parts_from_pinned_blocks_on_cuda_equal_the_merged_block_on_cpu():
+    from perfkit.workload.classifier import host_block, launch_parts
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    rng = np.random.default_rng(3)
+    nt, protein = host_block(5000, 768, "cuda"), host_block(5000, 2560, "cuda")
+    assert nt.is_pinned() and protein.is_pinned()
+    nt.numpy()[:] = rng.normal(size=(5000, 768))
+    protein.numpy()[:] = rng.normal(size=(5000, 2560))
+    where_nt, where_protein = rng.permutation(5000), rng.permutation(5000)
+    model, _ = load_classifier(hidden=64, seed=5)
+    expected = predict_frames(model, merge_features(nt.numpy()[where_nt], protein.numpy()[where_protein]))
+    result = launch_parts(model, [(nt, where_nt), (protein, where_protein)], device="cuda", batch_size=999)
+    assert np.allclose(result(), expected, atol=1e-4)

@@ -14,15 +14,25 @@ Conventions:
 - the classifier info records hidden size and a sha256 of the weights: compare it
   between baseline and candidate (a 300 vs 500 hidden mix-up once looked like 93 %
   agreement).
+- the chain's path (`launch_parts`, `frame_table`, `consensus_by_key`, `PredictionWriter`) never
+  builds the [n, 3328] block on the host: each stage's vectors are gathered into their own
+  block and put side by side batch by batch on the device; reads are grouped by key
+  (read index = key // 6), their ids only checked and written; CSVs are written by pyarrow.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import torch
 from torch import nn
 
@@ -36,6 +46,7 @@ CLASSES = ("other", "virus")  # class index 0, 1
 NO_FRAMES = "no_frames"
 FRAME_CSV = "predictions_per_frame.csv"
 READ_CSV = "predictions_per_read.csv"
+FRAMES_PER_READ = len(FRAMES)  # key = read index x 6 + frame index
 
 
 # --- stage 7: merge ----------------------------------------------------------
@@ -170,6 +181,52 @@ def predict_frames(model: nn.Module, features: np.ndarray, batch_size: int = 409
     return out
 
 
+def host_block(rows: int, dim: int, device: str) -> torch.Tensor:
+    """A float32 host block for `launch_parts`: pinned when the classifier runs on CUDA (asynchronous copies)."""
+    return torch.empty((rows, dim), dtype=torch.float32, pin_memory=str(device).startswith("cuda"))
+
+
+def launch_parts(model: nn.Module, parts, *, device: str = "cpu", batch_size: int = 4096):
+    """Start classifying frames whose features are the parts side by side: part (block, where) gives frame
+    i's columns as block[where[i]] (blocks filled in storage order, see store.ShardIndex.fill). The
+    columns meet batch by batch on the device, so the host never builds the merged block; on CUDA the
+    (pinned) blocks go over asynchronously and the caller may fill other blocks meanwhile.
+    Returns a function that waits and gives the softmax probabilities [n, 2] float32 in frame order."""
+    blocks = [torch.as_tensor(block) for block, _ in parts]
+    wheres = [np.asarray(where, dtype=np.int64) for _, where in parts]
+    in_dim, n = sum(b.shape[1] for b in blocks), len(wheres[0])
+    if getattr(model, "in_dim", in_dim) != in_dim or any(len(w) != n for w in wheres):
+        raise UserError(f"features have {in_dim} columns for {[len(w) for w in wheres]} frames, the classifier "
+                        f"expects [n, {getattr(model, 'in_dim', None)}]", "merge nucleotide and protein embeddings first")
+    model.eval().to(device)  # BatchNorm on running stats, dropout off
+    cuda = torch.device(device).type == "cuda"
+    with torch.inference_mode():
+        # a copy from pageable memory would wait for the stream (the blocks' copies): `where` goes pinned too
+        on_device = [(b.to(device, non_blocking=True),
+                      (torch.from_numpy(w).pin_memory() if cuda else torch.from_numpy(w)).to(device, non_blocking=True))
+                     for b, w in zip(blocks, wheres)]
+        probs = torch.empty((n, len(CLASSES)), dtype=torch.float32, device=device)
+        for start in range(0, n, batch_size):
+            x = torch.cat([b.index_select(0, w[start:start + batch_size]) for b, w in on_device], dim=1)
+            probs[start:start + len(x)] = torch.softmax(model(x).float(), dim=1)
+        if not cuda:
+            return lambda: probs.numpy()
+        host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(probs, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+    def result() -> np.ndarray:
+        done.synchronize()
+        return host.numpy()
+    return result
+
+
+def predict_parts(model: nn.Module, parts, *, device: str = "cpu", batch_size: int = 4096) -> np.ndarray:
+    """`launch_parts`, waited for."""
+    return launch_parts(model, parts, device=device, batch_size=batch_size)()
+
+
 # --- stage 9: consensus --------------------------------------------------------
 
 def split_frame_ids(frame_ids) -> pd.DataFrame:
@@ -225,6 +282,55 @@ def _check_probs(frame_ids, probs) -> np.ndarray:
     return probs
 
 
+FRAME_COLUMNS = ("frame_id", "read_id", "frame", "p_other", "p_virus")
+READ_COLUMNS = ("read_id", "frames", "max_virus", "max_other", "prediction")
+
+
+def frame_table(keys: np.ndarray, frame_ids, probs: np.ndarray) -> pa.Table:
+    """The per-frame rows of frames in key order (the chain's path: ids from the shards, keys sorted),
+    checked without parsing ids in Python: each id ends in "_" + its key's frame."""
+    probs = _check_probs(frame_ids, probs)
+    keys = np.asarray(keys, dtype=np.int64)
+    ids = pa.array(np.asarray(frame_ids) if len(frame_ids) else [], type=pa.string())
+    if len(keys) != len(ids):
+        raise RuntimeError(f"alignment check failed: {len(keys)} keys for {len(ids)} frame ids")
+    suffix = pc.utf8_slice_codeunits(ids, -3)
+    expected = pa.array(["_" + f for f in FRAMES]).take(pa.array(keys % FRAMES_PER_READ))
+    read_id = pc.utf8_slice_codeunits(ids, 0, -3)
+    bad = pc.or_(pc.not_equal(suffix, expected), pc.equal(pc.utf8_length(read_id), 0))
+    if len(ids) and pc.any(bad).as_py():
+        first = pc.index(bad, True).as_py()
+        raise RuntimeError(f"alignment check failed: frame id {ids[first].as_py()!r} does not end in its key's "
+                           f"frame _{FRAMES[keys[first] % FRAMES_PER_READ]}")
+    return pa.table([ids, read_id, pc.utf8_slice_codeunits(ids, -2), pa.array(probs[:, 0]), pa.array(probs[:, 1])],
+                    names=list(FRAME_COLUMNS))
+
+
+def consensus_by_key(keys: np.ndarray, frames: pa.Table) -> pa.Table:
+    """Consensus of frames in key order (a `frame_table`), grouped by read index = key // 6: the same rows,
+    columns and order as `consensus` (first seen = key order) without grouping strings. A read's frames
+    must carry one read id (checked, vectorised)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if not len(keys):
+        return pa.table({"read_id": pa.array([], pa.string()), "frames": pa.array([], pa.int64()),
+                         "max_virus": pa.array([], pa.float32()), "max_other": pa.array([], pa.float32()),
+                         "prediction": pa.array([], pa.string())})
+    if np.any(keys[1:] <= keys[:-1]):
+        raise RuntimeError("consensus needs frames in ascending key order, each once")
+    reads = keys // FRAMES_PER_READ
+    starts = np.flatnonzero(np.concatenate(([True], reads[1:] != reads[:-1])))
+    counts = np.diff(np.append(starts, len(keys)))
+    read_ids = frames.column("read_id")
+    first_id = read_ids.take(pa.array(starts))
+    if not pc.all(pc.equal(read_ids, first_id.take(pa.array(np.repeat(np.arange(len(starts)), counts))))).as_py():
+        raise RuntimeError("alignment check failed: the frames of one read (key // 6) carry different read ids")
+    max_virus = np.maximum.reduceat(frames.column("p_virus").to_numpy(), starts)
+    max_other = np.maximum.reduceat(frames.column("p_other").to_numpy(), starts)
+    prediction = np.where(max_virus >= max_other, CLASSES[1], CLASSES[0])  # a tie is 'virus'
+    return pa.table([first_id, pa.array(counts, pa.int64()), pa.array(max_virus), pa.array(max_other),
+                     pa.array(prediction, pa.string())], names=list(READ_COLUMNS))
+
+
 # --- outputs -------------------------------------------------------------------
 
 def write_predictions(out_dir: str | Path, frame_ids, probs: np.ndarray, read_table: pd.DataFrame) -> dict:
@@ -247,8 +353,86 @@ def write_predictions(out_dir: str | Path, frame_ids, probs: np.ndarray, read_ta
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
+    with open(tmp, "wb") as f:
+        f.write(csv_bytes(pa.Table.from_pandas(table, preserve_index=False), header=True))
     os.replace(tmp, path)
+
+
+def csv_bytes(table: pa.Table, *, header: bool) -> pa.Buffer:
+    """CSV text of a table by pyarrow (several times faster than pandas): text unquoted like pandas writes it
+    unless some value needs quotes (then every text value is quoted); floats in shortest round-trip form,
+    nulls empty. The values read back the same as pandas' file."""
+    text = [c for c, t in zip(table.columns, table.schema.types) if pa.types.is_string(t)]
+    special = any(pc.any(pc.match_substring_regex(c, '[",\r\n]')).as_py() for c in text if len(c))
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=header, quoting_header="none",
+                                                      quoting_style="needed" if special else "none"))
+    return sink.getvalue()
+
+
+class PredictionWriter:
+    """The two prediction CSVs of frames given chunk by chunk in ascending key order (chunks never split a
+    read): per chunk, `frame_table` + `consensus_by_key` + CSV text, done by one background thread in order
+    (the caller meanwhile gathers and classifies the next chunk), appended to temp files that close()
+    renames. Errors of the background work surface at the next add or at close."""
+
+    def __init__(self, out_dir: str | Path, *, pending: int = 4):
+        self.dir = Path(out_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create {self.dir}: {err.strerror}", "choose a writable output folder") from err
+        self.paths = {"frames": self.dir / FRAME_CSV, "reads": self.dir / READ_CSV}
+        self._tmp = {kind: path.with_name(path.name + ".tmp") for kind, path in self.paths.items()}
+        self._files = {kind: open(tmp, "wb") for kind, tmp in self._tmp.items()}
+        self.counts = {"frames": 0, "reads": 0, "virus_reads": 0}
+        self.busy_s = 0.0  # the background thread's own time (overlapped with the caller's)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="perfkit-predictions")
+        self._futures: deque = deque()
+        self._pending = pending
+        self._first = True
+
+    def add(self, keys: np.ndarray, frame_ids, probs: np.ndarray) -> None:
+        first, self._first = self._first, False
+        self._futures.append(self._pool.submit(self._write, keys, frame_ids, probs, first))
+        while len(self._futures) > self._pending:  # bounded memory: wait for the oldest chunk
+            self._futures.popleft().result()
+
+    def _write(self, keys, frame_ids, probs, header: bool) -> None:
+        start = time.perf_counter()
+        frames = frame_table(keys, frame_ids, probs)
+        reads = consensus_by_key(keys, frames)
+        self._files["frames"].write(csv_bytes(frames, header=header))
+        self._files["reads"].write(csv_bytes(reads, header=header))
+        self.counts["frames"] += len(frames)
+        self.counts["reads"] += len(reads)
+        self.counts["virus_reads"] += int(pc.sum(pc.equal(reads.column("prediction"), CLASSES[1])).as_py() or 0)
+        self.busy_s += time.perf_counter() - start
+
+    def close(self) -> dict:
+        """Wait for every chunk, then rename the temp files (an empty chunk list writes headers only)."""
+        try:
+            if self._first:
+                self.add(np.empty(0, np.int64), np.empty(0, dtype="U1"), np.empty((0, len(CLASSES)), np.float32))
+            while self._futures:
+                self._futures.popleft().result()
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        for kind, f in self._files.items():
+            f.close()
+            os.replace(self._tmp[kind], self.paths[kind])
+        return {"frames_csv": str(self.paths["frames"]), "reads_csv": str(self.paths["reads"]), **self.counts}
+
+    def abort(self) -> None:
+        """Stop and remove the temp files (nothing that looks complete is left)."""
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for kind, f in self._files.items():
+            f.close()
+            self._tmp[kind].unlink(missing_ok=True)
 
 
 def read_predictions(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
