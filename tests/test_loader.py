@@ -136,3 +136,22 @@ def test_a_changed_input_is_caught_by_its_byte_ranges(small_fasta):
     frames = PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=Shard(offsets=tuple(offsets.tolist())))
     with pytest.raises(UserError, match="shorter than when its blocks were planned"):
         list(frames._my_blocks(0, 1))
+
+
+def test_the_planning_scan_refuses_an_id_repeated_in_another_block(tmp_path):
+    """Workers parse only their own blocks, so the planning scan checks ids across the whole file."""
+    from perfkit.errors import UserError
+    from perfkit.workload.data import block_offsets
+
+    reads = [f">r{i} some description\nACGTACGTAC\n" for i in range(40)]
+    path = tmp_path / "reads.fa"
+    path.write_text("".join(reads))
+    assert len(block_offsets(path, block_reads=4)) == 11  # unique ids: 10 blocks
+    path.write_text("".join(reads) + ">r7\tother\nACGT\n")  # r7 again, eight blocks later, tab-separated
+    with pytest.raises(UserError, match=r"duplicate record id 'r7' \(records 8 and 41\)"):
+        block_offsets(path, block_reads=4)
+    path.write_text("".join(reads[:-1]) + ">r3")  # the last header at the very end of the file, no newline
+    with pytest.raises(UserError, match="duplicate record id 'r3'"):
+        block_offsets(path, block_reads=4)
+    path.write_text(">r1\nAC\n>r10\nAC\n>r1x\nAC\n")  # prefixes of each other are different ids
+    assert len(block_offsets(path, block_reads=1)) == 4

@@ -206,9 +206,48 @@ def block_offsets(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, sca
         heads.append(at[before == ord("\n")] + start)  # '>' at a line start: a header
     heads = np.concatenate(heads) if heads else np.empty(0, np.int64)
     reads = len(heads) if max_reads is None else min(len(heads), max_reads)
+    check_unique_ids(fasta, data, heads[:reads])
     firsts = heads[:reads:block_reads]
     end = heads[reads] if reads < len(heads) else len(data)
     return np.append(firsts, end).astype(np.int64)
+
+
+ID_END = np.zeros(256, dtype=bool)
+ID_END[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True  # a record id is the header up to whitespace
+
+
+def check_unique_ids(fasta, data: np.ndarray, heads: np.ndarray, rows: int = 1 << 20) -> None:
+    """UserError naming a record id that two headers share. Workers that parse only their own blocks see
+    only their own ids, so the planning scan checks the whole file: a 64-bit polynomial hash of every id,
+    vectorised over the headers (no Python per record), and a byte comparison to confirm a repeated hash."""
+    if len(heads) < 2:
+        return
+    hashes = np.empty(len(heads), dtype=np.uint64)
+    ends = np.empty(len(heads), dtype=np.int64)
+    with np.errstate(over="ignore"):  # the hash wraps around 2^64 on purpose
+        for lo in range(0, len(heads), rows):
+            at = heads[lo : lo + rows] + 1  # first byte after '>'
+            h = np.full(len(at), 1469598103934665603, dtype=np.uint64)
+            open_ = np.ones(len(at), dtype=bool)
+            while open_.any():
+                alive = np.flatnonzero(open_)
+                pos = at[alive]
+                inside = pos < len(data)
+                byte = np.where(inside, data[np.minimum(pos, len(data) - 1)], ord("\n"))
+                stop = ID_END[byte]
+                go = alive[~stop]
+                h[go] = (h[go] ^ byte[~stop].astype(np.uint64)) * np.uint64(1099511628211)
+                open_[alive[stop]] = False
+                at[go] += 1
+            hashes[lo : lo + rows], ends[lo : lo + rows] = h, at
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    for k in same:  # a repeated hash: compare the bytes (a collision of different ids is not an error)
+        first, second = order[k], order[k + 1]
+        a, b = (bytes(data[heads[i] + 1 : ends[i]]) for i in (first, second))
+        if a == b:
+            raise UserError(f"{fasta}: duplicate record id {a.decode('ascii', 'replace')!r} (records "
+                            f"{min(first, second) + 1:,} and {max(first, second) + 1:,})", "make record ids unique")
 
 
 def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26) -> np.ndarray:

@@ -7,9 +7,10 @@ resume) into OUT/nucleotide/ and OUT/protein/, except that their checked checkpo
 output (no embeddings.h5): with N ranks, rank 0 first cuts the input into N contiguous runs of blocks
 of about equal size (one vectorised scan of the FASTA, the `planning` stage), both stages embed each
 rank's own run, and then every rank merges, classifies and calls its own reads straight from the
-shards. Rank 0 only joins the ranks' prediction files, in input order. What still grows with the
-sample outside the ranks' own share is small and measured: the planning scan, every rank indexing the
-shards' keys, rank 0's shard check and the byte copy of the joined CSVs.
+shards (each rank opens only the shards that hold its keys). Each DataLoader worker parses only its own
+blocks' bytes. Rank 0 only joins the ranks' prediction files, in input order. What still grows with the
+sample outside the ranks' own share is small and measured: the planning scan (with its duplicate-id
+check), rank 0's shard check and the byte copy of the joined CSVs.
 
 Every stage's span goes into OUT/telemetry.jsonl and OUT/summary.json; stages the ranks do in
 parallel count the slowest rank. Counts are checked at every stage boundary: frames translated =
@@ -36,7 +37,6 @@ from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
-from perfkit.workload.data import block_sizes
 from perfkit.workload.runner import pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 
