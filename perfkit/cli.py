@@ -117,6 +117,14 @@ def _suite(args) -> int:
     return run_suite(Path(args.params), Path(args.out), only=args.only)
 
 
+def _publish(args) -> int:
+    from perfkit.publish import publish
+
+    done = publish(args.run_dir, args.dest, command=args.command, commit=args.commit)
+    print(f"published {done['files']} files ({done['bytes'] / 2**20:.1f} MiB) -> {done['dest']}")
+    return 0
+
+
 def _add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("input", type=Path, help="FASTA file (plain or .gz)")
     e.add_argument("-o", "--out", type=Path, required=True, help="output folder (embeddings.h5, telemetry.jsonl, summary.json)")
@@ -179,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--out", required=True, help="run folder, e.g. outputs/smoke")
     su.add_argument("--only", nargs="*", help="run only these notebooks (stems), then the summary")
     su.set_defaults(func=_suite)
+
+    pu = sub.add_parser("publish", help="copy a finished suite run's report (HTML, JSON; no shards) into a folder, "
+                                        "with COMMIT, COMMAND, GPUS and a README of its criteria")
+    pu.add_argument("run_dir", type=Path, help="the suite's --out folder")
+    pu.add_argument("dest", type=Path, help="new folder, e.g. outputs/reference/2026-11-30-h200-x2")
+    pu.add_argument("--command", required=True, help="the command that made the run, as a reader would re-run it")
+    pu.add_argument("--commit", help="the code's commit (default: the one the suite recorded when it ran)")
+    pu.set_defaults(func=_publish)
 
     w = sub.add_parser("wheelhouse", help="download wheels of every runtime dependency (not torch) for an offline GPU node")
     w.add_argument("--out", default="wheelhouse")

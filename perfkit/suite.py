@@ -80,8 +80,11 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
     sample, stats = ensure_sample(params, out_dir)
     print(f"sample: {sample} ({stats['reads']:,} reads, {stats['frames']:,} frames)", flush=True)
     status = {s: {"status": "skipped", "seconds": 0.0, "error": None} for s in NOTEBOOKS if s not in stems}
+    from perfkit.environment import environment
+
+    # what ran, recorded when it ran (a report published later must not take a later checkout's commit)
     suite = {"schema": SUITE_SCHEMA, "params_file": str(params_path), "params_name": params.name,
-             "run_dir": str(out_dir), "notebooks": status, "started": started}
+             "run_dir": str(out_dir), "notebooks": status, "started": started, "environment": environment()}
     write_json(out_dir / "suite.json", suite)
     for index, stem in enumerate(stems, 1):
         source = notebook_dir / f"{stem}.ipynb"
@@ -112,13 +115,19 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
         write_json(out_dir / "suite.json", suite)
     suite["seconds"] = round(time.time() - started, 2)
     summary_path = out_dir / "summary.json"
+    summary = None
     if summary_path.exists() and status.get("06_summary", {}).get("status") == "complete":
         import json
 
-        suite["verdict"] = json.loads(summary_path.read_text()).get("verdict")
+        summary = json.loads(summary_path.read_text())
+        suite["verdict"] = summary.get("verdict")
     write_json(out_dir / "suite.json", suite)
     failed = [s for s, e in status.items() if e["status"] == "failed"]
     print(f"perfkit suite: {len(stems) - len(failed)}/{len(stems)} notebooks complete in {suite['seconds']:.0f} s; "
           f"verdict {suite.get('verdict', 'unknown')}" + (f"; failed: {', '.join(failed)}" if failed else ""),
           flush=True)
+    if summary:  # the verdict's reasons on the terminal, not only in 06_summary.html
+        from perfkit.publish import criteria_lines
+
+        print("\n".join(criteria_lines(summary)), flush=True)
     return 1 if failed else 0
