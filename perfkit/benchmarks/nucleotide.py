@@ -76,17 +76,19 @@ def loader_rate(fasta: Path, budget: int, workers: int, seconds: float) -> dict:
     dataset = PackedFrames(fasta, token_budget=budget, encoder=encoder_for("dnabert_s"),
                            shard=Shard(offsets=tuple(offsets.tolist())))
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)
-    tokens, first, start = 0, None, time.perf_counter()
+    tokens, batches, first, start = 0, 0, None, time.perf_counter()
     for batch in loader:
         if first is None:  # workers started and produced: count from here
             first = time.perf_counter()
             continue
         tokens += batch.get("real_tokens", 0)
+        batches += 1
         if time.perf_counter() - first > seconds:
             break
     elapsed = time.perf_counter() - (first or start)
-    return {"workers": workers, "token_budget": budget, "tok_per_s": tokens / elapsed, "seconds": elapsed,
-            "startup_s": (first or start) - start}
+    return {"workers": workers, "token_budget": budget, "tok_per_s": tokens / elapsed if batches else None,
+            "batches_counted": batches, "seconds": elapsed, "startup_s": (first or start) - start,
+            "ran_out": time.perf_counter() - (first or start) <= seconds}
 
 
 def main(argv=None) -> dict:
