@@ -218,9 +218,14 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
 
 # =============================================================================== notebook context
 
+REPO = Path(__file__).resolve().parents[1]  # a source checkout: params/ and outputs/ beside perfkit/
+
+
 class NotebookArgs(_Strict):
-    params_file: str
-    run_dir: str
+    # None: the checkout's params/smoke.yaml and outputs/nbval, wherever papermill or nbval runs from;
+    # a relative path is taken from the folder papermill runs in, as a shell user expects
+    params_file: Optional[str] = None
+    run_dir: Optional[str] = None
 
 
 class ScalingArgs(NotebookArgs):
@@ -311,15 +316,20 @@ def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **
             raise UserError(f"{notebook}: unknown parameter(s) {', '.join(unknown)}",
                             f"this notebook takes {', '.join(sorted(known))}")
     try:
-        parsed = model(params_file=str(params_file), run_dir=str(run_dir), **args)
+        parsed = model(params_file=None if params_file is None else str(params_file),
+                       run_dir=None if run_dir is None else str(run_dir), **args)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "parameters"
         raise UserError(f"{notebook}: parameter {where}: {first['msg']}",
                         f"this notebook takes {', '.join(sorted(known))}") from None
-    params_path = Path(parsed.params_file).resolve()
+    default_params = REPO / "params" / "smoke.yaml"
+    if parsed.params_file is None and not default_params.exists():
+        raise UserError(f"{notebook}: no params_file given and no {default_params} (not a source checkout)",
+                        "pass one: papermill ... -p params_file path/to/params.yaml")
+    params_path = Path(parsed.params_file or default_params).resolve()
     params = load_suite_params(params_path)
-    root = Path(parsed.run_dir).resolve()
+    root = Path(parsed.run_dir or REPO / "outputs" / "nbval").resolve()
     ctx = Context(notebook, params, params_path, root, parsed)
     if notebook != "06_summary":
         shutil.rmtree(ctx.out, ignore_errors=True)  # no stale metrics from an earlier run survive

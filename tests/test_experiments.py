@@ -74,6 +74,19 @@ def test_setup_rejects_unknown_and_ill_typed_parameters(tmp_path):
         ex.setup("07_extra", SMOKE, tmp_path)
 
 
+def test_notebook_defaults_are_the_checkouts_from_any_folder_and_relative_paths_the_callers(tmp_path, monkeypatch):
+    """The card's `papermill notebooks/03_scaling.ipynb out.ipynb -p gpus 2` runs from the repo root: the
+    defaults must not be relative to the folder papermill runs in; a path the user types is."""
+    for where in (ROOT, ROOT / "notebooks", tmp_path):
+        monkeypatch.chdir(where)
+        ctx = ex.setup("06_summary", None, None)
+        assert ctx.params_file == SMOKE and ctx.run_dir == ROOT / "outputs" / "nbval"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text(SMOKE.read_text())
+    ctx = ex.setup("06_summary", "mine.yaml", "out")
+    assert ctx.params_file == tmp_path / "mine.yaml" and ctx.run_dir == tmp_path / "out"
+
+
 def test_setup_empties_the_notebook_folder_and_makes_the_sample_once(tmp_path):
     stale = tmp_path / "04_tuning" / "metrics.json"
     stale.parent.mkdir(parents=True)
