@@ -52,10 +52,20 @@ def _embed(args) -> int:
     t = summary["throughput"]
     run = summary["run"]
     ranks = f" x {t['ranks']} ranks" if t["ranks"] > 1 else ""
-    print(f"{cfg.mode} {cfg.model} {cfg.precision} on {run['device']}{ranks}: {t['sequences']} sequences, "
-          f"{t['seq_per_s']:.1f} seq/s, {t['tok_per_s']:.0f} tok/s, packing {summary['packing']['efficiency']:.1%}"
-          + ("" if run["capped"] else f" -> {run['output'].get('path') or run['output']['checkpoints']}"))
+    where = "" if run["capped"] else f" -> {run['output'].get('path') or run['output']['checkpoints']}"
+    if not t["sequences"]:  # nothing embedded now: no rates to print (they are None)
+        done = run["output"]["count"] if not run["capped"] else 0
+        print(f"nothing left to do: {done} sequences already embedded{where}" if cfg.resume and done else
+              f"nothing to embed: {run['frames_translated']} frames survived translation{where}")
+        return 0
+    print(f"{cfg.mode} {cfg.model} {run['precision']} on {run['device']}{ranks}: {t['sequences']} sequences, "
+          f"{_figure(t['seq_per_s'], '.1f')} seq/s, {_figure(t['tok_per_s'], '.0f')} tok/s, "
+          f"packing {_figure(summary['packing']['efficiency'], '.1%')}{where}")
     return 0
+
+
+def _figure(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _predict(args) -> int:

@@ -49,3 +49,79 @@ def test_parser_has_the_knobs_the_seed_tunes():
     for flag in ("--num-workers", "--prefetch-factor", "--token-budget", "--buffer-size", "--checkpoint-every",
                  "--checkpoint-seconds", "--no-copy-stream", "--resume", "--max-reads", "--max-seconds"):
         assert flag in flags
+
+
+RUN_FLAGS = ["--model", "esm2_t6_8M", "--precision", "fp32", "--device", "cpu", "--num-workers", "0", "--no-progress"]
+
+
+def _error_lines(text):
+    return [line for line in text.strip().splitlines() if line.startswith("error")]
+
+
+def test_resume_with_nothing_left_and_a_resume_of_another_input(small_fasta, tmp_path, capsys):
+    from perfkit.workload.data import count_frames
+    from perfkit.workload.store import read_embeddings
+
+    out = tmp_path / "o"
+    assert main(["embed", str(small_fasta), "-o", str(out), *RUN_FLAGS]) == 0
+    ids, vectors = read_embeddings(out / "embeddings.h5")
+    capsys.readouterr()
+    # nothing left to do: an honest line and exit 0 (the rates are None: formatting them raised TypeError)
+    assert main(["embed", str(small_fasta), "-o", str(out), *RUN_FLAGS, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"nothing left to do: {count_frames(small_fasta)} sequences already embedded -> " in printed
+    again_ids, again_vectors = read_embeddings(out / "embeddings.h5")  # refuses an incomplete file
+    assert again_ids == ids and (again_vectors == vectors).all()
+
+    # the same reads renamed, then another sample: refused before anything in --out is deleted or written
+    renamed = tmp_path / "renamed.fa"
+    renamed.write_text(small_fasta.read_text().replace(">read", ">sample"))
+    other = tmp_path / "other.fa"
+    other.write_text(small_fasta.read_text().split(">read60\n")[0])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for fasta in (renamed, other):
+        assert main(["embed", str(fasta), "-o", str(out), *RUN_FLAGS, "--resume"]) == 2
+        errors = _error_lines(capsys.readouterr().err)
+        assert len(errors) == 1 and errors[0].startswith(f"error: --resume with another input: {fasta}")
+        assert "--out" in errors[0]  # the fix
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert read_embeddings(out / "embeddings.h5")[0] == ids
+
+
+def test_predict_resume_with_nothing_left(tmp_path, capsys):
+    from conftest import orf_fasta
+
+    fasta = orf_fasta(tmp_path / "s.fa", 12)
+    flags = [str(fasta), "-o", str(tmp_path / "chain"), *RUN_FLAGS, "--hidden", "16"]
+    assert main(["predict", *flags]) == 0
+    first = capsys.readouterr().out
+    assert main(["predict", *flags, "--resume"]) == 0
+    resumed = capsys.readouterr().out
+    assert first.split(";")[0] == resumed.split(";")[0]  # "N reads called (M virus) from F frames in 1 process(es)"
+    renamed = tmp_path / "renamed.fa"
+    renamed.write_text(fasta.read_text().replace(">read", ">sample"))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "chain").rglob("*")}
+    assert main(["predict", str(renamed), *flags[1:], "--resume"]) == 2  # refused before the chain touches its folder
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(f"error: --resume with another input: {renamed}")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "chain").rglob("*")} == before
+
+
+def test_a_full_disk_is_one_error_line_exit_2_and_no_temp_file(small_fasta, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from perfkit.workload import store
+
+    def disk_full(f, keys, ids, vectors):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "_write_shard", disk_full)
+    out = tmp_path / "o"
+    code = main(["embed", str(small_fasta), "-o", str(out), *RUN_FLAGS, "--checkpoint-every", "20",
+                 "--token-budget", "512"])
+    assert code == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith("error: writing a checkpoint failed: No space left on device")
+    assert not list((out / "checkpoints").glob("*.tmp")) and not (out / "embeddings.h5").exists()

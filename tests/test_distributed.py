@@ -164,6 +164,15 @@ def test_resume_after_killing_the_whole_launch(runs, tmp_path):
     assert 0 < summary["throughput"]["sequences"] < len(ids)  # only the unfinished part was embedded
 
 
+def test_launcher_compares_a_resume_with_the_precision_the_ranks_recorded(small_fasta, tmp_path):
+    from perfkit.workload.runner import check_before_work, prepare_out_dir
+
+    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False)  # precision auto
+    prepare_out_dir(check_before_work(cfg))  # what rank 0 records: the resolved precision (fp32 on CPU)
+    # the launcher compared "auto" with it and refused every resume of a run started without --precision
+    assert distributed.check_launch(cfg.model_copy(update={"resume": True}), 2, gpus=False) == "cpu"
+
+
 def test_contiguous_blocks_cut_at_equal_shares():
     from perfkit.workload.distributed import contiguous_blocks
 
@@ -195,3 +204,44 @@ def test_block_sizes_scan_matches_the_parser(tmp_path):
     packed.write_bytes(gzip.compress(fasta.read_bytes()))
     assert block_sizes(packed, block_reads=10).tolist() == [
         sum(len(s) for _, s in recs) for _, _, recs in read_blocks(fasta, 10)]
+
+
+def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_folder_locked(tmp_path):
+    from perfkit.workload import lock
+    from perfkit.workload.data import read_blocks, translate_block
+    from perfkit.workload.translate import Truncation
+
+    fasta = orf_fasta(tmp_path / "s.fa", 64, seed=2)
+    params = tmp_path / "p.yaml"
+    params.write_text("embed:\n  max_residues: 20\n")  # most frames are longer: both ranks cut some
+    expected = Truncation()
+    for _, first, records in read_blocks(fasta, 16):
+        translate_block(first, records, 20, truncated=expected)
+    out = tmp_path / "o"
+    # the launcher holds the folder's lock for the whole launch: its ranks must not wait for it, nor refuse
+    done = _embed(fasta, out, "--nproc", "2", "--params", str(params))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    ranks = summary["distributed"]["ranks"]
+    assert all(r["frames_truncated"] > 0 for r in ranks.values())
+    assert summary["run"]["frames_truncated"] == sum(r["frames_truncated"] for r in ranks.values()) == expected.frames
+    assert summary["run"]["residues_dropped"] == expected.residues
+    warned = [line for line in done.stderr.splitlines() if "max_residues=20" in line]
+    assert len(warned) == 1 and f"{expected.frames:,} of" in warned[0]  # rank 0's, for the whole run
+
+    resumed = _embed(fasta, out, "--nproc", "2", "--params", str(params), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"nothing left to do: {count_frames(fasta, max_residues=20)} sequences already embedded" in resumed.stdout
+    ids, _ = read_embeddings(out / "embeddings.h5")
+
+    other = tmp_path / "other.fa"
+    other.write_text(fasta.read_text().replace(">read", ">renamed"))
+    refused = _embed(other, out, "--nproc", "2", "--params", str(params), "--resume")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: --resume with another input")
+    with lock.out_dir_lock(out):  # another run holds the folder: refused before torchrun starts, nothing written
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        busy = _embed(fasta, out, "--nproc", "2", "--params", str(params), "--resume")
+        assert busy.returncode == 2
+        assert busy.stderr.strip().splitlines()[-1].startswith(f"error: {out} is in use by another perfkit run (pid {os.getpid()}")
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert read_embeddings(out / "embeddings.h5")[0] == ids

@@ -166,3 +166,82 @@ def test_nucleotide_knobs_apply_to_the_nucleotide_stage_only(small_fasta, tmp_pa
         make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"token_budget": 0})
     with pytest.raises(UserError, match="nucleotide"):
         make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5})  # not a stage knob
+
+
+def test_a_folder_in_use_is_refused_at_once_naming_the_holder(small_fasta, tmp_path):
+    from perfkit.workload import lock
+
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from perfkit.workload.lock import out_dir_lock\n"
+                               f"with out_dir_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(UserError, match=rf"{out} is in use by another perfkit run \(pid {holder.pid} on "):
+            run_embed(make_config(input=small_fasta, out_dir=out, **FAST))
+        assert sorted(p.name for p in out.iterdir()) == before  # the refused run wrote nothing
+    finally:
+        holder.communicate("")
+    assert not (out / lock.OWNER_NAME).exists()
+    run_embed(make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST))  # released when its holder ends
+    with lock.out_dir_lock(out):  # held during a run: the run is refused; a run's own folder lock is released
+        with pytest.raises(UserError, match="in use by another perfkit run"):
+            run_embed(make_config(input=small_fasta, out_dir=out, resume=True, max_reads=5, **FAST))
+
+
+def test_ranks_of_a_launcher_that_holds_the_lock_take_none(tmp_path):
+    from perfkit.workload import lock
+
+    env = {}
+    lock.mark_held(env, tmp_path / "chain")
+    assert lock.held_by_launcher(tmp_path / "chain", env)
+    assert lock.held_by_launcher(tmp_path / "chain" / "protein", env)  # the chain's stage folders
+    assert not lock.held_by_launcher(tmp_path / "other", env) and not lock.held_by_launcher(tmp_path / "chain", {})
+    with lock.out_dir_lock(tmp_path / "chain"):  # the launcher's
+        os.environ[lock.HELD_ENV] = env[lock.HELD_ENV]
+        try:
+            with lock.out_dir_lock(tmp_path / "chain" / "protein"), lock.out_dir_lock(tmp_path / "chain"):
+                pass  # a rank: no deadlock, no refusal
+        finally:
+            del os.environ[lock.HELD_ENV]
+
+
+def test_input_identity_hashes_small_inputs_whole_and_large_ones_by_their_ends(tmp_path, monkeypatch):
+    from perfkit.workload import runner
+
+    path = tmp_path / "x.fa"
+    path.write_bytes(b">a\n" + b"ACGT" * 1000)
+    small = runner.input_identity(path)
+    assert small["size"] == 4003 and "whole file" in small["fingerprint"]
+    path.write_bytes(b">b\n" + b"ACGT" * 1000)  # same size, one id renamed
+    assert runner.input_identity(path)["sha256"] != small["sha256"]
+    monkeypatch.setattr(runner, "WHOLE_HASH_BYTES", 100)
+    monkeypatch.setattr(runner, "EDGE_BYTES", 10)
+    large = runner.input_identity(path)
+    assert "first MiB and the last MiB" in large["fingerprint"]
+    path.write_bytes(b">b\n" + b"ACGT" * 500 + b"TTTT" + b"ACGT" * 499)  # a change in the middle: not read
+    assert runner.input_identity(path)["sha256"] == large["sha256"]
+    path.write_bytes(b">c\n" + b"ACGT" * 1000)
+    assert runner.input_identity(path)["sha256"] != large["sha256"]
+
+
+def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, caplog):
+    from perfkit.workload.data import read_blocks, translate_block
+    from perfkit.workload.translate import Truncation
+
+    fasta = orf_fasta(tmp_path / "s.fa", 20, seed=5)
+    with open(fasta, "a") as f:  # a long ORF: its six frames are longer than max_residues
+        f.write(">long\n" + "GCT" * 1100 + "\n")
+    expected = Truncation()
+    for _, first, records in read_blocks(fasta, 1024):
+        translate_block(first, records, 1022, truncated=expected)
+    assert expected.frames == 6
+    cfg = make_config(input=fasta, out_dir=tmp_path / "o", **{**FAST, "num_workers": 1, "token_budget": 2048})
+    with caplog.at_level("WARNING", logger="perfkit.workload.runner"):
+        summary = run_embed(cfg)  # counted in a DataLoader worker process, carried by the batches
+    run = summary["run"]
+    assert (run["frames_truncated"], run["residues_dropped"]) == (expected.frames, expected.residues)
+    assert run["max_residues"] == 1022
+    warnings = [r.getMessage() for r in caplog.records if "max_residues" in r.getMessage()]
+    assert len(warnings) == 1 and "6 of" in warnings[0] and f"{expected.residues:,} residues dropped" in warnings[0]

@@ -207,6 +207,32 @@ def test_a_kill_mid_write_leaves_no_shard_that_looks_complete(tmp_path, monkeypa
     assert store.completed_keys(tmp_path).tolist() == []
 
 
+
+def test_a_full_disk_is_one_user_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    import time
+
+    def disk_full(f, keys, ids, vectors):  # part of the shard gets written, then the disk is full
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "_write_shard", disk_full)
+    checkpoints = store.CheckpointStore(tmp_path, every_sequences=2)
+    checkpoints.add(np.array([0, 1]), ["a_F1", "a_F2"], np.zeros((2, 4), np.float32))  # a write, in the thread
+    deadline = time.monotonic() + 10
+    while checkpoints._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # the writer's OSError surfaces on the next add as the one-line error (it was raised raw, a traceback)
+    with pytest.raises(UserError, match="writing a checkpoint failed: No space left on device") as raised:
+        checkpoints.add(np.array([2, 3]), ["a_F3", "a_R1"], np.zeros((2, 4), np.float32))
+    assert "free space" in raised.value.one_line() and "\n" not in raised.value.one_line()
+    with pytest.raises(UserError, match="writing a checkpoint failed"):
+        checkpoints.close()  # and on close, after the writer is joined
+    assert not checkpoints._thread.is_alive()
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # the half-written shard is gone
+    assert not list((tmp_path / "checkpoints").glob(store.SHARD_GLOB))
+
 # ---------------------------------------------------------------------------- scoring a rank's reads from shards
 
 def chain_shards(folder, rank, keys, *, every, seed):

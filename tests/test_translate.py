@@ -130,3 +130,21 @@ def test_chunk_records_ids():
     out = list(chunk_records([("short", "ACGT"), ("long", seq)], 500))
     assert out == [("short", "ACGT"), ("long_chunk_1", seq[:500]),
                    ("long_chunk_2", seq[500:1000]), ("long_chunk_3", seq[1000:])]
+
+
+
+def test_truncation_is_counted_frames_and_residues():
+    from perfkit.workload.translate import Truncation, translate_batch
+
+    long_orf = "GCT" * 1100  # no stop in any frame: F1/R1 1100 codons, the other four 1099
+    short = "ATGGCTGCT"  # F1/R1 3 codons, the other four 2
+    counted = Truncation()
+    frames = translate_batch([("long", long_orf), ("short", short)], max_residues=1022, truncated=counted)
+    assert [len(f.protein) for f in frames if f.read_id == "long"] == [1022] * 6
+    assert (counted.frames, counted.residues) == (6, 2 * 78 + 4 * 77)
+    none = Truncation()
+    translate_batch([("short", short)], max_residues=1022, truncated=none)
+    assert (none.frames, none.residues) == (0, 0)
+    small = Truncation()  # the cut is the knob's: with max_residues 2 the short read's F1 and R1 lose a residue
+    translate_batch([("short", short)], max_residues=2, truncated=small)
+    assert (small.frames, small.residues) == (2, 2)

@@ -14,7 +14,8 @@ translated input order. Batches whose keys are all in `done_keys` (a resumed run
 are skipped after packing, so a resumed run computes exactly the batches the
 interrupted one would have (bit-identical on CPU fp32). Every batch carries how many
 frames its worker translated since its last batch, so the run can check
-frames translated = frames embedded at the end.
+frames translated = frames embedded at the end, and how many of them were cut to
+max_residues (and the residues dropped), so the run can report them.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from perfkit.errors import UserError
 from perfkit.packing import TokenBudgetPacker
 from perfkit.workload.encoders import Encoder
 from perfkit.workload.fasta import read_fasta
-from perfkit.workload.translate import FRAMES, chunk_records, translate_batch
+from perfkit.workload.translate import FRAMES, Truncation, chunk_records, translate_batch
 
 FRAMES_PER_READ = len(FRAMES)
 
@@ -90,9 +91,11 @@ def read_blocks(path, block_reads: int, max_reads: int | None = None, chunk_bp: 
         index += 1
 
 
-def translate_block(first_read: int, records, max_residues: int, field: str = "protein"):
-    """Keys, ids and `field` (protein or nucleotides) of every surviving frame of a block, in input order."""
-    frames = translate_batch(records, max_residues=max_residues)
+def translate_block(first_read: int, records, max_residues: int, field: str = "protein",
+                    truncated: Truncation | None = None):
+    """Keys, ids and `field` (protein or nucleotides) of every surviving frame of a block, in input order;
+    frames cut to `max_residues` are counted into `truncated` when given."""
+    frames = translate_batch(records, max_residues=max_residues, truncated=truncated)
     read_pos = {rid: first_read + i for i, (rid, _) in enumerate(records)}
     keys = np.fromiter((read_pos[f.read_id] * FRAMES_PER_READ + f.frame_index for f in frames),
                        dtype=np.int64, count=len(frames))
@@ -126,9 +129,10 @@ class PackedFrames(IterableDataset):
         packer = TokenBudgetPacker(budget=self.token_budget, buffer_size=self.buffer_size, layout=self.layout,
                                    on_oversize="error", pad_id=self.encoder.pad_id)
         ids_of: dict[int, str] = {}
-        translated = 0
+        translated, truncated = 0, Truncation()  # since the last batch: each batch carries its worker's counts
         for block, first_read, records in self._my_blocks(worker, workers):
-            keys, ids, sequences = translate_block(first_read, records, self.max_residues, self.encoder.frame_field)
+            keys, ids, sequences = translate_block(first_read, records, self.max_residues, self.encoder.frame_field,
+                                                   truncated)
             translated += len(keys)
             if not len(keys):
                 continue
@@ -136,17 +140,17 @@ class PackedFrames(IterableDataset):
             tokens, lengths = self.encoder.encode(sequences)
             packer.add(keys, lengths, tokens)
             for batch in packer.ready():
-                out = self._emit(batch, ids_of, translated)
-                translated = 0
+                out = self._emit(batch, ids_of, translated, truncated)
+                translated, truncated = 0, Truncation()
                 if out is not None:
                     yield out
         for batch in packer.flush():
-            out = self._emit(batch, ids_of, translated)
-            translated = 0
+            out = self._emit(batch, ids_of, translated, truncated)
+            translated, truncated = 0, Truncation()
             if out is not None:
                 yield out
-        if translated:  # frames translated but every batch skipped: still report the count
-            yield {"frames_translated": translated, "sequences": 0}
+        if translated:  # frames translated but every batch skipped: still report the counts
+            yield {"frames_translated": translated, **_truncation_fields(truncated), "sequences": 0}
 
     def _my_blocks(self, worker: int, workers: int):
         """This worker's blocks: read at their byte offsets, or picked out of the whole parsed stream."""
@@ -163,13 +167,15 @@ class PackedFrames(IterableDataset):
             if position is not None and position % workers == worker:
                 yield block, first_read, records
 
-    def _emit(self, batch, ids_of: dict, translated: int) -> dict | None:
+    def _emit(self, batch, ids_of: dict, translated: int, truncated: Truncation) -> dict | None:
         ids = [ids_of.pop(k) for k in batch.keys.tolist()]
         if self.done_keys.size and np.isin(batch.keys, self.done_keys).all():
-            return {"frames_translated": translated, "sequences": 0, "skipped": len(ids)}
+            return {"frames_translated": translated, **_truncation_fields(truncated), "sequences": 0,
+                    "skipped": len(ids)}
         out = {"keys": torch.from_numpy(batch.keys), "ids": ids, "sequences": batch.num_sequences,
                "real_tokens": batch.real_tokens, "slot_tokens": batch.slot_tokens, "budget_tokens": batch.budget,
-               "frames_translated": translated, "lengths": torch.from_numpy(batch.lengths)}
+               "frames_translated": translated, **_truncation_fields(truncated),
+               "lengths": torch.from_numpy(batch.lengths)}
         if self.layout == "packed":
             arrays = self.encoder.packed_inputs(batch.tokens, batch.lengths)
             out["max_seqlen"] = int(arrays.pop("max_seqlen"))
@@ -178,6 +184,10 @@ class PackedFrames(IterableDataset):
         else:
             out["tokens"] = torch.from_numpy(batch.tokens)
         return out
+
+
+def _truncation_fields(truncated: Truncation) -> dict:
+    return {"frames_truncated": truncated.frames, "residues_dropped": truncated.residues}
 
 
 def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, block_reads=4096) -> int:

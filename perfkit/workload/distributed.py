@@ -10,8 +10,9 @@ torchrun themselves, on every node, with rendezvous flags, e.g.
 --out must then be a folder every node shares (rank 0 assembles every rank's shards).
 
 In every rank (`run_rank`):
-1. rank 0 checks and prepares --out and reads the completed keys of a resumed run; the
-   result (or its error) is broadcast, so no rank starts before the folder is ready;
+1. rank 0 locks --out (unless the launcher holds its lock: see perfkit.workload.lock), checks and
+   prepares it and reads the completed keys of a resumed run; the result (or its error) is
+   broadcast, so no rank starts before the folder is ready;
 2. rank 0 plans (`byte_plan`): one vectorised scan finds every block's byte range, and the
    blocks are cut into contiguous runs of about equal bytes, one per rank (no translation
    pass); every sequence belongs to exactly one rank, and each DataLoader worker parses only
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -55,8 +56,10 @@ from perfkit.summary import build_run_summary, write_json
 from perfkit.workload import store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
+from perfkit.workload.lock import mark_held, out_dir_lock
 from perfkit.workload.runner import (Share, assemble_and_verify, check_before_work, check_out_dir,
-                                     embed_share, prepare_out_dir, run_result, telemetry_name)
+                                     embed_share, prepare_out_dir, run_result, telemetry_name, warn_truncated)
+from perfkit.workload.translate import Truncation
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +137,21 @@ def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int 
         if cfg.device not in ("auto", "cpu"):
             raise UserError(f"--nproc runs CPU processes (gloo), not --device {cfg.device}", "use --gpus N for GPUs")
         device = "cpu"
-    check_before_work(cfg.model_copy(update={"device": device}))
-    check_out_dir(cfg)
+    # the folder's checks compare with what the ranks record: the resolved precision ("auto" is never recorded)
+    check_out_dir(check_before_work(cfg.model_copy(update={"device": device})))
     return device
 
 
 def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool) -> int:
     """Run `perfkit embed` (argv without --gpus/--nproc) in `nproc` ranks under torchrun; its exit code."""
     device = check_launch(cfg, nproc, gpus=gpus)
-    env = dict(os.environ)
-    set_nccl_env(env)
-    command = torchrun_command(nproc, [*child_args(argv), "--device", device])
-    log.info("launching: %s", " ".join(command))
-    return subprocess.run(command, env=env).returncode
+    with out_dir_lock(cfg.out_dir):  # held here for the whole launch; the ranks are told so and take none
+        env = dict(os.environ)
+        set_nccl_env(env)
+        mark_held(env, cfg.out_dir)
+        command = torchrun_command(nproc, [*child_args(argv), "--device", device])
+        log.info("launching: %s", " ".join(command))
+        return subprocess.run(command, env=env).returncode
 
 
 def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | None = None) -> dict:
@@ -331,30 +336,33 @@ def rank_group(cfg: EmbedConfig, info: RankInfo):
 def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: Plan | None = None) -> dict | None:
     """One embedding run over the ranks of `group`; rank 0 returns its summary. `plan`: decided by the
     caller (the chain plans once for both stages); None = rank 0 makes this run's byte plan."""
-    cfg, done_keys = _prepared_by_rank0(cfg, info, group)
-    if plan is None:
-        plan = shared_plan(cfg, info, group)
-    if plan.info["blocks"] < 4 * info.world:
-        log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
-                    plan.info["blocks"], info.world)
-    cuda = cfg.device.startswith("cuda")
-    sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
-    share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
-                        shard=plan.shard(info.rank), sampler=sampler, on_batch=fault_injection_hook(info.rank))
-    dist.barrier(group)  # every rank's shards are on disk
-    reports = [None] * info.world if info.rank == 0 else None
-    dist.gather_object(_report(share, info, plan.blocks[info.rank]), reports, dst=0, group=group)
-    if info.rank != 0:
-        return None
-    return _finish_run(share, reports, plan.info)
+    with ExitStack() as held:  # rank 0: the output folder's lock, unless the launcher holds it
+        cfg, done_keys = _prepared_by_rank0(cfg, info, group, held)
+        if plan is None:
+            plan = shared_plan(cfg, info, group)
+        if plan.info["blocks"] < 4 * info.world:
+            log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
+                        plan.info["blocks"], info.world)
+        cuda = cfg.device.startswith("cuda")
+        sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
+        share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
+                            shard=plan.shard(info.rank), sampler=sampler, on_batch=fault_injection_hook(info.rank))
+        dist.barrier(group)  # every rank's shards are on disk
+        reports = [None] * info.world if info.rank == 0 else None
+        dist.gather_object(_report(share, info, plan.blocks[info.rank]), reports, dst=0, group=group)
+        if info.rank != 0:
+            return None
+        return _finish_run(share, reports, plan.info)
 
 
-def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group) -> tuple[EmbedConfig, np.ndarray]:
-    """Rank 0 checks and prepares --out and reads a resumed run's keys; every rank gets the result or the error."""
+def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group, held: ExitStack) -> tuple[EmbedConfig, np.ndarray]:
+    """Rank 0 locks (into `held`), checks and prepares --out and reads a resumed run's keys; every rank gets
+    the result or the error (a folder in use too: no rank waits for a rank 0 that gave up)."""
     message: list = [None]
     if info.rank == 0:
         try:
             resolved = check_before_work(cfg, info.local_rank)
+            held.enter_context(out_dir_lock(resolved.out_dir))
             prepare_out_dir(resolved)
             done = store.completed_keys(resolved.out_dir) if resolved.resume else np.empty(0, np.int64)
             message = [("ok", resolved.precision, done)]
@@ -373,6 +381,7 @@ def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
     return {"rank": info.rank, "local_rank": info.local_rank, "host": socket.gethostname(), "device": str(run.device),
             "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
             "wall_s": share.wall_s, "capped": share.capped, "frames_translated": run.frames_translated,
+            "frames_truncated": run.truncated.frames, "residues_dropped": run.truncated.residues,
             "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": run.sampler.summary(),
             "verify_pool": run.verify_pool}
 
@@ -382,14 +391,15 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
     run, cfg = share.run, share.run.cfg
     world = len(reports)
     frames = sum(r["frames_translated"] for r in reports)
+    truncated = Truncation(sum(r["frames_truncated"] for r in reports), sum(r["residues_dropped"] for r in reports))
     capped = any(r["capped"] for r in reports)
     run.verify_pool = [item for r in reports for item in r["verify_pool"]]  # check rows written by every rank
-    result = run_result(share, frames, capped=capped)
+    result = run_result(share, frames, capped=capped, truncated=truncated)
     if not capped:
         result.update(assemble_and_verify(share, frames))
     records = aggregate.read_telemetry([cfg.out_dir / telemetry_name(r, world) for r in range(world)])
     per_rank = {r["rank"]: {key: r[key] for key in ("host", "local_rank", "device", "physical_gpu", "wall_s",
-                                                    "frames_translated", "blocks", "peak_flops")}
+                                                    "frames_translated", "frames_truncated", "blocks", "peak_flops")}
                 for r in reports}
     for rank, info in per_rank.items():
         info["planned_weight"] = plan["planned_weight"][rank]
@@ -405,6 +415,7 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
                                 peak_flops=share.peak_flops, gpu={r["rank"]: r["gpu"] for r in reports},
                                 window_s=cfg.window_s, extra={"run": result, "distributed": distributed})
     write_json(cfg.out_dir / "summary.json", summary)
+    warn_truncated(result, run.stage)
     return summary
 
 

@@ -25,7 +25,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
-from perfkit.workload.runner import pick_device, run_embed
+from perfkit.workload.lock import mark_held, out_dir_lock
+from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 
 NUCLEOTIDE_MODEL = "dnabert_s"
@@ -58,7 +59,24 @@ def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512,
     check_chain(cfg, nproc)
     if cfg.mode == "v2" and (nproc > 1 or gpus or launch):
         return _launch_ranks(cfg, classifier_weights, hidden, nproc, gpus)
+    check_stages(cfg)
     return run_chain(cfg, None, classifier_weights=classifier_weights, hidden=hidden)
+
+
+def check_stages(cfg: EmbedConfig) -> None:
+    """Each stage folder's checks (a rerun without --resume; a resume with other settings or another input)
+    before the chain writes anything, so a refused chain leaves its folder as it was."""
+    for stage_cfg in stage_configs(cfg).values():
+        check_out_dir(check_before_work(stage_cfg))
+
+
+def stage_configs(cfg: EmbedConfig) -> dict[str, EmbedConfig]:
+    """Each embedding stage's config: its model, its folder in the chain's, its checked shards as output."""
+    return {stage: cfg.model_copy(update={
+        "model": model, "out_dir": Path(cfg.out_dir) / STAGES[stage], "assemble": False,
+        "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
+        "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init})
+        for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model))}
 
 
 def check_chain(cfg: EmbedConfig, nproc: int) -> None:
@@ -91,14 +109,21 @@ def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int
 
 def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int = 512) -> dict | None:
     """The chain in this process: alone (`ranks` None) or as one rank of (RankInfo, gloo group)."""
+    info, group = ranks if ranks else (None, None)
+    out = Path(cfg.out_dir)
+    with ExitStack() as held:
+        if info is None or info.rank == 0:  # the chain folder's lock, unless the launcher holds it (its ranks take none)
+            held.enter_context(out_dir_lock(out))
+        return _chain(cfg, out, info, group, classifier_weights=classifier_weights, hidden=hidden)
+
+
+def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidden: int) -> dict | None:
     import torch.distributed as dist
 
     from perfkit.workload.distributed import embed_in_ranks, shared_plan
 
-    info, group = ranks if ranks else (None, None)
     rank, world = (info.rank, info.world) if info else (0, 1)
     lead = rank == 0
-    out = Path(cfg.out_dir)
     telemetry = None
     if lead:
         out.mkdir(parents=True, exist_ok=True)
@@ -118,11 +143,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
             # blocks' byte ranges too: run_embed finds them itself)
             plan = shared_plan(cfg, info, group) if info else None
         runs = {}
-        for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model)):
-            stage_cfg = cfg.model_copy(update={
-                "model": model, "out_dir": out / STAGES[stage], "assemble": False,
-                "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
-                "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init})
+        for stage, stage_cfg in stage_configs(cfg).items():
             with timed(stage):
                 runs[stage] = (embed_in_ranks(stage_cfg, info, group, plan) if info else run_embed(stage_cfg))
         frames = None
@@ -172,7 +193,9 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
         "bottleneck_stage": max(stages, key=stages.get),
         "stage_share": {k: v / embedding_s for k, v in stages.items() if k.endswith("embedding")},
         "counts": {"frames": frames, "reads_called": reads_called,
-                   "virus_reads": sum(r["virus_reads"] for r in reports)},
+                   "virus_reads": sum(r["virus_reads"] for r in reports),
+                   # frames cut to max_residues (both stages cut the same frames)
+                   "frames_truncated": runs["protein_embedding"]["run"]["frames_truncated"]},
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
         "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
                                  "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}
@@ -326,14 +349,21 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
     from perfkit.workload.distributed import check_launch, run_with_params, set_nccl_env, torchrun_command
 
     device = check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus)  # the chain folder may hold stages
-    env = dict(os.environ)
-    set_nccl_env(env)
-    extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
-                                                            if classifier_weights else [])]
-    wall = run_with_params(cfg, lambda params: torchrun_command(nproc, [
-        "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra]),
-        what=f"{nproc}-rank chain (torchrun)", exclude=("device",), env=env)
-    path = Path(cfg.out_dir) / "summary.json"
+    check_stages(cfg.model_copy(update={"device": device}))  # as the ranks will run them
+    with out_dir_lock(cfg.out_dir):  # held here for the whole launch; the ranks are told so and take none
+        env = dict(os.environ)
+        set_nccl_env(env)
+        mark_held(env, cfg.out_dir)
+        extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
+                                                                if classifier_weights else [])]
+        wall = run_with_params(cfg, lambda params: torchrun_command(nproc, [
+            "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra]),
+            what=f"{nproc}-rank chain (torchrun)", exclude=("device",), env=env)
+        return _launch_summary(Path(cfg.out_dir) / "summary.json", wall)
+
+
+def _launch_summary(path: Path, wall: float) -> dict:
+    """The ranks' summary.json with the launch's own time added as a stage."""
     summary = json.loads(path.read_text())
     # torchrun's start, every rank's imports and process-group set-up, and their exit: outside every span
     launch = max(wall - summary["end_to_end_s"], 0.0)

@@ -7,6 +7,7 @@ perfkit.workload.distributed also runs in every rank of a torchrun launch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
 from perfkit.workload.data import PackedFrames, Shard, block_offsets
-from perfkit.workload.translate import FRAMES
+from perfkit.workload.lock import out_dir_lock
+from perfkit.workload.translate import FRAMES, Truncation
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,32 @@ def check_fasta_start(path) -> None:
         records.close()
 
 
+# Inputs up to this size are hashed whole (~0.1 s); larger ones by their size, first MiB and last MiB, so a
+# resume of a 100 GB sample does not reread it. Runs record which in run_config.json ("fingerprint").
+WHOLE_HASH_BYTES = 64 << 20
+EDGE_BYTES = 1 << 20
+
+
+def input_identity(path) -> dict:
+    """The input's size and a sha256 fingerprint: what a resume must match (run_config.json's "input")."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(f"{size}\n".encode())
+    with open(path, "rb") as f:
+        if size <= WHOLE_HASH_BYTES:
+            while chunk := f.read(EDGE_BYTES):
+                digest.update(chunk)
+            how = "sha256 of the size and the whole file"
+        else:
+            digest.update(f.read(EDGE_BYTES))
+            f.seek(size - EDGE_BYTES)
+            digest.update(f.read(EDGE_BYTES))
+            how = "sha256 of the size, the first MiB and the last MiB"
+    return {"path": os.path.abspath(path), "size": size, "sha256": digest.hexdigest(), "fingerprint": how}
+
+
 def check_out_dir(cfg: EmbedConfig) -> None:
-    """Refuse (writing nothing) an --out folder with results unless resuming, or a resume that changes results."""
+    """Refuse (writing nothing) an --out folder with results unless resuming, or a resume that changes results
+    or reads another input."""
     out = cfg.out_dir
     config_path = out / "run_config.json"
     earlier = (out / "checkpoints").exists() and any((out / "checkpoints").glob("shard-*"))
@@ -91,11 +117,28 @@ def check_out_dir(cfg: EmbedConfig) -> None:
         if earlier or (out / "embeddings.h5").exists():
             raise UserError(f"{out} already holds results of a run", "pass --resume to continue it, or choose an empty --out folder")
     elif config_path.exists():
-        before = json.loads(config_path.read_text()).get("result_fields")
+        recorded = json.loads(config_path.read_text())
+        before = recorded.get("result_fields")
         if before is not None and before != cfg.result_fields():
             changed = sorted(k for k in before if before[k] != cfg.result_fields().get(k))
             raise UserError(f"--resume with settings that change results ({', '.join(changed)}) differ from the run in {out}",
                             "resume with the same settings or use a new --out folder")
+        check_same_input(cfg, recorded.get("input"))
+
+
+def check_same_input(cfg: EmbedConfig, before: dict | None) -> None:
+    """A resume must read the input its checkpoints came from: shards hold keys (read index x 6 + frame),
+    so another input (or the same reads renamed) would mix old and new sequences under one key."""
+    if before is None:  # run_config.json of an earlier version: nothing to compare with
+        log.warning("%s records no input fingerprint: cannot check that --resume reads the same input", cfg.out_dir)
+        return
+    if not cfg.input.exists():
+        raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
+    now = input_identity(cfg.input)
+    if (now["size"], now["sha256"]) != (before.get("size"), before.get("sha256")):
+        raise UserError(f"--resume with another input: {cfg.input} ({now['size']:,} bytes) is not the input of the "
+                        f"run in {cfg.out_dir} ({before.get('path')}, {before.get('size', 0):,} bytes, different content)",
+                        "resume with that run's input file, or drop --resume and choose a new --out folder")
 
 
 def prepare_out_dir(cfg: EmbedConfig) -> None:
@@ -116,7 +159,8 @@ def prepare_out_dir(cfg: EmbedConfig) -> None:
             stale.unlink()
     if cfg.resume:
         (out / "embeddings.h5").unlink(missing_ok=True)  # rebuilt from the shards at the end
-    write_json(config_path, {"config": cfg.model_dump(mode="json"), "result_fields": cfg.result_fields()})
+    write_json(config_path, {"config": cfg.model_dump(mode="json"), "result_fields": cfg.result_fields(),
+                             "input": input_identity(cfg.input)})
 
 
 def telemetry_name(rank: int, world: int) -> str:
@@ -149,6 +193,7 @@ class Run:
         self.store = store.CheckpointStore(cfg.out_dir, rank=rank, every_sequences=cfg.checkpoint_every_sequences,
                                            every_seconds=cfg.checkpoint_every_seconds, telemetry=self.telemetry)
         self.frames_translated = 0
+        self.truncated = Truncation()  # frames cut to max_residues, and the residues dropped
         self.verify_pool: list[tuple[int, np.ndarray]] = []  # (key, tokens) of a few sequences, recomputed at the end
 
     def keep_for_verification(self, keys: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, batch_index: int):
@@ -177,12 +222,14 @@ def check_before_work(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
 def run_embed(cfg: EmbedConfig, done_keys=None) -> dict:
     """Run v1 or v2 as configured, in this one process; returns the summary (also written to summary.json)."""
     cfg = check_before_work(cfg)
-    prepare_out_dir(cfg)
-    if done_keys is None:
-        done_keys = store.completed_keys(cfg.out_dir) if cfg.resume else np.empty(0, np.int64)
-    offsets = block_offsets(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp)
-    shard = Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))  # workers read their own bytes
-    return _finish(embed_share(cfg, done_keys, shard=shard))
+    check_out_dir(cfg)  # a refused run writes nothing, not even the lock file (checked again under the lock)
+    with out_dir_lock(cfg.out_dir):  # one run per folder, from its first check to its summary
+        prepare_out_dir(cfg)
+        if done_keys is None:
+            done_keys = store.completed_keys(cfg.out_dir) if cfg.resume else np.empty(0, np.int64)
+        offsets = block_offsets(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp)
+        shard = Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))  # workers read their own bytes
+        return _finish(embed_share(cfg, done_keys, shard=shard))
 
 
 @dataclass
@@ -226,20 +273,36 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     finally:
         progress.close()
         run.sampler.stop()
-        run.store.close()
-        run.telemetry.close()
+        try:
+            run.store.close()  # raises a failed checkpoint write (after the writer's last telemetry record)
+        finally:
+            run.telemetry.close()
     attention = dict(getattr(model, "attention_calls", {})) or {"fair-esm": "MultiheadAttention (padded)"}
     if cfg.mode == "v1" and run.encoder.nucleotide:
         attention["v1"] = f"padded batches of {cfg.v1_nt_batch_sequences} sequence(s) in file order"
     return Share(run, model, wall, capped, peak, weights_info, attention)
 
 
-def run_result(share: Share, frames_translated: int, capped: bool | None = None) -> dict:
-    """The summary's `run` section, before the output is assembled."""
+def run_result(share: Share, frames_translated: int, capped: bool | None = None,
+               truncated: Truncation | None = None) -> dict:
+    """The summary's `run` section, before the output is assembled. `truncated`: the run's frames cut to
+    max_residues (default: this process's)."""
     cfg = share.run.cfg
-    return {"capped": share.capped if capped is None else capped, "frames_translated": frames_translated, "weights": share.weights_info,
+    truncated = share.run.truncated if truncated is None else truncated
+    return {"capped": share.capped if capped is None else capped, "frames_translated": frames_translated,
+            "frames_truncated": truncated.frames, "residues_dropped": truncated.residues,
+            "max_residues": cfg.max_residues, "weights": share.weights_info,
             "attention_path": share.attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
             "device": str(share.run.device)}
+
+
+def warn_truncated(result: dict, stage: str) -> None:
+    """One warning line at the end of a run that cut frames to max_residues (silent otherwise)."""
+    if result["frames_truncated"]:
+        log.warning("%s: %s of %s frames were longer than max_residues=%d and were cut to it (%s residues dropped; "
+                    "summary.json run.frames_truncated); split long reads with chunk_bp to embed them whole",
+                    stage, f"{result['frames_truncated']:,}", f"{result['frames_translated']:,}",
+                    result["max_residues"], f"{result['residues_dropped']:,}")
 
 
 def assemble_and_verify(share: Share, frames_translated: int) -> dict:
@@ -279,6 +342,7 @@ def _finish(share: Share) -> dict:
                                 peak_flops=share.peak_flops, gpu=run.sampler.summary(), window_s=cfg.window_s,
                                 extra={"run": result})
     write_json(cfg.out_dir / "summary.json", summary)
+    warn_truncated(result, run.stage)
     return summary
 
 
@@ -327,6 +391,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
             raise UserError(*batch["user_error"])
         run.frames_translated += batch["frames_translated"]
+        run.truncated.add(batch["frames_truncated"], batch["residues_dropped"])  # counted in the workers
         if batch["sequences"] == 0:
             continue
         host_start = time.perf_counter()
@@ -468,7 +533,7 @@ def _v1_files(run: Run, done_keys):
     cfg = run.cfg
     keys_buf, ids_buf, proteins_buf = [], [], []
     for _, first, records in read_blocks(cfg.input, 1024, cfg.max_reads, cfg.chunk_bp):
-        keys, ids, proteins = translate_block(first, records, cfg.max_residues, run.encoder.frame_field)
+        keys, ids, proteins = translate_block(first, records, cfg.max_residues, run.encoder.frame_field, run.truncated)
         run.frames_translated += len(keys)
         if done_keys.size:
             keep = ~np.isin(keys, done_keys)

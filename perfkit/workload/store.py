@@ -72,6 +72,7 @@ class CheckpointStore:
         self.sequences_done = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._error_path: Path | None = None
         self._thread = threading.Thread(target=self._writer, name="perfkit-checkpoint", daemon=True)
         self._thread.start()
 
@@ -83,9 +84,18 @@ class CheckpointStore:
         if due:
             self._submit()
 
+    def _raise_if_failed(self) -> None:
+        # the writer thread cannot raise into the run: its error waits here for the next add/close, as a UserError
+        # (a full disk is the user's to fix, not a traceback)
+        if self._error is None:
+            return
+        err = self._error
+        what = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
+        raise UserError(f"writing a checkpoint failed: {what} ({self._error_path})",
+                        "check free space and permissions of the output folder, then rerun with --resume") from err
+
     def _submit(self) -> None:
-        if self._error:
-            raise self._error
+        self._raise_if_failed()
         if not self._pending:
             return
         keys = np.concatenate([p[0] for p in self._pending]).astype(np.int64, copy=False)
@@ -105,11 +115,11 @@ class CheckpointStore:
             if job is None:
                 return
             path, keys, ids, vectors, done = job
+            tmp = path.with_suffix(".tmp")
             try:
                 start = time.perf_counter()
-                tmp = path.with_suffix(".tmp")
                 with open(tmp, "wb") as f:
-                    np.savez(f, keys=keys, ids=ids, embeddings=vectors)
+                    _write_shard(f, keys, ids, vectors)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
@@ -117,14 +127,24 @@ class CheckpointStore:
                 if self.telemetry is not None:
                     self.telemetry.checkpoint(sequences_done=done, write_s=seconds, nbytes=path.stat().st_size, path=str(path))
             except BaseException as err:  # surfaced on the next add/close
-                self._error = err
+                try:
+                    tmp.unlink(missing_ok=True)  # a half-written shard: its sequences are recomputed on resume
+                except OSError:
+                    pass
+                if self._error is None:  # the first failure is the one to report
+                    self._error, self._error_path = err, path
 
     def close(self) -> None:
-        self._submit()
-        self._queue.put(None)
-        self._thread.join()
-        if self._error:
-            raise UserError(f"writing a checkpoint failed: {self._error}", "check free space and permissions of the output folder")
+        try:
+            self._submit()
+        finally:  # the writer stops and is joined even when a write failed
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_if_failed()
+
+
+def _write_shard(f, keys: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
+    np.savez(f, keys=keys, ids=ids, embeddings=vectors)
 
 
 def shard_name(rank: int, index: int, keys: np.ndarray) -> str:

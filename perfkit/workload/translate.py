@@ -7,7 +7,8 @@ Rules:
 - a frame with a stop codon anywhere (TAA, TAG, TGA) is dropped whole
 - a frame whose protein is empty is dropped
 - proteins are cut to max_residues (ESM-2's limit is 1022); the stop check
-  looks at the whole frame, before the cut
+  looks at the whole frame, before the cut; pass `truncated` (a Truncation)
+  to count the frames cut and the residues dropped, which runs report
 - Frame.nucleotides are the bases of the translated codons, in the frame's
   orientation, so len(nucleotides) == 3 * len(protein) always
 
@@ -19,6 +20,7 @@ for stops with one numpy reduction. Python only touches the frames that survive.
 """
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -59,8 +61,22 @@ class Frame(NamedTuple):
         return f"{self.read_id}_{self.frame}"
 
 
-def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESIDUES) -> list[Frame]:
-    """Surviving frames of a batch of (read_id, sequence), in read order then FRAMES order."""
+@dataclass
+class Truncation:
+    """Frames longer than max_residues, cut to it: how many, and the residues (codons) dropped."""
+
+    frames: int = 0
+    residues: int = 0
+
+    def add(self, frames: int, residues: int) -> None:
+        self.frames += frames
+        self.residues += residues
+
+
+def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESIDUES,
+                    truncated: Truncation | None = None) -> list[Frame]:
+    """Surviving frames of a batch of (read_id, sequence), in read order then FRAMES order; frames cut to
+    `max_residues` are counted into `truncated` when given."""
     if not records:
         return []
     ids = [r[0] for r in records]
@@ -112,6 +128,9 @@ def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESI
     aa = aa_at[pos]
     kept = aa != 0
     n_kept = np.bincount(seg[kept], minlength=alive.size)
+    if truncated is not None:
+        over = n_kept[n_kept > max_residues]
+        truncated.add(len(over), int(over.sum()) - len(over) * max_residues)
     protein_bytes = aa[kept].tobytes()
     nuc_bytes = np.frombuffer(both, dtype=np.uint8)[pos[kept][:, None] + offsets].tobytes()
 

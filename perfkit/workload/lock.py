@@ -1,0 +1,78 @@
+"""One perfkit run per output folder: an exclusive lock on OUT/.perfkit.lock for the whole run.
+
+The lock is an flock (through `filelock`): the kernel drops it when its holder dies, so a killed run
+never leaves a folder locked, and a resume can start at once. Who holds it is written next to it
+(OUT/.perfkit.lock.owner), since an flock does not say.
+
+Multi-process runs: the launching process (`perfkit embed --nproc/--gpus`, `perfkit predict --nproc/--gpus`)
+holds the lock while torchrun runs, and tells its ranks so through PERFKIT_OUT_LOCK_HELD (the folder); the
+ranks then take no lock of that folder or of folders inside it (the chain's stage folders). Without a
+launcher (torchrun called by hand) rank 0 takes it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Mapping, MutableMapping
+
+from filelock import FileLock, Timeout
+
+from perfkit.errors import UserError
+
+LOCK_NAME = ".perfkit.lock"
+OWNER_NAME = ".perfkit.lock.owner"
+HELD_ENV = "PERFKIT_OUT_LOCK_HELD"
+
+
+def held_by_launcher(folder: str | Path, env: Mapping[str, str] = os.environ) -> bool:
+    """True when the process that launched this one holds the lock of `folder` (or of a folder holding it)."""
+    held = env.get(HELD_ENV)
+    if not held:
+        return False
+    folder, held = Path(folder).resolve(), Path(held).resolve()
+    return folder == held or held in folder.parents
+
+
+def mark_held(env: MutableMapping[str, str], folder: str | Path) -> None:
+    """Tell the processes started with `env` that this process holds the lock of `folder`."""
+    env[HELD_ENV] = str(Path(folder).resolve())
+
+
+def holder(folder: str | Path) -> str:
+    try:
+        return (Path(folder) / OWNER_NAME).read_text().strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+@contextmanager
+def out_dir_lock(folder: str | Path):
+    """Hold the exclusive lock of `folder` (created if missing) for the block; a UserError at once, writing
+    nothing, when another run holds it. Nothing to take when this process's launcher holds it."""
+    folder = Path(folder)
+    if held_by_launcher(folder):
+        yield
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{folder} is in use by another perfkit run ({holder(folder)})",
+                        "wait for that run to end, or choose another --out folder") from None
+    except OSError as err:
+        raise UserError(f"output folder {folder} is not writable ({err.strerror})", "choose a writable --out folder") from None
+    owner = folder / OWNER_NAME
+    try:
+        try:
+            owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        except OSError:  # who holds it is for the message of a refused run only: never fail the run for it
+            pass
+        yield
+    finally:
+        try:
+            owner.unlink(missing_ok=True)  # before the release: a new holder's owner file is never removed
+        finally:
+            lock.release()
