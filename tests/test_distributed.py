@@ -245,3 +245,43 @@ def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_fold
         assert busy.stderr.strip().splitlines()[-1].startswith(f"error: {out} is in use by another perfkit run (pid {os.getpid()}")
         assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert read_embeddings(out / "embeddings.h5")[0] == ids
+
+
+def _perfkit_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_killing_the_launchers_group_as_ranks_start_leaves_no_process(small_fasta, tmp_path):
+    """Finding 3: ranks run in their own sessions; killed while importing torch (before the process group) they
+    were orphaned. Each generation now dies with its parent (perfkit.lifeline)."""
+    out = tmp_path / "orphan-check"
+    launcher = subprocess.Popen(_embed_cmd(small_fasta, out, "--nproc", "2"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **ONE_THREAD})
+    try:
+        deadline = time.time() + 60
+        ranks = []
+        while time.time() < deadline and launcher.poll() is None:
+            try:  # torchrun's agent and its two ranks
+                ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "perfkit" in " ".join(p.cmdline())]
+            except psutil.Error:
+                pass
+            if len(ranks) >= 2:
+                break
+            time.sleep(0.02)
+        assert len(ranks) >= 2 and launcher.poll() is None, "the ranks never started"
+        os.killpg(launcher.pid, signal.SIGKILL)  # what `kill -9 -- -PGID` of the launcher does
+        launcher.wait()
+        end = time.time() + 10
+        while time.time() < end and _perfkit_processes(str(out)):
+            time.sleep(0.1)
+        assert not _perfkit_processes(str(out)), "perfkit processes outlived their launcher"
+    finally:
+        for proc in _perfkit_processes(str(out)):  # never leave one behind, even when the test fails
+            proc.kill()

@@ -23,11 +23,12 @@ In every rank (`run_rank`):
 
 A rank that fails makes the run fail: torchrun's agent stops the others and exits non-zero;
 collectives have a timeout (PERFKIT_DIST_TIMEOUT_S, default 30 min) so nothing waits forever;
-ranks die with their torchrun agent (parent-death signal) so a killed launch leaves no orphans.
+torchrun dies with the launcher and ranks with torchrun's agent (parent-death signals, perfkit.lifeline), so a
+killed launch leaves no orphans.
 """
 from __future__ import annotations
 
-import ctypes
+import functools
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from perfkit import aggregate
+from perfkit import aggregate, lifeline
 from perfkit.criteria import not_measured
 from perfkit.environment import environment
 from perfkit.errors import UserError
@@ -149,9 +150,15 @@ def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool) -> int:
         env = dict(os.environ)
         set_nccl_env(env)
         mark_held(env, cfg.out_dir)
+        env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())
         command = torchrun_command(nproc, [*child_args(argv), "--device", device])
         log.info("launching: %s", " ".join(command))
-        return subprocess.run(command, env=env).returncode
+        return subprocess.run(command, env=env, preexec_fn=dies_with_this_process()).returncode
+
+
+def dies_with_this_process():
+    """preexec_fn: the child (torchrun) gets SIGKILL when this process dies; its ranks die with it."""
+    return functools.partial(lifeline.torchrun_dies_with_launcher, os.getpid())
 
 
 def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | None = None) -> dict:
@@ -171,7 +178,8 @@ def run_with_params(cfg: EmbedConfig, command_for: Callable[[Path], list[str]], 
         params = Path(tmp) / "params.yaml"
         params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", *exclude})}))
         start = time.perf_counter()
-        done = subprocess.run(command_for(params), env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(command_for(params), env=env, capture_output=True, text=True, timeout=timeout_s,
+                              preexec_fn=dies_with_this_process())
         wall = time.perf_counter() - start
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-25:])
@@ -277,14 +285,6 @@ def rank_device(device: str, local_rank: int, cuda_count: int) -> str:
     return f"cuda:{local_rank}"
 
 
-def die_with_parent() -> None:
-    """Linux: SIGKILL this rank when its torchrun agent dies (torchrun puts ranks in their own sessions)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def fault_injection_hook(rank: int, env: Mapping[str, str] = os.environ):
     """Test-only (PERFKIT_TEST_FAIL_RANK=r): rank r raises after its first batch."""
     if env.get(FAIL_RANK_ENV) != str(rank):
@@ -317,7 +317,7 @@ def rank_group(cfg: EmbedConfig, info: RankInfo):
     """This rank's process group (NCCL on GPUs, else gloo) and a gloo group for control messages;
     yields (this rank's device, the gloo group)."""
     set_nccl_env(os.environ)
-    die_with_parent()
+    lifeline.die_with_parent()  # `python -m perfkit` set it already; again for ranks started another way
     device = rank_device(cfg.device, info.local_rank, torch.cuda.device_count())
     if cfg.mode != "v2":
         raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "run without torchrun or use --mode v2")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit import lifeline
 from perfkit.environment import environment
 from perfkit.errors import UserError
 from perfkit.summary import write_json
@@ -354,6 +355,7 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
         env = dict(os.environ)
         set_nccl_env(env)
         mark_held(env, cfg.out_dir)
+        env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())  # ranks exit if it died before their parent-death signal
         extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
                                                                 if classifier_weights else [])]
         wall = run_with_params(cfg, lambda params: torchrun_command(nproc, [
