@@ -1,4 +1,5 @@
-"""`perfkit` command line. Every user-fixable problem ends as one `error: ...` line and exit code 2."""
+"""`perfkit` command line. Every user-fixable problem ends as one `error: ...` line and exit code 2; a failed
+internal check (counts, alignment, uniqueness) as one `error: ...` line and exit code 3."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from perfkit.errors import UserError
+from perfkit.errors import CheckFailed, UserError
 
 
 def _config_from_args(args):
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except UserError as err:
+    except (UserError, CheckFailed) as err:
         print(err.one_line(), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

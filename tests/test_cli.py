@@ -125,3 +125,32 @@ def test_a_full_disk_is_one_error_line_exit_2_and_no_temp_file(small_fasta, tmp_
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].startswith("error: writing a checkpoint failed: No space left on device")
     assert not list((out / "checkpoints").glob("*.tmp")) and not (out / "embeddings.h5").exists()
+
+
+def test_a_failed_count_check_is_one_error_line_exit_3(small_fasta, tmp_path, monkeypatch, capsys):
+    """Finding 8: internal check failures were tracebacks with exit 1."""
+    from perfkit.workload import store
+
+    real = store._check_count
+    # the real check, told one frame more than was embedded (as a lost shard would leave it)
+    monkeypatch.setattr(store, "_check_count", lambda index, expected: real(index, expected + 1))
+    out = tmp_path / "o"
+    assert main(["embed", str(small_fasta), "-o", str(out), *RUN_FLAGS]) == 3
+    err = capsys.readouterr().err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and errors[0].startswith("error: count check failed: ") and "Traceback" not in err
+    assert not (out / "embeddings.h5").exists()
+
+
+def test_a_ranks_failed_check_makes_the_launcher_exit_3_with_one_line(small_fasta, tmp_path):
+    import os
+
+    from perfkit.workload.distributed import FAIL_RANK_ENV
+
+    done = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(small_fasta), "-o", str(tmp_path / "o"),
+                           *RUN_FLAGS, "--nproc", "2", "--block-reads", "16"], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1", FAIL_RANK_ENV: "1:check"})
+    assert done.returncode == 3  # torchrun exits 1 whatever its rank's code: the launcher reports the check
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rank 1: count check failed: fault injected")
+    assert not (tmp_path / "o" / "embeddings.h5").exists()

@@ -36,7 +36,7 @@ import pyarrow.csv as pa_csv
 import torch
 from torch import nn
 
-from perfkit.errors import UserError
+from perfkit.errors import CheckFailed, UserError
 from perfkit.workload.translate import FRAMES
 
 NT_DIM = 768          # DNABERT-S
@@ -293,14 +293,14 @@ def frame_table(keys: np.ndarray, frame_ids, probs: np.ndarray) -> pa.Table:
     keys = np.asarray(keys, dtype=np.int64)
     ids = pa.array(np.asarray(frame_ids) if len(frame_ids) else [], type=pa.string())
     if len(keys) != len(ids):
-        raise RuntimeError(f"alignment check failed: {len(keys)} keys for {len(ids)} frame ids")
+        raise CheckFailed(f"alignment check failed: {len(keys)} keys for {len(ids)} frame ids")
     suffix = pc.utf8_slice_codeunits(ids, -3)
     expected = pa.array(["_" + f for f in FRAMES]).take(pa.array(keys % FRAMES_PER_READ))
     read_id = pc.utf8_slice_codeunits(ids, 0, -3)
     bad = pc.or_(pc.not_equal(suffix, expected), pc.equal(pc.utf8_length(read_id), 0))
     if len(ids) and pc.any(bad).as_py():
         first = pc.index(bad, True).as_py()
-        raise RuntimeError(f"alignment check failed: frame id {ids[first].as_py()!r} does not end in its key's "
+        raise CheckFailed(f"alignment check failed: frame id {ids[first].as_py()!r} does not end in its key's "
                            f"frame _{FRAMES[keys[first] % FRAMES_PER_READ]}")
     return pa.table([ids, read_id, pc.utf8_slice_codeunits(ids, -2), pa.array(probs[:, 0]), pa.array(probs[:, 1])],
                     names=list(FRAME_COLUMNS))
@@ -323,7 +323,7 @@ def consensus_by_key(keys: np.ndarray, frames: pa.Table) -> pa.Table:
     read_ids = frames.column("read_id")
     first_id = read_ids.take(pa.array(starts))
     if not pc.all(pc.equal(read_ids, first_id.take(pa.array(np.repeat(np.arange(len(starts)), counts))))).as_py():
-        raise RuntimeError("alignment check failed: the frames of one read (key // 6) carry different read ids")
+        raise CheckFailed("alignment check failed: the frames of one read (key // 6) carry different read ids")
     max_virus = np.maximum.reduceat(frames.column("p_virus").to_numpy(), starts)
     max_other = np.maximum.reduceat(frames.column("p_other").to_numpy(), starts)
     prediction = np.where(max_virus >= max_other, CLASSES[1], CLASSES[0])  # a tie is 'virus'

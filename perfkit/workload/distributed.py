@@ -51,7 +51,7 @@ import torch.distributed as dist
 from perfkit import aggregate, lifeline
 from perfkit.criteria import not_measured
 from perfkit.environment import environment
-from perfkit.errors import UserError
+from perfkit.errors import CHECK_FAILED_FILE_ENV, CheckFailed, UserError, check_failed_in_ranks, report_check_failed
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.workload import store
@@ -153,7 +153,18 @@ def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool) -> int:
         env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())
         command = torchrun_command(nproc, [*child_args(argv), "--device", device])
         log.info("launching: %s", " ".join(command))
-        return subprocess.run(command, env=env, preexec_fn=dies_with_this_process()).returncode
+        with tempfile.TemporaryDirectory(prefix="perfkit-launch-") as tmp:
+            env[CHECK_FAILED_FILE_ENV] = checks = os.path.join(tmp, "check_failed")
+            code = subprocess.run(command, env=env, preexec_fn=dies_with_this_process()).returncode
+            raise_check_failed(code, checks)
+        return code
+
+
+def raise_check_failed(code: int, checks_file) -> None:
+    """After a failed launch: a rank's failed check as the launcher's own CheckFailed (exit 3, one line)."""
+    failed = check_failed_in_ranks(checks_file) if code != 0 else None
+    if failed is not None:
+        raise failed
 
 
 def dies_with_this_process():
@@ -177,10 +188,13 @@ def run_with_params(cfg: EmbedConfig, command_for: Callable[[Path], list[str]], 
     with tempfile.TemporaryDirectory(prefix="perfkit-multi-") as tmp:
         params = Path(tmp) / "params.yaml"
         params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", *exclude})}))
+        env = dict(os.environ if env is None else env)
+        env.setdefault(CHECK_FAILED_FILE_ENV, str(Path(tmp) / "check_failed"))
         start = time.perf_counter()
         done = subprocess.run(command_for(params), env=env, capture_output=True, text=True, timeout=timeout_s,
                               preexec_fn=dies_with_this_process())
         wall = time.perf_counter() - start
+        raise_check_failed(done.returncode, env[CHECK_FAILED_FILE_ENV])
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-25:])
         raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{tail}")
@@ -286,11 +300,15 @@ def rank_device(device: str, local_rank: int, cuda_count: int) -> str:
 
 
 def fault_injection_hook(rank: int, env: Mapping[str, str] = os.environ):
-    """Test-only (PERFKIT_TEST_FAIL_RANK=r): rank r raises after its first batch."""
-    if env.get(FAIL_RANK_ENV) != str(rank):
+    """Test-only (PERFKIT_TEST_FAIL_RANK=r): rank r raises after its first batch; "r:check" makes it a failed
+    count check (CheckFailed), as a real one would be."""
+    value = env.get(FAIL_RANK_ENV, "")
+    if value.split(":")[0] != str(rank):
         return None
 
     def fail(batch_index: int) -> None:
+        if value.endswith(":check"):
+            raise CheckFailed(f"count check failed: fault injected by {FAIL_RANK_ENV}={value} after batch {batch_index}")
         raise RuntimeError(f"fault injected by {FAIL_RANK_ENV}={rank} after batch {batch_index}")
     return fail
 
@@ -301,10 +319,19 @@ def rank_main(cfg: EmbedConfig, info: RankInfo) -> dict | None:
         return run_rank(cfg, info)
     except UserError as err:
         raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
+    except CheckFailed as err:
+        raise rank_check_failed(err, info) from None
     except BaseException as err:
         print(f"error: rank {info.rank} of {info.world} (local rank {info.local_rank} on {socket.gethostname()}) "
               f"failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         raise
+
+
+def rank_check_failed(err: CheckFailed, info: RankInfo) -> CheckFailed:
+    """A rank's failed check, named with its rank and left for the launcher (torchrun exits 1 whatever the code)."""
+    failed = CheckFailed(f"rank {info.rank}: {err}")
+    report_check_failed(failed)
+    return failed
 
 
 def run_rank(cfg: EmbedConfig, info: RankInfo) -> dict | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from perfkit import lifeline
 from perfkit.environment import environment
-from perfkit.errors import UserError
+from perfkit.errors import CheckFailed, UserError
 from perfkit.summary import write_json
 from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
@@ -102,6 +102,10 @@ def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int
                              classifier_weights=classifier_weights, hidden=hidden)
     except UserError as err:
         raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
+    except CheckFailed as err:
+        from perfkit.workload.distributed import rank_check_failed
+
+        raise rank_check_failed(err, info) from None
     except BaseException as err:
         print(f"error: rank {info.rank} of {info.world} (local rank {info.local_rank} on {socket.gethostname()}) "
               f"failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
@@ -151,7 +155,7 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
         if lead:
             counts = {stage: r["run"]["output"]["count"] for stage, r in runs.items()}
             if len(set(counts.values())) != 1:
-                raise RuntimeError(f"count check failed between the embedding stages: {counts}")
+                raise CheckFailed(f"count check failed between the embedding stages: {counts}")
             frames = counts["protein_embedding"]
         score_start, score_unix = (telemetry.now(), time.time()) if lead else (None, None)
         lo, hi = key_range(plan.blocks[rank], cfg.block_reads) if plan else (0, np.iinfo(np.int64).max)
@@ -178,10 +182,10 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
             telemetry.close()
     scored = sum(r["frames"] for r in reports)
     if scored != frames:
-        raise RuntimeError(f"count check failed after classifier: {frames} frames embedded, {scored} scored")
+        raise CheckFailed(f"count check failed after classifier: {frames} frames embedded, {scored} scored")
     reads_called = sum(r["reads"] for r in reports)
     if written["reads"] != reads_called or written["frames"] != frames:
-        raise RuntimeError(f"count check failed joining the ranks' predictions: {written}")
+        raise CheckFailed(f"count check failed joining the ranks' predictions: {written}")
     stages = dict(telemetry.stages)
     embedding_s = stages["nucleotide_embedding"] + stages["protein_embedding"]
     summary = {
@@ -245,7 +249,7 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
                    for stage in ("nucleotide_embedding", "protein_embedding"))
     keys = protein.keys
     if not np.array_equal(keys, nt.keys):
-        raise RuntimeError(f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
+        raise CheckFailed(f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
                            f"{len(keys)} protein frames, or different frames, in its reads")
     protein_dim = esm2.get_config(cfg.model).embed_dim
     device = str(pick_device(cfg.device))  # the same rule on 1 and N processes (auto: the GPU when there is one)
@@ -296,7 +300,7 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
         writer.abort()
         raise
     if written["frames"] != len(keys):
-        raise RuntimeError(f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written")
+        raise CheckFailed(f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written")
     return {"rank": rank, "key_range": [int(lo), int(hi)], "device": device, "frames": len(keys),
             "reads": written["reads"], "virus_reads": written["virus_reads"],
             "merge_s": merge_s, "classify_s": classify_s, "consensus_s": consensus_s,

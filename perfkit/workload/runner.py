@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from perfkit import aggregate
 from perfkit.busy import DeviceBusyTimer
 from perfkit.environment import environment
-from perfkit.errors import UserError
+from perfkit.errors import CheckFailed, UserError
 from perfkit.loader import InstrumentedLoader
 from perfkit.progress import LiveProgress
 from perfkit.sampler import GpuSampler
@@ -324,7 +324,7 @@ def assemble_and_verify(share: Share, frames_translated: int) -> dict:
         def stored(keys):
             rows = np.searchsorted(stored_keys, keys)
             if rows.max() >= len(stored_keys) or not np.array_equal(stored_keys[rows], keys):
-                raise RuntimeError("alignment check failed: a key is missing from embeddings.h5")
+                raise CheckFailed("alignment check failed: a key is missing from embeddings.h5")
             return h5["embeddings"][rows]  # keys come sorted and unique: rows ascend
 
         return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, stored)}
@@ -632,7 +632,7 @@ def verify_alignment(run: Run, model, cfg: EmbedConfig, stored) -> dict:
         worst = min(worst, float(alone @ row / (np.linalg.norm(alone) * np.linalg.norm(row))))
     threshold = 0.9999 if cfg.precision == "fp32" else 0.99
     if worst < threshold:
-        raise RuntimeError(f"alignment check failed: a stored vector has cosine {worst:.4f} with its sequence recomputed alone")
+        raise CheckFailed(f"alignment check failed: a stored vector has cosine {worst:.4f} with its sequence recomputed alone")
     return {"checked": len(run.verify_pool), "min_cosine": worst, "threshold": threshold, "passed": True}
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from perfkit.errors import UserError
+from perfkit.errors import CheckFailed, UserError
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
             h5.create_dataset("keys", data=index.keys)
         id_values = h5["ids"][:]
         if len(set(id_values)) != len(id_values):
-            raise RuntimeError("uniqueness check failed: two rows carry the same id")
+            raise CheckFailed("uniqueness check failed: two rows carry the same id")
         for k, v in attrs.items():
             h5.attrs[k] = v
         h5.attrs["count"] = expected_count
@@ -355,14 +355,14 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
 
 def _check_count(index: "ShardIndex", expected_count: int) -> None:
     if len(index.keys) != expected_count:
-        raise RuntimeError(f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded")
+        raise CheckFailed(f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded")
 
 
 def _check_frames(path: Path, keys: np.ndarray, ids: np.ndarray, frame_names: tuple[str, ...]) -> None:
     """Each id's frame suffix must be its key's frame (key = read index x 6 + frame index)."""
     frames = np.array(frame_names)[keys % len(frame_names)]
     if not np.all(np.char.endswith(ids.astype(str), np.char.add("_", frames))):
-        raise RuntimeError(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
+        raise CheckFailed(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
 
 
 def open_complete(path: str | Path) -> tuple[h5py.File, list[str]]:
@@ -458,7 +458,7 @@ class ShardIndex:
         """Vectors (field 2) or ids (field 1, as objects) of `keys` (all present), in that order."""
         at = np.searchsorted(self.keys, keys)
         if len(keys) and (at.max() >= len(self.keys) or not np.array_equal(self.keys[at], keys)):
-            raise RuntimeError("alignment check failed: a key is missing from the checkpoint shards")
+            raise CheckFailed("alignment check failed: a key is missing from the checkpoint shards")
         out = None
         for number in np.unique(self.shard[at]):
             pick = np.flatnonzero(self.shard[at] == number)
