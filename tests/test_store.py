@@ -300,3 +300,35 @@ def test_read_chunks_never_split_a_read(tmp_path):
     assert index.read_chunks(4, 6) == [(0, 6), (6, 9), (9, 15)]  # a read longer than a chunk stays whole
     assert index.read_chunks(100, 6) == [(0, 15)]
     assert store.ShardIndex(tmp_path, 100).read_chunks(4, 6) == []
+
+
+def test_an_altered_shard_fails_its_checksum_on_resume_and_on_assembly(tmp_path, caplog):
+    """Finding 7: a shard rewritten as a valid zip with other vectors was used silently (only the zip CRC,
+    rewritten with it, was checked). Its blake2b manifest now sets it aside: recomputed on resume."""
+    import logging
+
+
+
+    writer = store.CheckpointStore(tmp_path, every_sequences=2)
+    writer.add(np.array([0, 1]), ["r0_F1", "r0_F2"], np.ones((2, 3), np.float32))
+    writer.add(np.array([6, 7]), ["r1_F1", "r1_F2"], np.full((2, 3), 2, np.float32))
+    writer.close()
+    first, second = sorted((tmp_path / "checkpoints").glob("shard-*.npz"))
+    assert store.checksum_path(first).exists() and store.checksum_path(second).exists()
+    np.testing.assert_array_equal(store.completed_keys(tmp_path), [0, 1, 6, 7])  # untouched: both pass
+
+    def alter(shard):  # a valid shard again, with zeroed vectors (and new zip CRCs)
+        keys, ids, vectors = (np.array(a) for a in store.read_shard(shard))
+        with open(shard, "wb") as f:
+            np.savez(f, keys=keys, ids=ids, embeddings=np.zeros_like(vectors))
+
+    alter(second)
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(store.completed_keys(tmp_path), [0, 1])  # its sequences are recomputed
+    assert not second.exists() and second.with_suffix(".corrupt").exists() and "altered" in caplog.text
+    second.with_suffix(".corrupt").unlink()
+
+    alter(first)  # now altered during a run: the assembly reads every vector and checks them
+    with pytest.raises(UserError, match="was altered"):
+        store.assemble(tmp_path, expected_count=2, frame_names=("F1", "F2", "F3", "R1", "R2", "R3"), attrs={})
+    assert not first.exists() and first.with_suffix(".corrupt").exists()

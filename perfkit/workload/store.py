@@ -19,9 +19,16 @@ Truncation is caught when a shard is opened (the zip directory at the file's end
 gone, or a member runs past the end); a resume also checks the CRC of the keys and
 ids members (`verify_shard`); a shard that fails is set aside and its sequences are
 recomputed. The vectors' CRC is not recomputed: it would read every vector again.
+The writer thread also keeps a blake2b checksum of each shard's keys, ids and vectors in a manifest beside it
+(`sum-<shard stem>.blake2b`), written before the shard is renamed into place: a resume (`completed_keys`) and the
+assembly check it, so a valid zip whose arrays were altered (finding 7: the zip CRCs are rewritten with it)
+is set aside as *.corrupt, with one warning line, and its sequences recomputed. The chain's scoring reads
+shards without hashing (it follows the run's own resume check); a shard without a manifest (earlier
+versions) is used as before.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import mmap
@@ -45,6 +52,7 @@ from perfkit.errors import CheckFailed, UserError
 log = logging.getLogger(__name__)
 
 SHARD_GLOB = "shard-*.npz"
+CHECKSUM_SUFFIX = ".blake2b"  # the manifest beside each shard, sum-<shard stem>.blake2b: blake2b of its arrays
 SHARD_NAME = re.compile(r"shard-r(\d+)-(\d+)(?:-k(\d+)-(\d+))?\.npz")
 MEMBERS = ("keys", "ids", "embeddings")
 COPY_ROWS = 2048  # rows per copy job of ShardIndex.fill (~20 MB of 2560-wide vectors)
@@ -122,6 +130,9 @@ class CheckpointStore:
                     _write_shard(f, keys, ids, vectors)
                     f.flush()
                     os.fsync(f.fileno())
+                # the manifest first: a shard in place always has its checksum (a kill in between leaves a
+                # manifest without a shard, removed on resume)
+                _write_checksum(path, checksum(keys, ids, vectors))
                 os.replace(tmp, path)
                 seconds = time.perf_counter() - start
                 if self.telemetry is not None:
@@ -145,6 +156,45 @@ class CheckpointStore:
 
 def _write_shard(f, keys: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
     np.savez(f, keys=keys, ids=ids, embeddings=vectors)
+
+
+def checksum(keys: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> str:
+    """blake2b of the three arrays as stored (dtype, shape and bytes): what a shard must still hold."""
+    h = hashlib.blake2b(digest_size=20)
+    for array in (np.asarray(keys, dtype=np.int64), np.asarray(ids), np.asarray(vectors)):
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype.str}{array.shape};".encode())
+        h.update(array.reshape(-1).view(np.uint8) if array.size else b"")
+    return h.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(f"sum-{path.stem}{CHECKSUM_SUFFIX}")  # not shard-*: globs of shards never see it
+
+
+def _write_checksum(path: Path, digest: str) -> None:
+    target = checksum_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, target)
+
+
+def check_checksum(path: Path, keys: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """ValueError when the shard's arrays differ from its manifest's checksum (no manifest: not checked)."""
+    try:
+        recorded = checksum_path(path).read_text().strip()
+    except FileNotFoundError:
+        return
+    if checksum(keys, ids, vectors) != recorded:
+        raise ValueError("its keys, ids or vectors differ from the checksum written with it (altered)")
+
+
+def set_aside(path: Path) -> None:
+    """A damaged shard renamed *.corrupt (its manifest too): not read again, its sequences recomputed."""
+    path.rename(path.with_suffix(".corrupt"))
+    manifest = checksum_path(path)
+    if manifest.exists():
+        manifest.rename(manifest.with_suffix(".corrupt"))
 
 
 def shard_name(rank: int, index: int, keys: np.ndarray) -> str:
@@ -290,9 +340,11 @@ def read_shard_keys(path: Path) -> np.ndarray:
 
 
 def verify_shard(path: Path) -> np.ndarray:
-    """The keys of a shard that opens whole and whose keys and ids pass their CRC; raises otherwise."""
+    """The keys of a shard that opens whole, whose keys and ids pass their CRC and whose arrays match the
+    checksum written with them (this reads every vector: a resume's check, not the hot path); raises otherwise."""
     shard = open_shard(path)
     shard.verify()
+    check_checksum(path, shard.keys, shard.ids, shard.embeddings)
     return np.array(shard.keys)
 
 
@@ -302,12 +354,15 @@ def completed_keys(out_dir: str | Path) -> np.ndarray:
     found = []
     for tmp in folder.glob("*.tmp"):
         tmp.unlink()  # a write that a kill interrupted
+    for manifest in folder.glob(f"sum-shard-*{CHECKSUM_SUFFIX}"):
+        if not manifest.with_name(manifest.name[len("sum-"):-len(CHECKSUM_SUFFIX)] + ".npz").exists():
+            manifest.unlink()  # killed between the manifest and its shard's rename
     for path in sorted(folder.glob(SHARD_GLOB)):
         try:
             found.append(verify_shard(path))
-        except Exception as err:  # truncation, CRC error, bad arrays
+        except Exception as err:  # truncation, CRC error, bad arrays, checksum mismatch
             log.warning("checkpoint %s is unreadable (%s): its sequences will be recomputed", path.name, err)
-            path.rename(path.with_suffix(".corrupt"))
+            set_aside(path)
     return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
@@ -326,7 +381,14 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
     with h5py.File(tmp, "w") as h5:
         ids_ds = embeddings_ds = None
         for number, path in enumerate(index.paths):
-            _, ids, vectors = read_shard(path)
+            keys, ids, vectors = read_shard(path)
+            try:  # assembly reads every vector anyway: check them against the shard's checksum
+                check_checksum(path, keys, ids, vectors)
+            except ValueError as err:
+                set_aside(path)
+                log.warning("checkpoint %s is unreadable (%s): set aside", path.name, err)
+                raise UserError(f"checkpoint {path} was altered after it was written (set aside as .corrupt)",
+                                "rerun with --resume: its sequences are recomputed") from None
             rows = np.flatnonzero(index.shard == number)  # where this shard's kept keys go, ascending
             mine = index.row[rows]
             _check_frames(path, index.keys[rows], ids[mine], frame_names)
