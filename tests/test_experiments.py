@@ -642,6 +642,7 @@ def test_run_predict_launches_one_cpu_process_through_torchrun_when_asked(tmp_pa
     monkeypatch.setattr(predict, "_launch_ranks", lambda cfg, weights, hidden, nproc, gpus: calls.append(
         ("torchrun", nproc, gpus)) or {})
     monkeypatch.setattr(predict, "run_chain", lambda cfg, ranks, **kw: calls.append(("in process", ranks)) or {})
+    (tmp_path / "s.fa").write_text(">r1\nATGAAACCCGGGTTTTAA\n")  # the in-process path checks its input first
     cfg = make_config(input=tmp_path / "s.fa", out_dir=tmp_path / "o", model="esm2_t6_8M", device="cpu")
     predict.run_predict(cfg, nproc=1)
     predict.run_predict(cfg, nproc=1, launch=True)
