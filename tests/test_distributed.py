@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -223,8 +224,10 @@ def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_fold
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     ranks = summary["distributed"]["ranks"]
-    assert all(r["frames_truncated"] > 0 for r in ranks.values())
-    assert summary["run"]["frames_truncated"] == sum(r["frames_truncated"] for r in ranks.values()) == expected.frames
+    assert all(r["truncated_sequences"] > 0 for r in ranks.values())
+    assert summary["run"]["truncated_sequences"] == sum(r["truncated_sequences"] for r in ranks.values()) == expected.frames
+    listed = Path(summary["run"]["truncated_ids_file"]).read_text().split()
+    assert listed == sorted(expected.ids) and len(listed) == expected.frames  # both ranks' ids, in one file
     assert summary["run"]["residues_dropped"] == expected.residues
     warned = [line for line in done.stderr.splitlines() if "max_residues=20" in line]
     assert len(warned) == 1 and f"{expected.frames:,} of" in warned[0]  # rank 0's, for the whole run

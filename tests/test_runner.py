@@ -241,7 +241,9 @@ def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, 
     with caplog.at_level("WARNING", logger="perfkit.workload.runner"):
         summary = run_embed(cfg)  # counted in a DataLoader worker process, carried by the batches
     run = summary["run"]
-    assert (run["frames_truncated"], run["residues_dropped"]) == (expected.frames, expected.residues)
+    assert (run["truncated_sequences"], run["residues_dropped"]) == (expected.frames, expected.residues)
+    assert sorted(expected.ids) == [f"long_{f}" for f in ("F1", "F2", "F3", "R1", "R2", "R3")]
+    assert (tmp_path / "o" / "truncated_sequences.txt").read_text().split() == sorted(expected.ids)
     assert run["max_residues"] == 1022
     warnings = [r.getMessage() for r in caplog.records if "max_residues" in r.getMessage()]
     assert len(warnings) == 1 and "6 of" in warnings[0] and f"{expected.residues:,} residues dropped" in warnings[0]

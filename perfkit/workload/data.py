@@ -187,7 +187,8 @@ class PackedFrames(IterableDataset):
 
 
 def _truncation_fields(truncated: Truncation) -> dict:
-    return {"frames_truncated": truncated.frames, "residues_dropped": truncated.residues}
+    return {"truncated_sequences": truncated.frames, "residues_dropped": truncated.residues,
+            "truncated_ids": list(truncated.ids)}
 
 
 def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, block_reads=4096) -> int:

@@ -408,7 +408,8 @@ def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
     return {"rank": info.rank, "local_rank": info.local_rank, "host": socket.gethostname(), "device": str(run.device),
             "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
             "wall_s": share.wall_s, "capped": share.capped, "frames_translated": run.frames_translated,
-            "frames_truncated": run.truncated.frames, "residues_dropped": run.truncated.residues,
+            "truncated_sequences": run.truncated.frames, "residues_dropped": run.truncated.residues,
+            "truncated_ids": run.truncated.ids,
             "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": run.sampler.summary(),
             "verify_pool": run.verify_pool}
 
@@ -418,7 +419,8 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
     run, cfg = share.run, share.run.cfg
     world = len(reports)
     frames = sum(r["frames_translated"] for r in reports)
-    truncated = Truncation(sum(r["frames_truncated"] for r in reports), sum(r["residues_dropped"] for r in reports))
+    truncated = Truncation(sum(r["truncated_sequences"] for r in reports), sum(r["residues_dropped"] for r in reports),
+                           [i for r in reports for i in r["truncated_ids"]])
     capped = any(r["capped"] for r in reports)
     run.verify_pool = [item for r in reports for item in r["verify_pool"]]  # check rows written by every rank
     result = run_result(share, frames, capped=capped, truncated=truncated)
@@ -426,7 +428,7 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
         result.update(assemble_and_verify(share, frames))
     records = aggregate.read_telemetry([cfg.out_dir / telemetry_name(r, world) for r in range(world)])
     per_rank = {r["rank"]: {key: r[key] for key in ("host", "local_rank", "device", "physical_gpu", "wall_s",
-                                                    "frames_translated", "frames_truncated", "blocks", "peak_flops")}
+                                                    "frames_translated", "truncated_sequences", "blocks", "peak_flops")}
                 for r in reports}
     for rank, info in per_rank.items():
         info["planned_weight"] = plan["planned_weight"][rank]

@@ -200,7 +200,7 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
         "counts": {"frames": frames, "reads_called": reads_called,
                    "virus_reads": sum(r["virus_reads"] for r in reports),
                    # frames cut to max_residues (both stages cut the same frames)
-                   "frames_truncated": runs["protein_embedding"]["run"]["frames_truncated"]},
+                   "truncated_sequences": runs["protein_embedding"]["run"]["truncated_sequences"]},
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
         "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
                                  "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}

@@ -290,19 +290,36 @@ def run_result(share: Share, frames_translated: int, capped: bool | None = None,
     cfg = share.run.cfg
     truncated = share.run.truncated if truncated is None else truncated
     return {"capped": share.capped if capped is None else capped, "frames_translated": frames_translated,
-            "frames_truncated": truncated.frames, "residues_dropped": truncated.residues,
+            "truncated_sequences": truncated.frames, "residues_dropped": truncated.residues,
+            "truncated_ids_file": write_truncated_ids(cfg.out_dir, truncated.ids),
             "max_residues": cfg.max_residues, "weights": share.weights_info,
             "attention_path": share.attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
             "device": str(share.run.device)}
 
 
+TRUNCATED_IDS = "truncated_sequences.txt"
+
+
+def write_truncated_ids(out_dir, ids) -> str | None:
+    """OUT/truncated_sequences.txt: the ids of the frames cut to max_residues, one a line, sorted; None when
+    there are none (an earlier run's list is removed)."""
+    path = out_dir / TRUNCATED_IDS
+    if not ids:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{i}\n" for i in sorted(ids)))
+    os.replace(tmp, path)
+    return str(path)
+
+
 def warn_truncated(result: dict, stage: str) -> None:
     """One warning line at the end of a run that cut frames to max_residues (silent otherwise)."""
-    if result["frames_truncated"]:
+    if result["truncated_sequences"]:
         log.warning("%s: %s of %s frames were longer than max_residues=%d and were cut to it (%s residues dropped; "
-                    "summary.json run.frames_truncated); split long reads with chunk_bp to embed them whole",
-                    stage, f"{result['frames_truncated']:,}", f"{result['frames_translated']:,}",
-                    result["max_residues"], f"{result['residues_dropped']:,}")
+                    "ids in %s); split long reads with chunk_bp to embed them whole",
+                    stage, f"{result['truncated_sequences']:,}", f"{result['frames_translated']:,}",
+                    result["max_residues"], f"{result['residues_dropped']:,}", result["truncated_ids_file"])
 
 
 def assemble_and_verify(share: Share, frames_translated: int) -> dict:
@@ -391,7 +408,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
             raise UserError(*batch["user_error"])
         run.frames_translated += batch["frames_translated"]
-        run.truncated.add(batch["frames_truncated"], batch["residues_dropped"])  # counted in the workers
+        run.truncated.add(batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"])  # workers count
         if batch["sequences"] == 0:
             continue
         host_start = time.perf_counter()

@@ -20,7 +20,7 @@ for stops with one numpy reduction. Python only touches the frames that survive.
 """
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -63,14 +63,16 @@ class Frame(NamedTuple):
 
 @dataclass
 class Truncation:
-    """Frames longer than max_residues, cut to it: how many, and the residues (codons) dropped."""
+    """Frames longer than max_residues, cut to it: how many, the residues (codons) dropped, and their ids."""
 
     frames: int = 0
     residues: int = 0
+    ids: list[str] = field(default_factory=list)
 
-    def add(self, frames: int, residues: int) -> None:
+    def add(self, frames: int, residues: int, ids=()) -> None:
         self.frames += frames
         self.residues += residues
+        self.ids.extend(ids)
 
 
 def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESIDUES,
@@ -142,6 +144,8 @@ def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESI
         frames.append(Frame(ids[read], FRAMES[frame_index], frame_index,
                             protein_bytes[at:at + keep].decode("ascii"),
                             nuc_bytes[3 * at:3 * (at + keep)].decode("ascii")))
+        if truncated is not None and n > max_residues:
+            truncated.ids.append(frames[-1].id)
         at += n
     return frames
 
