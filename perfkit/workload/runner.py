@@ -84,27 +84,20 @@ def check_fasta_start(path) -> None:
         records.close()
 
 
-# Inputs up to this size are hashed whole (~0.1 s); larger ones by their size, first MiB and last MiB, so a
-# resume of a 100 GB sample does not reread it. Runs record which in run_config.json ("fingerprint").
-WHOLE_HASH_BYTES = 64 << 20
-EDGE_BYTES = 1 << 20
+HASH_CHUNK = 8 << 20  # streamed: memory stays flat whatever the input's size
 
 
 def input_identity(path) -> dict:
-    """The input's size and a sha256 fingerprint: what a resume must match (run_config.json's "input")."""
+    """The input's size and the sha256 of its whole content, streamed: what a resume must match
+    (run_config.json's "input"). ~0.5 s per GB: seconds even for a 100M-read sample, against hours of
+    embedding, and no edit anywhere in the file goes unnoticed."""
     size = os.path.getsize(path)
     digest = hashlib.sha256(f"{size}\n".encode())
     with open(path, "rb") as f:
-        if size <= WHOLE_HASH_BYTES:
-            while chunk := f.read(EDGE_BYTES):
-                digest.update(chunk)
-            how = "sha256 of the size and the whole file"
-        else:
-            digest.update(f.read(EDGE_BYTES))
-            f.seek(size - EDGE_BYTES)
-            digest.update(f.read(EDGE_BYTES))
-            how = "sha256 of the size, the first MiB and the last MiB"
-    return {"path": os.path.abspath(path), "size": size, "sha256": digest.hexdigest(), "fingerprint": how}
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return {"path": os.path.abspath(path), "size": size, "sha256": digest.hexdigest(),
+            "fingerprint": "sha256 of the size and the whole file"}
 
 
 def check_out_dir(cfg: EmbedConfig) -> None:
