@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from conftest import orf_fasta
+from perfkit.benchmarks.chaos import processes_of  # the chaos benchmark's own orphan count
 from perfkit.workload import distributed
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
@@ -250,17 +251,6 @@ def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_fold
     assert read_embeddings(out / "embeddings.h5")[0] == ids
 
 
-def _perfkit_processes(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid != os.getpid() and marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
-
-
 def test_killing_the_launchers_group_as_ranks_start_leaves_no_process(small_fasta, tmp_path):
     """Finding 3: ranks run in their own sessions; killed while importing torch (before the process group) they
     were orphaned. Each generation now dies with its parent (perfkit.lifeline)."""
@@ -282,9 +272,9 @@ def test_killing_the_launchers_group_as_ranks_start_leaves_no_process(small_fast
         os.killpg(launcher.pid, signal.SIGKILL)  # what `kill -9 -- -PGID` of the launcher does
         launcher.wait()
         end = time.time() + 10
-        while time.time() < end and _perfkit_processes(str(out)):
+        while time.time() < end and processes_of(str(out)):
             time.sleep(0.1)
-        assert not _perfkit_processes(str(out)), "perfkit processes outlived their launcher"
+        assert not processes_of(str(out)), "perfkit processes outlived their launcher"
     finally:
-        for proc in _perfkit_processes(str(out)):  # never leave one behind, even when the test fails
+        for proc in processes_of(str(out)):  # never leave one behind, even when the test fails
             proc.kill()
