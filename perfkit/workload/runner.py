@@ -100,9 +100,9 @@ def input_identity(path) -> dict:
             "fingerprint": "sha256 of the size and the whole file"}
 
 
-def check_out_dir(cfg: EmbedConfig) -> None:
+def check_out_dir(cfg: EmbedConfig) -> dict | None:
     """Refuse (writing nothing) an --out folder with results unless resuming, or a resume that changes results
-    or reads another input."""
+    or reads another input; returns the input's identity when it had to hash it (a resume), else None."""
     out = cfg.out_dir
     config_path = out / "run_config.json"
     earlier = (out / "checkpoints").exists() and any((out / "checkpoints").glob("shard-*"))
@@ -116,15 +116,16 @@ def check_out_dir(cfg: EmbedConfig) -> None:
             changed = sorted(k for k in before if before[k] != cfg.result_fields().get(k))
             raise UserError(f"--resume with settings that change results ({', '.join(changed)}) differ from the run in {out}",
                             "resume with the same settings or use a new --out folder")
-        check_same_input(cfg, recorded.get("input"))
+        return check_same_input(cfg, recorded.get("input"))
+    return None
 
 
-def check_same_input(cfg: EmbedConfig, before: dict | None) -> None:
+def check_same_input(cfg: EmbedConfig, before: dict | None) -> dict | None:
     """A resume must read the input its checkpoints came from: shards hold keys (read index x 6 + frame),
     so another input (or the same reads renamed) would mix old and new sequences under one key."""
     if before is None:  # run_config.json of an earlier version: nothing to compare with
         log.warning("%s records no input fingerprint: cannot check that --resume reads the same input", cfg.out_dir)
-        return
+        return None
     if not cfg.input.exists():
         raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
     now = input_identity(cfg.input)
@@ -132,6 +133,7 @@ def check_same_input(cfg: EmbedConfig, before: dict | None) -> None:
         raise UserError(f"--resume with another input: {cfg.input} ({now['size']:,} bytes) is not the input of the "
                         f"run in {cfg.out_dir} ({before.get('path')}, {before.get('size', 0):,} bytes, different content)",
                         "resume with that run's input file, or drop --resume and choose a new --out folder")
+    return now
 
 
 def prepare_out_dir(cfg: EmbedConfig) -> None:
@@ -144,7 +146,7 @@ def prepare_out_dir(cfg: EmbedConfig) -> None:
     except OSError as err:
         raise UserError(f"output folder {out} is not writable ({err.strerror})", "choose a writable --out folder") from None
     config_path = out / "run_config.json"
-    check_out_dir(cfg)
+    identity = check_out_dir(cfg)  # a resume hashed the input already: the whole file is read once, not twice
     if not cfg.resume:
         for name in ("embeddings.h5", "summary.json", "telemetry.jsonl"):
             (out / name).unlink(missing_ok=True)
@@ -153,7 +155,7 @@ def prepare_out_dir(cfg: EmbedConfig) -> None:
     if cfg.resume:
         (out / "embeddings.h5").unlink(missing_ok=True)  # rebuilt from the shards at the end
     write_json(config_path, {"config": cfg.model_dump(mode="json"), "result_fields": cfg.result_fields(),
-                             "input": input_identity(cfg.input)})
+                             "input": identity or input_identity(cfg.input)})
 
 
 def telemetry_name(rank: int, world: int) -> str:
