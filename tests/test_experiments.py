@@ -401,6 +401,37 @@ def test_gpu_utilisation_is_time_weighted_over_stages_and_ranks():
     assert headline["gpu_util_end_to_end"] == pytest.approx(63.2) and headline["gpu_util_protein_loop"] == 85.0
 
 
+def test_full_sample_utilisation_counts_fixed_seconds_at_zero_and_scales_the_rest():
+    chain = {"ranks": 2, "stages_s": {"launch": 10.0, "planning": 2.0, "nucleotide_embedding": 20.0,
+                                      "protein_embedding": 60.0, "merge": 4.0, "classifier": 3.0, "consensus": 1.0}}
+    table = [{"rank": r, "stage": stage, "seconds": chain["stages_s"].get(stage, 8.0), "util_percent": u}
+             for r, utils in ((0, (0.0, 10.0, 60.0, 95.0, 40.0)), (1, (0.0, 0.0, 35.0, 80.0, 0.0)))
+             for stage, u in zip(("launch", "planning", "nucleotide_embedding", "protein_embedding", "scoring"), utils)]
+    measured = {"value": 63.2, "table": table}
+    # 10x the run's reads: launch fixed; planning and scoring linear; embedding stages fixed + growing part
+    rows = [("launch", 10.0, 10.0), ("planning", 0.0, 20.0), ("nucleotide_embedding", 5.0, 5.0 + 150.0),
+            ("protein_embedding", 2.0, 2.0 + 580.0), ("merge", 0.0, 40.0), ("classifier", 0.0, 30.0),
+            ("consensus", 0.0, 10.0)]
+    e2e = {"full_sample_reads": 1000, "stages": [{"stage": st, "fixed_s": f, "projected_h": total / 3600}
+                                                 for st, f, total in rows]}
+    loop = lambda *means: {str(r): {"gpu_utilization_percent": {"mean": m, "measured": True}} for r, m in enumerate(means)}
+    stages = {"nucleotide_embedding": {"gpu": loop(55.0, 30.0)}, "protein_embedding": {"gpu": loop(90.0, None)}}
+    stages["protein_embedding"]["gpu"]["1"]["gpu_utilization_percent"]["measured"] = False  # rank 1: chain sampler
+    out = ex.project_gpu_utilisation(measured, e2e, stages)
+    rank0 = 10 * 20 + 55 * 150 + 90 * 580 + 40 * 80
+    rank1 = 0 * 20 + 30 * 150 + 80 * 580 + 0 * 80
+    total = 2 * sum(total for _, _, total in rows)
+    assert out["value"] == pytest.approx((rank0 + rank1) / total)
+    assert out["fixed_share"] == pytest.approx(2 * 17.0 / total) and out["full_sample_reads"] == 1000
+    by = {(r["rank"], r["stage"]): r for r in out["table"]}
+    assert by[(1, "protein_embedding")]["source"] == "chain sampler over the stage"
+    assert by[(0, "nucleotide_embedding")]["source"].startswith("the stage's own sampler")
+    assert by[(0, "launch")]["util_percent"] == 0.0 and by[(0, "launch")]["growing_s"] == 0.0
+    # without a measured figure the projection is NOT MEASURED too, never a number
+    none = ex.project_gpu_utilisation({"value": crit.not_measured("no NVIDIA driver"), "table": []}, e2e, stages)
+    assert none["value"]["measured"] is False
+
+
 def test_holdout_check_predicts_the_whole_run_from_its_first_half():
     # window 0: warm-up, 500 tok/s; then 1000 tok/s for 8 windows: the whole run is 500*10 + 80_000 tokens
     windows = [window(0, 500)] + [window(i, 1000) for i in range(1, 9)]
@@ -490,7 +521,7 @@ GOOD = {
     "02_profiling": {"device_busy_fraction": 0.9},
     "03_scaling": {"scaling_factor_end_to_end": 1.95},
     "04_tuning": {"best_tok_per_s": 1.0},
-    "05_full_validation": {"projected_hours_end_to_end": 8.0, "gpu_util_end_to_end": 80.0, "packing_efficiency": 0.97},
+    "05_full_validation": {"projected_hours_end_to_end": 8.0, "gpu_util_full_sample": 80.0, "packing_efficiency": 0.97},
 }
 
 
@@ -502,7 +533,7 @@ def test_evaluate_run_passes_only_when_every_criterion_passes(tmp_path):
     assert result["verdict"] == "PASS", result["criteria"]
     assert {r["source"] for r in result["criteria"]} == {"01_baseline", "03_scaling", "05_full_validation"}
     write_metrics(tmp_path, "05_full_validation", {**GOOD["05_full_validation"],
-                                                   "gpu_util_end_to_end": crit.not_measured("no NVIDIA driver")})
+                                                   "gpu_util_full_sample": crit.not_measured("no NVIDIA driver")})
     result = ex.evaluate_run(tmp_path, params)
     status = {r["name"]: r["status"] for r in result["criteria"]}
     assert result["verdict"] == "FAIL" and status["gpu_utilisation"] == "NOT MEASURED"
@@ -623,6 +654,7 @@ def test_real_tuning_point_and_full_validation(tiny):
     assert result["projection"]["check"]["token_deviation"] == pytest.approx(0.0, abs=1e-9)
     assert math.isfinite(result["projection"]["check"]["wall_deviation"])  # the per-rank steady wall was found
     assert headline["gpu_util_end_to_end"]["measured"] is False  # CPU: NOT MEASURED, never 0 and never PASS
+    assert headline["gpu_util_full_sample"]["measured"] is False
     assert headline["gpu_util_protein_loop"]["measured"] is False and "gpu_util_mean" not in headline
     detail = headline["gpu_util_end_to_end_detail"]
     assert {r["stage"] for r in detail["table"]} == {"planning", "nucleotide_embedding", "protein_embedding", "scoring"}
@@ -662,6 +694,48 @@ def test_scaling_sizes_from_params(tmp_path):
             ex.load_suite_params(write_params(tmp_path, scaling={"fit_reads": bad}))
     with pytest.raises(UserError, match="set one of them"):
         ex.load_suite_params(write_params(tmp_path, scaling={"fit_reads": [100, 200], "max_reads": 300}))
+
+
+def test_warmup_reads_default_to_four_blocks_per_gpu_rank_and_none_on_cpu(tmp_path):
+    params = ex.load_suite_params(write_params(tmp_path))
+    assert params.scaling.warmup_reads is None
+    assert ex.warmup_reads(params, gpus=True, nproc=2) == 4 * 64 * 2  # smoke: block_reads 64 in scaling.embed
+    assert ex.warmup_reads(params, gpus=False, nproc=2) == 0
+    params = ex.load_suite_params(write_params(tmp_path, scaling={"warmup_reads": 0}))
+    assert ex.warmup_reads(params, gpus=True, nproc=2) == 0
+    with pytest.raises(UserError, match="warmup_reads"):
+        ex.load_suite_params(write_params(tmp_path, scaling={"warmup_reads": -1}))
+
+
+def test_warmup_chain_runs_n_ranks_once_untimed_before_the_rounds(tmp_path):
+    params = ex.load_suite_params(write_params(tmp_path, scaling={"warmup_reads": 300}))
+    launched = []
+
+    class Ctx:
+        sample_stats = {"reads": 250}  # a warm-up never asks for more reads than the sample has
+
+        def __init__(self):
+            self.params = params
+
+        def embed_config(self, name, **knobs):
+            return {"name": name, **knobs}
+
+    def fake_predict(cfg, **kwargs):
+        launched.append((cfg, kwargs))
+
+    warmup = ex.warmup_chain(Ctx(), {"nproc": 2, "gpus": True}, {"mode": "v2"}, fake_predict)
+    assert len(launched) == 1
+    cfg, kwargs = launched[0]
+    assert cfg == {"name": "chain-warmup-2", "mode": "v2", "max_reads": 250}
+    assert kwargs["nproc"] == 2 and kwargs["gpus"] is True and kwargs["launch"] is True
+    assert warmup["reads"] == 250 and warmup["nproc"] == 2 and warmup["wall_s"] >= 0 and "untimed" in warmup["why"]
+    launched.clear()
+    assert ex.warmup_chain(Ctx(), {"nproc": 2, "gpus": False}, {}, fake_predict) is not None  # explicit reads: CPU too
+    Ctx.params = ex.load_suite_params(write_params(tmp_path, scaling={"warmup_reads": 0}))
+    ctx = Ctx()
+    ctx.params = Ctx.params
+    launched.clear()
+    assert ex.warmup_chain(ctx, {"nproc": 2, "gpus": True}, {}, fake_predict) is None and not launched
 
 
 @pytest.mark.slow
