@@ -1,6 +1,7 @@
 """What the run ran on: GPUs, driver, torch, CUDA, host, code commit."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import socket
@@ -10,20 +11,48 @@ from pathlib import Path
 import torch
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _git(args: list[str], where: Path) -> subprocess.CompletedProcess:
+    # GIT_DIR / GIT_WORK_TREE in the caller's environment would point git at another repository
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5, env=env)
+
+
 def git_commit(start: Path | None = None) -> str | None:
-    """The checkout's commit (with '+dirty' when it has changes), or PERFKIT_COMMIT, or None."""
+    """perfkit's own commit (with '+dirty' when its checkout has changes), or PERFKIT_COMMIT, or None.
+
+    Only a repository whose top level holds this package counts: an installed copy that happens to sit
+    inside another repository (a site-packages under a project's venv) records None, not that project's
+    HEAD; the package's file hash (`package_hash`) identifies the code then."""
     if os.environ.get("PERFKIT_COMMIT"):
         return os.environ["PERFKIT_COMMIT"]
-    where = start or Path(__file__).resolve().parent
+    package = (start or PACKAGE_DIR).resolve()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        top = _git(["rev-parse", "--show-toplevel"], package)
+        if top.returncode != 0 or (Path(top.stdout.strip()).resolve() / "perfkit") != package:
+            return None
+        commit = _git(["rev-parse", "HEAD"], package)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = _git(["status", "--porcelain", "--untracked-files=no"], package).stdout.strip()
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def package_hash(package: Path | None = None) -> str:
+    """sha256 over the package's .py files (relative path and bytes, in path order): the code that ran,
+    with or without git."""
+    root = (package or PACKAGE_DIR).resolve()
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def nvidia_driver() -> str | None:
@@ -52,4 +81,5 @@ def environment() -> dict:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "driver": nvidia_driver() if cuda else None,
         "commit": git_commit(),
+        "package_sha256": package_hash(),
     }

@@ -42,3 +42,63 @@ def test_drift_would_be_caught():
     env = environment_requirements()
     env.pop("nvitop")
     assert pyproject_requirements() != env
+
+
+# ---------------------------------------------------------------- provenance (perfkit/environment.py)
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from perfkit import environment as env_mod
+
+
+def _git_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path, monkeypatch):
+    monkeypatch.delenv("PERFKIT_COMMIT", raising=False)
+    other = _git_repo(tmp_path / "someone-elses-project")
+    installed = other / ".venv" / "site-packages" / "perfkit"
+    installed.mkdir(parents=True)
+    assert env_mod.git_commit(installed) is None  # not that project's HEAD
+    outside = tmp_path / "no-repo" / "perfkit"
+    outside.mkdir(parents=True)
+    assert env_mod.git_commit(outside) is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_dir_in_the_environment_does_not_redirect_the_commit(tmp_path, monkeypatch):
+    monkeypatch.delenv("PERFKIT_COMMIT", raising=False)
+    ours = ROOT / "perfkit"
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ours, capture_output=True).returncode != 0:
+        pytest.skip("this copy of perfkit is not a git checkout")
+    expected = env_mod.git_commit(ours)
+    other = _git_repo(tmp_path / "other")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    assert env_mod.git_commit(ours) == expected
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ours, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")}).stdout.strip()
+    assert expected.split("+")[0] == head
+    monkeypatch.setenv("PERFKIT_COMMIT", "abc123")  # stamped by whoever copied the tree (e.g. a GPU node)
+    assert env_mod.git_commit(ours) == "abc123"
+
+
+def test_package_hash_follows_the_code(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    first = env_mod.package_hash(package)
+    assert first == env_mod.package_hash(package) and len(first) == 64
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert env_mod.package_hash(package) != first
+    assert "package_sha256" in env_mod.environment() and env_mod.environment()["package_sha256"] == env_mod.package_hash()
