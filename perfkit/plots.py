@@ -18,7 +18,7 @@ import seaborn as sns
 from perfkit.aggregate import summed_windows
 
 STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#9e9e9e"}
-VERDICT_COLOURS = {"device-bound": "#2e7d32", "host-bound": "#ef6c00", "data-starved": "#c62828", "unknown": "#9e9e9e"}
+VERDICT_COLOURS = {"device-bound": "#2e7d32", "launch-bound": "#f9a825", "host-bound": "#ef6c00", "data-starved": "#c62828", "unknown": "#9e9e9e"}
 DPI = 110
 
 

@@ -49,7 +49,7 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
         "flops_per_token": flops_per_token,
         "peak_flops": peak_flops,
         "windows": window_table.to_dict(orient="records"),
-        "bottleneck": _bottleneck(window_table),
+        "bottleneck": _bottleneck(window_table, gpu),
         "checkpoint": aggregate.checkpoint_overhead(records, run_wall),
         "stages_s": aggregate.stage_seconds(records),
         "gpu": gpu or {},
@@ -93,13 +93,40 @@ def _summed(per_rank: dict, batch_records: pd.DataFrame) -> dict:
     return out
 
 
-def _bottleneck(window_table: pd.DataFrame) -> dict:
+# a stream busy by CUDA events while NVML sees a kernel running at most this share of the time is waiting
+# for the host to enqueue kernels: launch-bound, not device-bound (DNABERT-S eager: 99 % busy, NVML ~30 %)
+LAUNCH_BOUND_NVML_PERCENT = 60.0
+
+
+def nvml_median(gpu: dict | None) -> float | None:
+    """The median NVML utilisation (%) of the run's loop, over its ranks' samplers (mean of their medians);
+    None when no rank has an NVML reading. The median, not the mean: compilation at the loop's start
+    must not decide the run's verdict."""
+    gpu = gpu or {}
+    entries = [gpu] if "gpu_utilization_percent" in gpu else [v for v in gpu.values() if isinstance(v, dict)]
+    medians = [e["gpu_utilization_percent"]["p50"] for e in entries
+               if (e.get("gpu_utilization_percent") or {}).get("measured") and
+               e["gpu_utilization_percent"].get("p50") is not None]
+    return sum(medians) / len(medians) if medians else None
+
+
+def _bottleneck(window_table: pd.DataFrame, gpu: dict | None = None) -> dict:
     if window_table.empty:
         return {"verdict": "unknown", "windows": {}}
     counts = window_table["verdict"].value_counts().to_dict()
-    return {"verdict": max(counts, key=counts.get), "windows": {str(k): int(v) for k, v in counts.items()},
-            "rule": f"data-starved if loader wait > {aggregate.STARVED_WAIT_SHARE:.0%} of a window; "
-                    f"device-bound if device busy >= {aggregate.DEVICE_BOUND_BUSY_SHARE:.0%}; else host-bound"}
+    verdict = max(counts, key=counts.get)
+    nvml = nvml_median(gpu)
+    out = {"verdict": verdict, "windows": {str(k): int(v) for k, v in counts.items()}, "nvml_median_percent": nvml,
+           "rule": f"per window: data-starved if loader wait > {aggregate.STARVED_WAIT_SHARE:.0%} of it; "
+                   f"device-bound if device busy (CUDA events) >= {aggregate.DEVICE_BOUND_BUSY_SHARE:.0%}; else "
+                   f"host-bound. The run: its most frequent window verdict, except that device-bound becomes "
+                   f"launch-bound when the loop's median NVML utilisation is < {LAUNCH_BOUND_NVML_PERCENT:.0f} %"}
+    if verdict == "device-bound" and nvml is not None and nvml < LAUNCH_BOUND_NVML_PERCENT:
+        out["verdict"] = "launch-bound"
+        out["why"] = (f"the stream is busy by CUDA events in most windows while NVML saw a kernel running "
+                      f"{nvml:.0f} % of the time (median): the gaps between kernels are the host enqueueing "
+                      f"them, so the GPU waits on launches, not on data or on its own arithmetic")
+    return out
 
 
 def write_json(path: str | Path, obj) -> Path:
