@@ -147,3 +147,13 @@ def test_duplicate_names_rejected():
     item = {"name": "a", "target": 1, "comparison": ">=", "metric": "m"}
     with pytest.raises(UserError, match="duplicate"):
         criteria_from_params([item, dict(item)])
+
+
+def test_wilson_interval_matches_the_textbook_and_stays_inside_0_1():
+    from perfkit.criteria import wilson_interval
+
+    lo, hi = wilson_interval(597, 603)  # 0.990 agreement on 603 reads
+    assert lo == pytest.approx(0.97845, abs=1e-4) and hi == pytest.approx(0.99543, abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(0, 0) is None
