@@ -123,7 +123,7 @@ def _wheelhouse(args) -> int:
 
 
 def _suite(args) -> int:
-    from perfkit.suite import run_suite
+    from perfkit.suite.runner import run_suite
 
     return run_suite(Path(args.params), Path(args.out), only=args.only)
 

@@ -53,6 +53,17 @@ def to_jsonable(value: Any) -> Any:
     return jsonable(value, strict=True)
 
 
+def plain(value: Any) -> Any:
+    """JSON-able form (DataFrames as lists of rows)."""
+    if isinstance(value, pd.DataFrame):
+        return to_jsonable(value.astype(object).where(value.notna(), None).to_dict(orient="records"))
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return to_jsonable(value)
+
+
 def _dataframe_fallback(frame: pd.DataFrame) -> dict:
     columns = {str(col): to_jsonable(frame[col].to_numpy()) for col in frame.columns}
     return {MARKER: "dataframe", "columns": columns}

@@ -19,3 +19,12 @@ def orf_fasta(path: Path, reads: int, seed: int = 0, min_codons: int = 15, max_c
 @pytest.fixture
 def small_fasta(tmp_path):
     return orf_fasta(tmp_path / "sample.fa", 120)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(params file, run folder) of the real tiny suite runs (CPU); one per test module."""
+    from suite_helpers import TINY, write_params
+
+    root = tmp_path_factory.mktemp("tiny")
+    return write_params(root, **TINY), root / "run"

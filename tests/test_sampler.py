@@ -107,7 +107,7 @@ def test_without_driver_samples_host_only_and_never_gpu_zeros(caplog):
     caplog.set_level(logging.WARNING)
     # an in-process papermill/traitlets run earlier in the session may have applied a logging
     # dictConfig that disables existing loggers; this test is about the sampler, so undo that
-    # (and perfkit.experiments quiets this logger for notebooks, which also run in-process in tests)
+    # (and perfkit.suite.context quiets this logger for notebooks, which also run in-process in tests)
     sampler_log = logging.getLogger("perfkit.sampler")
     sampler_log.disabled = False
     sampler_log.setLevel(logging.NOTSET)

@@ -1,14 +1,14 @@
-"""perfkit.suite: the whole smoke suite through papermill, and a failing notebook turning the verdict to FAIL."""
+"""perfkit.suite.runner: the whole smoke suite through papermill, and a failing notebook turning the verdict to FAIL."""
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from perfkit import suite
 from perfkit.errors import UserError
-from perfkit.experiments import NOTEBOOKS
 from perfkit.records import notebook_status
+from perfkit.suite import runner
+from perfkit.suite.params import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -23,10 +23,10 @@ PNGS = {
 
 
 def test_select():
-    assert suite.select(None) == list(NOTEBOOKS)
-    assert suite.select(["03", "01_baseline"]) == ["01_baseline", "03_scaling", "06_summary"]
+    assert runner.select(None) == list(NOTEBOOKS)
+    assert runner.select(["03", "01_baseline"]) == ["01_baseline", "03_scaling", "06_summary"]
     with pytest.raises(UserError, match="unknown notebook"):
-        suite.select(["07"])
+        runner.select(["07"])
 
 
 def test_notebooks_are_stored_without_outputs_and_parametrised():
@@ -37,7 +37,7 @@ def test_notebooks_are_stored_without_outputs_and_parametrised():
         assert "parameters" in code[0].metadata.get("tags", []), stem
         # defaults that do not depend on the folder papermill runs in (the checkout's smoke params)
         assert "params_file = None" in code[0].source and "run_dir = None" in code[0].source
-        assert "experiments.setup(" in code[1].source and "namespace=globals()" in code[1].source
+        assert "context.setup(" in code[1].source and "namespace=globals()" in code[1].source
         for cell in code:
             if "records.record" in cell.source or "ctx.finish(" in cell.source:
                 assert cell.source.startswith("# NBVAL_IGNORE_OUTPUT"), (stem, cell.source[:60])
@@ -47,14 +47,14 @@ def test_bad_params_fail_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMOKE.read_text() + "\nunknown_section: 1\n")
     with pytest.raises(UserError, match="unknown_section"):
-        suite.run_suite(bad, tmp_path / "run")
+        runner.run_suite(bad, tmp_path / "run")
     assert not (tmp_path / "run" / "suite.json").exists()
 
 
 @pytest.mark.slow
 def test_whole_smoke_suite(tmp_path):
     out = tmp_path / "run"
-    rc = suite.run_suite(SMOKE, out)
+    rc = runner.run_suite(SMOKE, out)
     status = json.loads((out / "suite.json").read_text())
     assert rc == 0, status
     assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"]["reads"] == 1000
@@ -90,7 +90,7 @@ def test_whole_smoke_suite(tmp_path):
 def test_failing_notebook_makes_the_verdict_fail(tmp_path):
     """01 fails (an unknown parameter is an error, not papermill's warning); 06 still runs and FAILs 01's criteria."""
     out = tmp_path / "run"
-    rc = suite.run_suite(SMOKE, out, only=["01"], parameters={"01_baseline": {"bogus": 1}})
+    rc = runner.run_suite(SMOKE, out, only=["01"], parameters={"01_baseline": {"bogus": 1}})
     assert rc != 0
     status = json.loads((out / "suite.json").read_text())["notebooks"]
     assert status["01_baseline"]["status"] == "failed" and "bogus" in status["01_baseline"]["error"]

@@ -17,13 +17,13 @@ from pathlib import Path
 from perfkit.errors import UserError
 from perfkit.summary import write_json
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 SUITE_SCHEMA = "perfkit.suite/1"
 
 
 def select(only) -> list[str]:
     """Stems to run, in order; `only` names stems or their number prefixes ('01', '03_scaling'); 06 always."""
-    from perfkit.experiments import NOTEBOOKS
+    from perfkit.suite.params import NOTEBOOKS
 
     if not only:
         return list(NOTEBOOKS)
@@ -65,14 +65,14 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
     """
     import papermill
 
-    from perfkit.experiments import ensure_sample, load_suite_params
+    from perfkit.suite.context import ensure_sample
+    from perfkit.suite.params import NOTEBOOKS, load_suite_params
 
     params_path = Path(params_path).resolve()
     out_dir = Path(out_dir).resolve()
     notebook_dir = Path(notebook_dir or NOTEBOOK_DIR)
     params = load_suite_params(params_path)
     stems = select(only)
-    from perfkit.experiments import NOTEBOOKS
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
