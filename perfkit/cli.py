@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -136,6 +137,12 @@ def _publish(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from perfkit.compare import main as compare
+
+    return compare(args.run_a, args.run_b, noise=args.noise, json_out=args.json)
+
+
 def _add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("input", type=Path, help="FASTA file (plain or .gz)")
     e.add_argument("-o", "--out", type=Path, required=True, help="output folder (embeddings.h5, telemetry.jsonl, summary.json)")
@@ -207,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--commit", help="the code's commit (default: the one the suite recorded when it ran)")
     pu.set_defaults(func=_publish)
 
+    co = sub.add_parser("compare", help="two suite runs or published reports side by side: every criterion and headline "
+                                        "figure, the change, improved / regressed / within noise; exit 1 on a "
+                                        "criterion regression")
+    co.add_argument("run_a", type=Path, help="the earlier run (a suite --out folder or a published report)")
+    co.add_argument("run_b", type=Path, help="the later run")
+    co.add_argument("--noise", type=float, default=0.05,
+                    help="noise floor as a fraction (default 0.05): changes within it, or within the runs' own "
+                         "recorded spread when larger, are within noise")
+    co.add_argument("--json", type=Path, help="also write the table as JSON here")
+    co.set_defaults(func=_compare)
+
     w = sub.add_parser("wheelhouse", help="download wheels of every runtime dependency (not torch) for an offline GPU node")
     w.add_argument("--out", default="wheelhouse")
     w.add_argument("--python", default="3.12", help="target Python version")
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`perfkit compare A B | head`): not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

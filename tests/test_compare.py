@@ -1,0 +1,110 @@
+"""perfkit.compare: two runs side by side, verdicts from noise, exit 1 on a criterion regression."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfkit import compare
+from perfkit.cli import main as cli
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = ROOT / "outputs" / "reference"
+
+
+def criterion(name, measured, status, comparison=">=", metric=None):
+    return {"name": name, "metric": metric or name, "measured": measured, "status": status,
+            "comparison": comparison, "target": 1.0}
+
+
+def make_run(path: Path, criteria, records: dict, commit="abc") -> Path:
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({"verdict": "PASS", "criteria": criteria}))
+    (path / "COMMIT").write_text(commit + "\n")
+    for notebook, recs in records.items():
+        (path / notebook).mkdir()
+        (path / notebook / "metrics.json").write_text(json.dumps({"records": recs}))
+    return path
+
+
+def test_verdicts_follow_direction_and_noise(tmp_path):
+    a = make_run(tmp_path / "a", [criterion("scaling", 1.96, "PASS"), criterion("hours", 0.5, "PASS", "<")],
+                 {"02_profiling": {"steady_tok_per_s": 100.0, "end_to_end_s": 30.0, "sequences": 1000,
+                                   "mfu": 0.60, "top_kernel": "gemm", "loader_wait_fraction": 0.01}})
+    b = make_run(tmp_path / "b", [criterion("scaling", 1.80, "FAIL"), criterion("hours", 0.40, "PASS", "<")],
+                 {"02_profiling": {"steady_tok_per_s": 103.0, "end_to_end_s": 36.0, "sequences": 2000,
+                                   "mfu": 0.70, "top_kernel": "flash", "loader_wait_fraction": 0.0102}})
+    rows = {(r.kind, r.figure): r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
+    assert rows[("criterion", "scaling")].verdict == "regressed"  # PASS -> FAIL
+    assert rows[("criterion", "hours")].verdict == "improved"  # lower is better for "<"
+    assert rows[("criterion", "hours")].change == pytest.approx(-0.2)
+    assert rows[("02_profiling", "steady_tok_per_s")].verdict == "within noise"  # +3 % < 5 %
+    assert rows[("02_profiling", "end_to_end_s")].verdict == "regressed"  # seconds: lower is better
+    assert rows[("02_profiling", "mfu")].verdict == "improved"
+    assert rows[("02_profiling", "sequences")].verdict == "changed"  # how much work: never judged
+    assert ("02_profiling", "top_kernel") not in rows  # text records are not figures
+    assert [r.figure for r in compare.regressions(list(rows.values()))] == ["scaling"]
+
+
+def test_a_recorded_spread_widens_the_noise(tmp_path):
+    spread = {"median": 1.90, "min": 1.70, "max": 2.10, "values": [1.7, 1.9, 2.1]}  # +-10.5 %
+    a = make_run(tmp_path / "a", [criterion("two_gpu_scaling", 1.90, "PASS")], {"03_scaling": {"factor": spread}})
+    b = make_run(tmp_path / "b", [criterion("two_gpu_scaling", 1.92, "PASS")],
+                 {"03_scaling": {"factor": {**spread, "median": 1.75}}})
+    rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
+    factor = rows["factor"]
+    assert factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"  # the wider one
+    assert factor.change == pytest.approx(1.75 / 1.90 - 1) and factor.verdict == "within noise"
+    assert rows["two_gpu_scaling"].noise_source == "noise floor"
+
+
+def test_not_measured_and_missing_values_are_not_compared_as_numbers(tmp_path):
+    not_measured = {"measured": False, "reason": "no NVIDIA driver"}
+    a = make_run(tmp_path / "a", [criterion("gpu", not_measured, "NOT MEASURED")], {})
+    b = make_run(tmp_path / "b", [criterion("gpu", 80.0, "PASS")], {})
+    rows = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    assert rows[0].change is None and rows[0].verdict == "improved"  # NOT MEASURED -> PASS
+    assert "NOT MEASURED" in compare.table(rows).to_string()
+
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    a = make_run(tmp_path / "a", [criterion("scaling", 1.96, "PASS")], {})
+    b = make_run(tmp_path / "b", [criterion("scaling", 1.50, "FAIL")], {})
+    assert cli(["compare", str(a), str(a)]) == 0
+    assert cli(["compare", str(a), str(b), "--json", str(tmp_path / "c.json")]) == 1
+    out = capsys.readouterr().out
+    assert "1 criterion regression(s) beyond noise: scaling" in out and "regressed" in out
+    assert json.loads((tmp_path / "c.json").read_text())["rows"][0]["verdict"] == "regressed"
+    assert cli(["compare", str(a), str(tmp_path / "nowhere")]) == 2
+    assert cli(["compare", str(a), str(b), "--noise", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert "perfkit suite --out" in err[0] and "--noise" in err[1]
+
+
+@pytest.mark.skipif(not (PUBLISHED / "2026-11-28-h200-x1").exists(), reason="published reports not in this copy")
+def test_published_one_and_two_gpu_reports_give_a_readable_table(capsys):
+    code = cli(["compare", str(PUBLISHED / "2026-11-28-h200-x1"), str(PUBLISHED / "2026-11-28-h200-x2")])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("A: ") and "commit 4652bec" in lines[0] and lines[1].startswith("B: ")
+    header = next(line for line in lines if line.strip().startswith("figure"))
+    assert all(word in header for word in ("from", "A", "B", "change", "noise", "verdict"))
+    assert any("full_sample_time" in line and "improved" in line for line in lines)  # 0.87 h -> 0.47 h
+    assert code == 1  # speedup_vs_v1 fell from 15.6 to 7.8 between those reports
+
+
+@pytest.mark.slow
+def test_two_smoke_runs_compare_without_a_regression(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(ROOT / "params" / "smoke.yaml"),
+                        "--out", str(out), "--only", "02"], check=True, capture_output=True, cwd=tmp_path)
+        runs.append(out)
+    done = subprocess.run([sys.executable, "-m", "perfkit", "compare", *map(str, runs)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr  # the same code twice: no criterion regressed
+    assert "steady_tok_per_s" in done.stdout and "02_profiling" in done.stdout
+    assert "no criterion regressed beyond noise" in done.stdout
