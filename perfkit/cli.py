@@ -17,6 +17,7 @@ def _config_from_args(args):
     from perfkit.workload.config import make_config
 
     values = load_params(args.params).get("embed", {}) if args.params else {}
+    sources = {key: f"embed.{key} in {args.params}" for key in values}
     flags = {
         "model": args.model, "weights": args.weights, "mode": args.mode, "precision": args.precision,
         "token_budget": args.token_budget, "resume": args.resume or None, "device": args.device,
@@ -26,8 +27,15 @@ def _config_from_args(args):
         "max_seconds": args.max_seconds, "seed": args.seed, "chunk_bp": args.chunk_bp, "block_reads": args.block_reads,
         "copy_stream": False if args.no_copy_stream else None, "tokenizer": args.tokenizer, "progress": False if args.no_progress else None,
     }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return make_config(input=args.input, out_dir=args.out, **values)
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update(given)
+    sources.update({k: FLAG_OF.get(k, "--" + k.replace("_", "-")) for k in given})
+    return make_config(sources, input=args.input, out_dir=args.out, **values)
+
+
+# config settings whose flag is not --<setting-with-dashes>
+FLAG_OF = {"checkpoint_every_sequences": "--checkpoint-every", "checkpoint_every_seconds": "--checkpoint-seconds",
+           "copy_stream": "--no-copy-stream", "progress": "--no-progress", "resume": "--resume"}
 
 
 def _embed(args) -> int:
@@ -150,7 +158,7 @@ def _add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--model", help="esm2_t6_8M ... esm2_t36_3B ... esm2_t48_15B, or dnabert_s (nucleotides)")
     e.add_argument("--weights", type=Path, help="fair-esm .pt checkpoint or HuggingFace folder (default: seeded random)")
     e.add_argument("--mode", choices=["v2", "v1"])
-    e.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    e.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     e.add_argument("--layout", choices=["packed", "padded"], help="v2 batching: packed varlen (default) or padded SDPA")
     e.add_argument("--token-budget", type=int)
     e.add_argument("--buffer-size", type=int, help="sequences per packing buffer")

@@ -40,7 +40,25 @@ def test_unknown_embed_setting_in_params_is_named(tmp_path, capsys):
     params.write_text("embed:\n  token_budjet: 100\n")
     code = main(["embed", str(tmp_path / "x.fa"), "-o", str(tmp_path / "o"), "--params", str(params)])
     assert code == 2
-    assert "token_budjet" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: unknown embed.token_budjet in {params} — did you mean token_budget?"]
+
+
+def test_errors_name_the_flag_or_key_the_user_typed_in_plain_words(tmp_path, capsys):
+    fasta, out = str(tmp_path / "x.fa"), str(tmp_path / "o")
+    assert main(["embed", fasta, "-o", out, "--token-budget", "10"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --token-budget 10: must be at least 16 — pass another value "
+                                               "to --token-budget")
+    assert main(["embed", fasta, "-o", out, "--checkpoint-every", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --checkpoint-every 0: must be")
+    params = tmp_path / "p.yaml"
+    params.write_text("embed:\n  num_workers: 1.5\n")
+    assert main(["embed", fasta, "-o", out, "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: bad embed.num_workers in {params}: must be a whole number") and "Value error" not in err
+    params.write_text("embed:\n  precision: auto\n")  # listed in params/README.md: the flag takes it too
+    assert main(["embed", fasta, "-o", out, "--precision", "auto", "--params", str(params)]) == 2  # no input file
+    assert "precision" not in capsys.readouterr().err
 
 
 def test_parser_has_the_knobs_the_seed_tunes():

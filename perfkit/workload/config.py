@@ -1,6 +1,7 @@
 """Every knob of an embedding run, validated (unknown or ill-typed keys are errors)."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -105,10 +106,45 @@ class EmbedConfig(BaseModel):
                                                       "max_residues", "max_reads", "layout"})
 
 
-def make_config(**values) -> EmbedConfig:
+def make_config(sources: dict[str, str] | None = None, **values) -> EmbedConfig:
+    """An EmbedConfig, or one UserError line naming what the user typed: `sources` maps a setting to where
+    its value came from (a CLI flag such as `--token-budget`, or `embed.token_budget in p.yaml`)."""
     try:
         return EmbedConfig(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UserError(f"bad setting {where}: {first['msg']}", "fix that key (see params/README.md)") from None
+        raise config_error(err, sources or {}) from None
+
+
+# pydantic's wording of the common failures, in ours
+PLAIN = {"greater_than_equal": "must be at least {ge}", "greater_than": "must be more than {gt}",
+         "less_than_equal": "must be at most {le}", "less_than": "must be less than {lt}",
+         "literal_error": "must be one of {expected}", "int_parsing": "must be a whole number",
+         "int_from_float": "must be a whole number", "float_parsing": "must be a number",
+         "bool_parsing": "must be true or false", "missing": "is required"}
+
+
+def plain_message(error: dict) -> str:
+    template = PLAIN.get(error["type"])
+    if template:
+        try:
+            return template.format(**(error.get("ctx") or {}))
+        except KeyError:
+            pass
+    return error["msg"].removeprefix("Value error, ")
+
+
+def config_error(err: ValidationError, sources: dict[str, str]) -> UserError:
+    first = err.errors()[0]
+    key = str(first["loc"][0]) if first["loc"] else ""
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    origin = sources.get(key)
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, list(EmbedConfig.model_fields), n=1)
+        named = origin or f"setting {where}"
+        return UserError(f"unknown {named}", f"did you mean {close[0]}?" if close else
+                         "see params/README.md for the settings an embed: section takes")
+    message = plain_message(first)
+    value = first.get("input")
+    if origin and origin.startswith("-"):
+        return UserError(f"{origin} {value}: {message}", f"pass another value to {origin}")
+    return UserError(f"bad {origin or f'setting {where}'}: {message}", "fix that key (see params/README.md)")
