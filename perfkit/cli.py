@@ -71,7 +71,15 @@ def _embed(args) -> int:
     print(f"{cfg.mode} {cfg.model} {run['precision']} on {run['device']}{ranks}: {t['sequences']} sequences, "
           f"{_figure(t['seq_per_s'], '.1f')} seq/s, {_figure(t['tok_per_s'], '.0f')} tok/s, "
           f"packing {_figure(summary['packing']['efficiency'], '.1%')}{where}")
+    _warn_random([cfg.model] if (run.get("weights") or {}).get("source") == "random" else [])
     return 0
+
+
+def _warn_random(models: list[str]) -> None:
+    """One loud line when any part of the result came from random weights."""
+    if models:
+        print(f"note: random weights ({', '.join(models)}): the vectors and calls mean nothing biologically; "
+              "the throughput and timing figures stand (real weights: --weights, --classifier)", file=sys.stderr)
 
 
 def _figure(value, spec: str) -> str:
@@ -97,7 +105,17 @@ def _predict(args) -> int:
     print(f"{summary['counts']['reads_called']} reads called ({summary['counts']['virus_reads']} virus) from "
           f"{summary['counts']['frames']} frames in {summary['ranks']} process(es); {stages}; "
           f"bottleneck: {summary['bottleneck_stage']}")
+    _warn_random(random_parts(summary))
     return 0
+
+
+def random_parts(chain: dict) -> list[str]:
+    """The parts of a chain whose weights were random: embedding models, then the classifier."""
+    parts = [f"{stage.split('_')[0]} model {run.get('model')}" for stage, run in (chain.get("stage_runs") or {}).items()
+             if (run.get("weights") or {}).get("source") == "random"]
+    if str((chain.get("classifier") or {}).get("source", "")).startswith("random"):
+        parts.append("classifier")
+    return parts
 
 
 def _synth(args) -> int:

@@ -83,7 +83,8 @@ def test_resume_with_nothing_left_and_a_resume_of_another_input(small_fasta, tmp
     out = tmp_path / "o"
     assert main(["embed", str(small_fasta), "-o", str(out), *RUN_FLAGS]) == 0
     ids, vectors = read_embeddings(out / "embeddings.h5")
-    capsys.readouterr()
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: random weights")]
+    assert len(notes) == 1 and "mean nothing biologically" in notes[0] and "--weights" in notes[0]
     # nothing left to do: an honest line and exit 0 (the rates are None: formatting them raised TypeError)
     assert main(["embed", str(small_fasta), "-o", str(out), *RUN_FLAGS, "--resume"]) == 0
     printed = capsys.readouterr().out
@@ -112,7 +113,11 @@ def test_predict_resume_with_nothing_left(tmp_path, capsys):
     fasta = orf_fasta(tmp_path / "s.fa", 12)
     flags = [str(fasta), "-o", str(tmp_path / "chain"), *RUN_FLAGS, "--hidden", "16"]
     assert main(["predict", *flags]) == 0
-    first = capsys.readouterr().out
+    captured = capsys.readouterr()
+    first = captured.out
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: random weights")]
+    assert len(notes) == 1 and "nucleotide model dnabert" in notes[0] and "protein model esm2" in notes[0]
+    assert "classifier" in notes[0]  # every random part is named
     assert main(["predict", *flags, "--resume"]) == 0
     resumed = capsys.readouterr().out
     assert first.split(";")[0] == resumed.split(";")[0]  # "N reads called (M virus) from F frames in 1 process(es)"

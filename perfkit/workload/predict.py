@@ -336,7 +336,7 @@ def stage_run(summary: dict) -> dict:
             "tokens_per_sequence": t["real_tokens"] / t["sequences"] if t["sequences"] else None,
             "steady_tok_per_s": t["steady_tok_per_s"], "wall_s": t["wall_s"],
             "model_load_s": float((summary.get("stages_s") or {}).get("model_load", 0.0)),
-            "ranks": t.get("ranks", 1)}
+            "ranks": t.get("ranks", 1), "weights": (summary.get("run") or {}).get("weights")}
 
 
 def compare_runs(dir_a, dir_b) -> dict:
