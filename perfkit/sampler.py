@@ -162,6 +162,7 @@ class GpuSampler:
 
     `cuda_index` defaults to LOCAL_RANK (else 0). `device_factory(physical)` returns the
     device to sample or None; it exists so tests can check which physical GPU a rank opens.
+    `warn`: log a warning when no GPU can be sampled (off for runs on the CPU, which expect none).
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class GpuSampler:
         *,
         device_factory: Callable[[int | str], Any] | None = None,
         env: Mapping[str, str] | None = None,
+        warn: bool = True,
     ):
         if not (isinstance(interval_s, (int, float)) and interval_s > 0):
             raise UserError(f"sampling interval {interval_s!r} is not a positive number of seconds",
@@ -188,7 +190,7 @@ class GpuSampler:
         self.device = device_factory(self.physical_index)
         self.source = "nvml" if self.device is not None else "host-only"
         self.note = self._make_note()
-        if self.source == "host-only":
+        if self.source == "host-only" and warn:  # a run on the CPU expects no GPU: nothing to warn about
             log.warning("GPU sampler (cuda:%s -> physical %s): %s", self.cuda_index, self.physical_index, NO_DRIVER_NOTE)
 
         self._samples: list[dict] = []

@@ -157,6 +157,19 @@ def test_stop_before_start_and_double_stop_are_harmless():
         s.start()
 
 
+def test_a_run_on_the_cpu_is_not_warned_about_a_missing_gpu(caplog):
+    caplog.set_level(logging.WARNING)
+    sampler_log = logging.getLogger("perfkit.sampler")
+    sampler_log.disabled = False
+    sampler_log.setLevel(logging.NOTSET)
+    quiet = GpuSampler(interval_s=1.0, cuda_index=0, tag="cpu-run", device_factory=lambda physical: None, env={},
+                       warn=False)
+    assert quiet.source == "host-only" and not [r for r in caplog.records if r.name == "perfkit.sampler"]
+    assert quiet.summary()["gpu_utilization_percent"]["measured"] is False  # still NOT MEASURED in the summary
+    GpuSampler(interval_s=1.0, cuda_index=0, tag="gpu-run", device_factory=lambda physical: None, env={})
+    assert len([r for r in caplog.records if r.name == "perfkit.sampler"]) == 1
+
+
 @pytest.mark.skipif(not HAS_DRIVER, reason="needs an NVIDIA driver")
 def test_with_driver_reads_gpu_fields():
     with GpuSampler(interval_s=0.2, cuda_index=0) as s:

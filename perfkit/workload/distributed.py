@@ -277,10 +277,10 @@ def plan_summary(weights: np.ndarray, plan: list[np.ndarray], *, balance: str, w
 # ---------------------------------------------------------------------------- in the rank
 
 def sampler_for_rank(local_rank: int, env: Mapping[str, str] | None = None, *, rank: int | None = None,
-                     interval_s: float = 1.0, device_factory: Callable | None = None) -> GpuSampler:
+                     interval_s: float = 1.0, device_factory: Callable | None = None, warn: bool = True) -> GpuSampler:
     """The sampler of one rank: its own physical GPU, i.e. CUDA_VISIBLE_DEVICES[local_rank]."""
     return GpuSampler(interval_s=interval_s, cuda_index=local_rank, env=env, device_factory=device_factory,
-                      tag=f"rank{local_rank if rank is None else rank}")
+                      tag=f"rank{local_rank if rank is None else rank}", warn=warn)
 
 
 def rank_device(device: str, local_rank: int, cuda_count: int) -> str:
@@ -371,7 +371,8 @@ def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: Plan | None = 
             log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
                         plan.info["blocks"], info.world)
         cuda = cfg.device.startswith("cuda")
-        sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s)
+        sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s,
+                                   warn=cuda)
         share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
                             shard=plan.shard(info.rank), sampler=sampler, on_batch=fault_injection_hook(info.rank))
         dist.barrier(group)  # every rank's shards are on disk

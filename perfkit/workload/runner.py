@@ -183,7 +183,7 @@ class Run:
                                    clock_start=self.t0)
         self.sampler = sampler or GpuSampler(interval_s=cfg.sample_interval_s,
                                              cuda_index=(self.device.index or 0) if self.device.type == "cuda" else 0,
-                                             tag=f"rank{rank}")
+                                             tag=f"rank{rank}", warn=self.device.type == "cuda")
         self.busy = DeviceBusyTimer(self.device)
         self.store = store.CheckpointStore(cfg.out_dir, rank=rank, every_sequences=cfg.checkpoint_every_sequences,
                                            every_seconds=cfg.checkpoint_every_seconds, telemetry=self.telemetry)
