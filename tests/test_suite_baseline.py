@@ -22,5 +22,8 @@ def test_real_baseline(tiny):
     nt_gate = baseline.run_nt_equivalence(ctx, result["device"], result["precision"])
     headline = baseline.baseline_headline(result, gate, agreement, nt_gate)
     assert headline["equivalence_gate_passed"] is True and headline["prediction_agreement_v1_v2"] == 1.0
+    low, high = headline["prediction_agreement_ci95"]  # Wilson 95 %: all agree, yet not certainly 100 %
+    assert high == 1.0 and 0.5 < low < 1.0
+    assert baseline.agreement_interval(None)["measured"] is False
     assert headline["nt_equivalence_gate_passed"] is True and 0.1 < headline["nt_tokens_per_base"] < 0.35
     assert (ctx.out / "throughput.json").exists() and (ctx.out / "equivalence.json").exists()

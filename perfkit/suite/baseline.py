@@ -120,6 +120,13 @@ def run_nt_equivalence(ctx: Context, device: str, precision: str) -> dict:
     return result
 
 
+def agreement_interval(details: dict | None):
+    """[low, high] Wilson 95 % interval of the reads' agreement, or NOT MEASURED."""
+    if not details or not details.get("reads_union"):
+        return crit.not_measured("no agreement run")
+    return list(crit.wilson_interval(int(details["same_prediction"]), int(details["reads_union"])))
+
+
 def baseline_headline(result: dict, gate: dict, agreement: dict | None = None, nt_gate: dict | None = None) -> dict:
     agreement = agreement or {"agreement": crit.not_measured("not run"), "details": None}
     nt_gate = nt_gate or {"passed": crit.not_measured("not run"), "tokens_per_base": None}
@@ -130,6 +137,8 @@ def baseline_headline(result: dict, gate: dict, agreement: dict | None = None, n
                                                             "num_reads", "thresholds", "stats")},
         "speedup_nt_v2_over_v1": result["speedup_nt_v2_over_v1"],
         "prediction_agreement_v1_v2": agreement["agreement"],
+        # on a few hundred reads the share alone hides its uncertainty: the Wilson 95 % interval beside it
+        "prediction_agreement_ci95": agreement_interval(agreement["details"]),
         "prediction_agreement": agreement["details"],
         "speedup_v2_over_v1": result["speedup_v2_over_v1"],
         "speedup_v2_over_v1_fp16": result["speedup_v2_over_v1_fp16"],
