@@ -21,18 +21,25 @@ SUMMARY_SCHEMA = "perfkit.summary/1"
 
 def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict, wall_s: dict | float,
                       stage: str, start_s: dict | float = 0.0, warmup_batches: int = 3, flops_per_token: float | None = None,
-                      peak_flops: float | None = None, gpu: dict | None = None, window_s: float = 10.0,
-                      extra: dict | None = None) -> dict:
-    """`wall_s` (loop wall time) and `start_s` (loop start on the telemetry clock): one number, or {rank: value}."""
+                      peak_flops: dict | float | None = None, gpu: dict | None = None, window_s: float = 10.0,
+                      spec_peak_flops: float | None = None, extra: dict | None = None) -> dict:
+    """`wall_s` (loop wall time), `start_s` (loop start on the telemetry clock) and `peak_flops` (the matmul
+    peak measured on the rank's own GPU): one number, or {rank: value}. `spec_peak_flops`: the GPU's
+    data-sheet dense peak, for `mfu_spec` beside `mfu`."""
     batch_records = aggregate.batches(records, stage)
     ranks = sorted(batch_records["rank"].unique().tolist()) if not batch_records.empty else [0]
     walls = wall_s if isinstance(wall_s, dict) else {r: float(wall_s) for r in ranks}
     starts = start_s if isinstance(start_s, dict) else {r: float(start_s) for r in ranks}
+    peaks = peak_flops if isinstance(peak_flops, dict) else {r: peak_flops for r in ranks}
     per_rank = {}
     for rank in ranks:
         mine = batch_records[batch_records["rank"] == rank] if not batch_records.empty else batch_records
         per_rank[int(rank)] = aggregate.throughput(mine, wall_s=walls[rank], start_s=starts[rank], warmup_batches=warmup_batches,
-                                                   flops_per_token=flops_per_token, peak_flops=peak_flops)
+                                                   flops_per_token=flops_per_token, peak_flops=peaks.get(rank))
+        steady = per_rank[int(rank)].get("steady_tok_per_s")
+        per_rank[int(rank)]["peak_flops"] = peaks.get(rank)
+        per_rank[int(rank)]["mfu_spec"] = (steady * flops_per_token / spec_peak_flops
+                                           if steady and flops_per_token and spec_peak_flops else None)
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())
     window_table = aggregate.windows(batch_records, window_s) if not batch_records.empty else pd.DataFrame()
@@ -46,8 +53,14 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
         "loader_wait_s": per_rank[ranks[0]]["loader_wait_s"] if len(ranks) == 1 else {r: v["loader_wait_s"] for r, v in per_rank.items()},
         "device_busy_fraction": summed["device_busy_fraction"],
         "mfu": summed["mfu"],
+        "mfu_spec": summed["mfu_spec"],
+        "mfu_definition": "steady real tok/s x matmul FLOPs per token / peak, averaged over ranks: mfu against the "
+                          "bf16 matmul peak measured in the run on each rank's own GPU (peak_flops), mfu_spec against "
+                          "the GPU's data-sheet dense peak (spec_peak_flops; none for fp32 or an unknown GPU)",
         "flops_per_token": flops_per_token,
-        "peak_flops": peak_flops,
+        "peak_flops": peaks.get(ranks[0]) if len(ranks) == 1 or not isinstance(peak_flops, dict) else
+        {int(r): p for r, p in peaks.items()},
+        "spec_peak_flops": spec_peak_flops,
         "windows": window_table.to_dict(orient="records"),
         "bottleneck": _bottleneck(window_table, gpu),
         "checkpoint": aggregate.checkpoint_overhead(records, run_wall),
@@ -80,7 +93,7 @@ def _summed(per_rank: dict, batch_records: pd.DataFrame) -> dict:
         "steady_seq_per_s": total("steady_seq_per_s"), "steady_tok_per_s": total("steady_tok_per_s"),
         "device_busy_fraction": mean("device_busy_fraction"),
         "loader_wait_fraction": mean("loader_wait_fraction"),
-        "mfu": mean("mfu"),
+        "mfu": mean("mfu"), "mfu_spec": mean("mfu_spec"),
         "rank_imbalance": max(walls) / (sum(walls) / len(walls)) if sum(walls) > 0 else None,
     }
     if not batch_records.empty:

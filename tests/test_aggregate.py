@@ -84,3 +84,17 @@ def test_stage_seconds_is_the_slowest_rank_not_the_sum():
                            + [{"kind": "stage", "stage": "embed", "rank": 0, "start_s": 4.0, "end_s": 6.0, "seconds": 2.0},
                               {"kind": "stage", "stage": "embed", "rank": 0, "start_s": 7.0, "end_s": 8.0, "seconds": 1.0}])
     assert aggregate.stage_seconds(records) == {"embed": 3.0, "model_load": 5.0}
+
+
+def test_each_rank_uses_its_own_measured_peak_and_mfu_is_stated_against_the_spec_too():
+    df = pd.concat([_records(rank=0, n=10), _records(rank=1, n=10)])
+    s = build_run_summary(df, config={}, environment={}, wall_s={0: 10.0, 1: 10.0}, stage="embed", warmup_batches=0,
+                          flops_per_token=2.0, peak_flops={0: 4000.0, 1: 5000.0}, spec_peak_flops=8000.0)
+    # 1000 tok/s per rank x 2 FLOP/token = 2000 FLOP/s per rank
+    assert s["per_rank"]["0"]["mfu"] == pytest.approx(2000 / 4000) and s["per_rank"]["1"]["mfu"] == pytest.approx(2000 / 5000)
+    assert s["mfu"] == pytest.approx((2000 / 4000 + 2000 / 5000) / 2)
+    assert s["mfu_spec"] == pytest.approx(2000 / 8000) and s["spec_peak_flops"] == 8000.0
+    assert s["peak_flops"] == {"0": 4000.0, "1": 5000.0} and "data-sheet" in s["mfu_definition"]
+    one = build_run_summary(_records(n=10), config={}, environment={}, wall_s=10.0, stage="embed", warmup_batches=0,
+                            flops_per_token=2.0, peak_flops=4000.0)
+    assert one["peak_flops"] == 4000.0 and one["mfu_spec"] is None  # no spec given (CPU, unknown GPU, fp32)

@@ -81,6 +81,7 @@ def profiling_headline(result: dict, profiler: dict) -> dict:
         "device_busy_fraction": t["device_busy_fraction"],
         "loader_wait_fraction": t["loader_wait_fraction"],
         "mfu": summary.get("mfu"),
+        "mfu_spec": summary.get("mfu_spec"),  # against the data-sheet peak (None: fp32, CPU, unknown GPU)
         "gpu_util_mean": gpu_util_mean(summary),
         "bottleneck_verdict": bottleneck.get("verdict", "unknown"),
         "bottleneck_windows": bottleneck.get("windows", {}),

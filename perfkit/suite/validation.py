@@ -93,6 +93,7 @@ def full_validation_headline(result: dict) -> dict:
         "checkpoint": summary["checkpoint"],
         "steady_tok_per_s": t["steady_tok_per_s"],
         "mfu": summary.get("mfu"),
+        "mfu_spec": summary.get("mfu_spec"),  # against the data-sheet peak (None: fp32, CPU, unknown GPU)
         "device_busy_fraction": t["device_busy_fraction"],
         "sequences": t["sequences"],
         "capped": projection["capped"],

@@ -58,7 +58,7 @@ from perfkit.workload import store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.lock import mark_held, out_dir_lock
-from perfkit.workload.runner import (Share, assemble_and_verify, check_before_work, check_out_dir,
+from perfkit.workload.runner import (Share, assemble_and_verify, spec_peak, check_before_work, check_out_dir,
                                      embed_share, prepare_out_dir, run_result, telemetry_name, warn_truncated)
 from perfkit.workload.translate import Truncation
 
@@ -442,8 +442,10 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
                                 wall_s={r["rank"]: r["wall_s"] for r in reports}, stage=run.stage,
                                 warmup_batches=cfg.warmup_batches,
                                 flops_per_token=run.encoder.flops_per_token(),
-                                peak_flops=share.peak_flops, gpu={r["rank"]: r["gpu"] for r in reports},
-                                window_s=cfg.window_s, extra={"run": result, "distributed": distributed})
+                                peak_flops={r["rank"]: r["peak_flops"] for r in reports},
+                                gpu={r["rank"]: r["gpu"] for r in reports}, window_s=cfg.window_s,
+                                spec_peak_flops=spec_peak(run.device, cfg.precision),
+                                extra={"run": result, "distributed": distributed})
     write_json(cfg.out_dir / "summary.json", summary)
     warn_truncated(result, run.stage)
     return summary

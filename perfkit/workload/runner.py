@@ -26,6 +26,7 @@ from perfkit.busy import DeviceBusyTimer
 from perfkit.environment import environment
 from perfkit.errors import CheckFailed, UserError
 from perfkit.loader import InstrumentedLoader
+from perfkit.peaks import spec_peak_flops
 from perfkit.progress import LiveProgress
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
@@ -342,6 +343,13 @@ def assemble_and_verify(share: Share, frames_translated: int) -> dict:
         return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, stored)}
 
 
+def spec_peak(device: torch.device, precision: str) -> float | None:
+    """The data-sheet dense peak of the run's GPU at its precision (None on CPU or an unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    return spec_peak_flops(torch.cuda.get_device_name(device), precision)
+
+
 def _finish(share: Share) -> dict:
     run, cfg = share.run, share.run.cfg
     records = aggregate.read_telemetry(run.telemetry.writer.path)
@@ -352,7 +360,7 @@ def _finish(share: Share) -> dict:
                                 wall_s=share.wall_s, stage=run.stage, warmup_batches=cfg.warmup_batches,
                                 flops_per_token=run.encoder.flops_per_token(),
                                 peak_flops=share.peak_flops, gpu=run.sampler.summary(), window_s=cfg.window_s,
-                                extra={"run": result})
+                                spec_peak_flops=spec_peak(run.device, cfg.precision), extra={"run": result})
     write_json(cfg.out_dir / "summary.json", summary)
     warn_truncated(result, run.stage)
     return summary
