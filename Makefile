@@ -45,8 +45,8 @@ wheelhouse-gpu: venv
 	rm -rf .wheelhouse-gpu
 	$(VENV)/bin/perfkit wheelhouse --out .wheelhouse-gpu --skip $(GPU_NODE_HAS)
 
-lab: venv
-	$(VENV)/bin/jupyter lab notebooks
+lab: venv  # make lab ARGS="--allow-root --no-browser --ip=127.0.0.1"
+	$(VENV)/bin/jupyter lab notebooks $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
