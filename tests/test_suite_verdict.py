@@ -16,3 +16,28 @@ def test_write_summary_structure(tmp_path):
     for row in data["criteria"]:
         assert {"name", "target", "measured", "unit", "status", "source"} <= set(row)
     assert list(suite_verdict.criteria_table(result).columns)[:4] == ["name", "comparison", "target", "measured"]
+
+
+def test_compare_to_shows_this_run_beside_an_earlier_one(tmp_path):
+    import yaml
+
+    from suite_helpers import write_params
+
+    earlier = tmp_path / "earlier"
+    for stem, records in GOOD.items():
+        write_metrics(earlier, stem, records)
+    ctx = context.setup("06_summary", SMOKE, earlier)
+    suite_verdict.write_summary(ctx)
+    assert suite_verdict.comparison(ctx, {}) is None  # no compare_to: nothing to show
+    later = tmp_path / "later"
+    for stem, records in GOOD.items():
+        slower = {**records, "projected_hours_end_to_end": 9.5} if stem == "05_full_validation" else records
+        write_metrics(later, stem, slower)
+    params = write_params(tmp_path, compare_to=str(earlier))
+    assert yaml.safe_load(params.read_text())["compare_to"] == str(earlier)
+    ctx = context.setup("06_summary", params, later)
+    result = suite_verdict.write_summary(ctx)
+    table = suite_verdict.comparison(ctx, result).set_index("figure")
+    assert table.loc["full_sample_time", "verdict"] == "regressed"  # 8.0 h -> 9.5 h, beyond the 5 % floor
+    saved = json.loads((later / "06_summary" / "comparison.json").read_text())
+    assert saved["regressed"] == ["full_sample_time"] and saved["a"] == str(earlier)

@@ -135,6 +135,9 @@ class SuiteParams(_Strict):
     tuning: TuningParams = TuningParams()
     full_validation: FullValidationParams = FullValidationParams()
     criteria: list[dict]
+    # an earlier suite run folder or published report (relative: to the repository root): 06 shows every figure
+    # of this run beside it with `perfkit compare`'s change and verdict
+    compare_to: Optional[str] = None
 
     @field_validator("embed")
     @classmethod

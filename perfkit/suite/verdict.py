@@ -2,9 +2,13 @@
 a figure."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from perfkit.suite.context import Context
+from perfkit import compare
+from perfkit.errors import UserError
+from perfkit.suite.context import REPO, Context
 from perfkit.summary import write_json
 from perfkit.verdict import evaluate_run
 
@@ -32,3 +36,21 @@ def summary_figures(ctx: Context, result: dict) -> dict:
         caption="Relative margin = (measured - target) / |target| on the passing side (positive passes). "
                 "FAIL without a bar: source notebook missing or failed; NOT MEASURED: no measurement on this "
                 "hardware (counts as not passing).")}
+
+
+def comparison(ctx: Context, result: dict) -> pd.DataFrame | None:
+    """This run beside `compare_to` of the params (None when unset): `perfkit compare`'s table, also written
+    to 06_summary/comparison.json with the criteria that regressed beyond noise."""
+    if not ctx.params.compare_to:
+        return None
+    earlier = Path(ctx.params.compare_to).expanduser()
+    earlier = earlier if earlier.is_absolute() else REPO / earlier
+    try:
+        run_a = compare.load_run(earlier)
+    except UserError as err:
+        raise UserError(f"compare_to: {err.problem}", err.fix) from None
+    rows = compare.compare_runs(run_a, compare.load_run(ctx.run_dir))
+    regressed = [r.figure for r in compare.regressions(rows)]
+    write_json(ctx.path("comparison.json"), {"a": str(earlier), "b": str(ctx.run_dir), "regressed": regressed,
+                                             "rows": [vars(r) for r in rows]})
+    return compare.table(rows)
