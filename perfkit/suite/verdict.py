@@ -27,6 +27,54 @@ def criteria_table(result: dict) -> pd.DataFrame:
     return table[["name", "comparison", "target", "measured", "unit", "margin", "status", "source", "reason"]]
 
 
+def _shown(value, unit: str, gate: bool) -> str:
+    """A figure as a reader wants it: gates as true/false, numbers with 4 significant digits and the unit."""
+    if value is None:
+        return "—"
+    if gate or isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:.4g}" + (f" {unit}" if unit else "")
+    return str(value)
+
+
+def readable_criteria(result: dict) -> pd.DataFrame:
+    """The criteria table for people: what each criterion means, target and measured with units, the
+    margin, the status and the whole reason where there is one."""
+    rows = []
+    for c in result["criteria"]:
+        unit = c.get("unit") or ""
+        gate = c.get("comparison") == "==" and isinstance(c.get("target"), (bool, int, float)) and unit == ""
+        target = c.get("target")
+        target_text = ("true" if target else "false") if gate else f"{c.get('comparison')} {_shown(target, unit, False)}"
+        margin = c.get("relative_margin")
+        rows.append({"criterion": c["name"], "what it measures": c.get("description") or "",
+                     "target": target_text, "measured": _shown(c.get("measured"), unit, gate),
+                     "margin": "—" if gate or margin is None else f"{margin:+.1%}", "status": c["status"],
+                     "source": c.get("source") or "", "reason": c.get("reason") or ""})
+    return pd.DataFrame(rows)
+
+
+def show_criteria(result: dict):
+    """readable_criteria, styled: nothing cut off, the status coloured."""
+    colours = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#757575"}
+    return (readable_criteria(result).style.hide(axis="index")
+            .map(lambda s: f"color: {colours.get(s, 'inherit')}; font-weight: bold", subset=["status"])
+            .set_properties(**{"white-space": "pre-wrap", "text-align": "left"}))
+
+
+def conclusion(result: dict) -> str:
+    """One line that says why the verdict is what it is, from the same rows as the table."""
+    by_status: dict[str, list[str]] = {}
+    for c in result["criteria"]:
+        by_status.setdefault(c["status"], []).append(c["name"])
+    parts = [f"{len(names)} {status}" + ("" if status == "PASS" else f" ({', '.join(names)})")
+             for status, names in sorted(by_status.items(), key=lambda kv: ("PASS", "FAIL", "NOT MEASURED").index(kv[0])
+                                         if kv[0] in ("PASS", "FAIL", "NOT MEASURED") else 3)]
+    why = "every criterion passed" if result["verdict"] == "PASS" else "not every criterion passed"
+    return f"verdict {result['verdict']}: {why}; " + ", ".join(parts)
+
+
 def summary_figures(ctx: Context, result: dict) -> dict:
     from perfkit import plots
 
