@@ -102,8 +102,10 @@ def _predict(args) -> int:
         summary = run_predict(cfg, classifier_weights=args.classifier, hidden=args.hidden,
                               nproc=args.gpus or args.nproc or 1, gpus=args.gpus is not None)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary["stages_s"].items())
-    print(f"{summary['counts']['reads_called']} reads called ({summary['counts']['virus_reads']} virus) from "
-          f"{summary['counts']['frames']} frames in {summary['ranks']} process(es); {stages}; "
+    counts = summary["counts"]
+    frameless = f", {counts['reads_without_frames']} without a frame (no_frames)" if counts.get("reads_without_frames") else ""
+    print(f"{counts['input_reads']} reads in: {counts['reads_called']} called ({counts['virus_reads']} virus) from "
+          f"{counts['frames']} frames{frameless}; {summary['ranks']} process(es); {stages}; "
           f"bottleneck: {summary['bottleneck_stage']}")
     _warn_random(random_parts(summary))
     return 0

@@ -221,6 +221,30 @@ def test_prediction_writer_in_chunks_equals_one_write(tmp_path):
         "frame_id,read_id,frame,p_other,p_virus", "r1_F1,r1,F1,0.9,0.1"]
 
 
+def test_prediction_writer_puts_reads_without_a_frame_in_read_order(tmp_path):
+    keys = KEYS + 6  # called reads 1, 2, 3, 4; reads 0, 5 and 7 kept no frame
+    writer = PredictionWriter(tmp_path / "nf")
+    writer.add(keys[:4], FRAME_IDS[:4], PROBS[:4], no_frame=(np.array([0]), ["first"]))  # before read 1
+    writer.add(keys[4:], np.array(FRAME_IDS[4:]), PROBS[4:], no_frame=(np.array([5, 7]), ["after", "last"]))
+    written = writer.close()
+    assert (written["reads"], written["no_frame_reads"], written["frames"]) == (4, 3, 6)
+    reads = pd.read_csv(tmp_path / "nf" / "predictions_per_read.csv", keep_default_na=False)
+    assert reads["read_id"].tolist() == ["first", "r1", "r2", "r3", "r1_chunk_2", "after", "last"]
+    frameless = reads[reads["prediction"] == "no_frames"]
+    assert frameless["read_id"].tolist() == ["first", "after", "last"] and (frameless["frames"] == 0).all()
+    assert (frameless["max_virus"] == "").all()  # no score, not a made-up one
+    only = PredictionWriter(tmp_path / "only")  # a rank whose reads all lack a frame
+    only.add(KEYS[:0], FRAME_IDS[:0], PROBS[:0], no_frame=(np.array([3, 4]), ["a", "b"]))
+    assert only.close()["no_frame_reads"] == 2
+
+
+def test_agreement_leaves_out_reads_without_a_frame_on_both_sides():
+    a = pd.DataFrame({"read_id": ["x", "y", "z"], "prediction": ["virus", "no_frames", "other"]})
+    b = pd.DataFrame({"read_id": ["x", "y", "z"], "prediction": ["virus", "no_frames", "virus"]})
+    result = prediction_agreement(a, b)
+    assert result["reads_union"] == 2 and result["agreement"] == 0.5 and result["reads_without_frames_both"] == 1
+
+
 def test_prediction_writer_quotes_ids_that_need_it_and_leaves_nothing_when_aborted(tmp_path):
     writer = PredictionWriter(tmp_path / "q")
     writer.add(np.array([0, 7]), ["a,b_F1", 'c"d_F2'], PROBS[:2])

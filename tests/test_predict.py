@@ -49,6 +49,37 @@ def test_predict_chain_counts_and_outputs(tmp_path):
     assert set(per_read["prediction"]) <= {"virus", "other"}
 
 
+def frameless_sample(path, reads: int = 24):
+    """ORF-rich reads with every 5th one unable to keep a frame (all N: no codon translates)."""
+    from perfkit.workload.fasta import read_fasta
+
+    records = list(read_fasta(orf_fasta(path.with_suffix(".orf.fa"), reads, seed=3)))
+    with open(path, "w") as f:
+        for i, (rid, seq) in enumerate(records):
+            f.write(f">{rid}\n{'N' * len(seq) if i % 5 == 2 else seq}\n")
+    return path, [rid for i, (rid, _) in enumerate(records) if i % 5 == 2]
+
+
+@pytest.mark.slow
+def test_reads_without_a_frame_are_counted_and_called_no_frames_in_place(tmp_path):
+    fasta, frameless = frameless_sample(tmp_path / "s.fa")
+    summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "one", **FAST), hidden=16)
+    counts = summary["counts"]
+    assert counts["input_reads"] == 24 and counts["reads_without_frames"] == len(frameless) == 5
+    assert counts["reads_with_frames"] == counts["reads_called"] == 24 - 5
+    per_read = pd.read_csv(tmp_path / "one" / "predictions_per_read.csv", keep_default_na=False)
+    assert len(per_read) == 24  # every input read has its row, in input order
+    assert per_read["read_id"].tolist() == [f"read{i}" for i in range(24)]
+    assert per_read.loc[per_read["prediction"] == "no_frames", "read_id"].tolist() == frameless
+    stage = summary["stage_runs"]["protein_embedding"]
+    assert stage["sequences"] == counts["frames"]
+    many = run_predict(make_config(input=fasta, out_dir=tmp_path / "two", block_reads=4, **FAST), hidden=16,
+                       nproc=2, gpus=False)
+    assert many["counts"] == counts  # the ranks split the reads; the counts and the rows do not change
+    two = pd.read_csv(tmp_path / "two" / "predictions_per_read.csv", keep_default_na=False)
+    assert two[["read_id", "frames", "prediction"]].equals(per_read[["read_id", "frames", "prediction"]])
+
+
 def test_v1_nucleotide_stage_matches_v2_in_fp32(small_fasta, tmp_path):
     """v1 (fixed padded batches in file order) and v2 (packed) embed the same frames to the same vectors."""
     from perfkit.workload.runner import run_embed

@@ -331,6 +331,17 @@ def consensus_by_key(keys: np.ndarray, frames: pa.Table) -> pa.Table:
                      pa.array(prediction, pa.string())], names=list(READ_COLUMNS))
 
 
+def with_no_frame_rows(reads: pa.Table, read_index: np.ndarray, no_frame_index, no_frame_ids) -> pa.Table:
+    """The consensus rows (of reads `read_index`, ascending) with a row for each read without a frame,
+    all in read order: 0 frames, no scores, the call `no_frames`."""
+    n = len(no_frame_ids)
+    extra = pa.table([pa.array(list(no_frame_ids), pa.string()), pa.array(np.zeros(n, np.int64)),
+                      pa.nulls(n, pa.float32()), pa.nulls(n, pa.float32()), pa.array([NO_FRAMES] * n, pa.string())],
+                     names=list(READ_COLUMNS))
+    order = np.argsort(np.concatenate([read_index, np.asarray(no_frame_index, np.int64)]), kind="stable")
+    return pa.concat_tables([reads.cast(extra.schema), extra]).take(pa.array(order))
+
+
 # --- outputs -------------------------------------------------------------------
 
 def write_predictions(out_dir: str | Path, frame_ids, probs: np.ndarray, read_table: pd.DataFrame) -> dict:
@@ -385,27 +396,33 @@ class PredictionWriter:
         self.paths = {"frames": self.dir / FRAME_CSV, "reads": self.dir / READ_CSV}
         self._tmp = {kind: path.with_name(path.name + ".tmp") for kind, path in self.paths.items()}
         self._files = {kind: open(tmp, "wb") for kind, tmp in self._tmp.items()}
-        self.counts = {"frames": 0, "reads": 0, "virus_reads": 0}
+        self.counts = {"frames": 0, "reads": 0, "virus_reads": 0, "no_frame_reads": 0}
         self.busy_s = 0.0  # the background thread's own time (overlapped with the caller's)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="perfkit-predictions")
         self._futures: deque = deque()
         self._pending = pending
         self._first = True
 
-    def add(self, keys: np.ndarray, frame_ids, probs: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, frame_ids, probs: np.ndarray, no_frame=None) -> None:
+        """`no_frame`: (read indices, ids) of reads without a frame whose place is among this chunk's reads:
+        written in read order as rows with 0 frames and the call `no_frames`."""
         first, self._first = self._first, False
-        self._futures.append(self._pool.submit(self._write, keys, frame_ids, probs, first))
+        self._futures.append(self._pool.submit(self._write, keys, frame_ids, probs, first, no_frame))
         while len(self._futures) > self._pending:  # bounded memory: wait for the oldest chunk
             self._futures.popleft().result()
 
-    def _write(self, keys, frame_ids, probs, header: bool) -> None:
+    def _write(self, keys, frame_ids, probs, header: bool, no_frame=None) -> None:
         start = time.perf_counter()
         frames = frame_table(keys, frame_ids, probs)
         reads = consensus_by_key(keys, frames)
+        called = len(reads)
+        if no_frame is not None and len(no_frame[0]):
+            reads = with_no_frame_rows(reads, np.unique(np.asarray(keys, np.int64) // FRAMES_PER_READ), *no_frame)
         self._files["frames"].write(csv_bytes(frames, header=header))
         self._files["reads"].write(csv_bytes(reads, header=header))
         self.counts["frames"] += len(frames)
-        self.counts["reads"] += len(reads)
+        self.counts["reads"] += called
+        self.counts["no_frame_reads"] += len(reads) - called
         self.counts["virus_reads"] += int(pc.sum(pc.equal(reads.column("prediction"), CLASSES[1])).as_py() or 0)
         self.busy_s += time.perf_counter() - start
 
@@ -455,9 +472,13 @@ def prediction_agreement(table_a: pd.DataFrame, table_b: pd.DataFrame, frames_a:
     a, b = _by_id(table_a, "read_id", "a"), _by_id(table_b, "read_id", "b")
     both = pd.concat([a["prediction"].rename("prediction_a"), b["prediction"].rename("prediction_b")],
                      axis=1, join="outer")
+    # a read without a frame on both sides was never classified: its matching 'no_frames' says nothing
+    frameless = (both["prediction_a"] == NO_FRAMES) & (both["prediction_b"] == NO_FRAMES)
+    both = both[~frameless]
     same = (both["prediction_a"] == both["prediction_b"])  # NaN on one side -> False
     result = {
         "reads_a": len(a), "reads_b": len(b), "reads_union": len(both),
+        "reads_without_frames_both": int(frameless.sum()),
         "only_in_a": int(both["prediction_b"].isna().sum()), "only_in_b": int(both["prediction_a"].isna().sum()),
         "same_prediction": int(same.sum()),
         "agreement": float(same.mean()) if len(both) else None,

@@ -102,6 +102,13 @@ def translate_block(first_read: int, records, max_residues: int, field: str = "p
     return keys, [f.id for f in frames], [getattr(f, field) for f in frames]
 
 
+def frameless_reads(first_read: int, records, keys: np.ndarray) -> list[tuple[int, str]]:
+    """(read index, id) of a block's reads that kept no frame: every frame of the read was shorter than the
+    minimum protein length once cut at its stops (the six-frame rules of `translate`)."""
+    have = set((np.asarray(keys, np.int64) // FRAMES_PER_READ).tolist())
+    return [(first_read + i, rid) for i, (rid, _) in enumerate(records) if first_read + i not in have]
+
+
 class PackedFrames(IterableDataset):
     """Yields dicts of numpy arrays / tensors ready for `ESM2.forward_packed` (or padded batches)."""
 
@@ -123,34 +130,42 @@ class PackedFrames(IterableDataset):
         except UserError as err:  # travels to the main process as data, not as a worker traceback
             yield {"user_error": (err.problem, err.fix), "frames_translated": 0, "sequences": 0}
 
+    def _counts(self, translated: int, truncated: Truncation, reads: int, frameless: list) -> dict:
+        """What a worker translated since its last batch: every batch carries these counts."""
+        return {"frames_translated": translated, **_truncation_fields(truncated), "reads_seen": reads,
+                "frameless_reads": frameless}
+
     def _batches(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         packer = TokenBudgetPacker(budget=self.token_budget, buffer_size=self.buffer_size, layout=self.layout,
                                    on_oversize="error", pad_id=self.encoder.pad_id)
         ids_of: dict[int, str] = {}
-        translated, truncated = 0, Truncation()  # since the last batch: each batch carries its worker's counts
+        # since the last batch: each batch carries its worker's counts
+        translated, truncated, reads, frameless = 0, Truncation(), 0, []
         for block, first_read, records in self._my_blocks(worker, workers):
             keys, ids, sequences = translate_block(first_read, records, self.max_residues, self.encoder.frame_field,
                                                    truncated)
             translated += len(keys)
+            reads += len(records)
+            frameless += frameless_reads(first_read, records, keys)
             if not len(keys):
                 continue
             ids_of.update(zip(keys.tolist(), ids))
             tokens, lengths = self.encoder.encode(sequences)
             packer.add(keys, lengths, tokens)
             for batch in packer.ready():
-                out = self._emit(batch, ids_of, translated, truncated)
-                translated, truncated = 0, Truncation()
+                out = self._emit(batch, ids_of, self._counts(translated, truncated, reads, frameless))
+                translated, truncated, reads, frameless = 0, Truncation(), 0, []
                 if out is not None:
                     yield out
         for batch in packer.flush():
-            out = self._emit(batch, ids_of, translated, truncated)
-            translated, truncated = 0, Truncation()
+            out = self._emit(batch, ids_of, self._counts(translated, truncated, reads, frameless))
+            translated, truncated, reads, frameless = 0, Truncation(), 0, []
             if out is not None:
                 yield out
-        if translated:  # frames translated but every batch skipped: still report the counts
-            yield {"frames_translated": translated, **_truncation_fields(truncated), "sequences": 0}
+        if translated or reads:  # translated but every batch skipped, or reads without a frame: still counted
+            yield {**self._counts(translated, truncated, reads, frameless), "sequences": 0}
 
     def _my_blocks(self, worker: int, workers: int):
         """This worker's blocks: read at their byte offsets, or picked out of the whole parsed stream."""
@@ -167,15 +182,13 @@ class PackedFrames(IterableDataset):
             if position is not None and position % workers == worker:
                 yield block, first_read, records
 
-    def _emit(self, batch, ids_of: dict, translated: int, truncated: Truncation) -> dict | None:
+    def _emit(self, batch, ids_of: dict, counts: dict) -> dict | None:
         ids = [ids_of.pop(k) for k in batch.keys.tolist()]
         if self.done_keys.size and np.isin(batch.keys, self.done_keys).all():
-            return {"frames_translated": translated, **_truncation_fields(truncated), "sequences": 0,
-                    "skipped": len(ids)}
+            return {**counts, "sequences": 0, "skipped": len(ids)}
         out = {"keys": torch.from_numpy(batch.keys), "ids": ids, "sequences": batch.num_sequences,
                "real_tokens": batch.real_tokens, "slot_tokens": batch.slot_tokens, "budget_tokens": batch.budget,
-               "frames_translated": translated, **_truncation_fields(truncated),
-               "lengths": torch.from_numpy(batch.lengths)}
+               **counts, "lengths": torch.from_numpy(batch.lengths)}
         if self.layout == "packed":
             arrays = self.encoder.packed_inputs(batch.tokens, batch.lengths)
             out["max_seqlen"] = int(arrays.pop("max_seqlen"))

@@ -409,6 +409,7 @@ def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
     return {"rank": info.rank, "local_rank": info.local_rank, "host": socket.gethostname(), "device": str(run.device),
             "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
             "wall_s": share.wall_s, "capped": share.capped, "frames_translated": run.frames_translated,
+            "reads_seen": run.reads_seen, "reads_without_frames": len(run.frameless),
             "truncated_sequences": run.truncated.frames, "residues_dropped": run.truncated.residues,
             "truncated_ids": run.truncated.ids,
             "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": run.sampler.summary(),
@@ -424,7 +425,8 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
                            [i for r in reports for i in r["truncated_ids"]])
     capped = any(r["capped"] for r in reports)
     run.verify_pool = [item for r in reports for item in r["verify_pool"]]  # check rows written by every rank
-    result = run_result(share, frames, capped=capped, truncated=truncated)
+    reads = (sum(r["reads_seen"] for r in reports), sum(r["reads_without_frames"] for r in reports))
+    result = run_result(share, frames, capped=capped, truncated=truncated, reads=reads)
     if not capped:
         result.update(assemble_and_verify(share, frames))
     records = aggregate.read_telemetry([cfg.out_dir / telemetry_name(r, world) for r in range(world)])

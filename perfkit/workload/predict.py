@@ -39,7 +39,7 @@ from perfkit.workload import classifier as clf
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.lock import mark_held, out_dir_lock
-from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
+from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, read_frameless, run_embed
 from perfkit.workload.translate import FRAMES
 
 NUCLEOTIDE_MODEL = "dnabert_s"
@@ -184,8 +184,14 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
     if scored != frames:
         raise CheckFailed(f"count check failed after classifier: {frames} frames embedded, {scored} scored")
     reads_called = sum(r["reads"] for r in reports)
-    if written["reads"] != reads_called or written["frames"] != frames:
+    no_frame = sum(r["no_frame_reads"] for r in reports)
+    if written["reads"] != reads_called + no_frame or written["frames"] != frames:
         raise CheckFailed(f"count check failed joining the ranks' predictions: {written}")
+    protein_run = runs["protein_embedding"]["run"]
+    input_reads = protein_run.get("input_reads")
+    if not protein_run.get("capped") and input_reads is not None and input_reads != reads_called + no_frame:
+        raise CheckFailed(f"count check failed: {input_reads} input reads, {reads_called} called + {no_frame} "
+                          "without a frame")
     stages = dict(telemetry.stages)
     embedding_s = stages["nucleotide_embedding"] + stages["protein_embedding"]
     summary = {
@@ -197,7 +203,8 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
         "end_to_end_s": sum(stages.values()),
         "bottleneck_stage": max(stages, key=stages.get),
         "stage_share": {k: v / embedding_s for k, v in stages.items() if k.endswith("embedding")},
-        "counts": {"frames": frames, "reads_called": reads_called,
+        "counts": {"input_reads": input_reads, "reads_with_frames": reads_called, "reads_without_frames": no_frame,
+                   "frames": frames, "reads_called": reads_called,
                    "virus_reads": sum(r["virus_reads"] for r in reports),
                    # frames cut to max_residues (both stages cut the same frames)
                    "truncated_sequences": runs["protein_embedding"]["run"]["truncated_sequences"]},
@@ -256,6 +263,11 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
     model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim, seed=cfg.seed)
     chunks = protein.read_chunks(MERGE_CHUNK_ROWS, len(FRAMES))
     rows = max((b - a for a, b in chunks), default=0)
+    # reads without a frame in this rank's reads, each placed with the chunk whose reads it falls among
+    no_frame_index, no_frame_ids = read_frameless(out / STAGES["protein_embedding"], lo // len(FRAMES),
+                                                  None if hi >= np.iinfo(np.int64).max else -(-hi // len(FRAMES)))
+    chunk_ends = [int(keys[b]) // len(FRAMES) if b < len(keys) else np.iinfo(np.int64).max for _, b in chunks]
+    cuts = np.searchsorted(no_frame_index, chunk_ends) if chunks else np.empty(0, np.int64)
     # on CUDA chunk i fills one pair of blocks while chunk i - 1 is on the device (on CPU it runs in between)
     buffers = [(clf.host_block(rows, clf.NT_DIM, device), clf.host_block(rows, protein_dim, device))
                for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))]
@@ -267,12 +279,13 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
 
     def collect():
         nonlocal classify_s, consensus_s
-        a, b, ids, result = pending
+        a, b, ids, result, i = pending
         t = time.perf_counter()
         probs = result()
         classify_s += time.perf_counter() - t
         t = time.perf_counter()
-        writer.add(keys[a:b], ids, probs)
+        first = cuts[i - 1] if i else 0
+        writer.add(keys[a:b], ids, probs, no_frame=(no_frame_index[first:cuts[i]], no_frame_ids[first:cuts[i]]))
         consensus_s += time.perf_counter() - t
 
     try:
@@ -290,9 +303,12 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
                 classify_s += time.perf_counter() - t
                 if pending:
                     collect()  # after launching this chunk: the device works on it meanwhile
-                pending = (a, b, ids, result)
+                pending = (a, b, ids, result, i)
             if pending:
                 collect()
+            if not chunks and len(no_frame_ids):  # reads, none with a frame
+                writer.add(np.empty(0, np.int64), np.empty(0, dtype="U1"), np.empty((0, len(clf.CLASSES)), np.float32),
+                           no_frame=(no_frame_index, no_frame_ids))
         t = time.perf_counter()
         written = writer.close()
         consensus_s += time.perf_counter() - t
@@ -301,8 +317,12 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
         raise
     if written["frames"] != len(keys):
         raise CheckFailed(f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written")
+    if written["no_frame_reads"] != len(no_frame_ids):
+        raise CheckFailed(f"count check failed in rank {rank}: {len(no_frame_ids)} reads without a frame, "
+                          f"{written['no_frame_reads']} written")
     return {"rank": rank, "key_range": [int(lo), int(hi)], "device": device, "frames": len(keys),
             "reads": written["reads"], "virus_reads": written["virus_reads"],
+            "no_frame_reads": written["no_frame_reads"],
             "merge_s": merge_s, "classify_s": classify_s, "consensus_s": consensus_s,
             "consensus_thread_s": writer.busy_s, "merge_threads": threads, "classifier": info}
 

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -153,6 +154,8 @@ def prepare_out_dir(cfg: EmbedConfig) -> None:
             (out / name).unlink(missing_ok=True)
         for stale in out.glob("telemetry.rank*.jsonl"):  # an earlier multi-process run's
             stale.unlink()
+    for stale in out.glob(FRAMELESS_FILE.format(rank="*")):  # every rank rewrites its own (a resume re-reads
+        stale.unlink()                                        # every block), maybe with another rank count
     if cfg.resume:
         (out / "embeddings.h5").unlink(missing_ok=True)  # rebuilt from the shards at the end
     write_json(config_path, {"config": cfg.model_dump(mode="json"), "result_fields": cfg.result_fields(),
@@ -189,6 +192,8 @@ class Run:
         self.store = store.CheckpointStore(cfg.out_dir, rank=rank, every_sequences=cfg.checkpoint_every_sequences,
                                            every_seconds=cfg.checkpoint_every_seconds, telemetry=self.telemetry)
         self.frames_translated = 0
+        self.reads_seen = 0  # input reads this process translated (v2 and v1 alike)
+        self.frameless: list[tuple[int, str]] = []  # (read index, id) of its reads that kept no frame
         self.truncated = Truncation()  # frames cut to max_residues, and the residues dropped
         self.verify_pool: list[tuple[int, np.ndarray]] = []  # (key, tokens) of a few sequences, recomputed at the end
 
@@ -273,6 +278,7 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
             run.store.close()  # raises a failed checkpoint write (after the writer's last telemetry record)
         finally:
             run.telemetry.close()
+    write_frameless(cfg.out_dir, rank, run.frameless)
     attention = dict(getattr(model, "attention_calls", {})) or {"fair-esm": "MultiheadAttention (padded)"}
     if cfg.mode == "v1" and run.encoder.nucleotide:
         attention["v1"] = f"padded batches of {cfg.v1_nt_batch_sequences} sequence(s) in file order"
@@ -280,12 +286,16 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
 
 
 def run_result(share: Share, frames_translated: int, capped: bool | None = None,
-               truncated: Truncation | None = None) -> dict:
+               truncated: Truncation | None = None, reads: tuple[int, int] | None = None) -> dict:
     """The summary's `run` section, before the output is assembled. `truncated`: the run's frames cut to
-    max_residues (default: this process's)."""
+    max_residues; `reads`: (input reads, reads without a frame) of the run (default: this process's)."""
     cfg = share.run.cfg
     truncated = share.run.truncated if truncated is None else truncated
+    seen, frameless = reads if reads is not None else (share.run.reads_seen, len(share.run.frameless))
     return {"capped": share.capped if capped is None else capped, "frames_translated": frames_translated,
+            # a capped run stopped early: its counts cover the reads it reached, not the input
+            "input_reads": seen, "reads_with_frames": seen - frameless, "reads_without_frames": frameless,
+            "reads_without_frames_file": FRAMELESS_FILE.format(rank="*") if frameless else None,
             "truncated_sequences": truncated.frames, "residues_dropped": truncated.residues,
             "truncated_ids_file": write_truncated_ids(cfg.out_dir, truncated.ids),
             "max_residues": cfg.max_residues, "weights": share.weights_info,
@@ -294,6 +304,30 @@ def run_result(share: Share, frames_translated: int, capped: bool | None = None,
 
 
 TRUNCATED_IDS = "truncated_sequences.txt"
+# per rank: "read index<TAB>id" of the reads that kept no frame, in input order (predict writes them as no_frame)
+FRAMELESS_FILE = "reads_without_frames.r{rank}.tsv"
+
+
+def write_frameless(out_dir, rank: int, frameless: list[tuple[int, str]]) -> Path:
+    """OUT/reads_without_frames.rNNN.tsv of one rank, temp file then rename (written even when empty, so a
+    reader can tell 'none' from 'not written')."""
+    path = Path(out_dir) / FRAMELESS_FILE.format(rank=f"{rank:03d}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{index}\t{rid}\n" for index, rid in sorted(frameless)))
+    os.replace(tmp, path)
+    return path
+
+
+def read_frameless(out_dir, lo_read: int = 0, hi_read: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(read indices, ids) of every rank's reads without a frame with index in [lo_read, hi_read), sorted."""
+    pairs = []
+    for path in sorted(Path(out_dir).glob(FRAMELESS_FILE.format(rank="*"))):
+        for line in path.read_text().splitlines():
+            index, rid = line.split("\t", 1)
+            if int(index) >= lo_read and (hi_read is None or int(index) < hi_read):
+                pairs.append((int(index), rid))
+    pairs.sort()
+    return np.array([p[0] for p in pairs], dtype=np.int64), [p[1] for p in pairs]
 
 
 def write_truncated_ids(out_dir, ids) -> str | None:
@@ -411,6 +445,8 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
             raise UserError(*batch["user_error"])
         run.frames_translated += batch["frames_translated"]
+        run.reads_seen += batch.get("reads_seen", 0)
+        run.frameless.extend(batch.get("frameless_reads") or ())
         run.truncated.add(batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"])  # workers count
         if batch["sequences"] == 0:
             continue
@@ -548,13 +584,15 @@ def build_fairesm_model(cfg: EmbedConfig, device: torch.device):
 
 def _v1_files(run: Run, done_keys):
     """v1 translated the input into files of `v1_file_sequences` sequences and embedded file by file."""
-    from perfkit.workload.data import read_blocks, translate_block
+    from perfkit.workload.data import frameless_reads, read_blocks, translate_block
 
     cfg = run.cfg
     keys_buf, ids_buf, proteins_buf = [], [], []
     for _, first, records in read_blocks(cfg.input, 1024, cfg.max_reads, cfg.chunk_bp):
         keys, ids, proteins = translate_block(first, records, cfg.max_residues, run.encoder.frame_field, run.truncated)
         run.frames_translated += len(keys)
+        run.reads_seen += len(records)
+        run.frameless += frameless_reads(first, records, keys)
         if done_keys.size:
             keep = ~np.isin(keys, done_keys)
             keys, ids, proteins = keys[keep], [i for i, k in zip(ids, keep) if k], [p for p, k in zip(proteins, keep) if k]
