@@ -100,7 +100,7 @@ def test_warmup_chain_runs_n_ranks_once_untimed_before_the_rounds(tmp_path):
 @pytest.mark.slow
 def test_real_scaling_launches_both_sides_through_torchrun(tiny):
     params, run_dir = tiny
-    ctx = context.setup("03_scaling", params, run_dir, gpus=2, nodes=1)
+    ctx = context.setup("03_scaling", params, run_dir, nproc=2, nodes=1)
     result = scaling.run_scaling(ctx)
     e2e = result["end_to_end"]
     assert e2e["sizes"] == [40, 80] and e2e["repeats"] == 1 and "torchrun on both sides" in e2e["launch"]
@@ -130,8 +130,34 @@ def test_real_scaling_launches_both_sides_through_torchrun(tiny):
 
 def test_scaling_not_measurable_is_a_marker(tiny):
     params, run_dir = tiny
-    ctx = context.setup("03_scaling", params, run_dir, gpus=1, nodes=1)
+    ctx = context.setup("03_scaling", params, run_dir, nproc=1, nodes=1)
     result = scaling.run_scaling(ctx)
     assert result["scaling_factor"]["measured"] is False and "at least 2" in result["scaling_factor"]["reason"]
-    ctx = context.setup("03_scaling", params, run_dir, gpus=2, nodes=2)
+    ctx = context.setup("03_scaling", params, run_dir, nproc=2, nodes=2)
     assert "multi-node" in scaling.run_scaling(ctx)["scaling_factor"]["reason"]
+    # gpus means GPUs: on this CPU machine `-p gpus 2` is NOT MEASURED, never 2 CPU processes passed off as GPUs
+    ctx = context.setup("03_scaling", params, run_dir, gpus=2, nodes=1)
+    result = scaling.run_scaling(ctx)
+    assert result["scaling_factor_end_to_end"]["measured"] is False
+    assert "no GPU here" in result["scaling_factor_end_to_end"]["reason"] and "nproc=2" in result["scaling_factor"]["reason"]
+    ctx = context.setup("03_scaling", params, run_dir, gpus=2, nproc=2, nodes=1)
+    assert "give one" in scaling.run_scaling(ctx)["scaling_factor"]["reason"]
+
+
+@pytest.mark.slow
+def test_the_cards_command_from_the_repo_root_exits_0_on_cpu_and_says_no_gpu(tmp_path):
+    """`papermill notebooks/03_scaling.ipynb out.ipynb -p gpus 2`, as the design card writes it, from the
+    repository root of a machine without GPUs: it runs, writes under outputs/, and says NOT MEASURED."""
+    import json
+    import subprocess
+    import sys
+
+    from suite_helpers import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "papermill", "notebooks/03_scaling.ipynb", str(tmp_path / "out.ipynb"),
+                           "-p", "gpus", "2", "--no-progress-bar"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((ROOT / "outputs" / "nbval" / "03_scaling" / "metrics.json").read_text())
+    assert metrics["status"] == "complete"
+    factor = metrics["records"]["scaling_factor_end_to_end"]
+    assert factor["measured"] is False and "no GPU here" in factor["reason"]

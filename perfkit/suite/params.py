@@ -202,8 +202,10 @@ class NotebookArgs(_Strict):
 
 
 class ScalingArgs(NotebookArgs):
-    gpus: Optional[int] = Field(None, ge=1)  # processes to compare with 1 (GPUs, or CPU processes on CPU); None: params
+    gpus: Optional[int] = Field(None, ge=1)  # GPUs to compare with 1; on a machine without GPUs: NOT MEASURED
+    nproc: Optional[int] = Field(None, ge=1)  # CPU processes to compare with 1, asked for explicitly
     nodes: int = Field(1, ge=1)
+    # gpus and nproc both None: scaling.nproc of the params, on the params' device
 
 
 NOTEBOOK_ARGS: dict[str, type[NotebookArgs]] = {"03_scaling": ScalingArgs}

@@ -30,11 +30,18 @@ def scaling_plan(ctx: Context) -> dict:
     import torch
 
     args: ScalingArgs = ctx.args  # type: ignore[assignment]
-    nproc = args.gpus or ctx.params.scaling.nproc
+    nproc = args.gpus or args.nproc or ctx.params.scaling.nproc
     device = resolved_device(ctx.params)
     gpus = is_cuda(device)
     reason = None
-    if args.nodes != 1:
+    if args.gpus and args.nproc:
+        reason = f"gpus={args.gpus} and nproc={args.nproc}: give one (gpus on a GPU machine, nproc for CPU processes)"
+    elif args.gpus and not gpus:  # gpus means GPUs: CPU processes are never passed off as them
+        reason = (f"gpus={args.gpus}: no GPU here (the params run on {device}); pass nproc={args.gpus} to compare "
+                  "CPU processes instead")
+    elif args.nproc and gpus:
+        reason = f"nproc={args.nproc} asks for CPU processes but the params run on {device}: pass gpus={args.nproc}"
+    elif args.nodes != 1:
         reason = f"nodes={args.nodes}: multi-node runs are not supported (run_multi launches on one host)"
     elif nproc < 2:
         reason = f"gpus={nproc}: scaling needs at least 2 processes"
