@@ -193,7 +193,7 @@ class TokenBudgetPacker:
         if self.on_oversize == "error":
             raise UserError(
                 f"sequence {int(keys[first])} has {int(lengths[first])} tokens, more than the token budget {self.budget}",
-                "raise the token budget or set on_oversize: truncate",
+                "raise the token budget, or build the packer with on_oversize='truncate'",
             )
         self.truncated += int(too_long.sum())
         if tokens is not None:

@@ -177,3 +177,15 @@ def test_a_ranks_failed_check_makes_the_launcher_exit_3_with_one_line(small_fast
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: rank 1: count check failed: fault injected")
     assert not (tmp_path / "o" / "embeddings.h5").exists()
+
+
+def test_an_out_path_that_is_a_file_and_a_frame_too_long_for_the_budget_are_named(small_fasta, tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    assert main(["embed", str(small_fasta), "-o", str(a_file), *RUN_FLAGS]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {a_file} is a file, not a folder — pass a folder path to -o/--out"
+    # a 16-token budget holds no frame of these reads: the error names a frame by id and a fix that works
+    assert main(["embed", str(small_fasta), "-o", str(tmp_path / "o"), *RUN_FLAGS, "--token-budget", "16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: frame read") and "tokens, more than the token budget 16" in err[0]
+    assert "raise --token-budget (embed.token_budget) to at least" in err[0] and "on_oversize" not in err[0]

@@ -102,6 +102,18 @@ def translate_block(first_read: int, records, max_residues: int, field: str = "p
     return keys, [f.id for f in frames], [getattr(f, field) for f in frames]
 
 
+def check_fits(keys: np.ndarray, ids: list[str], lengths: np.ndarray, token_budget: int) -> None:
+    """A frame longer than a whole pack can never be embedded: one error naming it by id, with a fix that
+    works (the packer itself only knows keys)."""
+    too_long = np.flatnonzero(np.asarray(lengths) > token_budget)
+    if len(too_long):
+        first = int(too_long[0])
+        need = int(np.asarray(lengths)[too_long].max())
+        raise UserError(f"frame {ids[first]} has {int(lengths[first])} tokens, more than the token budget "
+                        f"{token_budget} ({len(too_long)} such frame(s) in its block)",
+                        f"raise --token-budget (embed.token_budget) to at least {need}, or lower max_residues")
+
+
 def frameless_reads(first_read: int, records, keys: np.ndarray) -> list[tuple[int, str]]:
     """(read index, id) of a block's reads that kept no frame: every frame of the read was shorter than the
     minimum protein length once cut at its stops (the six-frame rules of `translate`)."""
@@ -153,6 +165,7 @@ class PackedFrames(IterableDataset):
                 continue
             ids_of.update(zip(keys.tolist(), ids))
             tokens, lengths = self.encoder.encode(sequences)
+            check_fits(keys, ids, lengths, self.token_budget)
             packer.add(keys, lengths, tokens)
             for batch in packer.ready():
                 out = self._emit(batch, ids_of, self._counts(translated, truncated, reads, frameless))

@@ -47,6 +47,13 @@ def holder(folder: str | Path) -> str:
         return "pid unknown"
 
 
+def check_is_folder(path) -> None:
+    """--out must be a folder (or not exist yet): a file there is named as such, not as 'not writable'."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a folder", "pass a folder path to -o/--out")
+
+
 @contextmanager
 def out_dir_lock(folder: str | Path):
     """Hold the exclusive lock of `folder` (created if missing) for the block; a UserError at once, writing
@@ -55,6 +62,7 @@ def out_dir_lock(folder: str | Path):
     if held_by_launcher(folder):
         yield
         return
+    check_is_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(folder / LOCK_NAME), timeout=0)

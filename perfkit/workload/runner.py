@@ -36,7 +36,7 @@ from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
 from perfkit.workload.data import PackedFrames, Shard, block_offsets
-from perfkit.workload.lock import out_dir_lock
+from perfkit.workload.lock import check_is_folder, out_dir_lock
 from perfkit.workload.translate import FRAMES, Truncation
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ def check_same_input(cfg: EmbedConfig, before: dict | None) -> dict | None:
 
 def prepare_out_dir(cfg: EmbedConfig) -> None:
     out = cfg.out_dir
+    check_is_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
