@@ -26,16 +26,21 @@ class LiveProgress:
         self.gpu_util: float | None = None
         self.postfix_updates = 0
 
-    def update(self, sequences: int, real_tokens: int, budget_tokens: int) -> None:
+    def update(self, sequences: int, real_tokens: int, budget_tokens: int, advance: int | None = None) -> None:
+        """`advance`: what the bar counts when that is not sequences (e.g. input reads, whose total is known
+        before any frame is translated)."""
         self.sequences += sequences
         self.real_tokens += real_tokens
         self.budget_tokens += budget_tokens
-        self.bar.update(sequences)
+        self.bar.update(sequences if advance is None else advance)
         now = time.perf_counter()
         if now - self._last_postfix >= self.min_interval_s:
             self._last_postfix = now
             self.bar.set_postfix_str(self.postfix(now), refresh=False)
             self.postfix_updates += 1
+
+    def set_description(self, desc: str) -> None:
+        self.bar.set_description_str(desc, refresh=True)
 
     def set_gpu_util(self, percent: float | None) -> None:
         self.gpu_util = percent
@@ -44,7 +49,7 @@ class LiveProgress:
         elapsed = max((now or time.perf_counter()) - self.t0, 1e-9)
         eff = self.real_tokens / self.budget_tokens if self.budget_tokens else float("nan")
         util = f"{self.gpu_util:.0f}%" if self.gpu_util is not None else "n/a"
-        return f"tok/s={self.real_tokens / elapsed:,.0f} gpu={util} pack={eff:.1%}"
+        return f"seq/s={self.sequences / elapsed:,.0f} tok/s={self.real_tokens / elapsed:,.0f} gpu={util} pack={eff:.1%}"
 
     def close(self) -> None:
         self.bar.set_postfix_str(self.postfix(), refresh=True)

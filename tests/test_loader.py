@@ -155,3 +155,17 @@ def test_the_planning_scan_refuses_an_id_repeated_in_another_block(tmp_path):
         block_offsets(path, block_reads=4)
     path.write_text(">r1\nAC\n>r10\nAC\n>r1x\nAC\n")  # prefixes of each other are different ids
     assert len(block_offsets(path, block_reads=1)) == 4
+
+
+def test_a_shard_knows_its_reads_before_any_is_translated(tmp_path):
+    from conftest import orf_fasta
+    from perfkit.workload.data import Shard, block_offsets
+
+    fasta = orf_fasta(tmp_path / "s.fa", 23)
+    offsets = tuple(block_offsets(fasta, block_reads=5).tolist())  # blocks of 5, 5, 5, 5, 3 reads
+    assert Shard(offsets=offsets).reads(fasta, 5) == 23
+    assert Shard(blocks=(0, 1), offsets=offsets).reads(fasta, 5) == 10
+    assert Shard(blocks=(3, 4), offsets=offsets).reads(fasta, 5) == 8  # the short last block counted
+    capped = tuple(block_offsets(fasta, block_reads=5, max_reads=12).tolist())
+    assert Shard(offsets=capped).reads(fasta, 5) == 12
+    assert Shard().reads(fasta, 5) is None  # gzip or chunked input: no total up front

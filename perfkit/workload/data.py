@@ -56,6 +56,21 @@ class Shard:
         """block index -> its position among this shard's blocks (None: every block, position = index)."""
         return None if self.blocks is None else {b: i for i, b in enumerate(self.blocks)}
 
+    def reads(self, fasta, block_reads: int) -> int | None:
+        """Input reads in this shard's blocks (every block holds `block_reads` but the file's last, whose
+        headers are counted); None without offsets (gzip, chunked reads: the total is unknown up front)."""
+        if self.offsets is None:
+            return None
+        last = len(self.offsets) - 2
+        mine = range(last + 1) if self.blocks is None else self.blocks
+        total = len(mine) * block_reads
+        if last >= 0 and last in mine:
+            tail = np.memmap(fasta, dtype=np.uint8, mode="r")[self.offsets[last] : self.offsets[last + 1]]
+            at = np.flatnonzero(tail == ord(">"))
+            headers = int(np.count_nonzero(np.where(at > 0, tail[np.maximum(at - 1, 0)], ord("\n")) == ord("\n")))
+            total -= block_reads - headers
+        return total
+
     def worker_blocks(self, worker: int, workers: int) -> list[int]:
         """With offsets: the blocks DataLoader worker `worker` of `workers` embeds (they take turns)."""
         mine = range(len(self.offsets) - 1) if self.blocks is None else self.blocks

@@ -255,10 +255,16 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     peak = None
     if run.device.type == "cuda":
         peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_tflops(run.device) * 1e12
+    name = f"{run.stage} {cfg.model}" + (f" rank{rank}" if world > 1 else "")
+    # counts input reads (known before any frame is translated): a total, a percentage and an ETA
+    progress = LiveProgress(total=shard.reads(cfg.input, cfg.block_reads) if cfg.mode == "v2" else None,
+                            desc=f"{name}: loading the model", unit="read" if cfg.mode == "v2" else "frame",
+                            disable=not cfg.progress)
     with run.telemetry.stage("model_load"):
         model, weights_info = build_model(run)
     run.sampler.start()
-    progress = LiveProgress(desc=f"{cfg.mode} {cfg.model} rank{rank}", disable=not cfg.progress)
+    progress.set_description(f"{name}: first batch (compiling)" if cfg.compile and run.device.type == "cuda"
+                             else name)
     loop_start = run.telemetry.now()
     # batch arrival times count from here, the clock of `wall`: steady-state rates (wall - first steady
     # arrival) must not count model loading and the peak-FLOPs probe as embedding time
@@ -450,6 +456,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
         run.frameless.extend(batch.get("frameless_reads") or ())
         run.truncated.add(batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"])  # workers count
         if batch["sequences"] == 0:
+            progress.update(0, 0, 0, advance=batch.get("reads_seen", 0))
             continue
         host_start = time.perf_counter()
         keys, ids = batch["keys"].numpy(), batch["ids"]
@@ -464,7 +471,9 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
                             host_s=time.perf_counter() - host_start, span=span, sequences=batch["sequences"],
                             real_tokens=batch["real_tokens"], slot_tokens=batch["slot_tokens"],
                             budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth)
-        progress.update(batch["sequences"], batch["real_tokens"], batch["budget_tokens"])
+        progress.update(batch["sequences"], batch["real_tokens"], batch["budget_tokens"], advance=batch.get("reads_seen", 0))
+        if batch_index == 0 and cfg.compile and device.type == "cuda":
+            progress.set_description(progress.bar.desc.split(":")[0])  # compiled: the stage's own name again
         if run.on_batch is not None:
             run.on_batch(batch_index)
         if batch_index % 20 == 0:
