@@ -59,6 +59,9 @@ def readme(run_dir: Path, *, command: str, commit: str, gpus: list[str]) -> str:
         "- files: the suite's own output, copied unchanged by `perfkit publish`: executed notebooks as HTML "
         "(figures inside), summary.json, suite.json, sample.json and each notebook's JSON records. Left out: "
         "runs/ (shards, telemetry), the sample FASTA, PNGs (inside the HTML), the executed .ipynb.",
+        "- weights: seeded random for every model the suite runs (the nucleotide model and the classifier "
+        "always; ESM-2 unless the params set embed.weights). Vectors and calls mean nothing biologically; the "
+        "performance figures stand. Each notebook's HTML opens with the same banner.",
         "",
         *rows,
         "",

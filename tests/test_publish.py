@@ -43,6 +43,7 @@ def test_a_report_holds_html_and_json_never_shards_fasta_or_pngs(run_dir, tmp_pa
     readme = (ref / "README.md").read_text()
     assert "verdict **FAIL**" in readme and "| two_gpu_scaling | >= 1.9 x | 1.866 | FAIL |" in readme
     assert "NOT MEASURED (no NVIDIA driver)" in readme and "03_scaling 146 s (complete)" in readme
+    assert "- weights: seeded random" in readme and "mean nothing biologically" in readme
     assert done["files"] == 8
 
 

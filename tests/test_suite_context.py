@@ -79,3 +79,12 @@ def test_gpu_util_mean_single_multi_and_unmeasured():
     half = {"0": measured, "1": host}  # one GPU unmeasured: the mean is not a measurement
     assert context.gpu_util_mean(fake_summary(gpu=half))["measured"] is False
     assert context.gpu_util_mean(fake_summary())["measured"] is False
+
+
+def test_every_notebook_starts_with_the_random_weights_banner(tmp_path, capsys):
+    context.setup("06_summary", SMOKE, tmp_path)
+    out = capsys.readouterr().out
+    assert "**Random weights** (ESM-2 (esm2_t6_8M), DNABERT-S, the classifier" in out
+    assert "mean nothing biologically" in out and "performance figures" in out
+    params = context.load_suite_params(SMOKE, {"embed": {"weights": "/models/esm2.pt"}})
+    assert "ESM-2" not in context.random_weights_banner(params)  # real ESM-2 weights: only the others are named

@@ -113,7 +113,32 @@ def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **
         ensure_sample(params, root)
     ctx.out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("perfkit.sampler").setLevel(logging.ERROR)  # not-measured GPU util is stated in the figures
+    _show(random_weights_banner(params))
     return ctx
+
+
+def random_weights_banner(params: SuiteParams) -> str:
+    """The banner every notebook (and so every report) starts with: which models run on seeded random
+    weights. The suite's nucleotide model and classifier always do; ESM-2 unless `embed.weights` is set."""
+    parts = ([] if params.embed.get("weights") else [f"ESM-2 ({params.embed.get('model', 'esm2_t6_8M')})"]) + \
+        ["DNABERT-S", "the classifier"]
+    return (f"**Random weights** ({', '.join(parts)}: seeded random init). Vectors and per-read calls mean "
+            "nothing biologically; the performance figures (throughput, MFU, packing, scaling, time) stand, "
+            "since the work per token does not depend on the weights' values.")
+
+
+def _show(markdown: str) -> None:
+    """Rendered as markdown in a notebook (and its HTML report), printed elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(markdown))
+            return
+    except ImportError:
+        pass
+    print(markdown)
 
 
 def ensure_sample(params: SuiteParams, run_dir: str | Path) -> tuple[Path, dict]:
