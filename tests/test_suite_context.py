@@ -56,6 +56,20 @@ def test_finish_writes_metrics_json(tmp_path):
     assert data["records"]["t"] == [{"x": 1.0}, {"x": None}]
 
 
+def test_each_notebook_ends_with_its_conclusion(tmp_path, capsys):
+    ctx = context.setup("02_profiling", write_params(tmp_path, sample={"reads": 20}), tmp_path)
+    assert "no criterion comes from this notebook" in ctx.conclusion({})
+    ctx = context.setup("03_scaling", write_params(tmp_path, sample={"reads": 20}), tmp_path)
+    capsys.readouterr()
+    ctx.finish({"scaling_factor_end_to_end": 1.37})
+    out = capsys.readouterr().out
+    assert "**Conclusion (03_scaling)**" in out and "- two_gpu_scaling: 1.37 x (target >= 1.9 x): **FAIL**" in out
+    ctx = context.setup("05_full_validation", write_params(tmp_path, sample={"reads": 20}), tmp_path)
+    text = ctx.conclusion({"gpu_util_full_sample": crit.not_measured("no NVIDIA driver"), "packing_efficiency": 0.99})
+    assert "gpu_utilisation: not measured (target >= 70 %): **NOT MEASURED** — no NVIDIA driver" in text
+    assert "packing_efficiency: 0.99 fraction (target >= 0.9 fraction): **PASS**" in text
+
+
 def test_ratio_and_markers():
     assert context.ratio(10, 4, "x") == 2.5
     for a, b in [(None, 1), (1, None), (float("nan"), 1), (1, 0), ({"measured": False}, 1)]:

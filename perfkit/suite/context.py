@@ -72,7 +72,25 @@ class Context:
                    "params_name": self.params.name, "seconds": time.time() - self.started,
                    "records": {k: _plain(v) for k, v in headline.items()}, "details": _plain(details or {})}
         write_json(self.path("metrics.json"), payload)
+        _show(self.conclusion(payload["records"]))
         return payload
+
+    def conclusion(self, records: dict) -> str:
+        """The notebook's closing lines, from its own records: every criterion it feeds, measured against
+        its target (the same rule as 06), or that it feeds none."""
+        from perfkit import criteria as crit
+
+        mine = [c for c in crit.criteria_from_params(self.params.criteria) if c.source == self.notebook]
+        if not mine:
+            return f"**Conclusion ({self.notebook})**: no criterion comes from this notebook; its figures are above."
+        lines = [f"**Conclusion ({self.notebook})**, the criteria this notebook measures:"]
+        for c in mine:
+            row = crit.evaluate(c, records)
+            measured = "not measured" if row["measured"] is None else f"{row['measured']:.4g} {c.unit}".rstrip()
+            why = f" — {row['reason']}" if row["reason"] else ""
+            lines.append(f"- {c.name}: {measured} (target {c.comparison} {c.target:g} {c.unit}".rstrip() +
+                         f"): **{row['status']}**{why}")
+        return "\n".join(lines)
 
 
 def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **args) -> Context:
