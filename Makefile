@@ -41,9 +41,11 @@ GPU_NODE_HAS = numpy pandas pyarrow seaborn matplotlib h5py pyyaml tqdm psutil p
   nvidia-ml-py typing-extensions jinja2 markupsafe pygments attrs packaging pillow contourpy cycler \
   fonttools kiwisolver pyparsing python-dateutil six requests urllib3 idna certifi charset-normalizer \
   click
+# and what it never runs: the browser test is CPU-only
+GPU_NODE_SKIPS = selenium
 wheelhouse-gpu: venv
 	rm -rf .wheelhouse-gpu
-	$(VENV)/bin/perfkit wheelhouse --out .wheelhouse-gpu --skip $(GPU_NODE_HAS)
+	$(VENV)/bin/perfkit wheelhouse --out .wheelhouse-gpu --skip $(GPU_NODE_HAS) $(GPU_NODE_SKIPS)
 
 lab: venv  # make lab ARGS="--allow-root --no-browser --ip=127.0.0.1"
 	$(VENV)/bin/jupyter lab notebooks $(ARGS)
