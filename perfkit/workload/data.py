@@ -23,6 +23,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -134,6 +135,32 @@ def frameless_reads(first_read: int, records, keys: np.ndarray) -> list[tuple[in
     minimum protein length once cut at its stops (the six-frame rules of `translate`)."""
     have = set((np.asarray(keys, np.int64) // FRAMES_PER_READ).tolist())
     return [(first_read + i, rid) for i, (rid, _) in enumerate(records) if first_read + i not in have]
+
+
+# per rank: "read index<TAB>id" of the reads that kept no frame, in input order (predict writes them as no_frame)
+FRAMELESS_FILE = "reads_without_frames.r{rank}.tsv"
+
+
+def write_frameless(out_dir, rank: int, frameless: list[tuple[int, str]]) -> Path:
+    """OUT/reads_without_frames.rNNN.tsv of one rank, temp file then rename (written even when empty, so a
+    reader can tell 'none' from 'not written')."""
+    path = Path(out_dir) / FRAMELESS_FILE.format(rank=f"{rank:03d}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{index}\t{rid}\n" for index, rid in sorted(frameless)))
+    os.replace(tmp, path)
+    return path
+
+
+def read_frameless(out_dir, lo_read: int = 0, hi_read: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(read indices, ids) of every rank's reads without a frame with index in [lo_read, hi_read), sorted."""
+    pairs = []
+    for path in sorted(Path(out_dir).glob(FRAMELESS_FILE.format(rank="*"))):
+        for line in path.read_text().splitlines():
+            index, rid = line.split("\t", 1)
+            if int(index) >= lo_read and (hi_read is None or int(index) < hi_read):
+                pairs.append((int(index), rid))
+    pairs.sort()
+    return np.array([p[0] for p in pairs], dtype=np.int64), [p[1] for p in pairs]
 
 
 class PackedFrames(IterableDataset):

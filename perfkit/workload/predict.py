@@ -38,8 +38,9 @@ from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
+from perfkit.workload.data import read_frameless
 from perfkit.workload.lock import mark_held, out_dir_lock
-from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, read_frameless, run_embed
+from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 
 NUCLEOTIDE_MODEL = "dnabert_s"

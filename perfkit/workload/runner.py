@@ -32,10 +32,10 @@ from perfkit.progress import LiveProgress
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.telemetry import Telemetry
-from perfkit.workload import esm2, store
+from perfkit.workload import esm2, store, v1
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
-from perfkit.workload.data import PackedFrames, Shard, block_offsets
+from perfkit.workload.data import FRAMELESS_FILE, PackedFrames, Shard, block_offsets, write_frameless
 from perfkit.workload.lock import check_is_folder, out_dir_lock
 from perfkit.workload.translate import FRAMES, Truncation
 
@@ -274,9 +274,9 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
             if cfg.mode == "v2":
                 capped = _loop_v2(run, model, done_keys, progress)
             elif run.encoder.nucleotide:
-                capped = _loop_v1_nucleotide(run, model, done_keys, progress)
+                capped = v1.loop_nucleotide(run, model, done_keys, progress)
             else:
-                capped = _loop_v1(run, model, done_keys, progress)
+                capped = v1.loop_protein(run, model, done_keys, progress)
         wall = run.telemetry.now() - loop_start
     finally:
         progress.close()
@@ -311,32 +311,6 @@ def run_result(share: Share, frames_translated: int, capped: bool | None = None,
 
 
 TRUNCATED_IDS = "truncated_sequences.txt"
-# per rank: "read index<TAB>id" of the reads that kept no frame, in input order (predict writes them as no_frame)
-FRAMELESS_FILE = "reads_without_frames.r{rank}.tsv"
-
-
-def write_frameless(out_dir, rank: int, frameless: list[tuple[int, str]]) -> Path:
-    """OUT/reads_without_frames.rNNN.tsv of one rank, temp file then rename (written even when empty, so a
-    reader can tell 'none' from 'not written')."""
-    path = Path(out_dir) / FRAMELESS_FILE.format(rank=f"{rank:03d}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{index}\t{rid}\n" for index, rid in sorted(frameless)))
-    os.replace(tmp, path)
-    return path
-
-
-def read_frameless(out_dir, lo_read: int = 0, hi_read: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """(read indices, ids) of every rank's reads without a frame with index in [lo_read, hi_read), sorted."""
-    pairs = []
-    for path in sorted(Path(out_dir).glob(FRAMELESS_FILE.format(rank="*"))):
-        for line in path.read_text().splitlines():
-            index, rid = line.split("\t", 1)
-            if int(index) >= lo_read and (hi_read is None or int(index) < hi_read):
-                pairs.append((int(index), rid))
-    pairs.sort()
-    return np.array([p[0] for p in pairs], dtype=np.int64), [p[1] for p in pairs]
-
-
 def write_truncated_ids(out_dir, ids) -> str | None:
     """OUT/truncated_sequences.txt: the ids of the frames cut to max_residues, one a line, sorted; None when
     there are none (an earlier run's list is removed)."""
@@ -554,133 +528,17 @@ def build_model(run: Run):
     """
     cfg = run.cfg
     if cfg.mode == "v1" and not run.encoder.nucleotide:
-        return build_fairesm_model(cfg, run.device)
+        return v1.build_fairesm_model(cfg, run.device)
     if cfg.mode == "v1" or cfg.random_init == "perfkit" or cfg.weights is not None:
         model, info = run.encoder.build(cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
         if run.encoder.nucleotide:
             model.packed_attention = cfg.nt_attention
         return model, info
-    reference, info = build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
+    reference, info = v1.build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
     model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
     esm2.load_fairesm_state_dict(model, reference.state_dict())
     del reference
     return model, info
-
-
-# ---------------------------------------------------------------------------- v1
-
-def build_fairesm_model(cfg: EmbedConfig, device: torch.device):
-    """fair-esm's own ESM2 module: a checkpoint when given, else seeded random init (fair-esm's init)."""
-    import esm
-
-    if cfg.weights is not None:
-        model, _ = esm.pretrained.load_model_and_alphabet_local(str(cfg.weights))
-        info = {"source": "fair-esm", "path": str(cfg.weights)}
-    else:
-        conf = esm2.get_config(cfg.model)
-        torch.manual_seed(cfg.seed)
-        with torch.device(device):
-            model = esm.model.esm2.ESM2(num_layers=conf.num_layers, embed_dim=conf.embed_dim,
-                                        attention_heads=conf.attention_heads,
-                                        alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
-        info = {"source": "random (fair-esm init)", "seed": cfg.seed}
-    model = model.to(device).eval()
-    if cfg.precision == "fp16":
-        model = model.half()
-    elif cfg.precision == "bf16":
-        model = model.to(torch.bfloat16)
-    return model, info
-
-
-def _v1_files(run: Run, done_keys):
-    """v1 translated the input into files of `v1_file_sequences` sequences and embedded file by file."""
-    from perfkit.workload.data import frameless_reads, read_blocks, translate_block
-
-    cfg = run.cfg
-    keys_buf, ids_buf, proteins_buf = [], [], []
-    for _, first, records in read_blocks(cfg.input, 1024, cfg.max_reads, cfg.chunk_bp):
-        keys, ids, proteins = translate_block(first, records, cfg.max_residues, run.encoder.frame_field, run.truncated)
-        run.frames_translated += len(keys)
-        run.reads_seen += len(records)
-        run.frameless += frameless_reads(first, records, keys)
-        if done_keys.size:
-            keep = ~np.isin(keys, done_keys)
-            keys, ids, proteins = keys[keep], [i for i, k in zip(ids, keep) if k], [p for p, k in zip(proteins, keep) if k]
-        keys_buf.append(keys)
-        ids_buf += ids
-        proteins_buf += proteins
-        if len(ids_buf) >= cfg.v1_file_sequences:
-            yield np.concatenate(keys_buf), ids_buf, proteins_buf
-            keys_buf, ids_buf, proteins_buf = [], [], []
-    if ids_buf:
-        yield np.concatenate(keys_buf), ids_buf, proteins_buf
-
-
-def _loop_v1(run: Run, model, done_keys, progress) -> bool:
-    """fair-esm extract style: get_batch_indices + batch converter, synchronous, one process."""
-    import esm
-
-    cfg, device = run.cfg, run.device
-    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    converter = alphabet.get_batch_converter(truncation_seq_length=cfg.max_residues)
-    layer = model.num_layers
-    cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
-    batch_index = 0
-    waited_since = time.perf_counter()
-    for keys, ids, proteins in _v1_files(run, done_keys):
-        dataset = esm.data.FastaBatchedDataset(list(range(len(ids))), proteins)
-        for indices in dataset.get_batch_indices(cfg.v1_toks_per_batch, extra_toks_per_seq=1):
-            labels, strs, toks = converter([dataset[i] for i in indices])
-            arrive = time.perf_counter()
-            host_start = arrive
-            with run.busy.measure() as span, torch.no_grad():
-                out = model(toks.to(device, non_blocking=True), repr_layers=[layer], return_contacts=False)
-                reps = out["representations"][layer]
-                vectors = torch.stack([reps[i, 1 : len(s) + 1].float().mean(0) for i, s in enumerate(strs)]).cpu()
-            picked = keys[labels]
-            run.store.add(picked, [ids[i] for i in labels], vectors.numpy())
-            lengths = np.array([len(s) + 2 for s in strs])
-            real = int(lengths.sum())
-            run.keep_for_verification(picked, toks[0].numpy(), lengths, batch_index)
-            run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
-                                host_s=time.perf_counter() - host_start, span=span, sequences=len(strs),
-                                real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch)
-            progress.update(len(strs), real, cfg.v1_toks_per_batch)
-            batch_index += 1
-            waited_since = time.perf_counter()
-            if cap.reached(batch_index):
-                return True
-    return False
-
-
-def _loop_v1_nucleotide(run: Run, model, done_keys, progress) -> bool:
-    """v1.0's nucleotide stage: fixed batches of `v1_nt_batch_sequences` in file order, padded, synchronous."""
-    from perfkit.workload.dnabert import pad_batch
-
-    cfg, device, encoder = run.cfg, run.device, run.encoder
-    size = cfg.v1_nt_batch_sequences
-    cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
-    batch_index = 0
-    waited_since = time.perf_counter()
-    for keys, ids, sequences in _v1_files(run, done_keys):
-        for lo in range(0, len(ids), size):
-            tokens, lengths = encoder.encode(sequences[lo : lo + size])
-            padded = torch.from_numpy(pad_batch(tokens, lengths, encoder.pad_id))
-            arrive = host_start = time.perf_counter()
-            with run.busy.measure() as span, torch.no_grad():
-                vectors = model.forward_padded(padded.to(device), pad_id=encoder.pad_id).float().cpu()
-            run.store.add(keys[lo : lo + size], ids[lo : lo + size], vectors.numpy())
-            run.keep_for_verification(keys[lo : lo + size], tokens, lengths, batch_index)
-            real = int(lengths.sum())
-            run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
-                                host_s=time.perf_counter() - host_start, span=span, sequences=len(lengths),
-                                real_tokens=real, slot_tokens=int(padded.numel()), budget_tokens=int(padded.numel()))
-            progress.update(len(lengths), real, int(padded.numel()))
-            batch_index += 1
-            waited_since = time.perf_counter()
-            if cap.reached(batch_index):
-                return True
-    return False
 
 
 # ---------------------------------------------------------------------------- checks
