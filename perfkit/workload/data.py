@@ -67,9 +67,7 @@ class Shard:
         total = len(mine) * block_reads
         if last >= 0 and last in mine:
             tail = np.memmap(fasta, dtype=np.uint8, mode="r")[self.offsets[last] : self.offsets[last + 1]]
-            at = np.flatnonzero(tail == ord(">"))
-            headers = int(np.count_nonzero(np.where(at > 0, tail[np.maximum(at - 1, 0)], ord("\n")) == ord("\n")))
-            total -= block_reads - headers
+            total -= block_reads - len(header_starts(tail))  # the block starts at a header: a line start
         return total
 
     def worker_blocks(self, worker: int, workers: int) -> list[int]:
@@ -265,6 +263,14 @@ def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, blo
                for _, first, recs in read_blocks(fasta, block_reads, max_reads, chunk_bp))
 
 
+def header_starts(part: np.ndarray, byte_before: int = ord("\n")) -> np.ndarray:
+    """Positions in `part` of every '>' at a line start (a FASTA header); `byte_before`: the byte preceding
+    `part` in the file (a newline at the file's start)."""
+    at = np.flatnonzero(part == ord(">"))
+    before = np.where(at > 0, part[np.maximum(at - 1, 0)], byte_before)
+    return at[before == ord("\n")]
+
+
 def block_offsets(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26
                   ) -> np.ndarray | None:
     """Byte offset of the first header of every block of `block_reads` reads, then the end of the last
@@ -279,10 +285,7 @@ def block_offsets(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, sca
     data = np.memmap(fasta, dtype=np.uint8, mode="r") if os.path.getsize(fasta) else np.empty(0, np.uint8)
     heads = []
     for start in range(0, len(data), scan_bytes):
-        part = data[start : start + scan_bytes]
-        at = np.flatnonzero(part == ord(">"))
-        before = np.where(at > 0, part[np.maximum(at - 1, 0)], data[start - 1] if start else ord("\n"))
-        heads.append(at[before == ord("\n")] + start)  # '>' at a line start: a header
+        heads.append(header_starts(data[start : start + scan_bytes], data[start - 1] if start else ord("\n")) + start)
     heads = np.concatenate(heads) if heads else np.empty(0, np.int64)
     reads = len(heads) if max_reads is None else min(len(heads), max_reads)
     check_unique_ids(fasta, data, heads[:reads])
