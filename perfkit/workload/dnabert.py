@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2
-from perfkit.workload.layers import empty_model_on, init_normal_, pool_segments, repadded_attention
+from perfkit.workload.layers import (compiled_flex_attention, empty_model_on, flex_block_mask, init_normal_,
+                                     pool_segments, repadded_attention)
 from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
 
 # ----------------------------------------------------------------------------
@@ -237,45 +238,6 @@ def alibi_mask(slopes: torch.Tensor, key_is_real: torch.Tensor, dtype) -> torch.
     return bias.to(dtype)
 
 
-@functools.cache
-def _compiled_flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=True)
-
-
-FLEX_BLOCK = 128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
-
-
-def flex_block_mask(seq_index, cu_seqlens):
-    """flex BlockMask for packed tokens [N]: a token sees only tokens of its own sequence.
-
-    Built in O(tiles^2) integer ops from the packing itself (a query tile can only reach the key tiles
-    between the first token of its first sequence and the last token of its last one), instead of
-    evaluating the mask on all N x N pairs as create_block_mask does: at a 64K-token pack that is
-    4 G evaluations a forward. Every listed tile is partial (the mask applies inside it). No host sync."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    n = seq_index.shape[0]
-    tiles = -(-n // FLEX_BLOCK)
-    device = seq_index.device
-    first = torch.arange(tiles, device=device) * FLEX_BLOCK
-    last = torch.clamp(first + FLEX_BLOCK, max=n) - 1
-    cu = cu_seqlens.long()
-    lo = cu[seq_index[first]] // FLEX_BLOCK
-    hi = (cu[seq_index[last] + 1] - 1) // FLEX_BLOCK
-    # row i lists tiles lo_i, lo_i + 1, ...; entries past its count are never read
-    indices = torch.clamp(lo[:, None] + torch.arange(tiles, device=device)[None, :], max=tiles - 1)
-    counts = hi - lo + 1
-
-    def same_sequence(b, h, q_idx, kv_idx):
-        return seq_index[q_idx] == seq_index[kv_idx]
-
-    return BlockMask.from_kv_blocks(counts.to(torch.int32)[None, None], indices.to(torch.int32)[None, None],
-                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_sequence, seq_lengths=(n, n),
-                                    compute_q_blocks=False)
-
-
 def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool, inside_compiled: bool = False):
     """Packed [N, H, hd] attention with ALiBi under `block_mask` (see flex_block_mask).
 
@@ -290,7 +252,7 @@ def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool, inside_com
     if inside_compiled:
         out = flex_attention(q, k, v, score_mod=alibi, block_mask=block_mask)
     elif compiled:
-        out = _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask)
+        out = compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask)
     else:
         with warnings.catch_warnings():  # eager flex is slow, and we know: only small CPU checks use it
             warnings.filterwarnings("ignore", message=".*flex_attention.*")

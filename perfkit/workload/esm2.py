@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from perfkit.errors import UserError
-from perfkit.workload.layers import empty_model_on, init_normal_, pool_segments, repadded_attention
+from perfkit.workload.layers import (empty_model_on, flex_block_mask, flex_packed_attention, init_normal_,
+                                     pool_segments, repadded_attention)
 
 # ----------------------------------------------------------------------------
 # configs
@@ -148,6 +149,34 @@ def packed_inputs(tokens: np.ndarray, lengths: np.ndarray, pool_all_tokens: bool
     }
 
 
+def pad_packed(packed: dict, *, token_budget: int, max_seqs: int, max_seqlen: int) -> dict:
+    """packed_inputs padded to fixed shapes: exactly `token_budget` tokens, `max_seqs` sequences, `max_seqlen`.
+
+    Static shapes let torch.compile autotune one GEMM per shape and capture CUDA graphs. The filler
+    tokens are <pad> in extra sequences of at most `max_seqlen` tokens (they attend only to each other)
+    with pool weight 0; the sequence count is padded with empty sequences. forward_packed then returns
+    `max_seqs` rows: the first len(packed["cu_seqlens"]) - 1 are the real ones."""
+    tokens, cu = packed["tokens"], packed["cu_seqlens"]
+    real_tokens, real_seqs = int(cu[-1]), cu.size - 1
+    fill = token_budget - real_tokens
+    filler = [max_seqlen] * (fill // max_seqlen) + ([fill % max_seqlen] if fill % max_seqlen else [])
+    if fill < 0 or packed["max_seqlen"] > max_seqlen or real_seqs + len(filler) > max_seqs:
+        raise ValueError(f"pack of {real_tokens} tokens / {real_seqs} sequences / longest {packed['max_seqlen']} "
+                         f"does not fit {token_budget} / {max_seqs} / {max_seqlen}")
+    filler_lengths = np.asarray(filler, dtype=np.int64)
+    filler_inputs = packed_inputs(np.full(fill, PAD_IDX, dtype=np.int64), filler_lengths)
+    empty = max_seqs - real_seqs - filler_lengths.size
+    return {
+        "tokens": np.concatenate([tokens, filler_inputs["tokens"]]).astype(np.int64),
+        "positions": np.concatenate([packed["positions"], filler_inputs["positions"]]).astype(np.int32),
+        "cu_seqlens": np.concatenate([cu, cu[-1] + filler_inputs["cu_seqlens"][1:],
+                                      np.full(empty, token_budget, dtype=np.int32)]).astype(np.int32),
+        "max_seqlen": max_seqlen,
+        "seq_index": np.concatenate([packed["seq_index"], real_seqs + filler_inputs["seq_index"]]).astype(np.int32),
+        "pool_weight": np.concatenate([packed["pool_weight"], np.zeros(fill, dtype=np.float32)]).astype(np.float32),
+    }
+
+
 def packed_to_torch(packed: dict, device="cpu") -> dict:
     """numpy packed_inputs -> torch tensors on `device` (max_seqlen stays a Python int)."""
     return {
@@ -216,13 +245,26 @@ class ESM2(nn.Module):
         self.final_norm = nn.LayerNorm(config.embed_dim)  # fair-esm: emb_layer_norm_after
         self.scale = config.head_dim**-0.5
         # which attention kernel really ran, one count per forward call
-        self.attention_calls = {"varlen_attn": 0, "sdpa_repadded": 0, "sdpa_padded": 0}
+        self.attention_calls = {"varlen_attn": 0, "flex_attention": 0, "sdpa_repadded": 0, "sdpa_padded": 0}
+        # packed path kernel: "auto" = varlen_attn on CUDA fp16/bf16, else sdpa_repadded; or name one
+        self.packed_attention = "auto"
+        self.blocks_compiled = False
 
-    def compile_blocks(self) -> "ESM2":
-        """torch.compile each block (fuses norms, rotary, GELU, residuals); dynamic token counts, one graph for all."""
+    def compile_blocks(self, mode: str | None = None, dynamic: bool = True) -> "ESM2":
+        """torch.compile each block (fuses norms, rotary, GELU, residuals); one graph for all blocks.
+
+        dynamic=True: any token count, compiled once. dynamic=False with packs padded to fixed shapes
+        (pad_packed) lets mode="max-autotune" pick GEMM kernels per shape and capture CUDA graphs."""
         for layer in self.layers:
-            layer.forward = torch.compile(layer.forward, dynamic=True)
+            layer.forward = torch.compile(layer.forward, dynamic=dynamic, mode=mode)
+        self.blocks_compiled = True
         return self
+
+    def _packed_kernel(self, x) -> str:
+        if self.packed_attention != "auto":
+            return self.packed_attention
+        half_on_cuda = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+        return "varlen_attn" if half_on_cuda and _varlen_attn_fn() is not None else "sdpa_repadded"
 
     def embed(self, tokens, mask_ratio):
         """Token embedding with fair-esm's inference-time token-dropout rescale."""
@@ -265,8 +307,9 @@ class ESM2(nn.Module):
     def forward_packed(self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False):
         """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
 
-        CUDA + fp16/bf16: torch.nn.attention.varlen.varlen_attn (FlashAttention varlen).
-        Otherwise: scatter into a padded [B, max_seqlen] view, one masked SDPA, gather back.
+        varlen_attn: torch.nn.attention.varlen.varlen_attn (FlashAttention varlen), CUDA fp16/bf16.
+        flex: flex_attention under a same-sequence block mask.
+        sdpa_repadded: scatter into a padded [B, max_seqlen] view, one masked SDPA, gather back.
         """
         num_seqs = cu_seqlens.numel() - 1
         seq_index = seq_index.long()
@@ -279,24 +322,28 @@ class ESM2(nn.Module):
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, x.dtype)
         cos, sin = cos[:, None, :], sin[:, None, :]  # [N, 1, hd] against [N, H, hd]
 
-        varlen_attn = _varlen_attn_fn()
-        use_varlen = varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-        if use_varlen:
-            cu = cu_seqlens.to(torch.int32)
+        kernel = self._packed_kernel(x)
+        if kernel == "varlen_attn":
+            varlen_attn, cu = _varlen_attn_fn(), cu_seqlens.to(torch.int32)
 
             def attend(q, k, v):  # [N, H, hd]
                 return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=self.scale)
+        elif kernel == "flex":
+            block_mask = flex_block_mask(seq_index, cu_seqlens)
 
-            self.attention_calls["varlen_attn"] += 1
-        else:
+            def attend(q, k, v):  # [N, H, hd]
+                return flex_packed_attention(q, k, v, block_mask, scale=self.scale, compiled=x.is_cuda,
+                                             inside_compiled=self.blocks_compiled)
+        elif kernel == "sdpa_repadded":
             slot = seq_index * max_seqlen + positions.long()  # row in the padded [B*T] view
             key_mask = (torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None])[:, None, None, :]
 
             def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
                 return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
                                           mask=key_mask, scale=self.scale)
-
-            self.attention_calls["sdpa_repadded"] += 1
+        else:
+            raise UserError(f"unknown packed attention {kernel!r}", "use 'auto', 'varlen_attn', 'flex' or 'sdpa_repadded'")
+        self.attention_calls["flex_attention" if kernel == "flex" else kernel] += 1
 
         for layer in self.layers:
             x = layer(x, cos, sin, attend)
@@ -357,6 +404,36 @@ def load_fairesm_state_dict(model: ESM2, state_dict: dict) -> ESM2:
         model.load_state_dict(ours, strict=True)
     except RuntimeError as exc:  # shape mismatch: other width than the model name says
         raise UserError(f"weights do not fit {model.config.name}: {exc}", "pass the matching model name") from exc
+    return model
+
+
+def fairesm_state_dict(model: ESM2) -> dict:
+    """Our weights under fair-esm's names (the inverse of load_fairesm_state_dict; qkv split in three)."""
+    ours, out = model.state_dict(), {"embed_tokens.weight": model.state_dict()["embed_tokens.weight"]}
+    for part in ("weight", "bias"):
+        out[f"emb_layer_norm_after.{part}"] = ours[f"final_norm.{part}"]
+        for i in range(model.config.num_layers):
+            layer = f"layers.{i}."
+            q, k, v = ours[f"{layer}qkv.{part}"].chunk(3, dim=0)
+            out.update({f"{layer}self_attn.q_proj.{part}": q, f"{layer}self_attn.k_proj.{part}": k,
+                        f"{layer}self_attn.v_proj.{part}": v})
+            out[f"{layer}self_attn.out_proj.{part}"] = ours[f"{layer}out_proj.{part}"]
+            out[f"{layer}self_attn_layer_norm.{part}"] = ours[f"{layer}attn_norm.{part}"]
+            out[f"{layer}final_layer_norm.{part}"] = ours[f"{layer}ffn_norm.{part}"]
+            out[f"{layer}fc1.{part}"] = ours[f"{layer}fc1.{part}"]
+            out[f"{layer}fc2.{part}"] = ours[f"{layer}fc2.{part}"]
+    return out
+
+
+def to_float8(model: ESM2) -> ESM2:
+    """Every block's Linear layers to FP8 (e4m3) matmuls with row-wise scales: activations scaled per token
+    at run time, weights per output channel once (torchao). Norms, attention and pooling stay bf16/fp32."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as exc:
+        raise UserError(f"precision fp8 needs torchao ({exc})", "pip install torchao, or use precision bf16") from None
+    quantize_(model.layers, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+              filter_fn=lambda module, name: isinstance(module, nn.Linear))
     return model
 
 
