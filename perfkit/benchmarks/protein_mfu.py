@@ -18,6 +18,8 @@ Variants (attention kernel, compilation, shapes, matmul precision):
   static_cudagraphs_varlen  ... and mode="reduce-overhead": each block replayed as a CUDA graph
   static_gelu_epilogue_varlen  fc1 + bias + GELU in one cuBLASLt call (its epilogue GELU is the tanh
                             approximation, not fair-esm's erf: the gate decides)
+  compiled_mem_efficient    the cutlass memory-efficient varlen kernel (64-query tiles: less waste on short frames)
+  gelu_epilogue_*, stack_*  the GELU epilogue without static shapes; one compiled graph over all layers
   fp8_compiled_varlen       Linear layers in FP8 (torchao row-wise dynamic scaling), compiled blocks
   fp8_static_autotune_varlen
 
@@ -55,6 +57,7 @@ class Variant:
     static: bool = False
     fp8: bool = False
     gelu_epilogue: bool = False
+    whole_stack: bool = False
 
 
 VARIANTS = {
@@ -66,6 +69,11 @@ VARIANTS = {
     "static_autotune_varlen": Variant(static=True, mode="max-autotune-no-cudagraphs"),
     "static_cudagraphs_varlen": Variant(static=True, mode="reduce-overhead"),
     "static_gelu_epilogue_varlen": Variant(static=True, gelu_epilogue=True),
+    "compiled_mem_efficient": Variant(attention="mem_efficient_varlen"),
+    "gelu_epilogue_varlen": Variant(gelu_epilogue=True),
+    "gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True),
+    "stack_gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True, whole_stack=True),
+    "stack_gelu_epilogue_varlen": Variant(gelu_epilogue=True, whole_stack=True),
     "fp8_compiled_varlen": Variant(fp8=True),
     "fp8_static_autotune_varlen": Variant(static=True, mode="max-autotune-no-cudagraphs", fp8=True),
 }
@@ -131,7 +139,7 @@ def build(model_name: str, variant: Variant, device, seed: int = 0):
     if variant.fp8:
         esm2.to_float8(model)
     if variant.compile:
-        model.compile_blocks(mode=variant.mode, dynamic=not variant.static)
+        model.compile_blocks(mode=variant.mode, dynamic=not variant.static, whole_stack=variant.whole_stack)
     return model
 
 

@@ -262,20 +262,32 @@ class ESM2(nn.Module):
         self.final_norm = nn.LayerNorm(config.embed_dim)  # fair-esm: emb_layer_norm_after
         self.scale = config.head_dim**-0.5
         # which attention kernel really ran, one count per forward call
-        self.attention_calls = {"varlen_attn": 0, "flex_attention": 0, "sdpa_repadded": 0, "sdpa_padded": 0}
+        self.attention_calls = {"varlen_attn": 0, "mem_efficient_varlen": 0, "flex_attention": 0, "sdpa_repadded": 0,
+                                "sdpa_padded": 0}
         # packed path kernel: "auto" = varlen_attn on CUDA fp16/bf16, else sdpa_repadded; or name one
         self.packed_attention = "auto"
         self.blocks_compiled = False
+        self.run_layers = self._run_layers
 
-    def compile_blocks(self, mode: str | None = None, dynamic: bool = True) -> "ESM2":
+    def compile_blocks(self, mode: str | None = None, dynamic: bool = True, whole_stack: bool = False) -> "ESM2":
         """torch.compile each block (fuses norms, rotary, GELU, residuals); one graph for all blocks.
 
         dynamic=True: any token count, compiled once. dynamic=False with packs padded to fixed shapes
-        (pad_packed) lets mode="max-autotune" pick GEMM kernels per shape and capture CUDA graphs."""
-        for layer in self.layers:
-            layer.forward = torch.compile(layer.forward, dynamic=dynamic, mode=mode)
+        (pad_packed) lets mode="max-autotune" pick GEMM kernels per shape and capture CUDA graphs.
+        whole_stack: one graph over all layers, so a block's last residual add fuses with the next block's
+        norm (longer compilation)."""
+        if whole_stack:
+            self.run_layers = torch.compile(self._run_layers, dynamic=dynamic, mode=mode)
+        else:
+            for layer in self.layers:
+                layer.forward = torch.compile(layer.forward, dynamic=dynamic, mode=mode)
         self.blocks_compiled = True
         return self
+
+    def _run_layers(self, x, cos, sin, attend):
+        for layer in self.layers:
+            x = layer(x, cos, sin, attend)
+        return x
 
     def _packed_kernel(self, x) -> str:
         if self.packed_attention != "auto":
@@ -325,6 +337,7 @@ class ESM2(nn.Module):
         """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
 
         varlen_attn: torch.nn.attention.varlen.varlen_attn (FlashAttention varlen), CUDA fp16/bf16.
+        mem_efficient_varlen: the cutlass memory-efficient kernel with cu_seqlens, CUDA.
         flex: flex_attention under a same-sequence block mask.
         sdpa_repadded: scatter into a padded [B, max_seqlen] view, one masked SDPA, gather back.
         """
@@ -345,6 +358,13 @@ class ESM2(nn.Module):
 
             def attend(q, k, v):  # [N, H, hd]
                 return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=self.scale)
+        elif kernel == "mem_efficient_varlen":
+            cu = cu_seqlens.to(torch.int32)
+
+            def attend(q, k, v):  # [N, H, hd]; the cutlass kernel tiles 64 queries, flash's varlen 128
+                out = torch.ops.aten._efficient_attention_forward(
+                    q[None], k[None], v[None], None, cu, cu, max_seqlen, max_seqlen, 0.0, 0, False, scale=self.scale)
+                return out[0][0]
         elif kernel == "flex":
             block_mask = flex_block_mask(seq_index, cu_seqlens)
 
@@ -359,12 +379,10 @@ class ESM2(nn.Module):
                 return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
                                           mask=key_mask, scale=self.scale)
         else:
-            raise UserError(f"unknown packed attention {kernel!r}", "use 'auto', 'varlen_attn', 'flex' or 'sdpa_repadded'")
+            raise UserError(f"unknown packed attention {kernel!r}", "use 'auto', 'varlen_attn', 'mem_efficient_varlen', 'flex' or 'sdpa_repadded'")
         self.attention_calls["flex_attention" if kernel == "flex" else kernel] += 1
 
-        for layer in self.layers:
-            x = layer(x, cos, sin, attend)
-        x = self.final_norm(x)
+        x = self.final_norm(self.run_layers(x, cos, sin, attend))
 
         pooled = pool_segments(x, pool_weight, seq_index, num_seqs)
         return (pooled, x) if return_hidden else pooled
