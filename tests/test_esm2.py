@@ -161,7 +161,8 @@ def test_attention_path_counters(proteins):
     model.forward_packed(**packed(proteins[:3]))
     _, _, tokens = esm.data.Alphabet.from_architecture("ESM-1b").get_batch_converter()([("a", "MKV")])
     model.forward_padded(tokens)
-    assert model.attention_calls == {"varlen_attn": 0, "sdpa_repadded": 2, "sdpa_padded": 1}
+    assert model.attention_calls == {"varlen_attn": 0, "mem_efficient_varlen": 0, "flex_attention": 0,
+                                     "sdpa_repadded": 2, "sdpa_padded": 1}
 
 
 def test_random_init_is_seeded_and_realistic():

@@ -97,7 +97,10 @@ def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
     model = p.model or ctx.params.embed.get("model", "esm2_t6_8M")
     result = run_equivalence_gate(model_name=model, proteins=default_proteins(n=p.proteins, seed=p.seed),
                                   device=device, precision=precision, seed=p.seed, token_budget=p.token_budget,
-                                  compile=bool(ctx.params.embed.get("compile", False)))
+                                  compile=bool(ctx.params.embed.get("compile", False)),
+                                  compile_scope=ctx.params.embed.get("compile_scope", "blocks"),
+                                  attention=ctx.params.embed.get("attention", "auto"),
+                                  gelu_epilogue=bool(ctx.params.embed.get("gelu_epilogue", False)))
     write_json(ctx.path("equivalence.json"), result)
     return result
 

@@ -50,6 +50,16 @@ class EmbedConfig(BaseModel):
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
     compile: bool = False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
+    # ESM-2 with compile: "blocks" = one graph per block; "stack" = one graph over all layers (a block's last
+    # residual add fuses with the next block's norm; ~40 s more compilation)
+    compile_scope: Literal["blocks", "stack"] = "blocks"
+    # ESM-2 packed attention: auto = varlen_attn (FlashAttention varlen, 128-query tiles) on CUDA in half
+    # precision, else sdpa_repadded; mem_efficient_varlen = the cutlass kernel with 64-query tiles (faster on
+    # short frames); flex = flex_attention with a same-sequence block mask
+    attention: Literal["auto", "varlen_attn", "mem_efficient_varlen", "flex", "sdpa_repadded"] = "auto"
+    # ESM-2: fc1 + bias + GELU as one cuBLASLt GEMM (its GELU is the tanh form, fair-esm's is erf: the
+    # equivalence gate judges it; benchmarks/protein_mfu measured both)
+    gelu_epilogue: bool = False
     # dnabert_s packed attention: flex = flex_attention (ALiBi + block mask); sdpa_repadded = each sequence
     # re-padded for one SDPA call with the ALiBi mask; auto = flex when the hidden states are half precision
     # (a bf16/fp16 run on CUDA: the nucleotide model runs in its own dtype, without autocast), else sdpa_repadded

@@ -134,10 +134,14 @@ def run_equivalence_gate(
     seed: int = 0,
     token_budget: int = 8192,
     compile: bool = False,
+    compile_scope: str = "blocks",
+    attention: str = "auto",
+    gelu_epilogue: bool = False,
 ) -> dict:
     """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights.
 
-    compile: torch.compile our blocks as a `compile: true` run does (CUDA only)."""
+    compile / compile_scope / attention / gelu_epilogue: the kernels a run with these settings takes
+    (compilation on CUDA only)."""
     import esm  # only the gate needs fair-esm
 
     if precision not in PRECISIONS:
@@ -166,9 +170,10 @@ def run_equivalence_gate(
     model, _ = esm2.build_model(model_name, device=device, dtype=PRECISIONS[precision])
     esm2.load_fairesm_state_dict(model, reference_model.state_dict())
     del reference_model
+    esm2.set_kernels(model, attention=attention, gelu_epilogue=gelu_epilogue)
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
-        model.compile_blocks()
+        model.compile_blocks(whole_stack=compile_scope == "stack")
     candidate = packed_embeddings(model, proteins, device, token_budget)
 
     result = gate(compare_embeddings(reference, candidate), precision)
@@ -181,6 +186,8 @@ def run_equivalence_gate(
             "seed": seed,
             "token_budget": token_budget,
             "compiled": compiled,
+            "compile_scope": compile_scope if compiled else None,
+            "gelu_epilogue": gelu_epilogue,
             "attention_calls": dict(model.attention_calls),
             "attention_path": max(model.attention_calls, key=model.attention_calls.get),
         }

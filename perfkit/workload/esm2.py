@@ -442,6 +442,19 @@ def load_fairesm_state_dict(model: ESM2, state_dict: dict) -> ESM2:
     return model
 
 
+PACKED_ATTENTION = ("auto", "varlen_attn", "mem_efficient_varlen", "flex", "sdpa_repadded")
+
+
+def set_kernels(model: ESM2, *, attention: str = "auto", gelu_epilogue: bool = False) -> ESM2:
+    """Which kernels the packed path runs: the attention kernel, and fc1 + bias + GELU as one cuBLASLt call."""
+    if attention not in PACKED_ATTENTION:
+        raise UserError(f"unknown packed attention {attention!r}", f"use one of {', '.join(PACKED_ATTENTION)}")
+    model.packed_attention = attention
+    for layer in model.layers:
+        layer.gelu_epilogue = gelu_epilogue
+    return model
+
+
 def fairesm_state_dict(model: ESM2) -> dict:
     """Our weights under fair-esm's names (the inverse of load_fairesm_state_dict; qkv split in three)."""
     ours, out = model.state_dict(), {"embed_tokens.weight": model.state_dict()["embed_tokens.weight"]}

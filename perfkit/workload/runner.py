@@ -411,7 +411,10 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
                         prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
                         pin_memory=cfg.pin_memory and cuda, persistent_workers=False)
     if cfg.compile and cuda and cfg.layout == "packed" and hasattr(model, "compile_blocks"):
-        model.compile_blocks()
+        if run.encoder.nucleotide:
+            model.compile_blocks()
+        else:
+            model.compile_blocks(whole_stack=cfg.compile_scope == "stack")
     forward = model.forward_packed if cfg.layout == "packed" else run.encoder.forward_padded(model)
     copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
     compute_stream = torch.cuda.current_stream(device) if cuda else None
@@ -531,13 +534,15 @@ def build_model(run: Run):
         return v1.build_fairesm_model(cfg, run.device)
     if cfg.mode == "v1" or cfg.random_init == "perfkit" or cfg.weights is not None:
         model, info = run.encoder.build(cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
-        if run.encoder.nucleotide:
-            model.packed_attention = cfg.nt_attention
-        return model, info
-    reference, info = v1.build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
-    model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
-    esm2.load_fairesm_state_dict(model, reference.state_dict())
-    del reference
+    else:
+        reference, info = v1.build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
+        model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
+        esm2.load_fairesm_state_dict(model, reference.state_dict())
+        del reference
+    if run.encoder.nucleotide:
+        model.packed_attention = cfg.nt_attention
+    else:
+        esm2.set_kernels(model, attention=cfg.attention, gelu_epilogue=cfg.gelu_epilogue)
     return model, info
 
 
