@@ -60,6 +60,9 @@ class EmbedConfig(BaseModel):
     # ESM-2: fc1 + bias + GELU as one cuBLASLt GEMM (its GELU is the tanh form, fair-esm's is erf: the
     # equivalence gate judges it; benchmarks/protein_mfu measured both)
     gelu_epilogue: bool = False
+    # ESM-2 in bf16/fp16 on CUDA: run under torch.autocast (norms and softmax in fp32, a cast before every
+    # Linear) or in the model's own dtype, as the equivalence gate and benchmarks/protein_mfu run it
+    autocast: bool = True
     # dnabert_s packed attention: flex = flex_attention (ALiBi + block mask); sdpa_repadded = each sequence
     # re-padded for one SDPA call with the ALiBi mask; auto = flex when the hidden states are half precision
     # (a bf16/fp16 run on CUDA: the nucleotide model runs in its own dtype, without autocast), else sdpa_repadded

@@ -249,7 +249,8 @@ class Block(nn.Module):
         x = x + self.out_proj(attend(q, k, v).flatten(-2))
         h = self.ffn_norm(x)
         if self.gelu_epilogue:
-            return x + self.fc2(linear_gelu_tanh(h, self.fc1.weight, self.fc1.bias))
+            # under autocast the norm's output is fp32; autocast does not reach into a custom op
+            return x + self.fc2(linear_gelu_tanh(h.to(self.fc1.weight.dtype), self.fc1.weight, self.fc1.bias))
         return x + self.fc2(F.gelu(self.fc1(h)))  # exact (erf) GELU, as fair-esm
 
 

@@ -423,7 +423,7 @@ def _loop_v2(run: Run, model, done_keys, progress) -> bool:
     cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     capped = False
     batch_index = 0
-    autocast = run_autocast(device, run.dtype, run.encoder)
+    autocast = run_autocast(device, run.dtype, run.encoder) if cfg.autocast else nullcontext()
     for batch in iloader:
         arrival = iloader.last
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
@@ -569,7 +569,7 @@ def verify_alignment(run: Run, model, cfg: EmbedConfig, stored) -> dict:
 
 def _embed_one(model, cfg: EmbedConfig, encoder, tokens: np.ndarray, device) -> np.ndarray:
     lengths = np.array([len(tokens)], dtype=np.int32)
-    with torch.no_grad(), run_autocast(device, DTYPES[cfg.precision], encoder):
+    with torch.no_grad(), (run_autocast(device, DTYPES[cfg.precision], encoder) if cfg.autocast else nullcontext()):
         if cfg.mode == "v2" or encoder.nucleotide:
             inputs = esm2.packed_to_torch(encoder.packed_inputs(tokens, lengths), device)
             if cfg.mode == "v1":
