@@ -263,3 +263,84 @@ def test_gpu_varlen_matches_fp32(dtype, proteins):
     assert fp32.attention_calls["sdpa_repadded"] == 1  # fp32 on CUDA takes the fallback
     cosine = torch.nn.functional.cosine_similarity(pooled, reference)
     assert cosine.min().item() >= 0.999
+
+
+# --- the protein stage's levers (kernels, shapes, weights under fair-esm names) ------------------------
+
+
+def test_every_packed_attention_kernel_that_runs_on_cpu_matches_fairesm(our_model, proteins, fairesm_embeddings):
+    """flex (eager here) and the re-padded SDPA give fair-esm's vectors; the counters name the kernel that ran."""
+    reference = fairesm_embeddings[2]
+    try:
+        for kernel, counter in (("flex", "flex_attention"), ("sdpa_repadded", "sdpa_repadded")):
+            esm2.set_kernels(our_model, attention=kernel)
+            before = our_model.attention_calls[counter]
+            out = our_model.forward_packed(**packed(proteins)).numpy()
+            assert our_model.attention_calls[counter] == before + 1
+            np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-5)
+    finally:
+        esm2.set_kernels(our_model, attention="auto")
+
+
+def test_set_kernels_names_an_unknown_kernel(our_model):
+    with pytest.raises(UserError, match="unknown packed attention 'flash3'") as err:
+        esm2.set_kernels(our_model, attention="flash3")
+    assert "mem_efficient_varlen" in err.value.fix
+
+
+def test_gelu_epilogue_is_one_fused_call_and_matches_the_erf_path_on_cpu(our_model, proteins):
+    x, w, b = torch.randn(2, 5, 16), torch.randn(32, 16), torch.randn(32)
+    fused = esm2.linear_gelu_tanh(x, w, b)
+    assert fused.shape == (2, 5, 32)
+    torch.testing.assert_close(fused, torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b)))
+    plain = our_model.forward_packed(**packed(proteins[:5]))
+    try:
+        esm2.set_kernels(our_model, gelu_epilogue=True)
+        assert all(layer.gelu_epilogue for layer in our_model.layers)
+        torch.testing.assert_close(our_model.forward_packed(**packed(proteins[:5])), plain, rtol=1e-4, atol=1e-5)
+    finally:
+        esm2.set_kernels(our_model, gelu_epilogue=False)
+
+
+def test_pad_packed_gives_fixed_shapes_and_the_same_vectors(our_model, proteins):
+    inputs = esm2.packed_inputs(*esm2.encode_proteins(proteins[:6]))
+    real_tokens, real_seqs = int(inputs["cu_seqlens"][-1]), 6
+    budget = real_tokens + 500
+    padded = esm2.pad_packed(inputs, token_budget=budget, max_seqs=40, max_seqlen=210)
+    assert padded["tokens"].shape == (budget,) and padded["cu_seqlens"].shape == (41,)
+    assert padded["max_seqlen"] == 210 and padded["cu_seqlens"][-1] == budget
+    assert np.all(np.diff(padded["cu_seqlens"]) <= 210) and padded["pool_weight"][real_tokens:].sum() == 0
+    plain = our_model.forward_packed(**esm2.packed_to_torch(inputs))
+    out = our_model.forward_packed(**esm2.packed_to_torch(padded))
+    assert out.shape == (40, 320)
+    torch.testing.assert_close(out[:real_seqs], plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        esm2.pad_packed(inputs, token_budget=real_tokens - 1, max_seqs=40, max_seqlen=210)
+
+
+def test_fairesm_state_dict_is_the_inverse_of_loading(fairesm_model, our_model):
+    exported = esm2.fairesm_state_dict(our_model)
+    original = {k: v for k, v in fairesm_model[0].state_dict().items()
+                if not k.startswith(("lm_head.", "contact_head.")) and not k.endswith("inv_freq")}
+    assert exported.keys() == original.keys()
+    assert all(torch.equal(exported[k], original[k]) for k in original)
+
+
+def test_whole_stack_runs_the_same_layers(our_model, proteins):
+    """compile_scope 'stack' compiles run_layers; uncompiled it is the block loop itself."""
+    fresh, _ = esm2.build_model("esm2_t6_8M")
+    fresh.load_state_dict(our_model.state_dict())
+    assert fresh.run_layers == fresh._run_layers
+    torch.testing.assert_close(fresh.forward_packed(**packed(proteins[:4])),
+                               our_model.forward_packed(**packed(proteins[:4])))
+
+
+def test_fp8_needs_torchao_or_says_so(our_model):
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="precision fp8 needs torchao") as err:
+            esm2.to_float8(our_model)
+        assert "pip install torchao" in err.value.fix
+    else:
+        pytest.skip("torchao is installed: FP8 is measured by benchmarks/protein_mfu on a GPU")

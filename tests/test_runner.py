@@ -244,3 +244,20 @@ def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, 
     assert run["max_residues"] == 1022
     warnings = [r.getMessage() for r in caplog.records if "max_residues" in r.getMessage()]
     assert len(warnings) == 1 and "6 of" in warnings[0] and f"{expected.residues:,} residues dropped" in warnings[0]
+
+
+def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(small_fasta, tmp_path):
+    """embed.attention and embed.gelu_epilogue change which kernels run, not the vectors (CPU: the fused
+    call's GELU is the erf form there); the summary says which attention kernel ran."""
+    plain = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "plain", **FAST))
+    knobs = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "knobs", attention="flex",
+                                  gelu_epilogue=True, **FAST))
+    assert plain["run"]["attention_path"]["sdpa_repadded"] > 0 and plain["run"]["attention_path"]["flex_attention"] == 0
+    assert knobs["run"]["attention_path"]["flex_attention"] > 0 and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
+    assert knobs["config"]["gelu_epilogue"] and knobs["config"]["attention"] == "flex"
+    ids_a, vectors_a, _ = _h5(tmp_path / "plain" / "embeddings.h5")
+    ids_b, vectors_b, _ = _h5(tmp_path / "knobs" / "embeddings.h5")
+    assert ids_a == ids_b
+    np.testing.assert_allclose(vectors_b, vectors_a, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="attention"):
+        make_config(input=small_fasta, out_dir=tmp_path / "x", attention="flash3")

@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -86,10 +87,16 @@ DEFAULT_RUNS = [
 INPUT_NAMES = ("tokens", "positions", "cu_seqlens", "seq_index", "pool_weight")
 
 
+def user_error(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_run(spec: str) -> tuple[str, int]:
     name, _, budget = spec.partition("@")
     if name not in VARIANTS or not budget.isdigit():
-        raise SystemExit(f"error: --runs {spec!r}: write variant@token_budget with a variant among {', '.join(VARIANTS)}")
+        user_error(f"--runs {spec}: write variant@token_budget, e.g. compiled_varlen@16384, with a variant among "
+                   f"{', '.join(VARIANTS)}")
     return name, int(budget)
 
 
@@ -341,7 +348,7 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     if device.type != "cuda":
-        raise SystemExit("error: --device: this benchmark times GPU kernels; pass --device cuda on a GPU node")
+        user_error(f"--device {args.device}: this benchmark times GPU kernels; pass --device cuda on a GPU node")
     config = esm2.get_config(args.model)
     device_name = torch.cuda.get_device_name(device)
     peaks = {"measured": measure_peak_tflops(device) * 1e12, "spec": spec_peak_flops(device_name, "bf16") or float("nan")}

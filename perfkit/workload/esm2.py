@@ -216,8 +216,10 @@ def _varlen_attn_fn():
 
 @torch.library.custom_op("perfkit::linear_gelu_tanh", mutates_args=())
 def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """gelu_tanh(x @ weight.T + bias) as one cuBLASLt GEMM with a GELU epilogue on CUDA. An opaque op, so
-    that torch.compile keeps the fused call instead of splitting it into a GEMM and a pointwise kernel."""
+    """gelu(x @ weight.T + bias) in one call: on CUDA one cuBLASLt GEMM whose epilogue applies the tanh form of
+    GELU (fair-esm uses the erf form; the gate judges the difference); on CPU an addmm and the erf form.
+    An opaque op, so that torch.compile keeps the fused call instead of splitting it into a GEMM and a
+    pointwise kernel."""
     out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
