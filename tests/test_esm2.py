@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from perfkit.errors import UserError
-from perfkit.workload import esm2
+from perfkit.workload import esm2, esm2_weights
 from perfkit.workload.equivalence import default_proteins
 
 esm = pytest.importorskip("esm")
@@ -42,7 +42,7 @@ def fairesm_embeddings(fairesm_model, proteins):
 @pytest.fixture(scope="module")
 def our_model(fairesm_model):
     model, _ = esm2.build_model("esm2_t6_8M")
-    return esm2.load_fairesm_state_dict(model, fairesm_model[0].state_dict())
+    return esm2_weights.load_fairesm_state_dict(model, fairesm_model[0].state_dict())
 
 
 def packed(proteins, device="cpu"):
@@ -197,16 +197,16 @@ def test_fairesm_checkpoint_file(tmp_path, fairesm_model, our_model, proteins):
 def test_hf_name_mapping_round_trip(tmp_path, fairesm_model, our_model, proteins):
     ref_model, _ = fairesm_model
     fair_sd = {k: v for k, v in ref_model.state_dict().items() if not k.startswith(("lm_head", "contact_head"))}
-    hf_sd = esm2.fairesm_to_hf_names(fair_sd)
+    hf_sd = esm2_weights.fairesm_to_hf_names(fair_sd)
     assert "esm.encoder.layer.0.attention.self.query.weight" in hf_sd
     assert "esm.encoder.layer.5.intermediate.dense.bias" in hf_sd
     assert "esm.embeddings.word_embeddings.weight" in hf_sd
     # extra HF tensors are ignored; the 'esm.' prefix is optional
     hf_sd["lm_head.dense.weight"] = torch.zeros(1)
     hf_sd["esm.encoder.layer.0.attention.self.rotary_embeddings.inv_freq"] = torch.zeros(1)
-    back = esm2.hf_to_fairesm_names(hf_sd)
+    back = esm2_weights.hf_to_fairesm_names(hf_sd)
     assert back.keys() == {k for k in fair_sd if not k.endswith("inv_freq")}
-    bare = esm2.hf_to_fairesm_names({k.removeprefix("esm."): v for k, v in hf_sd.items()})
+    bare = esm2_weights.hf_to_fairesm_names({k.removeprefix("esm."): v for k, v in hf_sd.items()})
     assert bare.keys() == back.keys()
     # transformers 5 save_pretrained writes LayerNorm params as gamma/beta
     legacy = {
@@ -214,7 +214,7 @@ def test_hf_name_mapping_round_trip(tmp_path, fairesm_model, our_model, proteins
         for k, v in hf_sd.items()
     }
     assert "esm.encoder.layer.0.attention.LayerNorm.gamma" in legacy
-    assert esm2.hf_to_fairesm_names(legacy).keys() == back.keys()
+    assert esm2_weights.hf_to_fairesm_names(legacy).keys() == back.keys()
 
     # a HF folder with pytorch_model.bin (safetensors may be absent here)
     folder = tmp_path / "esm2_t6_8M_UR50D"
@@ -241,7 +241,7 @@ def test_bad_weights_are_user_errors(tmp_path):
     with pytest.raises(UserError):
         esm2.build_model("esm2_t6_8M", weights=junk)
     with pytest.raises(UserError, match="lack"):
-        esm2.load_fairesm_state_dict(esm2.build_model("esm2_t6_8M")[0], {"embed_tokens.weight": torch.zeros(33, 320)})
+        esm2_weights.load_fairesm_state_dict(esm2.build_model("esm2_t6_8M")[0], {"embed_tokens.weight": torch.zeros(33, 320)})
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA"):
             esm2.build_model("esm2_t6_8M", device="cuda")
@@ -319,7 +319,7 @@ def test_pad_packed_gives_fixed_shapes_and_the_same_vectors(our_model, proteins)
 
 
 def test_fairesm_state_dict_is_the_inverse_of_loading(fairesm_model, our_model):
-    exported = esm2.fairesm_state_dict(our_model)
+    exported = esm2_weights.fairesm_state_dict(our_model)
     original = {k: v for k, v in fairesm_model[0].state_dict().items()
                 if not k.startswith(("lm_head.", "contact_head.")) and not k.endswith("inv_freq")}
     assert exported.keys() == original.keys()

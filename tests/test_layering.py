@@ -16,6 +16,7 @@ DRIVERS = {
     "benchmarks/chaos.py": {"perfkit.workload"},
     "benchmarks/merge.py": {"perfkit.workload"},
     "benchmarks/nucleotide.py": {"perfkit.workload"},
+    "benchmarks/protein_mfu.py": {"perfkit.workload"},
     "benchmarks/scaling.py": {"perfkit.workload"},
     "benchmarks/v1_vs_v2.py": {"perfkit.workload"},
 }

@@ -171,7 +171,7 @@ def fairesm_reference(model, batch: dict, device) -> tuple[np.ndarray, np.ndarra
     """fair-esm fp32 (TF32 off) with `model`'s weights on the batch's sequences: pooled [B, D] and hidden [N, D]."""
     import esm
 
-    from perfkit.workload import esm2
+    from perfkit.workload import esm2, esm2_weights
 
     config = model.config
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
@@ -179,7 +179,7 @@ def fairesm_reference(model, batch: dict, device) -> tuple[np.ndarray, np.ndarra
         reference = esm.model.esm2.ESM2(config.num_layers, config.embed_dim, config.attention_heads,
                                         alphabet=alphabet, token_dropout=True)
     reference = reference.to_empty(device=device).eval()
-    weights = {k: v.float() for k, v in esm2.fairesm_state_dict(model).items()}
+    weights = {k: v.float() for k, v in esm2_weights.fairesm_state_dict(model).items()}
     reference.load_state_dict(weights, strict=False)  # the rotary inv_freq buffers are not weights: set below
     for module in reference.modules():
         if hasattr(module, "inv_freq"):

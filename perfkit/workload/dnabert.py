@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from perfkit.errors import UserError
-from perfkit.workload import esm2
+from perfkit.workload import esm2, esm2_weights
 from perfkit.workload.layers import (compiled_flex_attention, empty_model_on, flex_block_mask, init_normal_,
                                      pool_segments, repadded_attention)
 from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
@@ -514,7 +514,7 @@ def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, 
     return model, {
         "source": "huggingface",
         "path": str(path),
-        "sha256": esm2._sha256([file]),
+        "sha256": esm2_weights.file_sha256([file]),
         "checked_against_reference": False,
     }
 

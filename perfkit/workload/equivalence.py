@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from perfkit.errors import UserError
-from perfkit.workload import esm2
+from perfkit.workload import esm2, esm2_weights
 
 # precision name -> torch dtype
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -168,7 +168,7 @@ def run_equivalence_gate(
 
     # the same weights in our model, packed path at the precision under test
     model, _ = esm2.build_model(model_name, device=device, dtype=PRECISIONS[precision])
-    esm2.load_fairesm_state_dict(model, reference_model.state_dict())
+    esm2_weights.load_fairesm_state_dict(model, reference_model.state_dict())
     del reference_model
     esm2.set_kernels(model, attention=attention, gelu_epilogue=gelu_epilogue)
     compiled = bool(compile and torch.device(device).type == "cuda")

@@ -32,7 +32,7 @@ from perfkit.progress import LiveProgress
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.telemetry import Telemetry
-from perfkit.workload import esm2, store, v1
+from perfkit.workload import esm2, esm2_weights, store, v1
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
 from perfkit.workload.data import FRAMELESS_FILE, PackedFrames, Shard, block_offsets, write_frameless
@@ -537,7 +537,7 @@ def build_model(run: Run):
     else:
         reference, info = v1.build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
         model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
-        esm2.load_fairesm_state_dict(model, reference.state_dict())
+        esm2_weights.load_fairesm_state_dict(model, reference.state_dict())
         del reference
     if run.encoder.nucleotide:
         model.packed_attention = cfg.nt_attention
