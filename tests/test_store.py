@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from perfkit.errors import UserError
-from perfkit.workload import store
+from perfkit.workload import shard_file, store
 from perfkit.workload.translate import FRAMES
 
 
@@ -78,7 +78,7 @@ def store_shards(folder, rank, keys, *, every, dim=4):
 
 def test_a_shard_round_trips_memory_mapped_and_names_its_key_range(tmp_path):
     paths = store_shards(tmp_path, 2, [13, 7, 8, 12], every=4)
-    assert [p.name for p in paths] == ["shard-r002-000000-k7-13.npz"] and store.key_span(paths[0]) == (7, 13)
+    assert [p.name for p in paths] == ["shard-r002-000000-k7-13.npz"] and shard_file.key_span(paths[0]) == (7, 13)
     shard = store.open_shard(paths[0])
     assert shard.keys.tolist() == [13, 7, 8, 12] and shard.ids.tolist()[0] == "read2_F2"
     assert shard.embeddings[:, 0].tolist() == [13.0, 7.0, 8.0, 12.0]
@@ -111,7 +111,7 @@ def test_fill_copies_each_shard_in_row_order_and_says_where_each_key_went(tmp_pa
 
 @pytest.mark.parametrize("by_read", [True, False])
 def test_read_rows_copies_runs_spans_and_scattered_rows_alike(tmp_path, monkeypatch, by_read):
-    monkeypatch.setattr(store, "COPY_BY_READ", by_read)
+    monkeypatch.setattr(shard_file, "COPY_BY_READ", by_read)
     store_shards(tmp_path, 0, np.arange(100, 120), every=20, dim=3)
     shard = store.open_shard(next((tmp_path / "checkpoints").glob("shard-*")))
     for rows in ([3, 4, 5, 6, 7, 8, 9], [0, 2, 4, 5], [0, 19], [7]):  # a run, a dense span, far apart, one
@@ -314,11 +314,11 @@ def test_an_altered_shard_fails_its_checksum_on_resume_and_on_assembly(tmp_path,
     writer.add(np.array([6, 7]), ["r1_F1", "r1_F2"], np.full((2, 3), 2, np.float32))
     writer.close()
     first, second = sorted((tmp_path / "checkpoints").glob("shard-*.npz"))
-    assert store.checksum_path(first).exists() and store.checksum_path(second).exists()
+    assert shard_file.checksum_path(first).exists() and shard_file.checksum_path(second).exists()
     np.testing.assert_array_equal(store.completed_keys(tmp_path), [0, 1, 6, 7])  # untouched: both pass
 
     def alter(shard):  # a valid shard again, with zeroed vectors (and new zip CRCs)
-        keys, ids, vectors = (np.array(a) for a in store.read_shard(shard))
+        keys, ids, vectors = (np.array(a) for a in shard_file.read_shard(shard))
         with open(shard, "wb") as f:
             np.savez(f, keys=keys, ids=ids, embeddings=np.zeros_like(vectors))
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from perfkit.workload import classifier as clf
-from perfkit.workload import esm2, predict, store
+from perfkit.workload import esm2, predict, shard_file
 from perfkit.workload.config import make_config
 from perfkit.workload.translate import FRAMES
 
@@ -46,7 +46,7 @@ def write_shards(folder: Path, frames: int, per_shard: int, seed: int = 0) -> np
             part = slice(start, start + per_shard)
             order = rng.permutation(len(keys[part]))  # packing reorders frames within a shard
             vectors = pool[rng.integers(0, len(pool), len(order))]
-            with open(checkpoints / store.shard_name(0, number, keys[part]), "wb") as f:
+            with open(checkpoints / shard_file.shard_name(0, number, keys[part]), "wb") as f:
                 np.savez(f, keys=keys[part][order], ids=ids[part][order], embeddings=vectors)
     return keys
 
@@ -140,7 +140,7 @@ def same_output(folder: Path) -> bool:
 
 def _rank_worker(job):
     cfg, lo, hi, rank, hidden, threads, by_read = job
-    predict.MERGE_THREADS, store.COPY_BY_READ = threads, by_read
+    predict.MERGE_THREADS, shard_file.COPY_BY_READ = threads, by_read
     return predict.score_reads(cfg, lo, hi, rank=rank, hidden=hidden)
 
 
@@ -151,7 +151,7 @@ def concurrent_ranks(cfg, keys, ranks: int, hidden: int, threads: int, repeats: 
     cuts = [0] + [int(keys[len(keys) * r // ranks] // 6 * 6) for r in range(1, ranks)] + [2**62]
     gpus = torch.cuda.device_count() if cfg.device.startswith("cuda") else 0
     jobs = [(cfg.model_copy(update={"device": f"cuda:{r % gpus}" if gpus else cfg.device}), cuts[r], cuts[r + 1],
-             r, hidden, threads, store.COPY_BY_READ) for r in range(ranks)]
+             r, hidden, threads, shard_file.COPY_BY_READ) for r in range(ranks)]
     runs = []
     with multiprocessing.get_context("spawn").Pool(ranks) as pool:
         pool.map(_rank_worker, jobs)  # warm-up: imports, allocators
@@ -179,9 +179,9 @@ def main():
     parser.add_argument("--ranks-threads", default="", help="e.g. 4,8: MERGE_THREADS of the concurrent ranks")
     parser.add_argument("--sweep-threads", default="", help="e.g. 4,8,16: also time the current path with each")
     parser.add_argument("--new-only", action="store_true", help="skip the previous path (no speed-up, no check)")
-    parser.add_argument("--copy-by", choices=("read", "map"), default="read", help="store.COPY_BY_READ")
+    parser.add_argument("--copy-by", choices=("read", "map"), default="read", help="shard_file.COPY_BY_READ")
     args = parser.parse_args()
-    predict.MERGE_THREADS, store.COPY_BY_READ = args.threads, args.copy_by == "read"
+    predict.MERGE_THREADS, shard_file.COPY_BY_READ = args.threads, args.copy_by == "read"
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         folder = Path(tmp)
         start = time.perf_counter()

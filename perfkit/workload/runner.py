@@ -15,7 +15,6 @@ import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
