@@ -10,12 +10,12 @@ OUT    ?= outputs/smoke
 
 .PHONY: venv demo test test-gpu bench wheelhouse wheelhouse-gpu lab clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_CPU)"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (perfkit)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name perfkit --display-name "Python 3 (perfkit)" >/dev/null
 	touch $@
 
 venv: $(VENV)/.installed

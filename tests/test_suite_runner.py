@@ -104,3 +104,17 @@ def test_failing_notebook_makes_the_verdict_fail(tmp_path):
     for name in ("speedup_vs_v1", "equivalence_gate"):
         assert rows[name]["status"] == "FAIL" and "01_baseline failed" in rows[name]["reason"]
     assert rows["two_gpu_scaling"]["status"] == "FAIL"  # skipped notebook: FAIL, not NOT MEASURED
+
+
+def test_notebooks_name_the_perfkit_kernel_and_the_runner_falls_back_to_python3(monkeypatch):
+    """A kernel name of our own, so another Jupyter's `python3` is never taken; where only ipykernel's
+    python3 exists (a GPU node's --target install) the suite still runs, on the same interpreter."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    for stem in NOTEBOOKS:
+        notebook = nbformat.read(runner.NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
+        assert notebook.metadata["kernelspec"]["name"] == runner.KERNEL_NAME == "perfkit"
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"perfkit": "/k/perfkit", "python3": "/k/p"})
+    assert runner.kernel_name() == "perfkit"
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"python3": "/k/p"})
+    assert runner.kernel_name() == "python3"

@@ -21,6 +21,17 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 SUITE_SCHEMA = "perfkit.suite/1"
 
 
+
+KERNEL_NAME = "perfkit"  # installed by `make venv`; unique, so another Jupyter's `python3` kernel is never taken
+FALLBACK_KERNEL = "python3"  # ipykernel's own: what a bare install (a GPU node's --target folder) has
+
+
+def kernel_name() -> str:
+    """The perfkit kernel when this Jupyter knows it, else ipykernel's python3 (same interpreter either way)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else FALLBACK_KERNEL
+
 def select(only) -> list[str]:
     """Stems to run, in order; `only` names stems or their number prefixes ('01', '03_scaling'); 06 always."""
     from perfkit.suite.params import NOTEBOOKS
@@ -99,7 +110,7 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
             papermill.execute_notebook(
                 str(source), str(output),
                 parameters={"params_file": str(params_path), "run_dir": str(out_dir), **(parameters or {}).get(stem, {})},
-                kernel_name="python3", cwd=str(notebook_dir), progress_bar=False, log_output=False,
+                kernel_name=kernel_name(), cwd=str(notebook_dir), progress_bar=False, log_output=False,
                 execution_timeout=params.notebook_timeout_s)
             entry["status"] = "complete"
         except Exception as err:  # papermill's PapermillExecutionError, a dead kernel, a timeout ...
