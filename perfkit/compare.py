@@ -29,7 +29,9 @@ from perfkit.errors import UserError
 
 DEFAULT_NOISE = 0.05
 # figures whose projection error is recorded beside them (metric -> record holding `relative_error`)
-ERROR_RECORDS = {"projected_hours_full_sample": "projection", "projected_hours_end_to_end": "end_to_end_projection"}
+ERROR_RECORDS = {"projected_hours_protein_stage": "projection", "projected_hours_end_to_end": "end_to_end_projection"}
+# records renamed since reports were first published: an older report is read under today's names
+RENAMED_RECORDS = {"projected_hours_full_sample": "projected_hours_protein_stage"}  # 2026-12-01: it is one stage
 HIGHER_IS_BETTER = ("tok_per_s", "seq_per_s", "mfu", "factor", "efficiency", "speedup", "packing", "agreement",
                     "busy", "gpu_util", "passed")
 LOWER_IS_BETTER = ("hours", "seconds", "imbalance", "waste", "wait", "overhead", "error", "deviation")
@@ -62,7 +64,8 @@ def load_run(path) -> dict:
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     records = {}
     for file in metric_files:
-        records[file.parent.name] = json.loads(file.read_text()).get("records") or {}
+        found = json.loads(file.read_text()).get("records") or {}
+        records[file.parent.name] = {RENAMED_RECORDS.get(name, name): value for name, value in found.items()}
     commit = (root / "COMMIT").read_text().strip() if (root / "COMMIT").exists() else None
     return {"path": str(root), "summary": summary, "records": records, "commit": commit,
             "verdict": summary.get("verdict")}

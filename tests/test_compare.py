@@ -108,3 +108,13 @@ def test_two_smoke_runs_compare_without_a_regression(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr  # the same code twice: no criterion regressed
     assert "steady_tok_per_s" in done.stdout and "02_profiling" in done.stdout
     assert "no criterion regressed beyond noise" in done.stdout
+
+
+def test_a_record_renamed_since_a_report_was_published_is_compared_under_its_new_name(tmp_path):
+    old = make_run(tmp_path / "old", [], {"05_full_validation": {"projected_hours_full_sample": 2.0}})
+    new = make_run(tmp_path / "new", [], {"05_full_validation": {"projected_hours_protein_stage": 1.0}})
+    rows = compare.compare_runs(compare.load_run(old), compare.load_run(new))
+    names = [row.figure for row in rows]
+    assert "projected_hours_protein_stage" in names and "projected_hours_full_sample" not in names
+    row = rows[names.index("projected_hours_protein_stage")]
+    assert (row.a, row.b, row.verdict) == (2.0, 1.0, "improved")

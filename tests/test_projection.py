@@ -52,7 +52,7 @@ def test_projection_method_error_and_check():
     e2e = projection.project_end_to_end(chain, {"protein_embedding": fake_summary(tok=None)}, 1000, 10, nothing)
     headline = validation.full_validation_headline({"summary": fake_summary(tok=None), "projection": nothing,
                                             "end_to_end": e2e, "chain": chain})
-    assert headline["projected_hours_full_sample"]["measured"] is False
+    assert headline["projected_hours_protein_stage"]["measured"] is False
 
 
 def fake_chain(**stages):

@@ -26,8 +26,8 @@ def test_real_tuning_point_and_full_validation(tiny):
     detail = headline["gpu_util_end_to_end_detail"]
     assert {r["stage"] for r in detail["table"]} == {"planning", "nucleotide_embedding", "protein_embedding", "scoring"}
     assert sum(r["seconds"] for r in detail["table"]) == pytest.approx(headline["measured_end_to_end_s"])
-    assert math.isfinite(headline["projected_hours_full_sample"])
-    assert headline["projected_hours_end_to_end"] > headline["projected_hours_full_sample"]  # every stage counted
+    assert math.isfinite(headline["projected_hours_protein_stage"])
+    assert headline["projected_hours_end_to_end"] > headline["projected_hours_protein_stage"]  # every stage counted
     protein_wall = result["summary"]["throughput"]["wall_s"]  # the protein stage's own loop clock
     assert headline["stage_seconds"]["protein_embedding"] >= protein_wall
     assert headline["measured_end_to_end_s"] > protein_wall + headline["stage_seconds"]["nucleotide_embedding"]

@@ -77,7 +77,7 @@ def full_validation_headline(result: dict) -> dict:
         "measured_end_to_end_s": result["chain"]["end_to_end_s"],
         "stage_seconds": result["chain"]["stages_s"],
         "projection_holdout_check": holdout_check(summary),
-        "projected_hours_full_sample": hours if hours is not None else crit.not_measured(projection["error_note"]),
+        "projected_hours_protein_stage": hours if hours is not None else crit.not_measured(projection["error_note"]),
         "projection": projection,
         # the criterion: the chain's utilisation projected to the full sample (every stage and rank, time-weighted,
         # fixed seconds at 0 %); this run's measured figure and the protein loop alone beside it
@@ -124,7 +124,7 @@ def full_validation_figures(ctx: Context, result: dict) -> dict:
                 f"{e2e['bottleneck_stage']} ({e2e['bottleneck_share']:.0%} of the projected time).")
     return {"stages": stage_fig, "projection": plots.projection(
         pd.DataFrame(result["summary"].get("windows") or []), projection, ctx.path("projection.png"),
-        target_hours=_target(ctx.params, "projected_hours_full_sample"),
+        target_hours=_target(ctx.params, "projected_hours_protein_stage"),
         title=f"Protein (ESM-2) stage on {device}: windowed throughput and projected stage time for "
               f"{projection['full_sample_reads']:,} reads",
         caption=f"Left: tokens/s per {projection['window_s']:g} s window (summed over ranks); filled = full steady "
