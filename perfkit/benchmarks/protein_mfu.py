@@ -169,22 +169,11 @@ def timed_passes(model, inputs: list[dict], tokens: int, repeats: int) -> tuple[
 
 def fairesm_reference(model, batch: dict, device) -> tuple[np.ndarray, np.ndarray]:
     """fair-esm fp32 (TF32 off) with `model`'s weights on the batch's sequences: pooled [B, D] and hidden [N, D]."""
-    import esm
-
-    from perfkit.workload import esm2, esm2_weights
+    from perfkit.workload import esm2
+    from perfkit.workload.equivalence import fairesm_reference_model
 
     config = model.config
-    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    with torch.device("meta"):
-        reference = esm.model.esm2.ESM2(config.num_layers, config.embed_dim, config.attention_heads,
-                                        alphabet=alphabet, token_dropout=True)
-    reference = reference.to_empty(device=device).eval()
-    weights = {k: v.float() for k, v in esm2_weights.fairesm_state_dict(model).items()}
-    reference.load_state_dict(weights, strict=False)  # the rotary inv_freq buffers are not weights: set below
-    for module in reference.modules():
-        if hasattr(module, "inv_freq"):
-            dim = module.inv_freq.numel() * 2
-            module.inv_freq.copy_(1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim)))
+    reference = fairesm_reference_model(model, device)
 
     cu = batch["cu_seqlens"]
     lengths = np.diff(cu)

@@ -100,6 +100,30 @@ def batches_by_tokens(lengths: list[int], token_budget: int) -> list[list[int]]:
     return batches + ([current] if current else [])
 
 
+def fairesm_reference_model(model, device):
+    """fair-esm's own ESM2 module (eval, fp32) holding `model`'s weights: built on the meta device, then filled.
+
+    Its rotary tables are buffers, not weights: they are computed here as fair-esm computes them."""
+    import esm
+
+    config = model.config
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    with torch.device("meta"):
+        reference = esm.model.esm2.ESM2(config.num_layers, config.embed_dim, config.attention_heads,
+                                        alphabet=alphabet, token_dropout=config.token_dropout)
+    reference = reference.to_empty(device=device).eval()
+    weights = {name: tensor.float() for name, tensor in esm2_weights.fairesm_state_dict(model).items()}
+    missing, unexpected = reference.load_state_dict(weights, strict=False)
+    if unexpected or any(not name.startswith(("lm_head.", "contact_head.")) and not name.endswith("inv_freq")
+                         for name in missing):
+        raise RuntimeError(f"fair-esm reference: weights missing {missing[:3]} or unexpected {unexpected[:3]}")
+    for module in reference.modules():
+        if hasattr(module, "inv_freq"):
+            dim = module.inv_freq.numel() * 2
+            module.inv_freq.copy_(1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim)))
+    return reference
+
+
 def fairesm_reference(reference_model, alphabet, proteins, device, token_budget) -> np.ndarray:
     """fair-esm's embeddings: padded fp32 batches, its batch converter, mean over residues 1..len."""
     converter = alphabet.get_batch_converter()
@@ -151,25 +175,21 @@ def run_equivalence_gate(
     config = esm2.get_config(model_name)
     proteins = default_proteins(seed=seed) if proteins is None else list(proteins)
 
-    # fair-esm's own model with its own seeded default init (global RNG left untouched)
+    # our model with its seeded random weights, then fair-esm's own module holding the same weights in fp32
+    # (built on the meta device and filled, so a 3B reference takes seconds, not a host-side init)
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reference_model = esm.model.esm2.ESM2(
-            config.num_layers, config.embed_dim, config.attention_heads, alphabet=alphabet, token_dropout=True
-        ).eval()
-    reference_model.to(device)
+    model, _ = esm2.build_model(model_name, seed=seed, device=device, dtype=torch.float32)
+    reference_model = fairesm_reference_model(model, device)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
     try:
         reference = fairesm_reference(reference_model, alphabet, proteins, device, token_budget)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-
-    # the same weights in our model, packed path at the precision under test
-    model, _ = esm2.build_model(model_name, device=device, dtype=PRECISIONS[precision])
-    esm2_weights.load_fairesm_state_dict(model, reference_model.state_dict())
     del reference_model
+
+    # the packed path at the precision under test: the fp32 weights rounded once, as a run's model is
+    model = model.to(PRECISIONS[precision])
     esm2.set_kernels(model, attention=attention, gelu_epilogue=gelu_epilogue)
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
