@@ -38,19 +38,40 @@ FLAG_OF = {"checkpoint_every_sequences": "--checkpoint-every", "checkpoint_every
            "copy_stream": "--no-copy-stream", "progress": "--no-progress", "resume": "--resume"}
 
 
+def _nodes(args):
+    """The node flags as a Nodes (one node when none is given); they only mean something to a launcher."""
+    from perfkit.workload.distributed import Nodes
+
+    given = (("--nnodes", args.nnodes), ("--node-rank", args.node_rank),
+             ("--rdzv-endpoint", args.rdzv_endpoint))
+    typed = [f"{flag} {value}" for flag, value in given if value is not None]
+    if typed and args.gpus is None and args.nproc is None:
+        raise UserError(f"{typed[0]}: the node flags place torchrun ranks, and no --gpus/--nproc asks "
+                        "for any",
+                        "add --gpus N (GPUs per node) or --nproc N (CPU processes per node)")
+    nodes = Nodes(nnodes=1 if args.nnodes is None else args.nnodes, node_rank=args.node_rank or 0,
+                  rdzv_endpoint=args.rdzv_endpoint)
+    nodes.check()
+    return nodes
+
+
 def _embed(args) -> int:
     from perfkit.workload import distributed
     from perfkit.workload.runner import run_embed
 
+    nodes = _nodes(args)
     cfg = _config_from_args(args)
     if args.gpus is not None or args.nproc is not None:  # launcher: the same command in N ranks under torchrun
         if args.gpus is not None and args.nproc is not None:
             raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
         nproc = args.gpus if args.gpus is not None else args.nproc
-        code = distributed.launch(cfg, args.argv, nproc, gpus=args.gpus is not None)
+        code = distributed.launch(cfg, args.argv, nproc, gpus=args.gpus is not None, nodes=nodes)
         if code != 0:
-            print(f"error: the {nproc}-rank run failed (torchrun exit code {code}); the failing rank and its error "
-                  "are reported above", file=sys.stderr)
+            rendezvous = ("; RendezvousTimeoutError: the nodes never met (give every node the same --nnodes, "
+                          "--rdzv-endpoint and --out, and let them reach node 0 on that port); "
+                          "RendezvousConnectionError: node 0 stopped") if nodes.rendezvous else ""
+            print(f"error: the {nodes.describe(nproc)} failed (torchrun exit code {code}); the failing rank "
+                  f"and its error are reported above{rendezvous}", file=sys.stderr)
         return code
     rank = distributed.torchrun_rank()
     if rank is not None:  # a rank of a torchrun launch
@@ -92,6 +113,7 @@ def _predict(args) -> int:
 
     if args.gpus is not None and args.nproc is not None:
         raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
+    nodes = _nodes(args)
     cfg = _config_from_args(args)
     rank = distributed.torchrun_rank()
     if rank is not None and args.gpus is None and args.nproc is None:  # a rank of a torchrun launch
@@ -100,7 +122,9 @@ def _predict(args) -> int:
             return 0
     else:
         summary = run_predict(cfg, classifier_weights=args.classifier, hidden=args.hidden,
-                              nproc=args.gpus or args.nproc or 1, gpus=args.gpus is not None)
+                              nproc=args.gpus or args.nproc or 1, gpus=args.gpus is not None, nodes=nodes)
+        if summary is None:  # another node's launcher: node 0's reports the run
+            return 0
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary["stages_s"].items())
     counts = summary["counts"]
     frameless = f", {counts['reads_without_frames']} without a frame (no_frames)" if counts.get("reads_without_frames") else ""
@@ -196,6 +220,12 @@ def _add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--block-reads", type=int, help="reads per work unit (a worker's, and a rank's unit of balance)")
     e.add_argument("--gpus", type=int, help="run N GPU ranks (NCCL) through torchrun on this node")
     e.add_argument("--nproc", type=int, help="run N CPU ranks (gloo) through torchrun on this node")
+    # several hosts: torchrun's own names; the same command on every node, --gpus/--nproc per node
+    e.add_argument("--nnodes", type=int, help="with --gpus/--nproc: the run spans this many nodes (hosts)")
+    e.add_argument("--node-rank", type=int,
+                   help="with --nnodes: this node's number, 0 to N-1 (0 hosts the rendezvous)")
+    e.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="with --nnodes: node 0's address and a free port, the same on every node")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--tokenizer", type=Path, help="dnabert_s: a DNABERT-S tokenizer.json (default: stand-in BPE)")
 

@@ -499,3 +499,36 @@ def project_gpu_utilisation(measured: dict, end_to_end: dict, stage_summaries: d
     return {"value": weighted / total if total else crit.not_measured("no projected seconds"),
             "definition": GPU_UTIL_FULL_SAMPLE_DEFINITION, "full_sample_reads": end_to_end["full_sample_reads"],
             "fixed_share": sum(r["fixed_s"] for r in rows) / total if total else None, "table": rows}
+
+
+def rank_scaling(single: dict, multi: dict) -> dict:
+    """1-process vs N-rank summaries of the same work: speed-up, efficiency, imbalance, per-rank figures."""
+    one, many = single["throughput"], multi["throughput"]
+    world = multi.get("distributed", {}).get("world") or many["ranks"]
+    factor = _ratio(many.get("steady_tok_per_s"), one.get("steady_tok_per_s"))
+    same_work = one.get("sequences") == many.get("sequences")
+    wall_factor = (_ratio(one.get("wall_s"), many.get("wall_s")) if same_work
+                   else crit.not_measured("the two runs embedded different numbers of sequences"))
+    per_rank = {}
+    for rank, figures in multi.get("per_rank", {}).items():
+        gpu = multi.get("gpu", {}).get(str(rank)) or multi.get("gpu", {}).get(rank) or {}
+        util = gpu.get("gpu_utilization_percent") or {}
+        per_rank[str(rank)] = {
+            "steady_tok_per_s": figures.get("steady_tok_per_s"), "tok_per_s": figures.get("tok_per_s"),
+            "wall_s": figures.get("wall_s"), "physical_gpu": gpu.get("physical_index"),
+            "gpu_utilization_mean": (util["mean"] if util.get("measured") and "mean" in util
+                                     else crit.not_measured(util.get("reason") or gpu.get("note") or "no GPU samples")),
+        }
+    return {"ranks": world,
+            "factor": factor,  # summed steady tok/s of N ranks / steady tok/s of one process
+            "wall_factor": wall_factor,  # one process's wall time / the N-rank run's (slowest rank)
+            "efficiency": factor / world if factor is not None else None,
+            "imbalance": many.get("rank_imbalance"),
+            "planned_token_imbalance": multi.get("distributed", {}).get("plan", {}).get("planned_imbalance"),
+            "single_steady_tok_per_s": one.get("steady_tok_per_s"),
+            "multi_steady_tok_per_s": many.get("steady_tok_per_s"),
+            "per_rank": per_rank}
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None

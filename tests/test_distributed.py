@@ -5,6 +5,7 @@ The same code path runs NCCL ranks on GPUs; only the backend and device differ.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ import pytest
 
 from conftest import orf_fasta
 from perfkit.benchmarks.chaos import processes_of  # the chaos benchmark's own orphan count
-from perfkit.workload import distributed
+from perfkit.errors import UserError
+from perfkit import projection
+from perfkit.workload import distributed, node_view
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
 from perfkit.workload.store import read_embeddings
@@ -91,7 +94,7 @@ def test_summary_keeps_every_rank_and_sums_throughput(runs):
 
 def test_scaling_figures(runs):
     _, _, summaries = runs
-    figures = distributed.scaling(summaries[1], summaries[2])
+    figures = projection.rank_scaling(summaries[1], summaries[2])
     single, multi = summaries[1]["throughput"], summaries[2]["throughput"]
     assert figures["factor"] == pytest.approx(multi["steady_tok_per_s"] / single["steady_tok_per_s"])
     assert figures["wall_factor"] == pytest.approx(single["wall_s"] / multi["wall_s"])
@@ -278,3 +281,252 @@ def test_killing_the_launchers_group_as_ranks_start_leaves_no_process(small_fast
     finally:
         for proc in processes_of(str(out)):  # never leave one behind, even when the test fails
             proc.kill()
+
+
+# ---------------------------------------------------------------------------- several nodes (on localhost)
+
+# small timeouts: a node that never comes, or dies, fails the others in seconds, not minutes
+NODE_ENV = {**ONE_THREAD, distributed.RDZV_TIMEOUT_ENV: "60", distributed.TIMEOUT_ENV: "30"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_flags(node: int, port: int) -> list[str]:
+    """Node `node` of 2, one CPU rank each, meeting at 127.0.0.1:port."""
+    return ["--nproc", "1", "--nnodes", "2", "--node-rank", str(node), "--rdzv-endpoint", f"127.0.0.1:{port}"]
+
+
+def start_nodes(command_for, logs: Path, started: int = 2, env=None) -> list[subprocess.Popen]:
+    """`command_for(node, port)` for nodes 0 .. started - 1, concurrently, as a host of each would start it;
+    each node's stdout/stderr go to logs/node{R}.{out,err}."""
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    nodes = []
+    for node in range(started):
+        with open(logs / f"node{node}.out", "w") as out, open(logs / f"node{node}.err", "w") as err:
+            nodes.append(subprocess.Popen(command_for(node, port), stdout=out, stderr=err,
+                                          env={**os.environ, **NODE_ENV, **(env or {})},
+                                          start_new_session=True))
+    return nodes
+
+
+def run_nodes(command_for, logs: Path, started: int = 2, env=None,
+              timeout: float = 150) -> list[tuple[int, str, str]]:
+    """start_nodes, then each node's (exit code, stdout, stderr); none is left running."""
+    nodes = start_nodes(command_for, logs, started, env)
+    try:
+        for node in nodes:
+            node.wait(timeout=timeout)
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    return [(node.returncode, (logs / f"node{i}.out").read_text(), (logs / f"node{i}.err").read_text())
+            for i, node in enumerate(nodes)]
+
+
+def test_two_nodes_give_the_output_of_one_node_with_as_many_ranks(runs, tmp_path):
+    """2 nodes x 1 rank through torchrun's c10d rendezvous: the same plan as 1 node x 2 ranks, so the same
+    batches: ids and vectors bitwise equal to that run's (and within fp32 tolerance of the 1-process run)."""
+    fasta, folder, _ = runs
+    out = tmp_path / "shared"
+    done = run_nodes(lambda node, port: _embed_cmd(fasta, out, *node_flags(node, port)), tmp_path / "logs")
+    assert [code for code, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
+    ids, vectors = read_embeddings(out / "embeddings.h5")
+    ref_ids, ref_vectors = read_embeddings(folder / "n2" / "embeddings.h5")
+    assert ids == ref_ids and np.array_equal(vectors, ref_vectors)
+    one_process = read_embeddings(folder / "n1" / "embeddings.h5")[1]
+    np.testing.assert_allclose(vectors, one_process, rtol=1e-5, atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["distributed"]["world"] == 2 and summary["distributed"]["nodes"] == 2
+    assert sorted(r["node"] for r in summary["distributed"]["ranks"].values()) == [0, 1]
+    # one line of results, from whichever node torchrun made rank 0; no node printed an error
+    assert sum("sequences" in out_text for _, out_text, _ in done) == 1
+    assert not any(line.startswith("error") for _, _, err in done for line in err.splitlines())
+    assert not (out / node_view.SHARED_CHECK_NAME).exists()
+
+
+def test_a_resume_on_two_nodes_continues_a_run_of_one_node(runs, tmp_path):
+    """A 1-node x 2-rank run that lost its last shards (as if killed), resumed by 2 nodes x 1 rank: only
+    the missing sequences are embedded, and the output is bitwise the uninterrupted run's (same ranks,
+    same plan)."""
+    import shutil
+
+    fasta, folder, _ = runs
+    out = tmp_path / "shared"
+    shutil.copytree(folder / "n2", out)
+    (out / "embeddings.h5").unlink()
+    for rank in (0, 1):
+        newest = sorted((out / "checkpoints").glob(f"shard-r{rank:03d}-*.npz"))[-2:]
+        assert newest, "the reference run wrote no shard for this rank"
+        for shard in newest:
+            shard.unlink()
+    done = run_nodes(lambda node, port: _embed_cmd(fasta, out, "--resume", *node_flags(node, port)),
+                     tmp_path / "logs")
+    assert [code for code, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
+    ids, vectors = read_embeddings(out / "embeddings.h5")
+    ref_ids, ref_vectors = read_embeddings(folder / "n2" / "embeddings.h5")
+    assert ids == ref_ids and np.array_equal(vectors, ref_vectors)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["throughput"]["sequences"] < len(ids) and summary["distributed"]["nodes"] == 2
+
+
+@pytest.mark.slow
+def test_a_killed_node_makes_the_other_fail_within_the_timeout(runs, tmp_path):
+    fasta, _, _ = runs
+    out = tmp_path / "shared"
+    nodes = start_nodes(lambda node, port: _embed_cmd(fasta, out, *node_flags(node, port)), tmp_path / "logs")
+    bound = int(NODE_ENV[distributed.TIMEOUT_ENV]) + 30
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not list((out / "checkpoints").glob("shard-*.npz")):
+            time.sleep(0.01)
+        assert all(node.poll() is None for node in nodes), "a node ended before the kill point"
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1's launcher and torchrun; its rank dies with torchrun
+        nodes[1].wait()
+        killed = time.monotonic()
+        nodes[0].wait(timeout=bound)
+        assert time.monotonic() - killed < bound
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+        for proc in processes_of(str(out)):
+            proc.kill()
+    assert nodes[0].returncode != 0
+    err = (tmp_path / "logs" / "node0.err").read_text()
+    assert err.strip().splitlines()[-1].startswith("error: the 2-node run (1 rank per node) failed")
+    lost = [line for line in err.splitlines() if line.startswith("error: rank")]
+    assert lost and "lost contact with another rank" in lost[0] and "nodes 0 on" in lost[0], err[-3000:]
+    assert not (out / "embeddings.h5").exists() and not (out / "summary.json").exists()
+
+
+def test_a_node_whose_peers_never_come_gives_up_after_the_rendezvous_timeout(small_fasta, tmp_path):
+    out = tmp_path / "shared"
+    start = time.monotonic()
+    done = run_nodes(lambda node, port: _embed_cmd(small_fasta, out, *node_flags(node, port)),  # node 0 of 2
+                     tmp_path / "logs", started=1, env={distributed.RDZV_TIMEOUT_ENV: "3"})
+    code, _, err = done[0]
+    assert code != 0 and time.monotonic() - start < 40
+    assert "RendezvousTimeoutError" in err
+    assert err.strip().splitlines()[-1].startswith("error: the 2-node run (1 rank per node) failed")
+    assert "RendezvousTimeoutError: the nodes never met" in err.strip().splitlines()[-1]
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_node_that_reads_another_input_stops_every_node(runs, tmp_path):
+    fasta, _, _ = runs
+    other = tmp_path / "other.fa"
+    other.write_text(fasta.read_text().replace(">read1\n", ">read1x\n", 1))  # same reads, one byte more
+    out = tmp_path / "shared"
+    done = run_nodes(lambda node, port: _embed_cmd(other if node == 1 else fasta, out,
+                                                   *node_flags(node, port)), tmp_path / "logs")
+    for code, _, err in done:
+        assert code != 0
+        lines = [line for line in err.splitlines() if line.startswith("error: node")]
+        # one line per node (its local rank 0's), naming the node whose input differs from rank 0's
+        assert len(lines) == 1 and "sees another input than rank 0 on node" in lines[0], err[-3000:]
+        assert "give every node the same input file" in lines[0]
+    assert not list((out / "checkpoints").glob("shard-*"))
+
+
+def test_a_rank_that_sees_another_folder_input_or_settings_names_its_node(tmp_path, monkeypatch):
+    monkeypatch.setattr(node_view, "SHARED_CHECK_WAIT_S", 0.0)
+    fasta = orf_fasta(tmp_path / "s.fa", 3)
+    cfg = make_config(input=fasta, out_dir=tmp_path / "local-copy", device="cpu")
+    rank0 = {"token": "abc", "node": 0, "host": "gpu-a", "input": node_view.seen_input(fasta),
+             "result_fields": cfg.model_copy(update={"precision": "fp32"}).result_fields()}
+    info = distributed.RankInfo(rank=3, world=4, local_rank=1, node=1)
+    problem, fix = node_view._what_differs(cfg, info, rank0, node_view.seen_input(fasta))
+    assert problem.startswith("node 1 (") and "rank 3) does not see the output folder" in problem
+    assert "rank 0 on node 0 (gpu-a)" in problem and "no such folder there" in problem
+    assert "--out" in fix and "share" in fix
+    (tmp_path / "local-copy").mkdir()
+    (tmp_path / "local-copy" / node_view.SHARED_CHECK_NAME).write_text("abc")  # the folder rank 0 prepared
+    assert node_view._what_differs(cfg, info, rank0, node_view.seen_input(fasta)) is None
+    problem, _ = node_view._what_differs(cfg, info, rank0, node_view.seen_input(tmp_path / "missing.fa"))
+    assert "cannot read the input" in problem
+    other_model = cfg.model_copy(update={"model": "esm2_t12_35M"})  # a node given another command line
+    problem, fix = node_view._what_differs(other_model, info, rank0, node_view.seen_input(fasta))
+    assert "runs with other settings than rank 0" in problem
+    assert "model esm2_t12_35M (rank 0: esm2_t6_8M)" in problem
+    assert fix == "run the same command on every node; only --node-rank differs"
+
+
+def test_the_launchers_of_two_nodes_take_their_own_lock_and_another_run_is_refused(small_fasta, tmp_path,
+                                                                                   capsys):
+    """Node 0's launcher holds the run's lock, node R's its own: one run's launchers never block each
+    other, a second run is refused (writing nothing) at whichever node it starts."""
+    from perfkit.cli import main
+    from perfkit.workload import lock
+
+    out = tmp_path / "o"
+    args = ["embed", str(small_fasta), "-o", str(out), *FLAGS]
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    with lock.out_dir_lock(out), lock.out_dir_lock(out, 1):  # another run's node 0 and node 1
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        assert main([*args, *node_flags(0, 29500)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {out} is in use by another perfkit run ({holder}) — wait for that run to end, or "
+            "choose another --out folder")
+        assert main([*args, *node_flags(1, 29500)]) == 2
+        refused = capsys.readouterr().err.strip()
+        assert refused.startswith(f"error: {out} is in use as node 1 by another perfkit run ({holder})")
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    with lock.out_dir_lock(out):  # this run's node 0 holds the folder: node 1's launcher takes its own lock
+        with lock.out_dir_lock(out, 1):
+            pass
+        with pytest.raises(UserError, match="in use by another perfkit run"), lock.out_dir_lock(out):
+            pass
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nproc", "1", "--nnodes", "2"],
+     "error: --nnodes 2: no --rdzv-endpoint — pass --rdzv-endpoint HOST:PORT"),
+    (["--nproc", "1", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"],
+     "error: --node-rank 2: must be 0 to --nnodes - 1 (1) — number the nodes 0 to N-1"),
+    (["--nproc", "1", "--node-rank", "1"], "error: --node-rank 1: must be 0 to --nnodes - 1 (0)"),
+    (["--nproc", "1", "--nnodes", "0"], "error: --nnodes 0: must be 1 or more"),
+    (["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", "node0"],
+     "error: --rdzv-endpoint node0: not HOST:PORT — "),
+    (["--nnodes", "2", "--rdzv-endpoint", "h:1"],
+     "error: --nnodes 2: the node flags place torchrun ranks, and no --gpus/--nproc asks for any — add "),
+    (["--rdzv-endpoint", "h:1"], "error: --rdzv-endpoint h:1: the node flags place torchrun ranks"),
+], ids=["no-endpoint", "node-rank-too-big", "node-rank-without-nnodes", "no-nodes", "endpoint-without-port",
+        "no-nproc", "endpoint-alone"])
+def test_node_flags_that_cannot_work_are_one_line_errors_before_anything_is_written(small_fasta, tmp_path,
+                                                                                  capsys, flags, message):
+    from perfkit.cli import main
+
+    out = tmp_path / "o"
+    assert main(["embed", str(small_fasta), "-o", str(out), *FLAGS, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not out.exists()
+
+
+def test_torchrun_command_for_one_and_for_several_nodes(tmp_path, monkeypatch):
+    monkeypatch.setenv(distributed.RDZV_TIMEOUT_ENV, "42")
+    one = distributed.torchrun_command(2, ["embed", "x.fa"])
+    assert one[3:7] == ["--standalone", "--nproc-per-node", "2", "-m"]
+    run_id = distributed.rendezvous_id("embed", tmp_path / "run")
+    # every node derives it alike; another folder or command is another rendezvous
+    assert run_id == distributed.rendezvous_id("embed", tmp_path / "x" / ".." / "run")
+    assert run_id != distributed.rendezvous_id("embed", tmp_path / "other")
+    assert run_id != distributed.rendezvous_id("predict", tmp_path / "run")
+    for node, is_host in ((0, 1), (1, 0)):
+        nodes = distributed.Nodes(2, node, "head:29500")
+        command = distributed.torchrun_command(8, ["embed", "x.fa"], nodes, run_id)
+        where = command[3:command.index("-m", 3)]
+        assert where == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29500",
+                         "--rdzv-id", run_id, "--rdzv-conf", f"join_timeout=42,is_host={is_host}",
+                         "--nproc-per-node", "8"]
+    argv = ["embed", "x.fa", "--nnodes", "2", "--node-rank=1", "--rdzv-endpoint", "h:1", "--nproc", "1",
+            "-o", "o"]
+    assert distributed.child_args(argv) == ["embed", "x.fa", "-o", "o"]

@@ -1,4 +1,9 @@
 """The whole chain on CPU: both embedding stages through the same runner, classifier, consensus."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -235,3 +240,54 @@ def test_chain_in_two_ranks_equals_one_process(tmp_path):
     frames_a = pd.read_csv(tmp_path / "one" / "predictions_per_frame.csv")
     frames_b = pd.read_csv(tmp_path / "two" / "predictions_per_frame.csv")
     assert np.abs(frames_a["p_virus"] - frames_b["p_virus"]).max() < 1e-4
+
+
+
+PREDICT_FLAGS = ["--precision", "fp32", "--device", "cpu", "--no-progress", "--token-budget", "1024",
+                 "--num-workers", "0", "--block-reads", "4", "--hidden", "16"]
+
+
+def _predict_cmd(fasta, out, *extra):
+    return [sys.executable, "-m", "perfkit", "predict", str(fasta), "-o", str(out), *PREDICT_FLAGS, *extra]
+
+
+@pytest.mark.slow
+def test_predict_on_two_nodes_equals_one_node_with_as_many_ranks(tmp_path):
+    """2 nodes x 1 rank (torchrun's c10d rendezvous on localhost) against 1 node x 2 ranks: the same plan
+    and batches, so byte-identical prediction CSVs; node 0's launcher reports, and adds the launch stage
+    once."""
+    from test_distributed import NODE_ENV, node_flags, run_nodes  # the multi-node helpers of the embed tests
+
+    fasta = orf_fasta(tmp_path / "s.fa", 24, seed=3)
+    one = subprocess.run(_predict_cmd(fasta, tmp_path / "one", "--nproc", "2"), capture_output=True,
+                         text=True, timeout=150, env={**os.environ, **NODE_ENV}, check=False)
+    assert one.returncode == 0, one.stderr
+    out = tmp_path / "two"
+    done = run_nodes(lambda node, port: _predict_cmd(fasta, out, *node_flags(node, port)), tmp_path / "logs")
+    assert [code for code, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
+    for name in ("predictions_per_frame.csv", "predictions_per_read.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    # node 0's launcher reports; node 1's is quiet
+    assert "reads in:" in done[0][1] and not done[1][1].strip()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and list(summary["stages_s"]).count("launch") == 1
+    assert summary["end_to_end_s"] == pytest.approx(sum(summary["stages_s"].values()))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nproc", "1", "--nnodes", "3"], "error: --nnodes 3: no --rdzv-endpoint — "),
+    (["--gpus", "1", "--nnodes", "2", "--node-rank", "5", "--rdzv-endpoint", "h:29500"],
+     "error: --node-rank 5: must be"),
+    (["--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "h:29500"],
+     "error: --nnodes 2: the node flags place"),
+    (["--nproc", "1", "--rdzv-endpoint", "h:port"], "error: --rdzv-endpoint h:port: not HOST:PORT"),
+], ids=["no-endpoint", "node-rank-too-big", "no-nproc", "bad-endpoint"])
+def test_predict_node_flags_that_cannot_work_are_one_line_errors(small_fasta, tmp_path, capsys, flags,
+                                                                 message):
+    from perfkit.cli import main
+
+    out = tmp_path / "o"
+    assert main(["predict", str(small_fasta), "-o", str(out), *PREDICT_FLAGS, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not out.exists()

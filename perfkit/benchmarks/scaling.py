@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from perfkit.workload.config import make_config
-from perfkit.workload.distributed import run_multi, scaling
+from perfkit.projection import rank_scaling
+from perfkit.workload.distributed import run_multi
 from perfkit.workload.synth import write_synthetic_fasta
 
 
@@ -35,7 +36,7 @@ def main():
                       precision="bf16" if gpus else "fp32", checkpoint_every_sequences=50_000, window_s=5.0)
         single = run_multi(make_config(out_dir=Path(tmp) / "one", **common), 1, gpus=gpus)
         multi = run_multi(make_config(out_dir=Path(tmp) / "many", **common), n, gpus=gpus)
-    result = {"reads": a.reads, "model": a.model, "ranks": n, "scaling": scaling(single, multi),
+    result = {"reads": a.reads, "model": a.model, "ranks": n, "scaling": rank_scaling(single, multi),
               "single": {k: single["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s")},
               "multi": {k: multi["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s", "rank_imbalance")},
               "gpu": {"single": single.get("gpu"), "multi": multi.get("gpu")},

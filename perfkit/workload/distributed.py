@@ -1,18 +1,23 @@
 """Multi-process embedding runs through torchrun: one rank per GPU (NCCL) or per CPU process (gloo).
 
 `perfkit embed ... --gpus N` (or `--nproc N` on CPU) re-launches the same command under
-`python -m torch.distributed.run --standalone --nproc-per-node N`. Multi-node users call
-torchrun themselves, on every node, with rendezvous flags, e.g.
+`python -m torch.distributed.run --standalone --nproc-per-node N`: N ranks on this host.
 
-    torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --nproc-per-node 2 \
-        -m perfkit embed reads.fa -o /shared/run --device cuda
-
---out must then be a folder every node shares (rank 0 assembles every rank's shards).
+Several hosts: the same command on every node, with torchrun's own flags for where it runs,
+`--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` (HOST: node 0; --gpus/--nproc stay per node).
+Each node's launcher then runs torchrun with `--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT`,
+a rendezvous id derived from the command and the absolute --out path (the same on every node, so
+nodes of one run meet and another run's nodes do not), `--rdzv-conf join_timeout=...,is_host=...`
+(node 0 hosts the rendezvous store; PERFKIT_RDZV_TIMEOUT_S bounds the wait for the other nodes).
+torchrun numbers the ranks itself: rank 0 may be on any node. --out must be a folder every node
+shares (rank 0 assembles every rank's shards); the launchers' locks: perfkit.workload.lock.
 
 In every rank (`run_rank`):
 1. rank 0 locks --out (unless the launcher holds its lock: see perfkit.workload.lock), checks and
    prepares it and reads the completed keys of a resumed run; the result (or its error) is
-   broadcast, so no rank starts before the folder is ready;
+   broadcast, so no rank starts before the folder is ready; on several nodes every rank then checks
+   that it sees rank 0's folder and the same input (size and sha256) and has the same settings that
+   change results, and all stop, naming the node, if one does not;
 2. rank 0 plans (`byte_plan`): one vectorised scan finds every block's byte range, and the
    blocks are cut into contiguous runs of about equal bytes, one per rank (no translation
    pass); every sequence belongs to exactly one rank, and each DataLoader worker parses only
@@ -24,15 +29,17 @@ In every rank (`run_rank`):
 A rank that fails makes the run fail: torchrun's agent stops the others and exits non-zero;
 collectives have a timeout (PERFKIT_DIST_TIMEOUT_S, default 30 min) so nothing waits forever;
 torchrun dies with the launcher and ranks with torchrun's agent (parent-death signals, perfkit.lifeline), so a
-killed launch leaves no orphans.
+killed launch leaves no orphans. A node that dies is noticed by the others at their next collective
+(at once when its connections close, else after PERFKIT_DIST_TIMEOUT_S): they keep the shards they
+wrote (a resume does not redo them) and exit non-zero, naming the run's nodes.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,17 +56,17 @@ import torch
 import torch.distributed as dist
 
 from perfkit import aggregate, lifeline
-from perfkit.criteria import not_measured
 from perfkit.environment import environment
 from perfkit.errors import CHECK_FAILED_FILE_ENV, CheckFailed, UserError, check_failed_in_ranks, report_check_failed
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
-from perfkit.workload import store
+from perfkit.workload import node_view, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.lock import mark_held, out_dir_lock
 from perfkit.workload.runner import (Share, assemble_and_verify, spec_peak, check_before_work, check_out_dir,
-                                     embed_share, prepare_out_dir, run_result, telemetry_name, warn_truncated)
+                                     embed_share, prepare_out_dir, run_result, telemetry_name,
+                                     warn_truncated)
 from perfkit.workload.translate import Truncation
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,11 @@ log = logging.getLogger(__name__)
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 TIMEOUT_ENV = "PERFKIT_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
+# how long a node's torchrun waits for the other nodes to join (torchrun's own default is 600 s)
+RDZV_TIMEOUT_ENV = "PERFKIT_RDZV_TIMEOUT_S"
+DEFAULT_RDZV_TIMEOUT_S = 600
+NODE_RANK_ENV = "PERFKIT_NODE_RANK"  # the launcher's --node-rank, for the ranks' messages
+# rank 0 writes a fresh token here; every rank reads it back: proof that all see one folder
 # Fault-injection hook for tests only: rank r raises after its first batch when this is "r".
 FAIL_RANK_ENV = "PERFKIT_TEST_FAIL_RANK"
 
@@ -77,13 +89,64 @@ class RankInfo:
     rank: int
     world: int
     local_rank: int
+    node: int = 0  # the node's --node-rank (torchrun's GROUP_RANK when torchrun was called by hand)
 
 
 def torchrun_rank(env: Mapping[str, str] = os.environ) -> RankInfo | None:
     """This process's place in a torchrun launch, or None when not launched by torchrun."""
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
-    return RankInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])))
+    return RankInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])),
+                    int(env.get(NODE_RANK_ENV, env.get("GROUP_RANK", 0))))
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """The hosts of a launch, in torchrun's words (--nnodes, --node-rank, --rdzv-endpoint). One node and no
+    endpoint: torchrun --standalone on this host; otherwise torchrun's c10d rendezvous at the endpoint."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def rendezvous(self) -> bool:
+        return self.nnodes > 1 or self.rdzv_endpoint is not None
+
+    def check(self) -> None:
+        """The flags' own problems, before anything runs: one-line UserErrors naming the flag as typed."""
+        if self.nnodes < 1:
+            raise UserError(f"--nnodes {self.nnodes}: must be 1 or more",
+                            "pass the number of hosts of the run")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise UserError(f"--node-rank {self.node_rank}: must be 0 to --nnodes - 1 ({self.nnodes - 1})",
+                            "number the nodes 0 to N-1 (node 0 where --rdzv-endpoint points) and pass "
+                            "--nnodes N on every node")
+        if self.rdzv_endpoint is None:
+            if self.nnodes > 1:
+                raise UserError(f"--nnodes {self.nnodes}: no --rdzv-endpoint",
+                                "pass --rdzv-endpoint HOST:PORT, node 0's address and a free port, the same "
+                                "on every node")
+            return
+        host, _, port = self.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"--rdzv-endpoint {self.rdzv_endpoint}: not HOST:PORT",
+                            "pass node 0's host name or address and a free port, e.g. "
+                            "--rdzv-endpoint node0:29500")
+
+    def describe(self, nproc: int) -> str:
+        """The launch in words: '2-rank run', '2-node run (1 rank per node)'."""
+        if not self.rendezvous:
+            return f"{nproc}-rank run"
+        return f"{self.nnodes}-node run ({nproc} rank{'s' if nproc != 1 else ''} per node)"
+
+
+ONE_NODE = Nodes()
+
+
+def spans_nodes(env: Mapping[str, str] = os.environ) -> bool:
+    """True in a rank of a torchrun launch over several nodes (torchrun's GROUP_WORLD_SIZE: its agents)."""
+    return int(env.get("GROUP_WORLD_SIZE", "1")) > 1
 
 
 def set_nccl_env(env) -> None:
@@ -93,12 +156,16 @@ def set_nccl_env(env) -> None:
 
 # ---------------------------------------------------------------------------- launching
 
+LAUNCHER_FLAGS = ("--gpus", "--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
+
+
 def child_args(argv: list[str]) -> list[str]:
-    """The embed command line without --gpus/--nproc (and their values): what every rank runs."""
+    """The embed command line without the launcher's flags (--gpus/--nproc and the node flags, with their
+    values): what every rank runs."""
     def launcher_flag(token: str) -> bool:
         name = token.split("=", 1)[0]
         # argparse accepted unambiguous prefixes too (e.g. --np)
-        return len(name) > 2 and name.startswith("--") and ("--gpus".startswith(name) or "--nproc".startswith(name))
+        return len(name) > 2 and name.startswith("--") and any(f.startswith(name) for f in LAUNCHER_FLAGS)
 
     out, skip_value = [], False
     for token in argv:
@@ -111,13 +178,46 @@ def child_args(argv: list[str]) -> list[str]:
     return out
 
 
-def torchrun_command(nproc: int, embed_argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "-m", "perfkit", *embed_argv]
+def torchrun_command(nproc: int, perfkit_argv: list[str], nodes: Nodes = ONE_NODE,
+                     rdzv_id: str = "") -> list[str]:
+    """`python -m torch.distributed.run ... -m perfkit <perfkit_argv>`: standalone on one node, else node
+    `nodes.node_rank`'s part of a c10d rendezvous (`rdzv_id`: the same on every node, see rendezvous_id)."""
+    if not nodes.rendezvous:
+        where = ["--standalone"]
+    else:
+        # --node-rank is left out: with c10d torchrun ignores it (and says so); it decides who hosts the store
+        conf = f"join_timeout={rendezvous_timeout_s()},is_host={int(nodes.node_rank == 0)}"
+        where = ["--nnodes", str(nodes.nnodes), "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", nodes.rdzv_endpoint, "--rdzv-id", rdzv_id, "--rdzv-conf", conf]
+    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc),
+            "-m", "perfkit", *perfkit_argv]
 
 
-def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int | None = None) -> str:
+def rendezvous_id(command: str, out_dir) -> str:
+    """One run's rendezvous id, which every node derives alike: the command and the absolute --out path
+    (nodes that give another folder wait in another rendezvous, and time out, instead of joining this one)."""
+    return f"perfkit-{command}-{hashlib.sha256(os.path.abspath(out_dir).encode()).hexdigest()[:16]}"
+
+
+def rendezvous_timeout_s(env: Mapping[str, str] = os.environ) -> int:
+    return max(1, round(float(env.get(RDZV_TIMEOUT_ENV, DEFAULT_RDZV_TIMEOUT_S))))
+
+
+def launch_env(out_dir, nodes: Nodes = ONE_NODE) -> dict[str, str]:
+    """The environment of a launcher's torchrun: NCCL settings, and what its ranks must know of it (it holds
+    the folder's lock, its pid for the parent-death race check, its node rank for messages)."""
+    env = dict(os.environ)
+    set_nccl_env(env)
+    mark_held(env, out_dir)
+    env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())
+    env[NODE_RANK_ENV] = str(nodes.node_rank)
+    return env
+
+
+def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int | None = None,
+                 nodes: Nodes = ONE_NODE) -> str:
     """Every check that can fail before torchrun starts (writes nothing); returns the ranks' --device."""
+    nodes.check()
     if torchrun_rank() is not None:
         raise UserError("--gpus/--nproc given inside a torchrun launch", "drop --gpus/--nproc when calling torchrun yourself")
     if nproc < 1:
@@ -143,15 +243,15 @@ def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int 
     return device
 
 
-def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool) -> int:
-    """Run `perfkit embed` (argv without --gpus/--nproc) in `nproc` ranks under torchrun; its exit code."""
-    device = check_launch(cfg, nproc, gpus=gpus)
-    with out_dir_lock(cfg.out_dir):  # held here for the whole launch; the ranks are told so and take none
-        env = dict(os.environ)
-        set_nccl_env(env)
-        mark_held(env, cfg.out_dir)
-        env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())
-        command = torchrun_command(nproc, [*child_args(argv), "--device", device])
+def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool, nodes: Nodes = ONE_NODE) -> int:
+    """Run `perfkit embed` (argv without the launcher's flags) in `nproc` ranks under torchrun (on this node,
+    or as node `nodes.node_rank` of several); its exit code."""
+    device = check_launch(cfg, nproc, gpus=gpus, nodes=nodes)
+    # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
+    with out_dir_lock(cfg.out_dir, nodes.node_rank):
+        env = launch_env(cfg.out_dir, nodes)
+        command = torchrun_command(nproc, [*child_args(argv), "--device", device], nodes,
+                                   rendezvous_id("embed", cfg.out_dir))
         log.info("launching: %s", " ".join(command))
         with tempfile.TemporaryDirectory(prefix="perfkit-launch-") as tmp:
             env[CHECK_FAILED_FILE_ENV] = checks = os.path.join(tmp, "check_failed")
@@ -315,16 +415,43 @@ def fault_injection_hook(rank: int, env: Mapping[str, str] = os.environ):
 
 def rank_main(cfg: EmbedConfig, info: RankInfo) -> dict | None:
     """`perfkit embed` under torchrun: this rank's share; rank 0 returns the run's summary."""
-    try:
+    with errors_named_by_rank(info):
         return run_rank(cfg, info)
+
+
+@contextmanager
+def errors_named_by_rank(info: RankInfo):
+    """A rank's errors as one line naming the rank (and its node); a failed check is left for the launcher."""
+    try:
+        yield
+    except (node_view.NodesDiffer, SystemExit):  # named already / a quiet exit (another rank of the node says why)
+        raise
     except UserError as err:
         raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
     except CheckFailed as err:
         raise rank_check_failed(err, info) from None
     except BaseException as err:
-        print(f"error: rank {info.rank} of {info.world} (local rank {info.local_rank} on {socket.gethostname()}) "
-              f"failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        print(f"error: {failure_line(err, info)}", file=sys.stderr, flush=True)
         raise
+
+
+# what a collective raises when another rank's process or host is gone (gloo, NCCL, the c10d store)
+LOST_PEER_SIGNS = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "timed out",
+                   "timeout")
+_run_nodes: dict[int, str] = {}  # node rank -> host of every rank, as the ranks told each other at start
+
+
+def failure_line(err: BaseException, info: RankInfo) -> str:
+    """What a rank says when it fails; when the failure is a lost peer, which nodes the run had."""
+    line = (f"rank {info.rank} of {info.world} (node {info.node}, local rank {info.local_rank} on "
+            f"{socket.gethostname()}) failed: {type(err).__name__}: {err}")
+    lost = isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and
+                                              any(sign in str(err).lower() for sign in LOST_PEER_SIGNS))
+    if lost and len(_run_nodes) > 1:
+        nodes = ", ".join(f"{node} on {host}" for node, host in sorted(_run_nodes.items()))
+        line += (f" — lost contact with another rank: a node of this run (nodes {nodes}) died, was stopped "
+                 "or lost the network; its own log says why; start every node again with --resume")
+    return " ".join(line.split())
 
 
 def rank_check_failed(err: CheckFailed, info: RankInfo) -> CheckFailed:
@@ -355,7 +482,13 @@ def rank_group(cfg: EmbedConfig, info: RankInfo):
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     try:
         # small control messages go over gloo (CPU) on every backend: one code path, tested on CPU
-        yield device, dist.new_group(backend="gloo", timeout=timeout)
+        control = dist.new_group(backend="gloo", timeout=timeout)
+        yield device, control
+        if spans_nodes():
+            # several nodes: torchrun's agents wait only 300 s for each other once their own ranks are done,
+            # and an agent that leaves may take the rendezvous store with it while rank 0 still assembles
+            # (the others' agents then fail, killing rank 0): every rank stays until rank 0 is done
+            dist.barrier(control)
     finally:
         dist.destroy_process_group()
 
@@ -385,7 +518,12 @@ def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: Plan | None = 
 
 def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group, held: ExitStack) -> tuple[EmbedConfig, np.ndarray]:
     """Rank 0 locks (into `held`), checks and prepares --out and reads a resumed run's keys; every rank gets
-    the result or the error (a folder in use too: no rank waits for a rank 0 that gave up)."""
+    the result or the error (a folder in use too: no rank waits for a rank 0 that gave up), then checks
+    that it sees what rank 0 sees (check_same_view)."""
+    # several nodes: the other ranks hash their input while rank 0 prepares the folder (which hashes it too);
+    # the ranks of one host see one file system, so a single node skips the check
+    several_nodes = spans_nodes()
+    input_seen = node_view.seen_input(cfg.input) if several_nodes and info.rank != 0 else None
     message: list = [None]
     if info.rank == 0:
         try:
@@ -393,20 +531,24 @@ def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group, held: ExitStack)
             held.enter_context(out_dir_lock(resolved.out_dir))
             prepare_out_dir(resolved)
             done = store.completed_keys(resolved.out_dir) if resolved.resume else np.empty(0, np.int64)
-            message = [("ok", resolved.precision, done)]
+            view = node_view.rank0_view(resolved, info) if several_nodes else None
+            message = [("ok", resolved.precision, done, view)]
         except UserError as err:
-            message = [("error", err.problem, err.fix)]
+            message = [("error", err.problem, err.fix, None)]
     dist.broadcast_object_list(message, src=0, group=group)
-    status, first, second = message[0]
+    status, first, second, view = message[0]
     if status == "error":
         raise UserError(first, second)
+    if several_nodes:
+        node_view.check_same_view(cfg, info, group, view, input_seen, _run_nodes)
     return cfg.model_copy(update={"precision": first}), second
 
 
 def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
     """What rank 0 needs from each rank."""
     run = share.run
-    return {"rank": info.rank, "local_rank": info.local_rank, "host": socket.gethostname(), "device": str(run.device),
+    return {"rank": info.rank, "local_rank": info.local_rank, "node": info.node, "host": socket.gethostname(),
+            "device": str(run.device),
             "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
             "wall_s": share.wall_s, "capped": share.capped, "frames_translated": run.frames_translated,
             "reads_seen": run.reads_seen, "reads_without_frames": len(run.frameless),
@@ -430,13 +572,14 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
     if not capped:
         result.update(assemble_and_verify(share, frames))
     records = aggregate.read_telemetry([cfg.out_dir / telemetry_name(r, world) for r in range(world)])
-    per_rank = {r["rank"]: {key: r[key] for key in ("host", "local_rank", "device", "physical_gpu", "wall_s",
-                                                    "frames_translated", "truncated_sequences", "blocks", "peak_flops")}
-                for r in reports}
+    keys = ("node", "host", "local_rank", "device", "physical_gpu", "wall_s", "frames_translated",
+            "truncated_sequences", "blocks", "peak_flops")
+    per_rank = {r["rank"]: {key: r[key] for key in keys} for r in reports}
     for rank, info in per_rank.items():
         info["planned_weight"] = plan["planned_weight"][rank]
         info["planned_share"] = plan["planned_share"][rank]
-    distributed = {"world": world, "launcher": "torchrun", "backend": dist.get_backend(),
+    distributed = {"world": world, "nodes": len({(r["node"], r["host"]) for r in reports}),
+                   "launcher": "torchrun", "backend": dist.get_backend(),
                    "nccl_env": {k: os.environ.get(k) for k in NCCL_ENV}, "plan": plan, "ranks": per_rank,
                    "throughput_rule": "summed over ranks (never averaged); overall rates use the slowest rank's wall time",
                    "imbalance_rule": "slowest rank's embedding wall time / mean over ranks"}
@@ -451,38 +594,3 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
     write_json(cfg.out_dir / "summary.json", summary)
     warn_truncated(result, run.stage)
     return summary
-
-
-# ---------------------------------------------------------------------------- scaling figures
-
-def scaling(single: dict, multi: dict) -> dict:
-    """1-process vs N-rank summaries of the same work: speed-up, efficiency, imbalance, per-rank figures."""
-    one, many = single["throughput"], multi["throughput"]
-    world = multi.get("distributed", {}).get("world") or many["ranks"]
-    factor = _ratio(many.get("steady_tok_per_s"), one.get("steady_tok_per_s"))
-    same_work = one.get("sequences") == many.get("sequences")
-    wall_factor = (_ratio(one.get("wall_s"), many.get("wall_s")) if same_work
-                   else not_measured("the two runs embedded different numbers of sequences"))
-    per_rank = {}
-    for rank, figures in multi.get("per_rank", {}).items():
-        gpu = multi.get("gpu", {}).get(str(rank)) or multi.get("gpu", {}).get(rank) or {}
-        util = gpu.get("gpu_utilization_percent") or {}
-        per_rank[str(rank)] = {
-            "steady_tok_per_s": figures.get("steady_tok_per_s"), "tok_per_s": figures.get("tok_per_s"),
-            "wall_s": figures.get("wall_s"), "physical_gpu": gpu.get("physical_index"),
-            "gpu_utilization_mean": (util["mean"] if util.get("measured") and "mean" in util
-                                     else not_measured(util.get("reason") or gpu.get("note") or "no GPU samples")),
-        }
-    return {"ranks": world,
-            "factor": factor,  # summed steady tok/s of N ranks / steady tok/s of one process
-            "wall_factor": wall_factor,  # one process's wall time / the N-rank run's (slowest rank)
-            "efficiency": factor / world if factor is not None else None,
-            "imbalance": many.get("rank_imbalance"),
-            "planned_token_imbalance": multi.get("distributed", {}).get("plan", {}).get("planned_imbalance"),
-            "single_steady_tok_per_s": one.get("steady_tok_per_s"),
-            "multi_steady_tok_per_s": many.get("steady_tok_per_s"),
-            "per_rank": per_rank}
-
-
-def _ratio(a, b):
-    return a / b if a is not None and b else None

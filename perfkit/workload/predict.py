@@ -22,15 +22,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
-import sys
 import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
 
-from perfkit import lifeline
 from perfkit.environment import environment
 from perfkit.errors import CheckFailed, UserError
 from perfkit.summary import write_json
@@ -39,7 +36,7 @@ from perfkit.workload import classifier as clf
 from perfkit.workload import esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import read_frameless
-from perfkit.workload.lock import mark_held, out_dir_lock
+from perfkit.workload.lock import out_dir_lock
 from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 
@@ -54,11 +51,15 @@ STAGES = {"nucleotide_embedding": "nucleotide", "protein_embedding": "protein"} 
 
 
 def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512, nproc: int = 1,
-                gpus: bool = False, launch: bool = False) -> dict:
+                gpus: bool = False, launch: bool = False, nodes=None) -> dict | None:
     """`cfg` is the protein stage's config (its out_dir is the chain's folder); returns summary.json's content.
     v2 runs in ranks of one torchrun launch when `nproc` > 1, on `gpus`, or with `launch` (1 CPU process too:
-    the same launch as N ranks, for a like-for-like comparison); otherwise in this process."""
+    the same launch as N ranks, for a like-for-like comparison); otherwise in this process. `nodes`
+    (distributed.Nodes): this process launches one node's `nproc` ranks of a run over several nodes; the
+    launcher of node 0 returns the summary, the others None."""
     check_chain(cfg, nproc)
+    if nodes is not None and nodes.rendezvous:  # always a launch (its checks refuse v1)
+        return _launch_ranks(cfg, classifier_weights, hidden, nproc, gpus, nodes)
     if cfg.mode == "v2" and (nproc > 1 or gpus or launch):
         return _launch_ranks(cfg, classifier_weights, hidden, nproc, gpus)
     check_stages(cfg)
@@ -94,23 +95,13 @@ def check_chain(cfg: EmbedConfig, nproc: int) -> None:
 
 def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int = 512) -> dict | None:
     """`perfkit predict` under torchrun: the whole chain in this rank; rank 0 returns the summary."""
-    from perfkit.workload.distributed import rank_group
+    from perfkit.workload.distributed import errors_named_by_rank, rank_group
 
-    try:
+    with errors_named_by_rank(info):
         check_chain(cfg, info.world)
         with rank_group(cfg, info) as (device, group):
             return run_chain(cfg.model_copy(update={"device": device}), (info, group),
                              classifier_weights=classifier_weights, hidden=hidden)
-    except UserError as err:
-        raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
-    except CheckFailed as err:
-        from perfkit.workload.distributed import rank_check_failed
-
-        raise rank_check_failed(err, info) from None
-    except BaseException as err:
-        print(f"error: rank {info.rank} of {info.world} (local rank {info.local_rank} on {socket.gethostname()}) "
-              f"failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        raise
 
 
 def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int = 512) -> dict | None:
@@ -370,22 +361,27 @@ def compare_runs(dir_a, dir_b) -> dict:
     return clf.prediction_agreement(reads_a, reads_b, frames_a, frames_b, info[0], info[1])
 
 
-def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool) -> dict:
-    """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank); its summary."""
-    from perfkit.workload.distributed import check_launch, run_with_params, set_nccl_env, torchrun_command
+def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool,
+                  nodes=None) -> dict | None:
+    """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank), on this node or as
+    node `nodes.node_rank` of several; its summary (node 0's launcher), None (another node's)."""
+    from perfkit.workload import distributed
 
-    device = check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus)  # the chain folder may hold stages
+    nodes = nodes or distributed.ONE_NODE
+    # the chain folder may hold stages
+    device = distributed.check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus, nodes=nodes)
     check_stages(cfg.model_copy(update={"device": device}))  # as the ranks will run them
-    with out_dir_lock(cfg.out_dir):  # held here for the whole launch; the ranks are told so and take none
-        env = dict(os.environ)
-        set_nccl_env(env)
-        mark_held(env, cfg.out_dir)
-        env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())  # ranks exit if it died before their parent-death signal
+    # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
+    with out_dir_lock(cfg.out_dir, nodes.node_rank):
+        env = distributed.launch_env(cfg.out_dir, nodes)
         extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
                                                                 if classifier_weights else [])]
-        wall = run_with_params(cfg, lambda params: torchrun_command(nproc, [
-            "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra]),
-            what=f"{nproc}-rank chain (torchrun)", exclude=("device",), env=env)
+        wall = distributed.run_with_params(cfg, lambda params: distributed.torchrun_command(nproc, [
+            "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra],
+            nodes, distributed.rendezvous_id("predict", cfg.out_dir)),
+            what=f"{nodes.describe(nproc)} of the chain (torchrun)", exclude=("device",), env=env)
+        if nodes.node_rank != 0:  # node 0's launcher adds the launch to the summary, once
+            return None
         return _launch_summary(Path(cfg.out_dir) / "summary.json", wall)
 
 
