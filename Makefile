@@ -24,7 +24,9 @@ demo: venv
 	$(VENV)/bin/perfkit suite --params params/smoke.yaml --out $(OUT)
 
 test: venv
-	$(PY) -m pytest -q -m "not gpu" --nbval-lax --nbval-kernel-name python3 tests notebooks
+	$(VENV)/bin/ruff check perfkit tests
+	$(VENV)/bin/ruff format --check perfkit tests
+	$(PY) -m pytest -q -m "not gpu" --nbval-lax --nbval-kernel-name perfkit tests notebooks
 
 test-gpu:  # on a GPU node, after installing from the wheelhouse
 	$(PYTHON) -m pytest -q -m gpu tests
@@ -42,7 +44,7 @@ GPU_NODE_HAS = numpy pandas pyarrow seaborn matplotlib h5py pyyaml tqdm psutil p
   fonttools kiwisolver pyparsing python-dateutil six requests urllib3 idna certifi charset-normalizer \
   click
 # and what it never runs: the browser test is CPU-only
-GPU_NODE_SKIPS = selenium
+GPU_NODE_SKIPS = selenium ruff
 wheelhouse-gpu: venv
 	rm -rf .wheelhouse-gpu
 	$(VENV)/bin/perfkit wheelhouse --out .wheelhouse-gpu --skip $(GPU_NODE_HAS) $(GPU_NODE_SKIPS)

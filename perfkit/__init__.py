@@ -3,4 +3,5 @@
 The measuring kit (this package) knows nothing about the workload; the pipeline
 under test lives in `perfkit.workload`.
 """
+
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """What the run ran on: GPUs, driver, torch, CUDA, host, code commit."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import torch
-
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -8,12 +8,12 @@ from perfkit.packing import TokenBudgetPacker, efficiency, plan_packed
 def _stream(lengths, chunk=1000, seed=0, with_tokens=False):
     keys = np.arange(len(lengths))
     for s in range(0, len(lengths), chunk):
-        k, l = keys[s : s + chunk], lengths[s : s + chunk]
+        k, lens = keys[s : s + chunk], lengths[s : s + chunk]
         if with_tokens:
             # token value = key, so every token tells which sequence it belongs to
-            yield k, l, np.repeat(k, l)
+            yield k, lens, np.repeat(k, lens)
         else:
-            yield k, l
+            yield k, lens
 
 
 def test_hand_computed_packing():
@@ -93,7 +93,9 @@ def test_padded_batches_respect_budget_and_report_waste():
     assert efficiency(out)["packing_efficiency"] == pytest.approx(28 / 40)
 
 
-@pytest.mark.parametrize("kwargs", [{"budget": 0}, {"budget": 10, "buffer_size": 0}, {"budget": 10, "layout": "x"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"budget": 0}, {"budget": 10, "buffer_size": 0}, {"budget": 10, "layout": "x"}]
+)
 def test_bad_settings_are_user_errors(kwargs):
     with pytest.raises(UserError):
         TokenBudgetPacker(**kwargs)
