@@ -25,7 +25,6 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check perfkit tests
-	$(VENV)/bin/ruff format --check perfkit tests
 	$(PY) -m pytest -q -m "not gpu" --nbval-lax --nbval-kernel-name perfkit tests notebooks
 
 test-gpu:  # on a GPU node, after installing from the wheelhouse

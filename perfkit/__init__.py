@@ -3,5 +3,4 @@
 The measuring kit (this package) knows nothing about the workload; the pipeline
 under test lives in `perfkit.workload`.
 """
-
 __version__ = "0.1.0"

@@ -2,7 +2,6 @@
 
 Reads what `perfkit.telemetry` wrote; never touches the model or the device.
 """
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,13 +36,8 @@ def _percentiles(values: pd.Series) -> dict:
     values = values.dropna().astype(float)
     if values.empty:
         return {"mean": None, "p50": None, "p95": None, "max": None, "total": 0.0}
-    return {
-        "mean": float(values.mean()),
-        "p50": float(values.quantile(0.5)),
-        "p95": float(values.quantile(0.95)),
-        "max": float(values.max()),
-        "total": float(values.sum()),
-    }
+    return {"mean": float(values.mean()), "p50": float(values.quantile(0.5)), "p95": float(values.quantile(0.95)),
+            "max": float(values.max()), "total": float(values.sum())}
 
 
 def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = None) -> pd.DataFrame:
@@ -60,9 +54,7 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = 
     for rank, df in batch_records.groupby("rank"):
         df = df.sort_values("t_arrive_s").copy()
         request = df["t_arrive_s"] - df["loader_wait_s"]
-        last_end = float(
-            end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max()
-        )
+        last_end = float(end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max())
         df["owned_s"] = np.diff(np.append(request.to_numpy(), max(last_end, float(request.iloc[-1]))))
         df["window"] = (request // window_s).astype(int)
         for window, g in df.groupby("window"):
@@ -72,24 +64,14 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = 
             device = g["device_s"].dropna()
             wait_share = float(g["loader_wait_s"].sum()) / owned
             busy_share = float(device.sum()) / owned if len(device) else None
-            rows.append(
-                {
-                    "rank": int(rank),
-                    "window": int(window),
-                    "start_s": start,
-                    "seconds": span,
-                    "owned_s": owned,
-                    "batches": len(g),
-                    "sequences": int(g["sequences"].sum()),
-                    "real_tokens": int(g["real_tokens"].sum()),
-                    "seq_per_s": float(g["sequences"].sum()) / span,
-                    "tok_per_s": float(g["real_tokens"].sum()) / span,
-                    "loader_wait_share": wait_share,
-                    "device_busy_share": busy_share,
-                    "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
-                    "verdict": verdict(wait_share, busy_share),
-                }
-            )
+            rows.append({
+                "rank": int(rank), "window": int(window), "start_s": start, "seconds": span, "owned_s": owned,
+                "batches": len(g), "sequences": int(g["sequences"].sum()), "real_tokens": int(g["real_tokens"].sum()),
+                "seq_per_s": float(g["sequences"].sum()) / span, "tok_per_s": float(g["real_tokens"].sum()) / span,
+                "loader_wait_share": wait_share, "device_busy_share": busy_share,
+                "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
+                "verdict": verdict(wait_share, busy_share),
+            })
     return pd.DataFrame(rows)
 
 
@@ -104,15 +86,8 @@ def verdict(loader_wait_share: float, device_busy_share: float | None) -> str:
     return "host-bound"
 
 
-def throughput(
-    batch_records: pd.DataFrame,
-    *,
-    wall_s: float,
-    start_s: float = 0.0,
-    warmup_batches: int = 3,
-    flops_per_token: float | None = None,
-    peak_flops: float | None = None,
-) -> dict:
+def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0.0, warmup_batches: int = 3,
+               flops_per_token: float | None = None, peak_flops: float | None = None) -> dict:
     """Overall and steady-state (warm-up batches excluded) figures for one rank's batches.
 
     `start_s` is when the measured loop began and `start_s + wall_s` when it ended, on the
@@ -121,19 +96,13 @@ def throughput(
     """
     df = batch_records
     n = len(df)
-    out = {
-        "batches": n,
-        "sequences": int(df["sequences"].sum()) if n else 0,
-        "real_tokens": int(df["real_tokens"].sum()) if n else 0,
-        "wall_s": wall_s,
-    }
+    out = {"batches": n, "sequences": int(df["sequences"].sum()) if n else 0,
+           "real_tokens": int(df["real_tokens"].sum()) if n else 0, "wall_s": wall_s}
     out["seq_per_s"] = out["sequences"] / wall_s if wall_s > 0 else None
     out["tok_per_s"] = out["real_tokens"] / wall_s if wall_s > 0 else None
     warm = min(warmup_batches, max(n - 1, 0))
     steady = df.iloc[warm:]
-    steady_start = (
-        float(steady["t_arrive_s"].iloc[0] - steady["loader_wait_s"].iloc[0]) if len(steady) else 0.0
-    )
+    steady_start = float(steady["t_arrive_s"].iloc[0] - steady["loader_wait_s"].iloc[0]) if len(steady) else 0.0
     steady_wall = start_s + wall_s - steady_start
     out["warmup_batches"] = warm
     out["steady_wall_s"] = steady_wall
@@ -144,14 +113,10 @@ def throughput(
         out["device_busy_fraction"] = float(device.sum()) / steady_wall if len(device) else None
         out["loader_wait_fraction"] = float(steady["loader_wait_s"].sum()) / steady_wall
     else:
-        out.update(
-            steady_seq_per_s=None, steady_tok_per_s=None, device_busy_fraction=None, loader_wait_fraction=None
-        )
+        out.update(steady_seq_per_s=None, steady_tok_per_s=None, device_busy_fraction=None, loader_wait_fraction=None)
     if n:
         out["packing_efficiency"] = float(df["real_tokens"].sum()) / float(df["budget_tokens"].sum())
-        out["padding_waste"] = float((df["slot_tokens"] - df["real_tokens"]).sum()) / float(
-            df["slot_tokens"].sum()
-        )
+        out["padding_waste"] = float((df["slot_tokens"] - df["real_tokens"]).sum()) / float(df["slot_tokens"].sum())
     else:
         out["packing_efficiency"] = out["padding_waste"] = None
     out["loader_wait_s"] = _percentiles(df["loader_wait_s"]) if n else _percentiles(pd.Series(dtype=float))
@@ -168,13 +133,8 @@ def checkpoint_overhead(records: pd.DataFrame, wall_s: float) -> dict:
         return {"count": 0, "write_s_total": 0.0, "share_of_wall": 0.0, "bytes": 0}
     ck = records[records["kind"] == "checkpoint"]
     total = float(ck["write_s"].sum())
-    return {
-        "count": int(len(ck)),
-        "write_s_total": total,
-        "write_s_max": float(ck["write_s"].max()),
-        "share_of_wall": total / wall_s if wall_s > 0 else None,
-        "bytes": int(ck["bytes"].sum()),
-    }
+    return {"count": int(len(ck)), "write_s_total": total, "write_s_max": float(ck["write_s"].max()),
+            "share_of_wall": total / wall_s if wall_s > 0 else None, "bytes": int(ck["bytes"].sum())}
 
 
 def stage_seconds(records: pd.DataFrame) -> dict:

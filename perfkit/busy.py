@@ -9,7 +9,6 @@ end marker". A host too slow to enqueue kernels *inside* a batch shows up as bus
 time; gaps *between* batches (loader, Python, syncs) show up as idle. Use the
 profiler capture to see inside a batch.
 """
-
 from __future__ import annotations
 
 import time

@@ -1,5 +1,4 @@
 """What the run ran on: GPUs, driver, torch, CUDA, host, code commit."""
-
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

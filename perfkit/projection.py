@@ -10,7 +10,6 @@ seconds) and sample statistics, and knows nothing of the models, the notebooks o
 - GPU utilisation time-weighted over a chain's stages and ranks (`chain_gpu_utilisation`), and projected
   to the full sample (`project_gpu_utilisation`).
 """
-
 from __future__ import annotations
 
 import math
@@ -37,9 +36,7 @@ def tokens_per_read(stats: dict) -> float:
     return stats["frames"] / stats["reads"] * (stats["mean_protein_length"] + 2)
 
 
-FIT_TOLERANCE = (
-    0.03  # the two-size check must hold within this on both sides for the projected factor to count
-)
+FIT_TOLERANCE = 0.03  # the two-size check must hold within this on both sides for the projected factor to count
 SCORING_STAGES = ("merge", "classifier", "consensus")
 FIXED_STAGES = ("launch",)  # chain stages that do not grow with the reads
 
@@ -63,11 +60,8 @@ def steady_start(summary: dict) -> dict | None:
     """What comes before the steady state of an embedding run, from its per-rank figures (the summed
     `throughput` has no steady wall): the longest time before steady state over the ranks, and the tokens
     all ranks embedded in it (their tokens - steady tok/s x steady wall). None when no rank has a steady wall."""
-    ranks = [
-        r
-        for r in (summary.get("per_rank") or {}).values()
-        if isinstance(r, dict) and r.get("steady_wall_s") is not None and r.get("wall_s") is not None
-    ]
+    ranks = [r for r in (summary.get("per_rank") or {}).values()
+             if isinstance(r, dict) and r.get("steady_wall_s") is not None and r.get("wall_s") is not None]
     if not ranks:
         return None
     before = max(r["wall_s"] - r["steady_wall_s"] for r in ranks)
@@ -94,21 +88,13 @@ def holdout_check(summary: dict) -> dict:
     before = every[every["start_s"] < start]
     tokens_before = float((before["tok_per_s"] * before["seconds"]).sum())
     predicted = start + (t["real_tokens"] - tokens_before) / rate
-    return {
-        "checked": True,
-        "fit_windows": len(fit),
-        "fit_s": float(fit["seconds"].sum()),
-        "fit_tok_per_s": rate,
-        "predicted_wall_s": predicted,
-        "measured_wall_s": t["wall_s"],
-        "extrapolation": t["wall_s"] / (start + float(fit["seconds"].sum())),
-        "deviation": t["wall_s"] / predicted - 1,
-    }
+    return {"checked": True, "fit_windows": len(fit), "fit_s": float(fit["seconds"].sum()), "fit_tok_per_s": rate,
+            "predicted_wall_s": predicted, "measured_wall_s": t["wall_s"],
+            "extrapolation": t["wall_s"] / (start + float(fit["seconds"].sum())),
+            "deviation": t["wall_s"] / predicted - 1}
 
 
-def project_full_sample(
-    summary: dict, sample_stats: dict, full_sample_reads: int, sample_reads: int | None = None
-) -> dict:
+def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: int, sample_reads: int | None = None) -> dict:
     """Hours for the full sample from the steady rate, with the method and an error stated.
 
     hours = (full_reads x tokens per read) / steady tok/s + model load, where tokens per read
@@ -126,20 +112,11 @@ def project_full_sample(
     windows = steady_windows(pd.DataFrame(summary.get("windows") or []), window_s)
     out = {
         "method": "hours = full_reads x tokens_per_read / steady_tok_per_s + model_load; tokens_per_read from the "
-        "sample (frames/read x (mean protein length + 2)); error = std/mean of full steady windows' tok/s",
-        "full_sample_reads": full_sample_reads,
-        "tokens_per_read": per_read,
-        "full_sample_tokens": full_sample_reads * per_read,
-        "steady_tok_per_s": rate,
-        "model_load_s": load_s,
-        "window_s": window_s,
-        "steady_windows": len(windows),
-        "capped": bool((summary.get("run") or {}).get("capped")),
-        "hours": None,
-        "relative_error": None,
-        "hours_low": None,
-        "hours_high": None,
-        "error_note": None,
+                  "sample (frames/read x (mean protein length + 2)); error = std/mean of full steady windows' tok/s",
+        "full_sample_reads": full_sample_reads, "tokens_per_read": per_read,
+        "full_sample_tokens": full_sample_reads * per_read, "steady_tok_per_s": rate, "model_load_s": load_s,
+        "window_s": window_s, "steady_windows": len(windows), "capped": bool((summary.get("run") or {}).get("capped")),
+        "hours": None, "relative_error": None, "hours_low": None, "hours_high": None, "error_note": None,
         "check": None,
     }
     if not rate:
@@ -148,10 +125,8 @@ def project_full_sample(
     tokens = full_sample_reads * per_read
     out["hours"] = (tokens / rate + load_s) / 3600
     if len(windows) >= 2 and windows["batches"].mean() < 2:
-        out["error_note"] = (
-            f"steady windows hold {windows['batches'].mean():.1f} batches on average: their spread "
-            f"measures batch granularity, not throughput; error not estimable (lengthen window_s)"
-        )
+        out["error_note"] = (f"steady windows hold {windows['batches'].mean():.1f} batches on average: their spread "
+                             f"measures batch granularity, not throughput; error not estimable (lengthen window_s)")
     elif len(windows) >= 2:
         rates = windows["tok_per_s"].astype(float)
         out["relative_error"] = float(rates.std(ddof=1) / rates.mean())
@@ -161,35 +136,23 @@ def project_full_sample(
         out["hours_high"] = max(out["hours"], (tokens / low + load_s) / 3600) if low > 0 else None
         out["window_tok_per_s"] = rates.tolist()
     else:
-        out["error_note"] = (
-            f"only {len(windows)} full steady window(s) of {window_s:g} s: error not estimable; "
-            f"run longer or shorten window_s"
-        )
+        out["error_note"] = (f"only {len(windows)} full steady window(s) of {window_s:g} s: error not estimable; "
+                             f"run longer or shorten window_s")
     if not out["capped"]:
         reads = sample_reads or sample_stats.get("reads")
         measured_tokens = t["real_tokens"]
         start = steady_start(summary)
-        check = {
-            "sample_reads": reads,
-            "predicted_tokens": reads * per_read,
-            "measured_tokens": measured_tokens,
-            "token_deviation": measured_tokens / (reads * per_read) - 1 if reads else None,
-            "measured_wall_s": t["wall_s"],
-            "predicted_wall_s": None,
-            "wall_deviation": None,
-        }
+        check = {"sample_reads": reads, "predicted_tokens": reads * per_read, "measured_tokens": measured_tokens,
+                 "token_deviation": measured_tokens / (reads * per_read) - 1 if reads else None,
+                 "measured_wall_s": t["wall_s"], "predicted_wall_s": None, "wall_deviation": None}
         if start is None:
             check["note"] = "no rank has a steady wall time in the summary: the loop's wall is not checked"
         else:
             predicted = start["before_steady_s"] + (reads * per_read - start["warmup_tokens"]) / rate
-            check.update(
-                predicted_wall_s=predicted,
-                before_steady_s=start["before_steady_s"],
-                warmup_tokens=start["warmup_tokens"],
-                wall_deviation=t["wall_s"] / predicted - 1,
-                method="loop time before steady state (the longest over ranks) + (predicted tokens - "
-                "warm-up tokens) / steady tok/s",
-            )
+            check.update(predicted_wall_s=predicted, before_steady_s=start["before_steady_s"],
+                         warmup_tokens=start["warmup_tokens"], wall_deviation=t["wall_s"] / predicted - 1,
+                         method="loop time before steady state (the longest over ranks) + (predicted tokens - "
+                                "warm-up tokens) / steady tok/s")
         out["check"] = check
     return out
 
@@ -204,9 +167,8 @@ def slowest_rank_token_seconds(summary: dict) -> float:
     return t["real_tokens"] / t["steady_tok_per_s"]
 
 
-def project_end_to_end(
-    chain: dict, stage_summaries: dict, run_reads: int, full_reads: int, protein_projection: dict
-) -> dict:
+def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_reads: int,
+                       protein_projection: dict) -> dict:
     """Hours for the whole chain on the full sample, stage by stage, from one measured chain run.
 
     Embedding stage: fixed part (its measured seconds - its tokens / steady tok/s - its output assembly
@@ -224,82 +186,42 @@ def project_end_to_end(
         if t and t.get("steady_tok_per_s"):
             rate = t["steady_tok_per_s"]
             token_s = slowest_rank_token_seconds(stage_summaries[stage])
-            output = (stage_summaries[stage].get("run") or {}).get("output") or {}
+            output = ((stage_summaries[stage].get("run") or {}).get("output") or {})
             # writing embeddings.h5, or checking the shards that replace it: both grow with the reads
             assemble = float(output.get("assemble_s") or 0.0) + float(output.get("check_s") or 0.0)
             fixed = max(seconds - token_s - assemble, 0.0)
             projected = fixed + token_s * scale + assemble * scale
-            rows.append(
-                {
-                    "stage": stage,
-                    "measured_s": seconds,
-                    "fixed_s": fixed,
-                    "assemble_s": assemble,
-                    "steady_tok_per_s": rate,
-                    "token_s": token_s,
-                    "run_tokens": t["real_tokens"],
-                    "full_sample_tokens": t["real_tokens"] * scale,
-                    "projected_h": projected / 3600,
-                    "method": "fixed + full tokens / steady rate",
-                }
-            )
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "assemble_s": assemble,
+                         "steady_tok_per_s": rate, "token_s": token_s,
+                         "run_tokens": t["real_tokens"], "full_sample_tokens": t["real_tokens"] * scale,
+                         "projected_h": projected / 3600, "method": "fixed + full tokens / steady rate"})
         elif stage in FIXED_STAGES:
-            rows.append(
-                {
-                    "stage": stage,
-                    "measured_s": seconds,
-                    "fixed_s": seconds,
-                    "assemble_s": 0.0,
-                    "steady_tok_per_s": None,
-                    "run_tokens": None,
-                    "full_sample_tokens": None,
-                    "projected_h": seconds / 3600,
-                    "method": "fixed",
-                }
-            )
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": seconds, "assemble_s": 0.0,
+                         "steady_tok_per_s": None, "run_tokens": None, "full_sample_tokens": None,
+                         "projected_h": seconds / 3600, "method": "fixed"})
         else:
-            rows.append(
-                {
-                    "stage": stage,
-                    "measured_s": seconds,
-                    "fixed_s": 0.0,
-                    "assemble_s": 0.0,
-                    "steady_tok_per_s": None,
-                    "run_tokens": None,
-                    "full_sample_tokens": None,
-                    "projected_h": seconds * scale / 3600,
-                    "method": "linear in reads",
-                }
-            )
+            rows.append({"stage": stage, "measured_s": seconds, "fixed_s": 0.0, "assemble_s": 0.0, "steady_tok_per_s": None,
+                         "run_tokens": None, "full_sample_tokens": None, "projected_h": seconds * scale / 3600,
+                         "method": "linear in reads"})
     table = pd.DataFrame(rows)
     hours = float(table["projected_h"].sum())
     protein_h = float(table.loc[table["stage"] == "protein_embedding", "projected_h"].sum())
     error = protein_projection.get("relative_error")
     bottleneck = table.loc[table["projected_h"].idxmax(), "stage"]
-    return {
-        "method": "per stage: embedding = fixed + full-sample tokens / steady tok/s + output assembly x reads; "
-        "others linear in reads",
-        "full_sample_reads": full_reads,
-        "run_reads": run_reads,
-        "hours": hours,
-        "relative_error": error * protein_h / hours if error is not None and hours else None,
-        "bottleneck_stage": bottleneck,
-        "bottleneck_share": float(table["projected_h"].max() / hours),
-        "measured_end_to_end_s": chain["end_to_end_s"],
-        "stages": _plain(table),
-    }
+    return {"method": "per stage: embedding = fixed + full-sample tokens / steady tok/s + output assembly x reads; "
+                      "others linear in reads",
+            "full_sample_reads": full_reads, "run_reads": run_reads, "hours": hours,
+            "relative_error": error * protein_h / hours if error is not None and hours else None,
+            "bottleneck_stage": bottleneck, "bottleneck_share": float(table["projected_h"].max() / hours),
+            "measured_end_to_end_s": chain["end_to_end_s"], "stages": _plain(table)}
 
 
 def two_size_fit(sizes, walls) -> dict:
     """The line wall = fixed + per_read x reads through two (reads, seconds) points."""
     (small, large), (wall_small, wall_large) = sizes, walls
     per_read = (wall_large - wall_small) / (large - small)
-    return {
-        "fixed_s": wall_small - per_read * small,
-        "per_read_s": per_read,
-        "reads": [small, large],
-        "walls_s": [wall_small, wall_large],
-    }
+    return {"fixed_s": wall_small - per_read * small, "per_read_s": per_read, "reads": [small, large],
+            "walls_s": [wall_small, wall_large]}
 
 
 def fit_seconds(fit: dict, reads: float) -> float:
@@ -319,35 +241,22 @@ def criterion_factor(projected, measured, check: dict, tolerance: float = FIT_TO
     `tolerance` on both sides; otherwise the measured one at the largest size. Says which and why."""
     projected_ok = _number(projected) is not None
     if check.get("holds") and projected_ok:
-        return {
-            "factor": projected,
-            "source": "projected",
-            "reason": f"two-size check within {tolerance:.0%} on both sides (worst "
-            f"{check['worst_deviation']:+.1%}): the fit holds, the full sample is projected with it",
-        }
+        return {"factor": projected, "source": "projected",
+                "reason": f"two-size check within {tolerance:.0%} on both sides (worst "
+                          f"{check['worst_deviation']:+.1%}): the fit holds, the full sample is projected with it"}
     if not projected_ok:
-        why = (
-            (projected or {}).get("reason", "no projection")
-            if isinstance(projected, dict)
-            else "no projection"
-        )
+        why = (projected or {}).get("reason", "no projection") if isinstance(projected, dict) else "no projection"
     elif check.get("worst_deviation") is None:
         why = "the two-size check could not be made"
     else:
-        why = (
-            f"two-size check off by {check['worst_deviation']:+.1%} (tolerance {tolerance:.0%}): the fit does "
-            f"not predict the larger size"
-        )
-    return {
-        "factor": measured,
-        "source": "measured",
-        "reason": f"{why}; the measured wall factor at the largest size is used",
-    }
+        why = (f"two-size check off by {check['worst_deviation']:+.1%} (tolerance {tolerance:.0%}): the fit does "
+               f"not predict the larger size")
+    return {"factor": measured, "source": "measured",
+            "reason": f"{why}; the measured wall factor at the largest size is used"}
 
 
-def end_to_end_scaling(
-    rounds: list[dict], sizes, nproc: int, full_reads: int, tolerance: float = FIT_TOLERANCE
-) -> dict:
+def end_to_end_scaling(rounds: list[dict], sizes, nproc: int, full_reads: int,
+                       tolerance: float = FIT_TOLERANCE) -> dict:
     """1 vs N ranks, the whole chain, both sides launched the same way (torchrun), at two sizes, in rounds.
 
     `rounds[k][side][reads]` = {"chain": the chain's summary, "stages": its embedding stages' summaries},
@@ -366,33 +275,19 @@ def end_to_end_scaling(
     sides, per_round = {}, {"projected": [], "measured": [], "stagewise": []}
     for side in ("single", "multi"):
         walls = {reads: [r[side][reads]["chain"]["end_to_end_s"] for r in rounds] for reads in sizes}
-        fits = [
-            two_size_fit(sizes, (w_small, w_large)) for w_small, w_large in zip(walls[small], walls[large])
-        ]
-        predicted = [
-            project_end_to_end(r[side][small]["chain"], r[side][small]["stages"], small, large, {})["hours"]
-            * 3600
-            for r in rounds
-        ]
+        fits = [two_size_fit(sizes, (w_small, w_large)) for w_small, w_large in zip(walls[small], walls[large])]
+        predicted = [project_end_to_end(r[side][small]["chain"], r[side][small]["stages"], small, large, {})["hours"]
+                     * 3600 for r in rounds]
         deviations = [w / p - 1 if p else None for w, p in zip(walls[large], predicted)]
-        stagewise = [
-            project_end_to_end(r[side][large]["chain"], r[side][large]["stages"], large, full_reads, {})[
-                "hours"
-            ]
-            * 3600
-            for r in rounds
-        ]
+        stagewise = [project_end_to_end(r[side][large]["chain"], r[side][large]["stages"], large, full_reads,
+                                        {})["hours"] * 3600 for r in rounds]
         median_fit = two_size_fit(sizes, (float(np.median(walls[small])), float(np.median(walls[large]))))
         sides[side] = {
             "walls_s": {str(reads): spread(values) for reads, values in walls.items()},
             "fit": {**median_fit, "full_sample_s": fit_seconds(median_fit, full_reads)},
             "round_fits": fits,
-            "fit_check": {
-                "predicted_large_s": predicted,
-                "measured_large_s": walls[large],
-                "deviations": deviations,
-                "deviation": spread(deviations)["median"],
-            },
+            "fit_check": {"predicted_large_s": predicted, "measured_large_s": walls[large],
+                          "deviations": deviations, "deviation": spread(deviations)["median"]},
             "stagewise_full_sample_s": spread(stagewise),
             "runs": [{str(reads): r[side][reads].get("run") for reads in sizes} for r in rounds],
         }
@@ -403,62 +298,43 @@ def end_to_end_scaling(
             per_round["projected"].append(fit_seconds(one, full_reads) / fit_seconds(many, full_reads))
         else:
             per_round["projected"].append(None)
-        per_round["measured"].append(
-            per_round["single"]["walls"][large][k] / per_round["multi"]["walls"][large][k]
-        )
-        per_round["stagewise"].append(
-            per_round["single"]["stagewise"][k] / per_round["multi"]["stagewise"][k]
-        )
+        per_round["measured"].append(per_round["single"]["walls"][large][k] / per_round["multi"]["walls"][large][k])
+        per_round["stagewise"].append(per_round["single"]["stagewise"][k] / per_round["multi"]["stagewise"][k])
     projected = spread(per_round["projected"])
     if None in per_round["projected"]:
         bad = [side for side in sides if any(f["per_read_s"] <= 0 for f in per_round[side]["fits"])]
-        projected_value = crit.not_measured(
-            f"the two-size fit does not grow with the reads ({', '.join(bad)} side): nothing to project"
-        )
+        projected_value = crit.not_measured(f"the two-size fit does not grow with the reads ({', '.join(bad)} "
+                                            f"side): nothing to project")
     else:
         projected_value = projected["median"]
     devs = {side: sides[side]["fit_check"]["deviation"] for side in sides}
     known = [abs(d) for d in devs.values() if d is not None]
     worst = max(devs.values(), key=lambda d: abs(d)) if len(known) == len(devs) else None
-    check = {
-        "tolerance": tolerance,
-        **devs,
-        "worst_deviation": worst,
-        "holds": worst is not None and abs(worst) <= tolerance,
-        "method": f"the {small:,}-read run alone, stage by stage (embedding: fixed part + tokens / steady "
-        f"tok/s + shard check x reads; scoring linear in reads; launch fixed), predicts the "
-        f"{large:,}-read run's wall; deviation = measured / predicted - 1, median over rounds, "
-        f"per side; holds when both sides are within {tolerance:.0%}",
-    }
+    check = {"tolerance": tolerance, **devs, "worst_deviation": worst,
+             "holds": worst is not None and abs(worst) <= tolerance,
+             "method": f"the {small:,}-read run alone, stage by stage (embedding: fixed part + tokens / steady "
+                       f"tok/s + shard check x reads; scoring linear in reads; launch fixed), predicts the "
+                       f"{large:,}-read run's wall; deviation = measured / predicted - 1, median over rounds, "
+                       f"per side; holds when both sides are within {tolerance:.0%}"}
     measured = {**spread(per_round["measured"]), "reads": large}
     chosen = criterion_factor(projected_value, measured["median"], check, tolerance)
     stages = _fit_stage_table(rounds, sizes, full_reads)
-    return {
-        "nproc": nproc,
-        "full_sample_reads": full_reads,
-        "sizes": list(sizes),
-        "repeats": len(rounds),
-        "launch": "torchrun on both sides: 1 rank vs N ranks",
-        "order": [
-            f"round {k + 1}: "
-            + ", ".join(f"{n} rank{'s' if n > 1 else ''} x {reads:,}" for reads in sizes for n in (1, nproc))
-            for k in range(len(rounds))
-        ],
-        "sides": sides,
-        "fit_check": check,
-        "projected_factor": {**projected, "median": projected_value},
-        "measured_factor": measured,
-        "stagewise_factor": spread(per_round["stagewise"]),
-        "factor": chosen["factor"],
-        "factor_source": chosen["source"],
-        "factor_reason": chosen["reason"],
-        "single_h": sides["single"]["fit"]["full_sample_s"] / 3600,
-        "multi_h": sides["multi"]["fit"]["full_sample_s"] / 3600,
-        "stages": stages,
-        "method": "each side: wall = fixed + per_read x reads through its two sizes (launch included), "
-        "full sample = fixed + per_read x full reads; factor = 1-rank / N-rank; median over "
-        "interleaved rounds with min-max",
-    }
+    return {"nproc": nproc, "full_sample_reads": full_reads, "sizes": list(sizes), "repeats": len(rounds),
+            "launch": "torchrun on both sides: 1 rank vs N ranks",
+            "order": [f"round {k + 1}: " + ", ".join(f"{n} rank{'s' if n > 1 else ''} x {reads:,}"
+                                                    for reads in sizes for n in (1, nproc))
+                      for k in range(len(rounds))],
+            "sides": sides, "fit_check": check,
+            "projected_factor": {**projected, "median": projected_value},
+            "measured_factor": measured,
+            "stagewise_factor": spread(per_round["stagewise"]),
+            "factor": chosen["factor"], "factor_source": chosen["source"], "factor_reason": chosen["reason"],
+            "single_h": sides["single"]["fit"]["full_sample_s"] / 3600,
+            "multi_h": sides["multi"]["fit"]["full_sample_s"] / 3600,
+            "stages": stages,
+            "method": "each side: wall = fixed + per_read x reads through its two sizes (launch included), "
+                      "full sample = fixed + per_read x full reads; factor = 1-rank / N-rank; median over "
+                      "interleaved rounds with min-max"}
 
 
 def _fit_stage_table(rounds: list[dict], sizes, full_reads: int) -> list[dict]:
@@ -473,25 +349,14 @@ def _fit_stage_table(rounds: list[dict], sizes, full_reads: int) -> list[dict]:
     for stage in names:
         row = {"stage": stage}
         for side in ("single", "multi"):
-            seconds = {
-                reads: float(np.median([r[side][reads]["chain"]["stages_s"].get(stage, 0.0) for r in rounds]))
-                for reads in sizes
-            }
+            seconds = {reads: float(np.median([r[side][reads]["chain"]["stages_s"].get(stage, 0.0) for r in rounds]))
+                       for reads in sizes}
             fit = two_size_fit(sizes, (seconds[small], seconds[large]))
-            row.update(
-                {
-                    f"{side}_small_s": seconds[small],
-                    f"{side}_large_s": seconds[large],
-                    f"{side}_fixed_s": fit["fixed_s"],
-                    f"{side}_per_kread_s": fit["per_read_s"] * 1000,
-                    f"{side}_projected_h": fit_seconds(fit, full_reads) / 3600,
-                }
-            )
-        row["factor"] = (
-            row["single_projected_h"] / row["multi_projected_h"]
-            if row["multi_projected_h"] > 0 and row["single_projected_h"] > 0
-            else None
-        )
+            row.update({f"{side}_small_s": seconds[small], f"{side}_large_s": seconds[large],
+                        f"{side}_fixed_s": fit["fixed_s"], f"{side}_per_kread_s": fit["per_read_s"] * 1000,
+                        f"{side}_projected_h": fit_seconds(fit, full_reads) / 3600})
+        row["factor"] = (row["single_projected_h"] / row["multi_projected_h"]
+                         if row["multi_projected_h"] > 0 and row["single_projected_h"] > 0 else None)
         rows.append(row)
     return rows
 
@@ -511,25 +376,16 @@ def embedding_stages_scaling(stages: dict, sample_stats: dict, full_reads: int) 
         tokens = full_reads * frames_per_read * per_frame
         one = tokens / ts["steady_tok_per_s"] / 3600 if ts["steady_tok_per_s"] else None
         many = tokens / tm["steady_tok_per_s"] / 3600 if tm["steady_tok_per_s"] else None
-        rows[stage] = {
-            "tokens_per_frame": per_frame,
-            "full_sample_tokens": tokens,
-            "single_h": one,
-            "multi_h": many,
-            "factor": one / many if one and many else None,
-        }
+        rows[stage] = {"tokens_per_frame": per_frame, "full_sample_tokens": tokens, "single_h": one, "multi_h": many,
+                       "factor": one / many if one and many else None}
         if one is None or many is None:
             total = {"single_h": None, "multi_h": None}
         elif total["single_h"] is not None:
             total["single_h"] += one
             total["multi_h"] += many
     factor = total["single_h"] / total["multi_h"] if total["single_h"] and total["multi_h"] else None
-    return {
-        "stages": rows,
-        **total,
-        "factor": factor if factor is not None else crit.not_measured("a stage has no steady throughput"),
-        "full_sample_reads": full_reads,
-    }
+    return {"stages": rows, **total, "factor": factor if factor is not None else crit.not_measured(
+        "a stage has no steady throughput"), "full_sample_reads": full_reads}
 
 
 def _chain_spans(chain: dict) -> list[tuple[str, float | None, float]]:
@@ -562,8 +418,7 @@ GPU_UTIL_DEFINITION = (
     "process samples every rank's GPU through the whole chain (launch, planning, both embedding stages, "
     "scoring = merge + classifier + consensus, joining; samples outside every stage's span, i.e. torchrun's "
     "start and exit, belong to launch); a stage with no sample of a rank takes the embedding stage's own "
-    "sampler (its loop only) where there is one, else counts at 0 %."
-)
+    "sampler (its loop only) where there is one, else counts at 0 %.")
 
 
 def chain_gpu_utilisation(chain: dict, stage_summaries: dict, samples: dict | None, note: str = "") -> dict:
@@ -576,9 +431,7 @@ def chain_gpu_utilisation(chain: dict, stage_summaries: dict, samples: dict | No
     for rank, readings in (samples or {}).items():
         for sample in readings:
             if sample.get("gpu_utilization_percent") is not None and int(rank) in by_rank:
-                by_rank[int(rank)].append(
-                    (float(sample["timestamp"]), float(sample["gpu_utilization_percent"]))
-                )
+                by_rank[int(rank)].append((float(sample["timestamp"]), float(sample["gpu_utilization_percent"])))
     rows, weighted, total, zero = [], 0.0, 0.0, 0.0
     for rank, readings in by_rank.items():
         placed = set()
@@ -596,40 +449,19 @@ def chain_gpu_utilisation(chain: dict, stage_summaries: dict, samples: dict | No
             if values:
                 util, source = float(np.mean(values)), "chain sampler"
             elif _rank_gpu(stage_summaries.get(bucket), rank) is not None:
-                util, source = (
-                    _rank_gpu(stage_summaries.get(bucket), rank),
-                    "the stage's own sampler (loop only)",
-                )
+                util, source = _rank_gpu(stage_summaries.get(bucket), rank), "the stage's own sampler (loop only)"
             else:
                 util, source = 0.0, "not sampled: counted at 0 %"
                 zero += seconds
-            rows.append(
-                {
-                    "rank": rank,
-                    "stage": bucket,
-                    "seconds": seconds,
-                    "util_percent": util,
-                    "samples": len(values),
-                    "source": source,
-                }
-            )
+            rows.append({"rank": rank, "stage": bucket, "seconds": seconds, "util_percent": util,
+                         "samples": len(values), "source": source})
             weighted += util * seconds
             total += seconds
     measured = any(r["source"] != "not sampled: counted at 0 %" for r in rows)
-    value = (
-        weighted / total
-        if measured and total
-        else crit.not_measured(note or "no NVML reading of any rank in any stage (no NVIDIA driver)")
-    )
-    return {
-        "value": value,
-        "definition": GPU_UTIL_DEFINITION,
-        "ranks": ranks,
-        "seconds": total,
-        "share_counted_at_zero": zero / total if total else None,
-        "table": rows,
-        "sampler_note": note,
-    }
+    value = weighted / total if measured and total else crit.not_measured(
+        note or "no NVML reading of any rank in any stage (no NVIDIA driver)")
+    return {"value": value, "definition": GPU_UTIL_DEFINITION, "ranks": ranks, "seconds": total,
+            "share_counted_at_zero": zero / total if total else None, "table": rows, "sampler_note": note}
 
 
 GPU_UTIL_FULL_SAMPLE_DEFINITION = (
@@ -639,8 +471,7 @@ GPU_UTIL_FULL_SAMPLE_DEFINITION = (
     "sample and counted at the rank's mean NVML utilisation during that work (an embedding stage: its own "
     "sampler, loop only; planning and scoring: the chain sampler over the stage); time-weighted over stages "
     "and ranks. The run's own measured figure (gpu_util_end_to_end) is shown beside it: on a sample smaller "
-    "than the full one the fixed seconds weigh more."
-)
+    "than the full one the fixed seconds weigh more.")
 
 
 def project_gpu_utilisation(measured: dict, end_to_end: dict, stage_summaries: dict) -> dict:
@@ -661,25 +492,13 @@ def project_gpu_utilisation(measured: dict, end_to_end: dict, stage_summaries: d
             source = "the stage's own sampler (loop only)"
             if util is None:
                 util, source = measured_util.get((rank, bucket), 0.0), "chain sampler over the stage"
-            rows.append(
-                {
-                    "rank": rank,
-                    "stage": stage,
-                    "fixed_s": fixed,
-                    "growing_s": growing,
-                    "util_percent": float(util) if growing > 0 else 0.0,
-                    "source": source,
-                }
-            )
+            rows.append({"rank": rank, "stage": stage, "fixed_s": fixed, "growing_s": growing,
+                         "util_percent": float(util) if growing > 0 else 0.0, "source": source})
             weighted += float(util) * growing
             total += fixed + growing
-    return {
-        "value": weighted / total if total else crit.not_measured("no projected seconds"),
-        "definition": GPU_UTIL_FULL_SAMPLE_DEFINITION,
-        "full_sample_reads": end_to_end["full_sample_reads"],
-        "fixed_share": sum(r["fixed_s"] for r in rows) / total if total else None,
-        "table": rows,
-    }
+    return {"value": weighted / total if total else crit.not_measured("no projected seconds"),
+            "definition": GPU_UTIL_FULL_SAMPLE_DEFINITION, "full_sample_reads": end_to_end["full_sample_reads"],
+            "fixed_share": sum(r["fixed_s"] for r in rows) / total if total else None, "table": rows}
 
 
 def rank_scaling(single: dict, multi: dict) -> dict:
@@ -688,37 +507,27 @@ def rank_scaling(single: dict, multi: dict) -> dict:
     world = multi.get("distributed", {}).get("world") or many["ranks"]
     factor = _ratio(many.get("steady_tok_per_s"), one.get("steady_tok_per_s"))
     same_work = one.get("sequences") == many.get("sequences")
-    wall_factor = (
-        _ratio(one.get("wall_s"), many.get("wall_s"))
-        if same_work
-        else crit.not_measured("the two runs embedded different numbers of sequences")
-    )
+    wall_factor = (_ratio(one.get("wall_s"), many.get("wall_s")) if same_work
+                   else crit.not_measured("the two runs embedded different numbers of sequences"))
     per_rank = {}
     for rank, figures in multi.get("per_rank", {}).items():
         gpu = multi.get("gpu", {}).get(str(rank)) or multi.get("gpu", {}).get(rank) or {}
         util = gpu.get("gpu_utilization_percent") or {}
         per_rank[str(rank)] = {
-            "steady_tok_per_s": figures.get("steady_tok_per_s"),
-            "tok_per_s": figures.get("tok_per_s"),
-            "wall_s": figures.get("wall_s"),
-            "physical_gpu": gpu.get("physical_index"),
-            "gpu_utilization_mean": (
-                util["mean"]
-                if util.get("measured") and "mean" in util
-                else crit.not_measured(util.get("reason") or gpu.get("note") or "no GPU samples")
-            ),
+            "steady_tok_per_s": figures.get("steady_tok_per_s"), "tok_per_s": figures.get("tok_per_s"),
+            "wall_s": figures.get("wall_s"), "physical_gpu": gpu.get("physical_index"),
+            "gpu_utilization_mean": (util["mean"] if util.get("measured") and "mean" in util
+                                     else crit.not_measured(util.get("reason") or gpu.get("note") or "no GPU samples")),
         }
-    return {
-        "ranks": world,
-        "factor": factor,  # summed steady tok/s of N ranks / steady tok/s of one process
-        "wall_factor": wall_factor,  # one process's wall time / the N-rank run's (slowest rank)
-        "efficiency": factor / world if factor is not None else None,
-        "imbalance": many.get("rank_imbalance"),
-        "planned_token_imbalance": multi.get("distributed", {}).get("plan", {}).get("planned_imbalance"),
-        "single_steady_tok_per_s": one.get("steady_tok_per_s"),
-        "multi_steady_tok_per_s": many.get("steady_tok_per_s"),
-        "per_rank": per_rank,
-    }
+    return {"ranks": world,
+            "factor": factor,  # summed steady tok/s of N ranks / steady tok/s of one process
+            "wall_factor": wall_factor,  # one process's wall time / the N-rank run's (slowest rank)
+            "efficiency": factor / world if factor is not None else None,
+            "imbalance": many.get("rank_imbalance"),
+            "planned_token_imbalance": multi.get("distributed", {}).get("plan", {}).get("planned_imbalance"),
+            "single_steady_tok_per_s": one.get("steady_tok_per_s"),
+            "multi_steady_tok_per_s": many.get("steady_tok_per_s"),
+            "per_rank": per_rank}
 
 
 def _ratio(a, b):

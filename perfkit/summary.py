@@ -3,7 +3,6 @@
 Multi-process runs: every rank's figures are kept, and throughput is *summed*
 over ranks (never averaged); imbalance = slowest rank's wall time / mean.
 """
-
 from __future__ import annotations
 
 import json
@@ -20,22 +19,10 @@ from perfkit.telemetry import jsonable
 SUMMARY_SCHEMA = "perfkit.summary/1"
 
 
-def build_run_summary(
-    records: pd.DataFrame,
-    *,
-    config: dict,
-    environment: dict,
-    wall_s: dict | float,
-    stage: str,
-    start_s: dict | float = 0.0,
-    warmup_batches: int = 3,
-    flops_per_token: float | None = None,
-    peak_flops: dict | float | None = None,
-    gpu: dict | None = None,
-    window_s: float = 10.0,
-    spec_peak_flops: float | None = None,
-    extra: dict | None = None,
-) -> dict:
+def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict, wall_s: dict | float,
+                      stage: str, start_s: dict | float = 0.0, warmup_batches: int = 3, flops_per_token: float | None = None,
+                      peak_flops: dict | float | None = None, gpu: dict | None = None, window_s: float = 10.0,
+                      spec_peak_flops: float | None = None, extra: dict | None = None) -> dict:
     """`wall_s` (loop wall time), `start_s` (loop start on the telemetry clock) and `peak_flops` (the matmul
     peak measured on the rank's own GPU): one number, or {rank: value}. `spec_peak_flops`: the GPU's
     data-sheet dense peak, for `mfu_spec` beside `mfu`."""
@@ -47,21 +34,12 @@ def build_run_summary(
     per_rank = {}
     for rank in ranks:
         mine = batch_records[batch_records["rank"] == rank] if not batch_records.empty else batch_records
-        per_rank[int(rank)] = aggregate.throughput(
-            mine,
-            wall_s=walls[rank],
-            start_s=starts[rank],
-            warmup_batches=warmup_batches,
-            flops_per_token=flops_per_token,
-            peak_flops=peaks.get(rank),
-        )
+        per_rank[int(rank)] = aggregate.throughput(mine, wall_s=walls[rank], start_s=starts[rank], warmup_batches=warmup_batches,
+                                                   flops_per_token=flops_per_token, peak_flops=peaks.get(rank))
         steady = per_rank[int(rank)].get("steady_tok_per_s")
         per_rank[int(rank)]["peak_flops"] = peaks.get(rank)
-        per_rank[int(rank)]["mfu_spec"] = (
-            steady * flops_per_token / spec_peak_flops
-            if steady and flops_per_token and spec_peak_flops
-            else None
-        )
+        per_rank[int(rank)]["mfu_spec"] = (steady * flops_per_token / spec_peak_flops
+                                           if steady and flops_per_token and spec_peak_flops else None)
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())
     window_table = aggregate.windows(batch_records, window_s) if not batch_records.empty else pd.DataFrame()
@@ -70,24 +48,18 @@ def build_run_summary(
         "stage": stage,
         "throughput": summed,
         "per_rank": per_rank,
-        "packing": {
-            "efficiency": summed["packing_efficiency"],
-            "padding_waste": summed["padding_waste"],
-            "definition": "sum(real tokens) / (batches x token budget); padding waste = padding slots / all slots",
-        },
-        "loader_wait_s": per_rank[ranks[0]]["loader_wait_s"]
-        if len(ranks) == 1
-        else {r: v["loader_wait_s"] for r, v in per_rank.items()},
+        "packing": {"efficiency": summed["packing_efficiency"], "padding_waste": summed["padding_waste"],
+                    "definition": "sum(real tokens) / (batches x token budget); padding waste = padding slots / all slots"},
+        "loader_wait_s": per_rank[ranks[0]]["loader_wait_s"] if len(ranks) == 1 else {r: v["loader_wait_s"] for r, v in per_rank.items()},
         "device_busy_fraction": summed["device_busy_fraction"],
         "mfu": summed["mfu"],
         "mfu_spec": summed["mfu_spec"],
         "mfu_definition": "steady real tok/s x matmul FLOPs per token / peak, averaged over ranks: mfu against the "
-        "bf16 matmul peak measured in the run on each rank's own GPU (peak_flops), mfu_spec against "
-        "the GPU's data-sheet dense peak (spec_peak_flops; none for fp32 or an unknown GPU)",
+                          "bf16 matmul peak measured in the run on each rank's own GPU (peak_flops), mfu_spec against "
+                          "the GPU's data-sheet dense peak (spec_peak_flops; none for fp32 or an unknown GPU)",
         "flops_per_token": flops_per_token,
-        "peak_flops": peaks.get(ranks[0])
-        if len(ranks) == 1 or not isinstance(peak_flops, dict)
-        else {int(r): p for r, p in peaks.items()},
+        "peak_flops": peaks.get(ranks[0]) if len(ranks) == 1 or not isinstance(peak_flops, dict) else
+        {int(r): p for r, p in peaks.items()},
         "spec_peak_flops": spec_peak_flops,
         "windows": window_table.to_dict(orient="records"),
         "bottleneck": _bottleneck(window_table, gpu),
@@ -105,30 +77,23 @@ def build_run_summary(
 def _summed(per_rank: dict, batch_records: pd.DataFrame) -> dict:
     figures = list(per_rank.values())
     walls = [f["wall_s"] for f in figures]
-
     def total(key):
         values = [f[key] for f in figures if f.get(key) is not None]
         return sum(values) if values else None
-
     def mean(key):
         values = [f[key] for f in figures if f.get(key) is not None]
         return sum(values) / len(values) if values else None
-
     out = {
         "ranks": len(figures),
-        "sequences": total("sequences"),
-        "real_tokens": total("real_tokens"),
-        "batches": total("batches"),
+        "sequences": total("sequences"), "real_tokens": total("real_tokens"), "batches": total("batches"),
         "wall_s": max(walls),
         # the run is done when its slowest rank is: overall figures use that wall time
         "seq_per_s": total("sequences") / max(walls) if max(walls) > 0 else None,
         "tok_per_s": total("real_tokens") / max(walls) if max(walls) > 0 else None,
-        "steady_seq_per_s": total("steady_seq_per_s"),
-        "steady_tok_per_s": total("steady_tok_per_s"),
+        "steady_seq_per_s": total("steady_seq_per_s"), "steady_tok_per_s": total("steady_tok_per_s"),
         "device_busy_fraction": mean("device_busy_fraction"),
         "loader_wait_fraction": mean("loader_wait_fraction"),
-        "mfu": mean("mfu"),
-        "mfu_spec": mean("mfu_spec"),
+        "mfu": mean("mfu"), "mfu_spec": mean("mfu_spec"),
         "rank_imbalance": max(walls) / (sum(walls) / len(walls)) if sum(walls) > 0 else None,
     }
     if not batch_records.empty:
@@ -152,12 +117,9 @@ def nvml_median(gpu: dict | None) -> float | None:
     must not decide the run's verdict."""
     gpu = gpu or {}
     entries = [gpu] if "gpu_utilization_percent" in gpu else [v for v in gpu.values() if isinstance(v, dict)]
-    medians = [
-        e["gpu_utilization_percent"]["p50"]
-        for e in entries
-        if (e.get("gpu_utilization_percent") or {}).get("measured")
-        and e["gpu_utilization_percent"].get("p50") is not None
-    ]
+    medians = [e["gpu_utilization_percent"]["p50"] for e in entries
+               if (e.get("gpu_utilization_percent") or {}).get("measured") and
+               e["gpu_utilization_percent"].get("p50") is not None]
     return sum(medians) / len(medians) if medians else None
 
 
@@ -167,22 +129,16 @@ def _bottleneck(window_table: pd.DataFrame, gpu: dict | None = None) -> dict:
     counts = window_table["verdict"].value_counts().to_dict()
     verdict = max(counts, key=counts.get)
     nvml = nvml_median(gpu)
-    out = {
-        "verdict": verdict,
-        "windows": {str(k): int(v) for k, v in counts.items()},
-        "nvml_median_percent": nvml,
-        "rule": f"per window: data-starved if loader wait > {aggregate.STARVED_WAIT_SHARE:.0%} of it; "
-        f"device-bound if device busy (CUDA events) >= {aggregate.DEVICE_BOUND_BUSY_SHARE:.0%}; else "
-        f"host-bound. The run: its most frequent window verdict, except that device-bound becomes "
-        f"launch-bound when the loop's median NVML utilisation is < {LAUNCH_BOUND_NVML_PERCENT:.0f} %",
-    }
+    out = {"verdict": verdict, "windows": {str(k): int(v) for k, v in counts.items()}, "nvml_median_percent": nvml,
+           "rule": f"per window: data-starved if loader wait > {aggregate.STARVED_WAIT_SHARE:.0%} of it; "
+                   f"device-bound if device busy (CUDA events) >= {aggregate.DEVICE_BOUND_BUSY_SHARE:.0%}; else "
+                   f"host-bound. The run: its most frequent window verdict, except that device-bound becomes "
+                   f"launch-bound when the loop's median NVML utilisation is < {LAUNCH_BOUND_NVML_PERCENT:.0f} %"}
     if verdict == "device-bound" and nvml is not None and nvml < LAUNCH_BOUND_NVML_PERCENT:
         out["verdict"] = "launch-bound"
-        out["why"] = (
-            f"the stream is busy by CUDA events in most windows while NVML saw a kernel running "
-            f"{nvml:.0f} % of the time (median): the gaps between kernels are the host enqueueing "
-            f"them, so the GPU waits on launches, not on data or on its own arithmetic"
-        )
+        out["why"] = (f"the stream is busy by CUDA events in most windows while NVML saw a kernel running "
+                      f"{nvml:.0f} % of the time (median): the gaps between kernels are the host enqueueing "
+                      f"them, so the GPU waits on launches, not on data or on its own arithmetic")
     return out
 
 

@@ -3,9 +3,7 @@ from pathlib import Path
 
 import pytest
 
-SENSE_CODONS = [
-    a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")
-]
+SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 
 
 def orf_fasta(path: Path, reads: int, seed: int = 0, min_codons: int = 15, max_codons: int = 60) -> Path:

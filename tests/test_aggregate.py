@@ -6,26 +6,10 @@ from perfkit.summary import build_run_summary, write_json
 
 
 def _records(rank=0, n=10, wait=0.0, device=0.9, seq=100, tok=1000, budget=1000, slot=None):
-    return pd.DataFrame(
-        [
-            {
-                "kind": "batch",
-                "rank": rank,
-                "stage": "embed",
-                "batch": i,
-                "t_arrive_s": float(i) + wait,
-                "loader_wait_s": wait,
-                "host_s": 0.01,
-                "device_s": device,
-                "sequences": seq,
-                "real_tokens": tok,
-                "slot_tokens": slot or tok,
-                "budget_tokens": budget,
-                "queue_depth": None,
-            }
-            for i in range(n)
-        ]
-    )
+    return pd.DataFrame([{
+        "kind": "batch", "rank": rank, "stage": "embed", "batch": i, "t_arrive_s": float(i) + wait,
+        "loader_wait_s": wait, "host_s": 0.01, "device_s": device, "sequences": seq, "real_tokens": tok,
+        "slot_tokens": slot or tok, "budget_tokens": budget, "queue_depth": None} for i in range(n)])
 
 
 def test_throughput_overall_and_steady_state():
@@ -76,14 +60,8 @@ def test_a_long_batch_is_not_squeezed_into_its_arrival_window():
 
 def test_summary_sums_ranks_and_reports_imbalance(tmp_path):
     df = pd.concat([_records(rank=0, n=10), _records(rank=1, n=10)])
-    s = build_run_summary(
-        df,
-        config={"x": 1},
-        environment={"torch": "t"},
-        wall_s={0: 10.0, 1: 12.0},
-        stage="embed",
-        warmup_batches=0,
-    )
+    s = build_run_summary(df, config={"x": 1}, environment={"torch": "t"}, wall_s={0: 10.0, 1: 12.0}, stage="embed",
+                          warmup_batches=0)
     assert s["throughput"]["ranks"] == 2
     assert s["throughput"]["sequences"] == 2000
     assert s["throughput"]["steady_seq_per_s"] == pytest.approx(1000 / 10.0 + 1000 / 12.0)
@@ -95,54 +73,28 @@ def test_summary_sums_ranks_and_reports_imbalance(tmp_path):
 
 def test_batches_of_a_run_without_batches_is_empty():
     """A resumed run whose every batch was done already has only stage records."""
-    records = pd.DataFrame(
-        [{"kind": "stage", "stage": "model_load", "rank": 0, "start_s": 0.0, "end_s": 1.0, "seconds": 1.0}]
-    )
+    records = pd.DataFrame([{"kind": "stage", "stage": "model_load", "rank": 0, "start_s": 0.0, "end_s": 1.0,
+                             "seconds": 1.0}])
     assert aggregate.batches(records, "protein_embedding").empty
 
 
 def test_stage_seconds_is_the_slowest_rank_not_the_sum():
-    records = pd.DataFrame(
-        [
-            {"kind": "stage", "stage": "model_load", "rank": r, "start_s": 0.0, "end_s": s, "seconds": s}
-            for r, s in ((0, 4.0), (1, 5.0))
-        ]
-        + [
-            {"kind": "stage", "stage": "embed", "rank": 0, "start_s": 4.0, "end_s": 6.0, "seconds": 2.0},
-            {"kind": "stage", "stage": "embed", "rank": 0, "start_s": 7.0, "end_s": 8.0, "seconds": 1.0},
-        ]
-    )
+    records = pd.DataFrame([{"kind": "stage", "stage": "model_load", "rank": r, "start_s": 0.0, "end_s": s,
+                             "seconds": s} for r, s in ((0, 4.0), (1, 5.0))]
+                           + [{"kind": "stage", "stage": "embed", "rank": 0, "start_s": 4.0, "end_s": 6.0, "seconds": 2.0},
+                              {"kind": "stage", "stage": "embed", "rank": 0, "start_s": 7.0, "end_s": 8.0, "seconds": 1.0}])
     assert aggregate.stage_seconds(records) == {"embed": 3.0, "model_load": 5.0}
 
 
 def test_each_rank_uses_its_own_measured_peak_and_mfu_is_stated_against_the_spec_too():
     df = pd.concat([_records(rank=0, n=10), _records(rank=1, n=10)])
-    s = build_run_summary(
-        df,
-        config={},
-        environment={},
-        wall_s={0: 10.0, 1: 10.0},
-        stage="embed",
-        warmup_batches=0,
-        flops_per_token=2.0,
-        peak_flops={0: 4000.0, 1: 5000.0},
-        spec_peak_flops=8000.0,
-    )
+    s = build_run_summary(df, config={}, environment={}, wall_s={0: 10.0, 1: 10.0}, stage="embed", warmup_batches=0,
+                          flops_per_token=2.0, peak_flops={0: 4000.0, 1: 5000.0}, spec_peak_flops=8000.0)
     # 1000 tok/s per rank x 2 FLOP/token = 2000 FLOP/s per rank
-    assert s["per_rank"]["0"]["mfu"] == pytest.approx(2000 / 4000) and s["per_rank"]["1"][
-        "mfu"
-    ] == pytest.approx(2000 / 5000)
+    assert s["per_rank"]["0"]["mfu"] == pytest.approx(2000 / 4000) and s["per_rank"]["1"]["mfu"] == pytest.approx(2000 / 5000)
     assert s["mfu"] == pytest.approx((2000 / 4000 + 2000 / 5000) / 2)
     assert s["mfu_spec"] == pytest.approx(2000 / 8000) and s["spec_peak_flops"] == 8000.0
     assert s["peak_flops"] == {"0": 4000.0, "1": 5000.0} and "data-sheet" in s["mfu_definition"]
-    one = build_run_summary(
-        _records(n=10),
-        config={},
-        environment={},
-        wall_s=10.0,
-        stage="embed",
-        warmup_batches=0,
-        flops_per_token=2.0,
-        peak_flops=4000.0,
-    )
+    one = build_run_summary(_records(n=10), config={}, environment={}, wall_s=10.0, stage="embed", warmup_batches=0,
+                            flops_per_token=2.0, peak_flops=4000.0)
     assert one["peak_flops"] == 4000.0 and one["mfu_spec"] is None  # no spec given (CPU, unknown GPU, fp32)

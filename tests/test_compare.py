@@ -1,5 +1,4 @@
 """perfkit.compare: two runs side by side, verdicts from noise, exit 1 on a criterion regression."""
-
 import json
 import subprocess
 import sys
@@ -15,14 +14,8 @@ PUBLISHED = ROOT / "outputs" / "reference"
 
 
 def criterion(name, measured, status, comparison=">=", metric=None):
-    return {
-        "name": name,
-        "metric": metric or name,
-        "measured": measured,
-        "status": status,
-        "comparison": comparison,
-        "target": 1.0,
-    }
+    return {"name": name, "metric": metric or name, "measured": measured, "status": status,
+            "comparison": comparison, "target": 1.0}
 
 
 def make_run(path: Path, criteria, records: dict, commit="abc") -> Path:
@@ -36,37 +29,13 @@ def make_run(path: Path, criteria, records: dict, commit="abc") -> Path:
 
 
 def test_verdicts_follow_direction_and_noise(tmp_path):
-    a = make_run(
-        tmp_path / "a",
-        [criterion("scaling", 1.96, "PASS"), criterion("hours", 0.5, "PASS", "<")],
-        {
-            "02_profiling": {
-                "steady_tok_per_s": 100.0,
-                "end_to_end_s": 30.0,
-                "sequences": 1000,
-                "mfu": 0.60,
-                "top_kernel": "gemm",
-                "loader_wait_fraction": 0.01,
-            }
-        },
-    )
-    b = make_run(
-        tmp_path / "b",
-        [criterion("scaling", 1.80, "FAIL"), criterion("hours", 0.40, "PASS", "<")],
-        {
-            "02_profiling": {
-                "steady_tok_per_s": 103.0,
-                "end_to_end_s": 36.0,
-                "sequences": 2000,
-                "mfu": 0.70,
-                "top_kernel": "flash",
-                "loader_wait_fraction": 0.0102,
-            }
-        },
-    )
-    rows = {
-        (r.kind, r.figure): r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)
-    }
+    a = make_run(tmp_path / "a", [criterion("scaling", 1.96, "PASS"), criterion("hours", 0.5, "PASS", "<")],
+                 {"02_profiling": {"steady_tok_per_s": 100.0, "end_to_end_s": 30.0, "sequences": 1000,
+                                   "mfu": 0.60, "top_kernel": "gemm", "loader_wait_fraction": 0.01}})
+    b = make_run(tmp_path / "b", [criterion("scaling", 1.80, "FAIL"), criterion("hours", 0.40, "PASS", "<")],
+                 {"02_profiling": {"steady_tok_per_s": 103.0, "end_to_end_s": 36.0, "sequences": 2000,
+                                   "mfu": 0.70, "top_kernel": "flash", "loader_wait_fraction": 0.0102}})
+    rows = {(r.kind, r.figure): r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
     assert rows[("criterion", "scaling")].verdict == "regressed"  # PASS -> FAIL
     assert rows[("criterion", "hours")].verdict == "improved"  # lower is better for "<"
     assert rows[("criterion", "hours")].change == pytest.approx(-0.2)
@@ -80,19 +49,12 @@ def test_verdicts_follow_direction_and_noise(tmp_path):
 
 def test_a_recorded_spread_widens_the_noise(tmp_path):
     spread = {"median": 1.90, "min": 1.70, "max": 2.10, "values": [1.7, 1.9, 2.1]}  # +-10.5 %
-    a = make_run(
-        tmp_path / "a", [criterion("two_gpu_scaling", 1.90, "PASS")], {"03_scaling": {"factor": spread}}
-    )
-    b = make_run(
-        tmp_path / "b",
-        [criterion("two_gpu_scaling", 1.92, "PASS")],
-        {"03_scaling": {"factor": {**spread, "median": 1.75}}},
-    )
+    a = make_run(tmp_path / "a", [criterion("two_gpu_scaling", 1.90, "PASS")], {"03_scaling": {"factor": spread}})
+    b = make_run(tmp_path / "b", [criterion("two_gpu_scaling", 1.92, "PASS")],
+                 {"03_scaling": {"factor": {**spread, "median": 1.75}}})
     rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
     factor = rows["factor"]
-    assert (
-        factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"
-    )  # the wider one
+    assert factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"  # the wider one
     assert factor.change == pytest.approx(1.75 / 1.90 - 1) and factor.verdict == "within noise"
     assert rows["two_gpu_scaling"].noise_source == "noise floor"
 
@@ -121,9 +83,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     assert "perfkit suite --out" in err[0] and "--noise" in err[1]
 
 
-@pytest.mark.skipif(
-    not (PUBLISHED / "2026-11-28-h200-x1").exists(), reason="published reports not in this copy"
-)
+@pytest.mark.skipif(not (PUBLISHED / "2026-11-28-h200-x1").exists(), reason="published reports not in this copy")
 def test_published_one_and_two_gpu_reports_give_a_readable_table(capsys):
     code = cli(["compare", str(PUBLISHED / "2026-11-28-h200-x1"), str(PUBLISHED / "2026-11-28-h200-x2")])
     out = capsys.readouterr().out
@@ -140,30 +100,11 @@ def test_two_smoke_runs_compare_without_a_regression(tmp_path):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "perfkit",
-                "suite",
-                "--params",
-                str(ROOT / "params" / "smoke.yaml"),
-                "--out",
-                str(out),
-                "--only",
-                "02",
-            ],
-            check=True,
-            capture_output=True,
-            cwd=tmp_path,
-        )
+        subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(ROOT / "params" / "smoke.yaml"),
+                        "--out", str(out), "--only", "02"], check=True, capture_output=True, cwd=tmp_path)
         runs.append(out)
-    done = subprocess.run(
-        [sys.executable, "-m", "perfkit", "compare", *map(str, runs)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    done = subprocess.run([sys.executable, "-m", "perfkit", "compare", *map(str, runs)], capture_output=True,
+                          text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr  # the same code twice: no criterion regressed
     assert "steady_tok_per_s" in done.stdout and "02_profiling" in done.stdout
     assert "no criterion regressed beyond noise" in done.stdout

@@ -4,8 +4,8 @@ import torch
 
 from perfkit.errors import UserError
 from perfkit.workload import dnabert
-from perfkit.workload.fasta import read_fasta
 from perfkit.workload.synth import write_synthetic_fasta
+from perfkit.workload.fasta import read_fasta
 
 pytest.importorskip("tokenizers")
 
@@ -103,9 +103,7 @@ def test_packed_inputs_pool_over_all_tokens(tokenizer, reads):
     p = dnabert.packed_inputs_nt(tokens, lengths)
     per_seq = np.bincount(p["seq_index"], weights=p["pool_weight"])
     np.testing.assert_allclose(per_seq, 1.0, rtol=1e-6)
-    np.testing.assert_allclose(
-        p["pool_weight"][p["cu_seqlens"][:-1]], 1.0 / lengths, rtol=1e-6
-    )  # [CLS] counts
+    np.testing.assert_allclose(p["pool_weight"][p["cu_seqlens"][:-1]], 1.0 / lengths, rtol=1e-6)  # [CLS] counts
     assert p["max_seqlen"] == lengths.max()
 
 
@@ -134,9 +132,7 @@ def test_padded_and_packed_agree_tiny(tokenizer, reads, kernel):
     candidate = model.forward_packed(**packed(tokenizer, seqs))
     assert relative_error(candidate, reference).max() <= 1e-4
     assert model.attention_calls == {
-        "flex_attention": int(kernel == "flex"),
-        "sdpa_repadded": int(kernel == "sdpa_repadded"),
-        "sdpa_padded": 1,
+        "flex_attention": int(kernel == "flex"), "sdpa_repadded": int(kernel == "sdpa_repadded"), "sdpa_padded": 1,
     }
 
 
@@ -170,9 +166,7 @@ def test_equivalence_gate_passes(tokenizer):
 
 def test_weight_names_round_trip(tokenizer, reads):
     source, _ = dnabert.build_model(config=TINY, seed=4)
-    hf = {
-        "bert." + k: v for k, v in dnabert.our_to_dnabert2_names(source.state_dict()).items()
-    }  # MaskedLM layout
+    hf = {"bert." + k: v for k, v in dnabert.our_to_dnabert2_names(source.state_dict()).items()}  # MaskedLM layout
     hf["cls.predictions.decoder.bias"] = torch.zeros(4096)  # heads are ignored
     target, _ = dnabert.build_model(config=TINY, seed=5)
     dnabert.load_dnabert2_state_dict(target, hf)
@@ -208,14 +202,8 @@ def test_build_model_from_folder(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_gate_on_cuda(kernel, precision, tokenizer):
     """Packed DNABERT-S on CUDA (both kernels) against the fp32 padded path, full size, same weights."""
-    result = dnabert.run_nt_equivalence(
-        device="cuda",
-        precision=precision,
-        n=96,
-        tokenizer=tokenizer,
-        packed_attention=kernel,
-        token_budget=2048,
-    )
+    result = dnabert.run_nt_equivalence(device="cuda", precision=precision, n=96, tokenizer=tokenizer,
+                                        packed_attention=kernel, token_budget=2048)
     print({k: result[k] for k in ("precision", "attention_path", "passed", "stats")})
     assert result["passed"], result
     assert result["attention_path"] == ("flex_attention" if kernel == "flex" else kernel)

@@ -1,13 +1,12 @@
 """pyproject.toml and environment.yml declare the same dependencies with the same bounds."""
-
 import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 from perfkit import environment as env_mod
@@ -54,12 +53,10 @@ def test_drift_would_be_caught():
 # ---------------------------------------------------------------- provenance (perfkit/environment.py)
 
 
+
 def _git_repo(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    for args in (
-        ["init", "-q"],
-        ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"],
-    ):
+    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"]):
         subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
     return path
 
@@ -87,13 +84,8 @@ def test_git_dir_in_the_environment_does_not_redirect_the_commit(tmp_path, monke
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
     assert env_mod.git_commit(ours) == expected
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"],
-        cwd=ours,
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-    ).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ours, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")}).stdout.strip()
     assert expected.split("+")[0] == head
     monkeypatch.setenv("PERFKIT_COMMIT", "abc123")  # stamped by whoever copied the tree (e.g. a GPU node)
     assert env_mod.git_commit(ours) == "abc123"
@@ -108,7 +100,4 @@ def test_package_hash_follows_the_code(tmp_path):
     assert first == env_mod.package_hash(package) and len(first) == 64
     (package / "sub" / "b.py").write_text("y = 3\n")
     assert env_mod.package_hash(package) != first
-    assert (
-        "package_sha256" in env_mod.environment()
-        and env_mod.environment()["package_sha256"] == env_mod.package_hash()
-    )
+    assert "package_sha256" in env_mod.environment() and env_mod.environment()["package_sha256"] == env_mod.package_hash()

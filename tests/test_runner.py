@@ -1,5 +1,4 @@
 """End-to-end runs on CPU: v1 and v2 outputs, count conservation, resume after real SIGKILLs."""
-
 import os
 import signal
 import subprocess
@@ -9,8 +8,8 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import orf_fasta
 
+from conftest import orf_fasta
 from perfkit.errors import UserError
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
@@ -26,19 +25,14 @@ def _h5(path):
 
 
 def test_v2_writes_complete_aligned_output(small_fasta, tmp_path):
-    summary = run_embed(
-        make_config(input=small_fasta, out_dir=tmp_path / "v2", checkpoint_every_sequences=40, **FAST)
-    )
+    summary = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v2", checkpoint_every_sequences=40, **FAST))
     ids, vectors, attrs = _h5(tmp_path / "v2" / "embeddings.h5")
     expected = count_frames(small_fasta)
     assert attrs["complete"] and len(ids) == expected == vectors.shape[0]
     assert vectors.shape[1] == 320 and vectors.dtype == np.float32
     assert len(set(ids)) == len(ids)
     # input order: read index, then frame F1..R3
-    order = [
-        (int(i.split("_")[0][4:]), "FFFRRR".index(i[-2]) + int(i[-1]) - 1 + (3 if i[-2] == "R" else 0))
-        for i in ids
-    ]
+    order = [(int(i.split("_")[0][4:]), "FFFRRR".index(i[-2]) + int(i[-1]) - 1 + (3 if i[-2] == "R" else 0)) for i in ids]
     assert order == sorted(order)
     assert summary["run"]["attention_path"]["sdpa_repadded"] > 0
     assert summary["run"]["alignment_check"]["passed"]
@@ -67,33 +61,13 @@ def test_rerun_without_resume_is_refused(small_fasta, tmp_path):
 def test_resume_with_other_model_is_refused(small_fasta, tmp_path):
     run_embed(make_config(input=small_fasta, out_dir=tmp_path / "o", max_seconds=0.01, **FAST))
     with pytest.raises(UserError, match="model"):
-        run_embed(
-            make_config(input=small_fasta, out_dir=tmp_path / "o", resume=True, model="esm2_t12_35M", **FAST)
-        )
+        run_embed(make_config(input=small_fasta, out_dir=tmp_path / "o", resume=True, model="esm2_t12_35M", **FAST))
 
 
 def _embed_cmd(fasta, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "perfkit",
-        "embed",
-        str(fasta),
-        "-o",
-        str(out),
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-        "--token-budget",
-        "512",
-        "--num-workers",
-        "1",
-        "--checkpoint-every",
-        "40",
-        "--no-progress",
-        *extra,
-    ]
+    return [sys.executable, "-m", "perfkit", "embed", str(fasta), "-o", str(out), "--device", "cpu",
+            "--precision", "fp32", "--token-budget", "512", "--num-workers", "1", "--checkpoint-every", "40",
+            "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -150,22 +124,8 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.fa"
     bad.write_text("ACGT\n")
     out = tmp_path / "o"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perfkit",
-            "embed",
-            str(bad),
-            "-o",
-            str(out),
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(bad), "-o", str(out), "--device", "cpu",
+                             "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.fa" in lines[0]
@@ -205,40 +165,26 @@ def test_nucleotide_knobs_apply_to_the_nucleotide_stage_only(small_fasta, tmp_pa
     with pytest.raises(UserError, match="nucleotide"):
         make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"token_budget": 0})
     with pytest.raises(UserError, match="nucleotide"):
-        make_config(
-            input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5}
-        )  # not a stage knob
+        make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5})  # not a stage knob
 
 
 def test_a_folder_in_use_is_refused_at_once_naming_the_holder(small_fasta, tmp_path):
     from perfkit.workload import lock
 
     out = tmp_path / "o"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from perfkit.workload.lock import out_dir_lock\n"
-            f"with out_dir_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from perfkit.workload.lock import out_dir_lock\n"
+                               f"with out_dir_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = sorted(p.name for p in out.iterdir())
-        with pytest.raises(
-            UserError, match=rf"{out} is in use by another perfkit run \(pid {holder.pid} on "
-        ):
+        with pytest.raises(UserError, match=rf"{out} is in use by another perfkit run \(pid {holder.pid} on "):
             run_embed(make_config(input=small_fasta, out_dir=out, **FAST))
         assert sorted(p.name for p in out.iterdir()) == before  # the refused run wrote nothing
     finally:
         holder.communicate("")
     assert not (out / lock.OWNER_NAME).exists()
-    run_embed(
-        make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST)
-    )  # released when its holder ends
+    run_embed(make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST))  # released when its holder ends
     with lock.out_dir_lock(out):  # held during a run: the run is refused; a run's own folder lock is released
         with pytest.raises(UserError, match="in use by another perfkit run"):
             run_embed(make_config(input=small_fasta, out_dir=out, resume=True, max_reads=5, **FAST))
@@ -251,9 +197,7 @@ def test_ranks_of_a_launcher_that_holds_the_lock_take_none(tmp_path):
     lock.mark_held(env, tmp_path / "chain")
     assert lock.held_by_launcher(tmp_path / "chain", env)
     assert lock.held_by_launcher(tmp_path / "chain" / "protein", env)  # the chain's stage folders
-    assert not lock.held_by_launcher(tmp_path / "other", env) and not lock.held_by_launcher(
-        tmp_path / "chain", {}
-    )
+    assert not lock.held_by_launcher(tmp_path / "other", env) and not lock.held_by_launcher(tmp_path / "chain", {})
     with lock.out_dir_lock(tmp_path / "chain"):  # the launcher's
         os.environ[lock.HELD_ENV] = env[lock.HELD_ENV]
         try:
@@ -299,30 +243,17 @@ def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, 
     assert (tmp_path / "o" / "truncated_sequences.txt").read_text().split() == sorted(expected.ids)
     assert run["max_residues"] == 1022
     warnings = [r.getMessage() for r in caplog.records if "max_residues" in r.getMessage()]
-    assert (
-        len(warnings) == 1
-        and "6 of" in warnings[0]
-        and f"{expected.residues:,} residues dropped" in warnings[0]
-    )
+    assert len(warnings) == 1 and "6 of" in warnings[0] and f"{expected.residues:,} residues dropped" in warnings[0]
 
 
 def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(small_fasta, tmp_path):
     """embed.attention and embed.gelu_epilogue change which kernels run, not the vectors (CPU: the fused
     call's GELU is the erf form there); the summary says which attention kernel ran."""
     plain = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "plain", **FAST))
-    knobs = run_embed(
-        make_config(
-            input=small_fasta, out_dir=tmp_path / "knobs", attention="flex", gelu_epilogue=True, **FAST
-        )
-    )
-    assert (
-        plain["run"]["attention_path"]["sdpa_repadded"] > 0
-        and plain["run"]["attention_path"]["flex_attention"] == 0
-    )
-    assert (
-        knobs["run"]["attention_path"]["flex_attention"] > 0
-        and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
-    )
+    knobs = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "knobs", attention="flex",
+                                  gelu_epilogue=True, **FAST))
+    assert plain["run"]["attention_path"]["sdpa_repadded"] > 0 and plain["run"]["attention_path"]["flex_attention"] == 0
+    assert knobs["run"]["attention_path"]["flex_attention"] > 0 and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
     assert knobs["config"]["gelu_epilogue"] and knobs["config"]["attention"] == "flex"
     ids_a, vectors_a, _ = _h5(tmp_path / "plain" / "embeddings.h5")
     ids_b, vectors_b, _ = _h5(tmp_path / "knobs" / "embeddings.h5")

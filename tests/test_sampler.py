@@ -18,15 +18,8 @@ try:
 except Exception:
     HAS_DRIVER = False
 
-GPU_FIELDS = {
-    "gpu_utilization_percent",
-    "memory_used_mib",
-    "memory_utilization_percent",
-    "power_w",
-    "sm_clock_mhz",
-    "temperature_c",
-    "memory_total_mib",
-}
+GPU_FIELDS = {"gpu_utilization_percent", "memory_used_mib", "memory_utilization_percent",
+              "power_w", "sm_clock_mhz", "temperature_c", "memory_total_mib"}
 
 
 # ---------------------------------------------------------------- pure mapping
@@ -169,13 +162,10 @@ def test_a_run_on_the_cpu_is_not_warned_about_a_missing_gpu(caplog):
     sampler_log = logging.getLogger("perfkit.sampler")
     sampler_log.disabled = False
     sampler_log.setLevel(logging.NOTSET)
-    quiet = GpuSampler(
-        interval_s=1.0, cuda_index=0, tag="cpu-run", device_factory=lambda physical: None, env={}, warn=False
-    )
+    quiet = GpuSampler(interval_s=1.0, cuda_index=0, tag="cpu-run", device_factory=lambda physical: None, env={},
+                       warn=False)
     assert quiet.source == "host-only" and not [r for r in caplog.records if r.name == "perfkit.sampler"]
-    assert (
-        quiet.summary()["gpu_utilization_percent"]["measured"] is False
-    )  # still NOT MEASURED in the summary
+    assert quiet.summary()["gpu_utilization_percent"]["measured"] is False  # still NOT MEASURED in the summary
     GpuSampler(interval_s=1.0, cuda_index=0, tag="gpu-run", device_factory=lambda physical: None, env={})
     assert len([r for r in caplog.records if r.name == "perfkit.sampler"]) == 1
 

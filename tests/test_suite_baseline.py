@@ -1,5 +1,4 @@
 """perfkit.suite.baseline: a real tiny 01_baseline (CPU)."""
-
 import pytest
 
 from perfkit.suite import baseline, context
@@ -12,17 +11,11 @@ def test_real_baseline(tiny):
     result = baseline.run_baseline(ctx)
     table = result["table"].set_index("variant")
     assert table["measured"].tolist() == [True, False, True, True, True, True]  # fp16 v1: GPU only
-    assert (
-        table.loc["v1 DNABERT-S fp32", "model"] == "dnabert_s"
-        and "file order" in table.loc["v1 DNABERT-S fp32", "layout"]
-    )
+    assert table.loc["v1 DNABERT-S fp32", "model"] == "dnabert_s" and "file order" in table.loc["v1 DNABERT-S fp32", "layout"]
     assert result["speedup_nt_v2_over_v1"] > 0
     assert "not measured" in table.loc["v1 fair-esm fp16", "note"]
     assert result["speedup_v2_over_v1"] > 0 and result["speedup_v2_over_v1_fp16"]["measured"] is False
-    assert (
-        table.loc["v2 packed fp32", "padding_waste"] == 0
-        and table.loc["v2 padded SDPA fp32", "padding_waste"] > 0
-    )
+    assert table.loc["v2 packed fp32", "padding_waste"] == 0 and table.loc["v2 padded SDPA fp32", "padding_waste"] > 0
     gate = baseline.run_equivalence(ctx, result["device"], result["precision"])
     agreement = baseline.run_agreement(ctx, result["device"], result["precision"])
     assert agreement["agreement"] == 1.0 and agreement["details"]["same_classifier"]  # fp32 on both sides

@@ -1,5 +1,4 @@
 """perfkit.suite.profiling: a real tiny 02_profiling (CPU)."""
-
 import pytest
 
 from perfkit.suite import context, profiling
@@ -16,14 +15,8 @@ def test_real_profiling(tiny):
     assert profiler["table"]["share"].between(0, 1).all()
     headline = profiling.profiling_headline(result, profiler)
     assert headline["gpu_util_mean"]["measured"] is False  # CPU: not measured, never 0
-    assert result["stages"]["stage"].tolist() == [
-        "planning",
-        "nucleotide_embedding",
-        "protein_embedding",
-        "merge",
-        "classifier",
-        "consensus",
-    ]
+    assert result["stages"]["stage"].tolist() == ["planning", "nucleotide_embedding", "protein_embedding", "merge",
+                                                  "classifier", "consensus"]
     assert result["stages"]["share"].sum() == pytest.approx(1.0)
     assert headline["bottleneck_stage"] == result["stages"].set_index("stage")["seconds"].idxmax()
     assert result["chain"]["counts"]["frames"] == result["summary"]["throughput"]["sequences"]

@@ -1,5 +1,4 @@
 """perfkit.suite.runner: the whole smoke suite through papermill, and a failing notebook turning the verdict to FAIL."""
-
 import json
 from pathlib import Path
 
@@ -58,9 +57,7 @@ def test_whole_smoke_suite(tmp_path):
     rc = runner.run_suite(SMOKE, out)
     status = json.loads((out / "suite.json").read_text())
     assert rc == 0, status
-    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"][
-        "reads"
-    ] == 1000
+    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"]["reads"] == 1000
     for stem in NOTEBOOKS:
         assert status["notebooks"][stem]["status"] == "complete"
         assert status["notebooks"][stem]["seconds"] > 0
@@ -76,16 +73,8 @@ def test_whole_smoke_suite(tmp_path):
     assert summary["verdict"] == "FAIL"  # CPU: GPU utilisation is NOT MEASURED, which never passes
     assert status["verdict"] == "FAIL"
     rows = {r["name"]: r for r in summary["criteria"]}
-    assert set(rows) == {
-        "full_sample_time",
-        "gpu_utilisation",
-        "packing_efficiency",
-        "two_gpu_scaling",
-        "speedup_vs_v1",
-        "equivalence_gate",
-        "prediction_agreement",
-        "nt_equivalence_gate",
-    }
+    assert set(rows) == {"full_sample_time", "gpu_utilisation", "packing_efficiency", "two_gpu_scaling",
+                         "speedup_vs_v1", "equivalence_gate", "prediction_agreement", "nt_equivalence_gate"}
     for row in rows.values():
         assert {"name", "target", "measured", "unit", "status", "source"} <= set(row)
         assert row["status"] in ("PASS", "FAIL", "NOT MEASURED")
@@ -125,9 +114,7 @@ def test_notebooks_name_the_perfkit_kernel_and_the_runner_falls_back_to_python3(
     for stem in NOTEBOOKS:
         notebook = nbformat.read(runner.NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
         assert notebook.metadata["kernelspec"]["name"] == runner.KERNEL_NAME == "perfkit"
-    monkeypatch.setattr(
-        KernelSpecManager, "find_kernel_specs", lambda self: {"perfkit": "/k/perfkit", "python3": "/k/p"}
-    )
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"perfkit": "/k/perfkit", "python3": "/k/p"})
     assert runner.kernel_name() == "perfkit"
     monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"python3": "/k/p"})
     assert runner.kernel_name() == "python3"

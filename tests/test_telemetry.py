@@ -22,18 +22,8 @@ class ManualSpan:
 
 
 def _batch(tel, span, n):
-    tel.batch(
-        stage="embed",
-        t_arrive_s=float(n),
-        loader_wait_s=0.01,
-        host_s=0.002,
-        span=span,
-        sequences=10,
-        real_tokens=900,
-        slot_tokens=1000,
-        budget_tokens=1024,
-        queue_depth=n,
-    )
+    tel.batch(stage="embed", t_arrive_s=float(n), loader_wait_s=0.01, host_s=0.002, span=span,
+              sequences=10, real_tokens=900, slot_tokens=1000, budget_tokens=1024, queue_depth=n)
 
 
 def test_records_wait_for_their_device_time_then_land_in_jsonl(tmp_path):

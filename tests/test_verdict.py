@@ -1,13 +1,12 @@
 """perfkit.verdict: a run folder's criteria verdict."""
-
 import json
 
 import nbformat
-from suite_helpers import GOOD, SMOKE, write_metrics
 
 from perfkit import criteria as crit
 from perfkit import verdict
 from perfkit.suite import params as suite_params
+from suite_helpers import SMOKE, write_metrics, GOOD
 
 
 def test_evaluate_run_passes_only_when_every_criterion_passes(tmp_path):
@@ -17,11 +16,8 @@ def test_evaluate_run_passes_only_when_every_criterion_passes(tmp_path):
     result = verdict.evaluate_run(tmp_path, params)
     assert result["verdict"] == "PASS", result["criteria"]
     assert {r["source"] for r in result["criteria"]} == {"01_baseline", "03_scaling", "05_full_validation"}
-    write_metrics(
-        tmp_path,
-        "05_full_validation",
-        {**GOOD["05_full_validation"], "gpu_util_full_sample": crit.not_measured("no NVIDIA driver")},
-    )
+    write_metrics(tmp_path, "05_full_validation", {**GOOD["05_full_validation"],
+                                                   "gpu_util_full_sample": crit.not_measured("no NVIDIA driver")})
     result = verdict.evaluate_run(tmp_path, params)
     status = {r["name"]: r["status"] for r in result["criteria"]}
     assert result["verdict"] == "FAIL" and status["gpu_utilisation"] == "NOT MEASURED"
@@ -36,9 +32,7 @@ def test_missing_or_failed_notebook_makes_its_criteria_fail(tmp_path):
     # 01 has an executed notebook with an error: it is the authority, its metrics.json is not trusted
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("1/0")
-    cell.outputs = [
-        nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])
-    ]
+    cell.outputs = [nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])]
     nb.cells = [cell]
     nbformat.write(nb, str(tmp_path / "01_baseline.ipynb"))
     result = verdict.evaluate_run(tmp_path, params)
@@ -50,10 +44,7 @@ def test_missing_or_failed_notebook_makes_its_criteria_fail(tmp_path):
     assert rows["full_sample_time"]["status"] == "PASS"
     assert result["notebooks"]["01_baseline"]["from"] == "01_baseline.ipynb"
     # suite.json saying a notebook failed wins over a metrics.json left behind
-    (tmp_path / "suite.json").write_text(
-        json.dumps({"notebooks": {"05_full_validation": {"status": "failed", "error": "kernel died"}}})
-    )
+    (tmp_path / "suite.json").write_text(json.dumps({"notebooks": {"05_full_validation": {"status": "failed",
+                                                                                          "error": "kernel died"}}}))
     rows = {r["name"]: r for r in verdict.evaluate_run(tmp_path, params)["criteria"]}
-    assert (
-        rows["full_sample_time"]["status"] == "FAIL" and "kernel died" in rows["full_sample_time"]["reason"]
-    )
+    assert rows["full_sample_time"]["status"] == "FAIL" and "kernel died" in rows["full_sample_time"]["reason"]

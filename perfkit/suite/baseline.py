@@ -1,6 +1,5 @@
 """01_baseline: v1 vs v2 throughput on the same sample, the equivalence gates and the v1/v2 prediction
 agreement."""
-
 from __future__ import annotations
 
 import pandas as pd
@@ -25,42 +24,25 @@ def run_baseline(ctx: Context) -> dict:
         v2_precision = "bf16" if cuda else "fp32"
     plan = [
         ("v1 fair-esm fp32", dict(mode="v1", precision="fp32", **v1_caps), None),
-        (
-            "v1 fair-esm fp16",
-            dict(mode="v1", precision="fp16", **v1_caps),
-            None
-            if (cuda and p.v1_fp16)
-            else (
-                "fp16 runs on GPU only: not measured on " + device
-                if not cuda
-                else "v1_fp16: false in the params"
-            ),
-        ),
-        (
-            f"v2 padded SDPA {v2_precision}",
-            dict(mode="v2", layout="padded", precision=v2_precision, **caps),
-            None,
-        ),
+        ("v1 fair-esm fp16", dict(mode="v1", precision="fp16", **v1_caps),
+         None if (cuda and p.v1_fp16) else ("fp16 runs on GPU only: not measured on " + device if not cuda
+                                            else "v1_fp16: false in the params")),
+        (f"v2 padded SDPA {v2_precision}", dict(mode="v2", layout="padded", precision=v2_precision, **caps), None),
         (f"v2 packed {v2_precision}", dict(mode="v2", layout="packed", precision=v2_precision, **caps), None),
     ]
     nt_skip = None if p.nucleotide else "baseline.nucleotide: false in the params"
     plan += [
         ("v1 DNABERT-S fp32", dict(model=NUCLEOTIDE_MODEL, mode="v1", precision="fp32", **v1_caps), nt_skip),
-        (
-            f"v2 DNABERT-S packed {v2_precision}",
-            dict(model=NUCLEOTIDE_MODEL, mode="v2", layout="packed", precision=v2_precision, **caps),
-            nt_skip,
-        ),
+        (f"v2 DNABERT-S packed {v2_precision}", dict(model=NUCLEOTIDE_MODEL, mode="v2", layout="packed",
+                                                     precision=v2_precision, **caps), nt_skip),
     ]
     rows, summaries = [], {}
     for index, (variant, overrides, skip) in enumerate(plan):
         if skip:
             rows.append(throughput_row(variant, None, note=skip))
             continue
-        name = (
-            f"{index}-{overrides.get('model', 'esm')}-{overrides['mode']}-{overrides.get('layout', 'v1')}"
-            f"-{overrides['precision']}"
-        )
+        name = (f"{index}-{overrides.get('model', 'esm')}-{overrides['mode']}-{overrides.get('layout', 'v1')}"
+                f"-{overrides['precision']}")
         summary = run_embed(ctx.embed_config(name, device=device, **overrides))
         summaries[variant] = summary
         rows.append(throughput_row(variant, summary))
@@ -94,32 +76,16 @@ def run_agreement(ctx: Context, device: str, precision: str) -> dict:
     sides = {}
     for mode, precision_ in (("v1", "fp32"), ("v2", precision)):
         extra = {"random_init": "fair-esm"} if mode == "v2" else {}
-        cfg = ctx.embed_config(
-            f"agreement-{mode}",
-            model=model,
-            mode=mode,
-            layout="packed",
-            precision=precision_,
-            device=device,
-            max_reads=p.reads,
-            **extra,
-        )
+        cfg = ctx.embed_config(f"agreement-{mode}", model=model, mode=mode, layout="packed", precision=precision_,
+                               device=device, max_reads=p.reads, **extra)
         sides[mode] = run_predict(cfg, hidden=p.hidden)
     details = compare_runs(ctx.out / "runs" / "agreement-v1", ctx.out / "runs" / "agreement-v2")
-    details.update(
-        model=model,
-        reads=p.reads,
-        precision_v1="fp32",
-        precision_v2=precision,
-        device=device,
-        end_to_end_s={m: sides[m]["end_to_end_s"] for m in sides},
-    )
+    details.update(model=model, reads=p.reads, precision_v1="fp32", precision_v2=precision, device=device,
+                   end_to_end_s={m: sides[m]["end_to_end_s"] for m in sides})
     write_json(ctx.path("agreement.json"), details)
     if not details.get("same_classifier"):
-        return {
-            "agreement": crit.not_measured("the two chains used different classifier weights"),
-            "details": details,
-        }
+        return {"agreement": crit.not_measured("the two chains used different classifier weights"),
+                "details": details}
     return {"agreement": details["agreement"], "details": details}
 
 
@@ -129,18 +95,12 @@ def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
 
     p = ctx.params.baseline.equivalence
     model = p.model or ctx.params.embed.get("model", "esm2_t6_8M")
-    result = run_equivalence_gate(
-        model_name=model,
-        proteins=default_proteins(n=p.proteins, seed=p.seed),
-        device=device,
-        precision=precision,
-        seed=p.seed,
-        token_budget=p.token_budget,
-        compile=bool(ctx.params.embed.get("compile", False)),
-        compile_scope=ctx.params.embed.get("compile_scope", "blocks"),
-        attention=ctx.params.embed.get("attention", "auto"),
-        gelu_epilogue=bool(ctx.params.embed.get("gelu_epilogue", False)),
-    )
+    result = run_equivalence_gate(model_name=model, proteins=default_proteins(n=p.proteins, seed=p.seed),
+                                  device=device, precision=precision, seed=p.seed, token_budget=p.token_budget,
+                                  compile=bool(ctx.params.embed.get("compile", False)),
+                                  compile_scope=ctx.params.embed.get("compile_scope", "blocks"),
+                                  attention=ctx.params.embed.get("attention", "auto"),
+                                  gelu_epilogue=bool(ctx.params.embed.get("gelu_epilogue", False)))
     write_json(ctx.path("equivalence.json"), result)
     return result
 
@@ -153,21 +113,12 @@ def run_nt_equivalence(ctx: Context, device: str, precision: str) -> dict:
 
     p = ctx.params.baseline
     if not p.nucleotide:
-        return {
-            "passed": crit.not_measured("baseline.nucleotide: false in the params"),
-            "tokens_per_base": None,
-        }
-    stage = {
-        **ctx.params.embed,
-        **{k: v for k, v in (ctx.params.embed.get("nucleotide") or {}).items() if v is not None},
-    }
-    result = dnabert.run_nt_equivalence(
-        device=device,
-        precision=precision,
-        n=p.nt_equivalence_reads,
-        packed_attention=stage.get("nt_attention", "auto"),
-        compile=bool(stage.get("compile", False)),
-    )
+        return {"passed": crit.not_measured("baseline.nucleotide: false in the params"), "tokens_per_base": None}
+    stage = {**ctx.params.embed, **{k: v for k, v in (ctx.params.embed.get("nucleotide") or {}).items()
+                                    if v is not None}}
+    result = dnabert.run_nt_equivalence(device=device, precision=precision, n=p.nt_equivalence_reads,
+                                        packed_attention=stage.get("nt_attention", "auto"),
+                                        compile=bool(stage.get("compile", False)))
     write_json(ctx.path("nt_equivalence.json"), result)
     return result
 
@@ -179,18 +130,14 @@ def agreement_interval(details: dict | None):
     return list(crit.wilson_interval(int(details["same_prediction"]), int(details["reads_union"])))
 
 
-def baseline_headline(
-    result: dict, gate: dict, agreement: dict | None = None, nt_gate: dict | None = None
-) -> dict:
+def baseline_headline(result: dict, gate: dict, agreement: dict | None = None, nt_gate: dict | None = None) -> dict:
     agreement = agreement or {"agreement": crit.not_measured("not run"), "details": None}
     nt_gate = nt_gate or {"passed": crit.not_measured("not run"), "tokens_per_base": None}
     return {
         "nt_equivalence_gate_passed": nt_gate["passed"],
         "nt_tokens_per_base": nt_gate["tokens_per_base"],
-        "nt_equivalence_gate": {
-            k: nt_gate.get(k)
-            for k in ("passed", "precision", "device", "attention_path", "num_reads", "thresholds", "stats")
-        },
+        "nt_equivalence_gate": {k: nt_gate.get(k) for k in ("passed", "precision", "device", "attention_path",
+                                                            "num_reads", "thresholds", "stats")},
         "speedup_nt_v2_over_v1": result["speedup_nt_v2_over_v1"],
         "prediction_agreement_v1_v2": agreement["agreement"],
         # on a few hundred reads the share alone hides its uncertainty: the Wilson 95 % interval beside it
@@ -200,19 +147,8 @@ def baseline_headline(
         "speedup_v2_over_v1_fp16": result["speedup_v2_over_v1_fp16"],
         "speedup_v2_over_padded": result["speedup_v2_over_padded"],
         "equivalence_gate_passed": bool(gate["passed"]),
-        "equivalence_gate": {
-            k: gate.get(k)
-            for k in (
-                "passed",
-                "precision",
-                "device",
-                "model_name",
-                "attention_path",
-                "compiled",
-                "thresholds",
-            )
-        }
-        | {"stats": gate["stats"]},
+        "equivalence_gate": {k: gate.get(k) for k in ("passed", "precision", "device", "model_name", "attention_path",
+                                                       "compiled", "thresholds")} | {"stats": gate["stats"]},
         "throughput": result["table"],
         "baseline_device": result["device"],
     }
@@ -224,11 +160,9 @@ def baseline_figures(ctx: Context, result: dict) -> dict:
     model = ctx.params.embed.get("model", "esm2_t6_8M")
     reads = ctx.sample_stats["reads"]
     fig = plots.throughput_bars(
-        result["table"],
-        ctx.path("throughput.png"),
+        result["table"], ctx.path("throughput.png"),
         title=f"ESM-2 {model} and DNABERT-S on {result['device']}: v1 vs v2, same {reads:,}-read sample",
         caption="Steady-state tokens/s (real tokens incl. BOS/EOS, first warm-up batches excluded) from each "
-        "run's telemetry; token utilisation = real tokens / (batches x budget); padding waste = pad slots / "
-        "all slots. Bars marked 'not measured' did not run on this device.",
-    )
+                "run's telemetry; token utilisation = real tokens / (batches x budget); padding waste = pad slots / "
+                "all slots. Bars marked 'not measured' did not run on this device.")
     return {"throughput": fig}

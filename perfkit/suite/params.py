@@ -1,6 +1,5 @@
 """The suite's params schema (pydantic): `load_suite_params` validates a params file; `NotebookArgs`
 and `ScalingArgs` are the notebooks' papermill parameters."""
-
 from __future__ import annotations
 
 import copy
@@ -15,18 +14,8 @@ from perfkit.params import load_params
 from perfkit.verdict import MEASURING_NOTEBOOKS, NOTEBOOKS  # noqa: F401 (NOTEBOOKS: the suite's order)
 
 # knobs a tuning sweep may vary (all are EmbedConfig fields that change speed, never results)
-TUNABLE = (
-    "num_workers",
-    "prefetch_factor",
-    "token_budget",
-    "buffer_size",
-    "block_reads",
-    "pin_memory",
-    "copy_stream",
-    "allocator",
-    "checkpoint_every_sequences",
-    "checkpoint_every_seconds",
-)
+TUNABLE = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "block_reads", "pin_memory",
+           "copy_stream", "allocator", "checkpoint_every_sequences", "checkpoint_every_seconds")
 # EmbedConfig fields the suite sets itself: not allowed in the params' `embed:` section
 SUITE_OWNED = ("input", "out_dir", "resume", "max_reads", "max_seconds", "mode", "layout", "progress")
 
@@ -37,9 +26,7 @@ class _Strict(BaseModel):
 
 class SampleParams(_Strict):
     reads: int = Field(2000, ge=1, description="synthetic reads to generate")
-    profile: str = Field(
-        "reads150", description="synthetic profile: reads150 | reads300 | contigs | PROFILE.json"
-    )
+    profile: str = Field("reads150", description="synthetic profile: reads150 | reads300 | contigs | PROFILE.json")
     seed: int = 0
     path: Optional[str] = Field(None, description="an existing FASTA instead (relative to the params file)")
 
@@ -86,9 +73,7 @@ class ScalingParams(Caps):
     end_to_end: bool = True
     # the two chain sizes (reads) of each side, small then large; None: [max_reads / 2, max_reads]
     fit_reads: Optional[list[int]] = None
-    repeats: int = Field(
-        1, ge=1
-    )  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
+    repeats: int = Field(1, ge=1)  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
     # one untimed chain of N ranks before the timed rounds, so that no timed launch is the first to compile for
     # its GPU (a cold 2-rank launch measured 62 s where a warm one took 42 s on 2 x H200). None: on GPUs
     # 4 blocks per rank, on CPU none (nothing compiles); 0: no warm-up
@@ -106,10 +91,8 @@ class ScalingParams(Caps):
     @model_validator(mode="after")
     def _one_largest_size(self):
         if self.fit_reads and self.max_reads is not None and self.max_reads != self.fit_reads[1]:
-            raise ValueError(
-                f"max_reads {self.max_reads} differs from the largest of fit_reads "
-                f"{self.fit_reads[1]}: set one of them"
-            )
+            raise ValueError(f"max_reads {self.max_reads} differs from the largest of fit_reads "
+                             f"{self.fit_reads[1]}: set one of them")
         return self
 
 
@@ -201,18 +184,13 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
         raise UserError(f"{path}: {err.problem}", err.fix) from None
     for section in ("profiling", "full_validation"):
         if getattr(params, section).max_seconds is not None:
-            raise UserError(
-                f"{path}: {section}.max_seconds: this notebook runs the whole chain, which is capped "
-                f"by reads",
-                f"set {section}.max_reads instead",
-            )
+            raise UserError(f"{path}: {section}.max_seconds: this notebook runs the whole chain, which is capped "
+                            f"by reads", f"set {section}.max_reads instead")
     rules = crit.criteria_from_params(params.criteria)
     for rule in rules:
         if rule.source not in MEASURING_NOTEBOOKS:
-            raise UserError(
-                f"{path}: criterion {rule.name!r} has source {rule.source!r}",
-                f"set source to one of {', '.join(MEASURING_NOTEBOOKS)}",
-            )
+            raise UserError(f"{path}: criterion {rule.name!r} has source {rule.source!r}",
+                            f"set source to one of {', '.join(MEASURING_NOTEBOOKS)}")
     return params
 
 

@@ -1,6 +1,5 @@
 """02_profiling: the whole chain with full diagnostics of its protein stage, and torch.profiler's top
 kernels."""
-
 from __future__ import annotations
 
 import json
@@ -15,16 +14,14 @@ from perfkit.summary import write_json
 def run_profiling(ctx: Context) -> dict:
     """The whole chain (v2), capped by reads, with full diagnostics of its protein stage: telemetry,
     windows and a GPU/host sampler of our own; and the time of every stage."""
-    from perfkit.aggregate import batches as batch_rows
-    from perfkit.aggregate import read_telemetry
+    from perfkit.aggregate import batches as batch_rows, read_telemetry
     from perfkit.sampler import GpuSampler
     from perfkit.workload.predict import run_predict
     from perfkit.workload.runner import STAGE
 
     p = ctx.params.profiling
-    cfg = ctx.embed_config(
-        "chain", mode="v2", layout="packed", max_reads=p.max_reads, sample_interval_s=p.sample_interval_s
-    )
+    cfg = ctx.embed_config("chain", mode="v2", layout="packed", max_reads=p.max_reads,
+                           sample_interval_s=p.sample_interval_s)
     device = resolved_device(ctx.params)
     cuda_index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
     sampler = GpuSampler(interval_s=p.sample_interval_s, cuda_index=cuda_index, tag="profiling")
@@ -40,24 +37,14 @@ def run_profiling(ctx: Context) -> dict:
     # batch arrivals count from the protein loop's start: the stage's start + its model loading
     stages = records[records["kind"] == "stage"] if "kind" in records else records
     load = stages[stages["stage"] == "model_load"]["end_s"] if len(stages) else pd.Series(dtype=float)
-    loop_start = chain["stage_started_unix"]["protein_embedding"] + (
-        float(load.iloc[0]) if len(load) else 0.0
-    )
+    loop_start = chain["stage_started_unix"]["protein_embedding"] + (float(load.iloc[0]) if len(load) else 0.0)
     samples = pd.DataFrame(sampler.samples())
     if not samples.empty:
         samples["t_s"] = samples["timestamp"] - loop_start
     write_json(ctx.path("samples.json"), _plain(samples))
     windows = pd.DataFrame(summary["windows"])
-    return {
-        "summary": summary,
-        "chain": chain,
-        "stages": stage_table(chain),
-        "batches": batch_table,
-        "samples": samples,
-        "windows": windows,
-        "sampler_note": sampler.note,
-        "sampler_source": sampler.source,
-    }
+    return {"summary": summary, "chain": chain, "stages": stage_table(chain), "batches": batch_table,
+            "samples": samples, "windows": windows, "sampler_note": sampler.note, "sampler_source": sampler.source}
 
 
 def run_profiler(ctx: Context) -> dict:
@@ -66,41 +53,18 @@ def run_profiler(ctx: Context) -> dict:
     p = ctx.params.profiling
     cfg = ctx.embed_config("profiler", mode="v2", layout="packed", device=resolved_device(ctx.params))
     result = profile_batches(cfg, batches=p.profiler_batches, warmup=p.profiler_warmup, top=p.top_kernels)
-    write_json(
-        ctx.path("top_kernels.json"),
-        {**{k: v for k, v in result.items() if k != "table"}, "table": _plain(result["table"])},
-    )
+    write_json(ctx.path("top_kernels.json"), {**{k: v for k, v in result.items() if k != "table"},
+                                               "table": _plain(result["table"])})
     return result
 
 
 def bottleneck_evidence(windows: pd.DataFrame) -> pd.DataFrame:
     """Per window: verdict and the shares it rests on."""
     if windows.empty:
-        return pd.DataFrame(
-            columns=[
-                "rank",
-                "window",
-                "start_s",
-                "seconds",
-                "tok_per_s",
-                "loader_wait_share",
-                "device_busy_share",
-                "verdict",
-            ]
-        )
-    return windows[
-        [
-            "rank",
-            "window",
-            "start_s",
-            "seconds",
-            "tok_per_s",
-            "loader_wait_share",
-            "device_busy_share",
-            "packing_efficiency",
-            "verdict",
-        ]
-    ].copy()
+        return pd.DataFrame(columns=["rank", "window", "start_s", "seconds", "tok_per_s", "loader_wait_share",
+                                     "device_busy_share", "verdict"])
+    return windows[["rank", "window", "start_s", "seconds", "tok_per_s", "loader_wait_share", "device_busy_share",
+                    "packing_efficiency", "verdict"]].copy()
 
 
 def profiling_headline(result: dict, profiler: dict) -> dict:
@@ -136,51 +100,40 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
     busy_basis = "CUDA events" if is_cuda(device) else "wall-clock span of the forward (CPU)"
     figs = {
         "timeline": plots.batch_timeline(
-            result["batches"],
-            ctx.path("timeline.png"),
+            result["batches"], ctx.path("timeline.png"),
             title=f"Per-batch timeline, v2 packed on {device}",
             caption=f"One point per batch from telemetry.jsonl, x = arrival time since the embedding loop started. Loader wait = "
-            f"time the consumer was blocked on the DataLoader; device time from {busy_basis}; packing "
-            f"efficiency = real tokens / token budget of the batch.",
-        ),
+                    f"time the consumer was blocked on the DataLoader; device time from {busy_basis}; packing "
+                    f"efficiency = real tokens / token budget of the batch."),
         "utilisation": plots.utilisation_timeline(
-            result["samples"],
-            result["windows"],
-            ctx.path("utilisation.png"),
+            result["samples"], result["windows"], ctx.path("utilisation.png"),
             title=f"Utilisation over time, v2 packed on {device}",
             caption=f"Sampler: {result['sampler_note']}; interval {ctx.params.profiling.sample_interval_s:g} s, "
-            f"x = seconds since the protein stage's embedding loop started (sampler aligned within ~1 s; "
-            f"negative = the chain before it: planning, nucleotide stage, model loading). "
-            f"Steps: device-busy share per "
-            f"{ctx.params.embed.get('window_s', 10.0):g} s window ({busy_basis}).",
-        ),
+                    f"x = seconds since the protein stage's embedding loop started (sampler aligned within ~1 s; "
+                    f"negative = the chain before it: planning, nucleotide stage, model loading). "
+                    f"Steps: device-busy share per "
+                    f"{ctx.params.embed.get('window_s', 10.0):g} s window ({busy_basis})."),
         "windows": plots.window_verdicts(
-            result["windows"],
-            ctx.path("windows.png"),
+            result["windows"], ctx.path("windows.png"),
             title="Bottleneck verdict per window",
             caption="Shares of the wall time owned by each window's batches (a batch owns the time from its request "
-            "to the next request): loader wait (consumer blocked on data) and device busy. "
-            "Rule: data-starved if loader wait > 10 %; device-bound if device busy >= 90 %; else host-bound.",
-        ),
+                    "to the next request): loader wait (consumer blocked on data) and device busy. "
+                    "Rule: data-starved if loader wait > 10 %; device-bound if device busy >= 90 %; else host-bound."),
         "stages": plots.stage_breakdown(
-            result["stages"][["stage", "seconds"]],
-            ctx.path("stages.png"),
+            result["stages"][["stage", "seconds"]], ctx.path("stages.png"),
             title=f"Time per pipeline stage, v2 chain on {device} "
-            f"({result['chain']['counts']['frames']:,} frames)",
+                  f"({result['chain']['counts']['frames']:,} frames)",
             caption="Wall time of each stage of one `perfkit predict` run (chain telemetry.jsonl): planning = cutting "
-            "the input between ranks (none in one process); translation runs inside the embedding stages' "
-            "DataLoader workers, overlapped with the model; each embedding stage includes process start, "
-            "model build and the shard check; merge, classifier and consensus run in every rank on its own "
-            "reads (slowest rank); red = the top stage.",
-        ),
+                    "the input between ranks (none in one process); translation runs inside the embedding stages' "
+                    "DataLoader workers, overlapped with the model; each embedding stage includes process start, "
+                    "model build and the shard check; merge, classifier and consensus run in every rank on its own "
+                    "reads (slowest rank); red = the top stage."),
         "kernels": plots.top_kernels(
-            profiler["table"],
-            ctx.path("kernels.png"),
+            profiler["table"], ctx.path("kernels.png"),
             title=f"Top {len(profiler['table'])} ops by self {profiler['time_basis']} time "
-            f"({profiler['batches']} batches, torch.profiler)",
+                  f"({profiler['batches']} batches, torch.profiler)",
             caption=f"torch.profiler over {profiler['batches']} packed batches after {profiler['warmup']} warm-up "
-            f"batch(es), {profiler['tokens']:,} real tokens, on {profiler['device']}; share = self time / "
-            f"total self time of all ops.",
-        ),
+                    f"batch(es), {profiler['tokens']:,} real tokens, on {profiler['device']}; share = self time / "
+                    f"total self time of all ops."),
     }
     return figs

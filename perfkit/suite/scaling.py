@@ -1,6 +1,5 @@
 """03_scaling: the same work on 1 and on N processes (GPUs; CPU processes with gloo on CPU); the whole
 chain at two sizes per side (`perfkit.projection.end_to_end_scaling` decides the criterion's factor)."""
-
 from __future__ import annotations
 
 import time
@@ -19,10 +18,8 @@ def _distributed():
     try:
         from perfkit.workload import distributed
     except ImportError as err:
-        raise UserError(
-            f"multi-process runs are not available ({err})",
-            "perfkit.workload.distributed.run_multi is needed for 03_scaling",
-        ) from None
+        raise UserError(f"multi-process runs are not available ({err})",
+                        "perfkit.workload.distributed.run_multi is needed for 03_scaling") from None
     if not hasattr(distributed, "run_multi"):
         raise UserError("perfkit.workload.distributed has no run_multi", "update perfkit")
     return distributed
@@ -40,10 +37,8 @@ def scaling_plan(ctx: Context) -> dict:
     if args.gpus and args.nproc:
         reason = f"gpus={args.gpus} and nproc={args.nproc}: give one (gpus on a GPU machine, nproc for CPU processes)"
     elif args.gpus and not gpus:  # gpus means GPUs: CPU processes are never passed off as them
-        reason = (
-            f"gpus={args.gpus}: no GPU here (the params run on {device}); pass nproc={args.gpus} to compare "
-            "CPU processes instead"
-        )
+        reason = (f"gpus={args.gpus}: no GPU here (the params run on {device}); pass nproc={args.gpus} to compare "
+                  "CPU processes instead")
     elif args.nproc and gpus:
         reason = f"nproc={args.nproc} asks for CPU processes but the params run on {device}: pass gpus={args.nproc}"
     elif args.nodes != 1:
@@ -86,19 +81,13 @@ def normalise_scaling(raw: dict, single: dict, multi: dict, nproc: int) -> dict:
         per_rank_tok = {str(r): v.get("steady_tok_per_s") for r, v in ranks.items()}
     if per_rank_tok is None:
         per_rank_tok = {str(r): v.get("steady_tok_per_s") for r, v in (multi.get("per_rank") or {}).items()}
-    per_rank_util = pick(
-        "per_rank_gpu_util", "per_rank_gpu_utilization", "gpu_util_per_rank", "per_rank_util"
-    )
+    per_rank_util = pick("per_rank_gpu_util", "per_rank_gpu_utilization", "gpu_util_per_rank", "per_rank_util")
     if per_rank_util is None and ranks:
-        per_rank_util = {
-            str(r): v.get("gpu_utilization_mean", v.get("gpu_utilization_percent")) for r, v in ranks.items()
-        }
+        per_rank_util = {str(r): v.get("gpu_utilization_mean", v.get("gpu_utilization_percent"))
+                         for r, v in ranks.items()}
     if per_rank_util is None and isinstance(multi.get("gpu"), dict):
-        per_rank_util = {
-            str(r): (g or {}).get("gpu_utilization_percent")
-            for r, g in multi["gpu"].items()
-            if isinstance(g, dict)
-        }
+        per_rank_util = {str(r): (g or {}).get("gpu_utilization_percent") for r, g in multi["gpu"].items()
+                         if isinstance(g, dict)}
     if isinstance(per_rank_tok, list):
         per_rank_tok = {str(i): v for i, v in enumerate(per_rank_tok)}
     if isinstance(per_rank_util, list):
@@ -135,38 +124,19 @@ def run_scaling(ctx: Context) -> dict:
     p = ctx.params.scaling
     if plan["not_measurable"]:
         marker = crit.not_measured(plan["not_measurable"])
-        return {
-            "plan": plan,
-            "scaling": None,
-            "single": None,
-            "multi": None,
-            "scaling_factor": marker,
-            "scaling_efficiency": marker,
-            "rank_imbalance": marker,
-            "nucleotide": None,
-            "embedding_stages": None,
-            "end_to_end": None,
-            "scaling_factor_nucleotide": marker,
-            "scaling_factor_embedding_stages": marker,
-            "scaling_factor_end_to_end": marker,
-            "scaling_factor_end_to_end_measured": marker,
-            "scaling_factor_end_to_end_projected": marker,
-            "scaling_factor_end_to_end_source": None,
-        }
+        return {"plan": plan, "scaling": None, "single": None, "multi": None,
+                "scaling_factor": marker, "scaling_efficiency": marker, "rank_imbalance": marker,
+                "nucleotide": None, "embedding_stages": None, "end_to_end": None,
+                "scaling_factor_nucleotide": marker, "scaling_factor_embedding_stages": marker,
+                "scaling_factor_end_to_end": marker, "scaling_factor_end_to_end_measured": marker,
+                "scaling_factor_end_to_end_projected": marker, "scaling_factor_end_to_end_source": None}
     distributed = _distributed()
     if p.end_to_end:
         return _scaling_by_chains(ctx, plan, distributed)
-    common = {
-        "mode": "v2",
-        "layout": "packed",
-        "max_seconds": p.max_seconds,
-        "max_reads": p.max_reads,
-        **p.embed,
-    }
+    common = {"mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads, **p.embed}
     single = run_embed(ctx.embed_config("single", **common))
-    multi = distributed.run_multi(
-        ctx.embed_config(f"multi-{plan['nproc']}", **common), plan["nproc"], gpus=plan["gpus"]
-    )
+    multi = distributed.run_multi(ctx.embed_config(f"multi-{plan['nproc']}", **common), plan["nproc"],
+                                  gpus=plan["gpus"])
     raw = distributed.scaling(single, multi) if hasattr(distributed, "scaling") else {}
     scaling = normalise_scaling(raw, single, multi, plan["nproc"])
     stages = {"protein_embedding": (single, multi)}
@@ -174,39 +144,21 @@ def run_scaling(ctx: Context) -> dict:
     if p.nucleotide:
         nt_common = {**common, "model": NUCLEOTIDE_MODEL}
         nt_single = run_embed(ctx.embed_config("nt-single", **nt_common))
-        nt_multi = distributed.run_multi(
-            ctx.embed_config(f"nt-multi-{plan['nproc']}", **nt_common), plan["nproc"], gpus=plan["gpus"]
-        )
-        nt_scaling = normalise_scaling(
-            distributed.scaling(nt_single, nt_multi), nt_single, nt_multi, plan["nproc"]
-        )
+        nt_multi = distributed.run_multi(ctx.embed_config(f"nt-multi-{plan['nproc']}", **nt_common), plan["nproc"],
+                                         gpus=plan["gpus"])
+        nt_scaling = normalise_scaling(distributed.scaling(nt_single, nt_multi), nt_single, nt_multi, plan["nproc"])
         stages["nucleotide_embedding"] = (nt_single, nt_multi)
-    combined = embedding_stages_scaling(
-        stages, ctx.sample_stats, ctx.params.full_validation.full_sample_reads
-    )
-    write_json(
-        ctx.path("scaling.json"),
-        {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling, "embedding_stages": combined},
-    )
-    return {
-        "plan": plan,
-        "scaling": scaling,
-        "single": single,
-        "multi": multi,
-        "nucleotide": nt_scaling,
-        "embedding_stages": combined,
-        "scaling_factor": scaling["factor"],
-        "scaling_efficiency": scaling["efficiency"],
-        "rank_imbalance": scaling["imbalance"],
-        "scaling_factor_nucleotide": nt_scaling["factor"]
-        if nt_scaling
-        else crit.not_measured("scaling.nucleotide: false in the params"),
-        "scaling_factor_embedding_stages": combined["factor"]
-        if p.nucleotide
-        else crit.not_measured(
-            "scaling.nucleotide: false in the params: the nucleotide stage was not scaled"
-        ),
-    }
+    combined = embedding_stages_scaling(stages, ctx.sample_stats, ctx.params.full_validation.full_sample_reads)
+    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
+                                          "embedding_stages": combined})
+    return {"plan": plan, "scaling": scaling, "single": single, "multi": multi, "nucleotide": nt_scaling,
+            "embedding_stages": combined,
+            "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
+            "rank_imbalance": scaling["imbalance"],
+            "scaling_factor_nucleotide": nt_scaling["factor"] if nt_scaling else crit.not_measured(
+                "scaling.nucleotide: false in the params"),
+            "scaling_factor_embedding_stages": combined["factor"] if p.nucleotide else crit.not_measured(
+                "scaling.nucleotide: false in the params: the nucleotide stage was not scaled")}
 
 
 def scaling_sizes(params: SuiteParams, sample_reads: int) -> list[int]:
@@ -219,11 +171,8 @@ def scaling_sizes(params: SuiteParams, sample_reads: int) -> list[int]:
         largest = min(p.max_reads or sample_reads, sample_reads)
         sizes = [max(largest // 2, 1), largest]
     if sizes[1] > sample_reads or sizes[0] >= sizes[1]:
-        raise UserError(
-            f"scaling sizes {sizes} reads: the sample has {sample_reads:,} reads and the two sizes "
-            f"must differ",
-            "set scaling.fit_reads to two sizes within the sample, small then large",
-        )
+        raise UserError(f"scaling sizes {sizes} reads: the sample has {sample_reads:,} reads and the two sizes "
+                        f"must differ", "set scaling.fit_reads to two sizes within the sample, small then large")
     return sizes
 
 
@@ -247,53 +196,30 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
             for side, nproc in (("single", 1), ("multi", plan["nproc"])):
                 name = f"chain-{nproc}-{reads}-r{repeat}"
                 cfg = ctx.embed_config(name, **{**chain_knobs, "max_reads": reads})
-                chain = run_predict(
-                    cfg, hidden=p.classifier_hidden, nproc=nproc, gpus=plan["gpus"], launch=True
-                )
+                chain = run_predict(cfg, hidden=p.classifier_hidden, nproc=nproc, gpus=plan["gpus"], launch=True)
                 runs[side][reads] = {"run": name, "chain": chain, "stages": stage_summaries(cfg.out_dir)}
         rounds.append(runs)
     end_to_end = {**end_to_end_scaling(rounds, sizes, plan["nproc"], full_reads), "warmup": warmup}
     first = rounds[0]
-    pairs = {
-        stage: (first["single"][sizes[1]]["stages"][stage], first["multi"][sizes[1]]["stages"][stage])
-        for stage in first["single"][sizes[1]]["stages"]
-    }
-    scaling = normalise_scaling(
-        distributed.scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"], plan["nproc"]
-    )
-    nt_scaling = normalise_scaling(
-        distributed.scaling(*pairs["nucleotide_embedding"]), *pairs["nucleotide_embedding"], plan["nproc"]
-    )
+    pairs = {stage: (first["single"][sizes[1]]["stages"][stage], first["multi"][sizes[1]]["stages"][stage])
+             for stage in first["single"][sizes[1]]["stages"]}
+    scaling = normalise_scaling(distributed.scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
+                                plan["nproc"])
+    nt_scaling = normalise_scaling(distributed.scaling(*pairs["nucleotide_embedding"]),
+                                   *pairs["nucleotide_embedding"], plan["nproc"])
     combined = embedding_stages_scaling(pairs, ctx.sample_stats, full_reads)
-    write_json(
-        ctx.path("scaling.json"),
-        {
-            "plan": plan,
-            "scaling": scaling,
-            "nucleotide": nt_scaling,
-            "embedding_stages": combined,
-            "end_to_end": end_to_end,
-        },
-    )
-    return {
-        "plan": plan,
-        "scaling": scaling,
-        "single": pairs["protein_embedding"][0],
-        "multi": pairs["protein_embedding"][1],
-        "nucleotide": nt_scaling,
-        "embedding_stages": combined,
-        "end_to_end": end_to_end,
-        "rounds": rounds,
-        "scaling_factor": scaling["factor"],
-        "scaling_efficiency": scaling["efficiency"],
-        "rank_imbalance": scaling["imbalance"],
-        "scaling_factor_nucleotide": nt_scaling["factor"],
-        "scaling_factor_embedding_stages": combined["factor"],
-        "scaling_factor_end_to_end": end_to_end["factor"],
-        "scaling_factor_end_to_end_source": end_to_end["factor_source"],
-        "scaling_factor_end_to_end_measured": end_to_end["measured_factor"]["median"],
-        "scaling_factor_end_to_end_projected": end_to_end["projected_factor"]["median"],
-    }
+    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
+                                          "embedding_stages": combined, "end_to_end": end_to_end})
+    return {"plan": plan, "scaling": scaling, "single": pairs["protein_embedding"][0],
+            "multi": pairs["protein_embedding"][1], "nucleotide": nt_scaling, "embedding_stages": combined,
+            "end_to_end": end_to_end, "rounds": rounds,
+            "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
+            "rank_imbalance": scaling["imbalance"], "scaling_factor_nucleotide": nt_scaling["factor"],
+            "scaling_factor_embedding_stages": combined["factor"],
+            "scaling_factor_end_to_end": end_to_end["factor"],
+            "scaling_factor_end_to_end_source": end_to_end["factor_source"],
+            "scaling_factor_end_to_end_measured": end_to_end["measured_factor"]["median"],
+            "scaling_factor_end_to_end_projected": end_to_end["projected_factor"]["median"]}
 
 
 def warmup_reads(params: SuiteParams, gpus: bool, nproc: int) -> int:
@@ -315,15 +241,9 @@ def warmup_chain(ctx: Context, plan: dict, knobs: dict, run_predict) -> dict | N
         return None
     cfg = ctx.embed_config(f"chain-warmup-{plan['nproc']}", **{**knobs, "max_reads": reads})
     start = time.perf_counter()
-    run_predict(
-        cfg, hidden=ctx.params.scaling.classifier_hidden, nproc=plan["nproc"], gpus=plan["gpus"], launch=True
-    )
-    return {
-        "reads": reads,
-        "nproc": plan["nproc"],
-        "wall_s": time.perf_counter() - start,
-        "why": "untimed: compiles both models on every GPU and reads the sample once before the timed rounds",
-    }
+    run_predict(cfg, hidden=ctx.params.scaling.classifier_hidden, nproc=plan["nproc"], gpus=plan["gpus"], launch=True)
+    return {"reads": reads, "nproc": plan["nproc"], "wall_s": time.perf_counter() - start,
+            "why": "untimed: compiles both models on every GPU and reads the sample once before the timed rounds"}
 
 
 def scaling_headline(result: dict) -> dict:
@@ -340,25 +260,18 @@ def scaling_headline(result: dict) -> dict:
         "single_tok_per_s": scaling.get("single_tok_per_s"),
         "multi_tok_per_s": scaling.get("multi_tok_per_s"),
         "scaling_factor_nucleotide": result.get("scaling_factor_nucleotide", crit.not_measured("not run")),
-        "scaling_factor_embedding_stages": result.get(
-            "scaling_factor_embedding_stages", crit.not_measured("not run")
-        ),
+        "scaling_factor_embedding_stages": result.get("scaling_factor_embedding_stages",
+                                                      crit.not_measured("not run")),
         "embedding_stages_scaling": (result.get("embedding_stages") or {}).get("stages"),
         # the criterion: the projected factor while the two-size check holds, else the measured one
-        "scaling_factor_end_to_end": result.get(
-            "scaling_factor_end_to_end",
-            crit.not_measured(
-                "scaling.end_to_end: false in the params: the chain was not run on 1 and N processes"
-            ),
-        ),
+        "scaling_factor_end_to_end": result.get("scaling_factor_end_to_end", crit.not_measured(
+            "scaling.end_to_end: false in the params: the chain was not run on 1 and N processes")),
         "scaling_factor_end_to_end_source": result.get("scaling_factor_end_to_end_source"),
         "scaling_factor_end_to_end_reason": e2e.get("factor_reason"),
-        "scaling_factor_end_to_end_measured": result.get(
-            "scaling_factor_end_to_end_measured", crit.not_measured("not run")
-        ),
-        "scaling_factor_end_to_end_projected": result.get(
-            "scaling_factor_end_to_end_projected", crit.not_measured("not run")
-        ),
+        "scaling_factor_end_to_end_measured": result.get("scaling_factor_end_to_end_measured",
+                                                         crit.not_measured("not run")),
+        "scaling_factor_end_to_end_projected": result.get("scaling_factor_end_to_end_projected",
+                                                          crit.not_measured("not run")),
         "scaling_fit_check": e2e.get("fit_check"),
         "end_to_end_scaling": {k: v for k, v in e2e.items() if k != "method"} or None,
     }
@@ -376,12 +289,9 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
         small, large = e2e["sizes"]
         check = e2e["fit_check"]
         measured, projected = e2e["measured_factor"], e2e["projected_factor"]
-        rounds = (
-            f"{e2e['repeats']} interleaved round(s) (1 rank, {plan['nproc']} ranks at each size, then "
-            f"again); factors are the median over rounds with min-max"
-            if e2e["repeats"] > 1
-            else "1 round (no repeats: no spread measured)"
-        )
+        rounds = (f"{e2e['repeats']} interleaved round(s) (1 rank, {plan['nproc']} ranks at each size, then "
+                  f"again); factors are the median over rounds with min-max" if e2e["repeats"] > 1 else
+                  "1 round (no repeats: no spread measured)")
         definitions = (
             f"Both sides are launched the same way: torchrun with 1 rank vs {plan['nproc']} ranks, `perfkit "
             f"predict` on the first {small:,} and {large:,} reads; wall = the launching process's wall time "
@@ -392,68 +302,47 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
             f"check: the {small:,}-read run alone, stage by stage, predicts the {large:,}-read wall: "
             f"1 rank {_fmt_pct(check['single'])}, {plan['nproc']} ranks {_fmt_pct(check['multi'])} (tolerance "
             f"{check['tolerance']:.0%}). Criterion (scaling_factor_end_to_end) = the {e2e['factor_source']} "
-            f"factor, {_fmt_factor(e2e['factor'])}: {e2e['factor_reason']}."
-        )
+            f"factor, {_fmt_factor(e2e['factor'])}: {e2e['factor_reason']}.")
         figs["scaling_fit"] = plots.scaling_fit(
-            e2e,
-            ctx.path("scaling_fit.png"),
-            target=_target(ctx.params, "scaling_factor_end_to_end"),
+            e2e, ctx.path("scaling_fit.png"), target=_target(ctx.params, "scaling_factor_end_to_end"),
             labels={"single": one, "multi": what},
             title=f"Whole chain, 1 vs {what}: two-size fit, measured and projected factor "
-            f"(criterion uses the {e2e['factor_source']} one)",
-            caption=definitions,
-        )
+                  f"(criterion uses the {e2e['factor_source']} one)",
+            caption=definitions)
         table = pd.DataFrame(e2e["stages"])
-        table = pd.DataFrame(
-            {
-                "stage": table["stage"],
-                f"{one}: projected s": (table["single_projected_h"] * 3600).clip(lower=0),
-                f"{what}: projected s": (table["multi_projected_h"] * 3600).clip(lower=0),
-            }
-        )
+        table = pd.DataFrame({"stage": table["stage"],
+                              f"{one}: projected s": (table["single_projected_h"] * 3600).clip(lower=0),
+                              f"{what}: projected s": (table["multi_projected_h"] * 3600).clip(lower=0)})
         stagewise = e2e["stagewise_factor"]["median"]
         figs["scaling_end_to_end"] = plots.stage_breakdown(
-            table,
-            ctx.path("scaling_end_to_end.png"),
+            table, ctx.path("scaling_end_to_end.png"),
             title=f"Whole chain, {e2e['full_sample_reads']:,} reads projected per stage: {one} vs {what}",
             caption=f"Each stage's seconds through its two sizes ({small:,} and {large:,} reads; medians over "
-            f"rounds), fixed + per read x {e2e['full_sample_reads']:,} reads (a stage whose fit falls "
-            f"with the reads is drawn at 0). End to end (the fit of the whole wall): "
-            f"{e2e['single_h']:.3f} h vs {e2e['multi_h']:.3f} h. Cross-check, the {large:,}-read run alone "
-            f"projected stage by stage as 05 does (embedding: fixed + tokens / steady tok/s; others linear): "
-            f"{_fmt_factor(stagewise)}. Measured at {large:,} reads: {_fmt_factor(measured['median'])}; "
-            f"criterion: {e2e['factor_source']}.",
-        )
+                    f"rounds), fixed + per read x {e2e['full_sample_reads']:,} reads (a stage whose fit falls "
+                    f"with the reads is drawn at 0). End to end (the fit of the whole wall): "
+                    f"{e2e['single_h']:.3f} h vs {e2e['multi_h']:.3f} h. Cross-check, the {large:,}-read run alone "
+                    f"projected stage by stage as 05 does (embedding: fixed + tokens / steady tok/s; others linear): "
+                    f"{_fmt_factor(stagewise)}. Measured at {large:,} reads: {_fmt_factor(measured['median'])}; "
+                    f"criterion: {e2e['factor_source']}.")
     if result.get("nucleotide"):
         combined = result["embedding_stages"]
         figs["scaling_nucleotide"] = plots.scaling_bars(
-            result["nucleotide"],
-            ctx.path("scaling_nucleotide.png"),
+            result["nucleotide"], ctx.path("scaling_nucleotide.png"),
             title=f"Nucleotide stage (DNABERT-S) scaling: 1 vs {what}, same work, v2 packed",
             caption="As for the protein stage. Both embedding stages together, projected to "
-            f"{combined['full_sample_reads']:,} reads (full-sample tokens / steady tok/s per stage, "
-            f"summed): {_fmt_factor(combined['factor'])}.",
-            not_measurable=plan["not_measurable"],
-        )
-    source = (
-        f"the first round's {result['end_to_end']['sizes'][1]:,}-read chains (1 rank and N ranks, both "
-        f"launched by torchrun)"
-        if result.get("end_to_end")
-        else "the two stage runs"
-    )
-    return {
-        **figs,
-        "scaling": plots.scaling_bars(
-            result["scaling"],
-            ctx.path("scaling.png"),
-            title=f"Scaling: 1 vs {what}, same work, v2 packed",
-            caption=f"From {source}. Steady-state tokens/s per rank and summed (never averaged) from each run's "
-            "telemetry; factor = N-process tok/s / 1-process tok/s; efficiency = factor / N; imbalance = "
-            "slowest rank's wall / mean wall. GPU utilisation per rank: NVML via nvitop, each rank's own "
-            "physical GPU.",
-            not_measurable=plan["not_measurable"],
-        ),
-    }
+                    f"{combined['full_sample_reads']:,} reads (full-sample tokens / steady tok/s per stage, "
+                    f"summed): {_fmt_factor(combined['factor'])}.",
+            not_measurable=plan["not_measurable"])
+    source = (f"the first round's {result['end_to_end']['sizes'][1]:,}-read chains (1 rank and N ranks, both "
+              f"launched by torchrun)" if result.get("end_to_end") else "the two stage runs")
+    return {**figs, "scaling": plots.scaling_bars(
+        result["scaling"], ctx.path("scaling.png"),
+        title=f"Scaling: 1 vs {what}, same work, v2 packed",
+        caption=f"From {source}. Steady-state tokens/s per rank and summed (never averaged) from each run's "
+                "telemetry; factor = N-process tok/s / 1-process tok/s; efficiency = factor / N; imbalance = "
+                "slowest rank's wall / mean wall. GPU utilisation per rank: NVML via nvitop, each rank's own "
+                "physical GPU.",
+        not_measurable=plan["not_measurable"])}
 
 
 def _fmt_pct(value) -> str:

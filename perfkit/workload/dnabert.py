@@ -39,15 +39,9 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2, esm2_weights
+from perfkit.workload.layers import (compiled_flex_attention, empty_model_on, flex_block_mask, init_normal_,
+                                     pool_segments, repadded_attention)
 from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
-from perfkit.workload.layers import (
-    compiled_flex_attention,
-    empty_model_on,
-    flex_block_mask,
-    init_normal_,
-    pool_segments,
-    repadded_attention,
-)
 
 # ----------------------------------------------------------------------------
 # config
@@ -91,7 +85,6 @@ def alibi_slopes(num_heads: int) -> list[float]:
     that sequence for the nearest lower power of two p, then every other slope of the
     2p sequence for the remaining heads (12 heads: 2^-1..2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5).
     """
-
     def geometric(n):
         return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
 
@@ -123,10 +116,7 @@ def train_tokenizer(n_reads: int = TRAINING_READS, seed: int = TRAINING_SEED, vo
         reads = [seq for _, seq in read_fasta(fasta)]
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=list("ACGTN"),
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=list("ACGTN"), show_progress=False
     )
     tokenizer.train_from_iterator(reads, trainer)
     return tokenizer
@@ -144,9 +134,7 @@ def special_token_ids(tokenizer) -> dict:
     ids = {name: tokenizer.token_to_id(f"[{name.upper()}]") for name in ("cls", "sep", "pad")}
     missing = [f"[{name.upper()}]" for name, i in ids.items() if i is None]
     if missing:
-        raise UserError(
-            f"tokenizer has no {', '.join(missing)} token", "pass a DNABERT-2 / DNABERT-S tokenizer.json"
-        )
+        raise UserError(f"tokenizer has no {', '.join(missing)} token", "pass a DNABERT-2 / DNABERT-S tokenizer.json")
     return ids
 
 
@@ -355,9 +343,7 @@ class DNABERT(nn.Module):
         return "flex" if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else "sdpa_repadded"
 
     @torch.inference_mode()
-    def forward_packed(
-        self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False
-    ):
+    def forward_packed(self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False):
         """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
 
         flex: flex_attention, ALiBi score_mod + same-sequence block mask (compiled on CUDA, eager elsewhere).
@@ -373,9 +359,8 @@ class DNABERT(nn.Module):
             block_mask = flex_block_mask(seq_index, cu_seqlens)
 
             def attend(q, k, v):  # [N, H, hd]
-                return flex_alibi_attention(
-                    q, k, v, slopes, block_mask, compiled=x.is_cuda, inside_compiled=self.blocks_compiled
-                )
+                return flex_alibi_attention(q, k, v, slopes, block_mask, compiled=x.is_cuda,
+                                            inside_compiled=self.blocks_compiled)
 
             self.attention_calls["flex_attention"] += 1
         elif kernel == "sdpa_repadded":
@@ -385,9 +370,8 @@ class DNABERT(nn.Module):
             mask = alibi_mask(slopes, key_is_real, x.dtype)
 
             def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
-                return repadded_attention(
-                    q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen, mask=mask
-                )
+                return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
+                                          mask=mask)
 
             self.attention_calls["sdpa_repadded"] += 1
         else:
@@ -450,9 +434,7 @@ def dnabert2_to_our_names(state_dict: dict) -> dict:
             index, rest = bare.removeprefix("encoder.layer.").split(".", 1)
             module, part = rest.rsplit(".", 1)
             if module not in layer_map:
-                raise UserError(
-                    f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint"
-                )
+                raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
             out[f"layers.{index}.{layer_map[module]}.{part}"] = tensor
         else:
             raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
@@ -495,17 +477,9 @@ def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
     hf = json.loads(config_path.read_text())
     keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
     found = tuple(hf.get(k) for k in keys)
-    expected = (
-        config.num_layers,
-        config.embed_dim,
-        config.attention_heads,
-        config.ffn_dim,
-        config.vocab_size,
-    )
+    expected = (config.num_layers, config.embed_dim, config.attention_heads, config.ffn_dim, config.vocab_size)
     if any(f is not None and f != e for f, e in zip(found, expected)):
-        raise UserError(
-            f"{folder} holds {dict(zip(keys, found))}, expected {expected}", "pass DNABERT-S weights"
-        )
+        raise UserError(f"{folder} holds {dict(zip(keys, found))}, expected {expected}", "pass DNABERT-S weights")
     if (folder / "model.safetensors").exists():
         try:
             from safetensors.torch import load_file
@@ -515,15 +489,11 @@ def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
             return load_file(str(folder / "model.safetensors")), folder / "model.safetensors"
     bin_path = folder / "pytorch_model.bin"
     if not bin_path.exists():
-        raise UserError(
-            f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete DNABERT-S folder"
-        )
+        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete DNABERT-S folder")
     return torch.load(bin_path, map_location="cpu", weights_only=True), bin_path
 
 
-def build_model(
-    weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S
-):
+def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S):
     """-> (DNABERT in eval mode on `device`/`dtype`, weights_info dict).
 
     weights: None (seeded random init) or a HuggingFace folder of DNABERT-S / DNABERT-2-117M.
@@ -538,9 +508,7 @@ def build_model(
 
     path = Path(weights).expanduser()
     if not path.is_dir():
-        raise UserError(
-            f"weights path {path} is not a folder", "pass a HuggingFace DNABERT-S folder, or no weights"
-        )
+        raise UserError(f"weights path {path} is not a folder", "pass a HuggingFace DNABERT-S folder, or no weights")
     state_dict, file = _read_hf_folder(path, config)
     load_dnabert2_state_dict(model, state_dict)
     return model, {
@@ -560,10 +528,7 @@ def default_reads(n: int = 64, seed: int = 0, min_len: int = 60, max_len: int = 
     rng = np.random.default_rng(seed)
     letters = np.array(list("ACGTN"))
     weights = [0.249, 0.249, 0.249, 0.249, 0.004]
-    return [
-        "".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights))
-        for _ in range(n)
-    ]
+    return ["".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights)) for _ in range(n)]
 
 
 def run_nt_equivalence(
@@ -595,14 +560,10 @@ def run_nt_equivalence(
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
     try:
-        reference = np.concatenate(
-            [
-                model.forward_padded(torch.from_numpy(pad_batch(*spans(b), pad_id)).to(device), pad_id)
-                .cpu()
-                .numpy()
-                for b in batches
-            ]
-        )
+        reference = np.concatenate([
+            model.forward_padded(torch.from_numpy(pad_batch(*spans(b), pad_id)).to(device), pad_id).cpu().numpy()
+            for b in batches
+        ])
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -611,26 +572,21 @@ def run_nt_equivalence(
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
         model.compile_blocks()
-    candidate = np.concatenate(
-        [
-            model.forward_packed(**packed_to_torch(packed_inputs_nt(*spans(b)), device)).cpu().numpy()
-            for b in batches
-        ]
-    )
+    candidate = np.concatenate([
+        model.forward_packed(**packed_to_torch(packed_inputs_nt(*spans(b)), device)).cpu().numpy() for b in batches
+    ])
 
     result = gate(compare_embeddings(reference, candidate), precision)
     packed_calls = {k: v for k, v in model.attention_calls.items() if k != "sdpa_padded"}
-    result.update(
-        {
-            "model_name": config.name,
-            "device": str(device),
-            "num_reads": len(reads),
-            "num_tokens": int(lengths.sum()),
-            "tokens_per_base": tokens_per_base(tokenizer, reads),
-            "seed": seed,
-            "attention_calls": dict(model.attention_calls),
-            "attention_path": max(packed_calls, key=packed_calls.get),
-            "compiled": compiled,
-        }
-    )
+    result.update({
+        "model_name": config.name,
+        "device": str(device),
+        "num_reads": len(reads),
+        "num_tokens": int(lengths.sum()),
+        "tokens_per_base": tokens_per_base(tokenizer, reads),
+        "seed": seed,
+        "attention_calls": dict(model.attention_calls),
+        "attention_path": max(packed_calls, key=packed_calls.get),
+        "compiled": compiled,
+    })
     return result

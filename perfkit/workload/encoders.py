@@ -4,7 +4,6 @@ The runner, the data path and the multi-process launcher ask an `Encoder` how to
 tokenise a frame, pack its inputs, build the model and count its FLOPs; nothing
 else in them depends on which model runs.
 """
-
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,4 @@
 """Pieces both encoders (ESM-2, DNABERT-S) share: re-padded attention, segment pooling, random init."""
-
 from __future__ import annotations
 
 import functools
@@ -15,9 +14,7 @@ def empty_model_on(factory, device, dtype) -> nn.Module:
 
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'"
-        )
+        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
     with torch.device("meta"):
         model = factory()
     return model.to(dtype=dtype).to_empty(device=device).eval()
@@ -29,7 +26,6 @@ def repadded_attention(q, k, v, *, slot, num_seqs: int, max_seqlen: int, mask, s
     `slot` is each token's row in the padded [B*T] view (seq_index * T + position); `mask` is
     SDPA's attn_mask for the padded view (bool: True = attend, or an additive float bias).
     """
-
     def pad(t):
         out = t.new_zeros(num_seqs * max_seqlen, *t.shape[1:]).index_copy_(0, slot, t)
         return out.view(num_seqs, max_seqlen, *t.shape[1:]).transpose(1, 2)
@@ -67,9 +63,7 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-FLEX_BLOCK = (
-    128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
-)
+FLEX_BLOCK = 128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
 
 
 def flex_block_mask(seq_index, cu_seqlens):
@@ -96,14 +90,9 @@ def flex_block_mask(seq_index, cu_seqlens):
     def same_sequence(b, h, q_idx, kv_idx):
         return seq_index[q_idx] == seq_index[kv_idx]
 
-    return BlockMask.from_kv_blocks(
-        counts.to(torch.int32)[None, None],
-        indices.to(torch.int32)[None, None],
-        BLOCK_SIZE=FLEX_BLOCK,
-        mask_mod=same_sequence,
-        seq_lengths=(n, n),
-        compute_q_blocks=False,
-    )
+    return BlockMask.from_kv_blocks(counts.to(torch.int32)[None, None], indices.to(torch.int32)[None, None],
+                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_sequence, seq_lengths=(n, n),
+                                    compute_q_blocks=False)
 
 
 def flex_packed_attention(q, k, v, block_mask, *, scale=None, compiled: bool, inside_compiled: bool = False):

@@ -17,7 +17,6 @@ parallel count the slowest rank. Counts are checked at every stage boundary: fra
 embedded (each stage), nucleotide frames = protein frames (per rank, key by key), frames merged =
 classified, reads called = reads with a frame.
 """
-
 from __future__ import annotations
 
 import functools
@@ -51,16 +50,8 @@ PARTS = "parts"  # per-rank prediction files, joined by rank 0
 STAGES = {"nucleotide_embedding": "nucleotide", "protein_embedding": "protein"}  # stage -> its folder in OUT
 
 
-def run_predict(
-    cfg: EmbedConfig,
-    *,
-    classifier_weights=None,
-    hidden: int = 512,
-    nproc: int = 1,
-    gpus: bool = False,
-    launch: bool = False,
-    nodes=None,
-) -> dict | None:
+def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512, nproc: int = 1,
+                gpus: bool = False, launch: bool = False, nodes=None) -> dict | None:
     """`cfg` is the protein stage's config (its out_dir is the chain's folder); returns summary.json's content.
     v2 runs in ranks of one torchrun launch when `nproc` > 1, on `gpus`, or with `launch` (1 CPU process too:
     the same launch as N ranks, for a like-for-like comparison); otherwise in this process. `nodes`
@@ -84,31 +75,20 @@ def check_stages(cfg: EmbedConfig) -> None:
 
 def stage_configs(cfg: EmbedConfig) -> dict[str, EmbedConfig]:
     """Each embedding stage's config: its model, its folder in the chain's, its checked shards as output."""
-    return {
-        stage: cfg.model_copy(
-            update={
-                "model": model,
-                "out_dir": Path(cfg.out_dir) / STAGES[stage],
-                "assemble": False,
-                "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
-                "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init,
-            }
-        )
-        for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model))
-    }
+    return {stage: cfg.model_copy(update={
+        "model": model, "out_dir": Path(cfg.out_dir) / STAGES[stage], "assemble": False,
+        "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
+        "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init})
+        for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model))}
 
 
 def check_chain(cfg: EmbedConfig, nproc: int) -> None:
     if cfg.model not in esm2.CONFIGS:
-        raise UserError(
-            f"predict's --model is the protein (ESM-2) model, got {cfg.model!r}",
-            f"pass an ESM-2 model; the nucleotide stage always runs {NUCLEOTIDE_MODEL}",
-        )
+        raise UserError(f"predict's --model is the protein (ESM-2) model, got {cfg.model!r}",
+                        f"pass an ESM-2 model; the nucleotide stage always runs {NUCLEOTIDE_MODEL}")
     if cfg.max_seconds is not None:
-        raise UserError(
-            "predict cannot be capped by time: the two embedding stages would stop at different reads",
-            "cap it by reads (max_reads / --max-reads)",
-        )
+        raise UserError("predict cannot be capped by time: the two embedding stages would stop at different reads",
+                        "cap it by reads (max_reads / --max-reads)")
     if cfg.mode == "v1" and nproc > 1:
         raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "drop --nproc or use --mode v2")
 
@@ -120,12 +100,8 @@ def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int
     with errors_named_by_rank(info):
         check_chain(cfg, info.world)
         with rank_group(cfg, info) as (device, group):
-            return run_chain(
-                cfg.model_copy(update={"device": device}),
-                (info, group),
-                classifier_weights=classifier_weights,
-                hidden=hidden,
-            )
+            return run_chain(cfg.model_copy(update={"device": device}), (info, group),
+                             classifier_weights=classifier_weights, hidden=hidden)
 
 
 def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int = 512) -> dict | None:
@@ -133,9 +109,7 @@ def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int =
     info, group = ranks if ranks else (None, None)
     out = Path(cfg.out_dir)
     with ExitStack() as held:
-        if (
-            info is None or info.rank == 0
-        ):  # the chain folder's lock, unless the launcher holds it (its ranks take none)
+        if info is None or info.rank == 0:  # the chain folder's lock, unless the launcher holds it (its ranks take none)
             held.enter_context(out_dir_lock(out))
         return _chain(cfg, out, info, group, classifier_weights=classifier_weights, hidden=hidden)
 
@@ -168,7 +142,7 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
         runs = {}
         for stage, stage_cfg in stage_configs(cfg).items():
             with timed(stage):
-                runs[stage] = embed_in_ranks(stage_cfg, info, group, plan) if info else run_embed(stage_cfg)
+                runs[stage] = (embed_in_ranks(stage_cfg, info, group, plan) if info else run_embed(stage_cfg))
         frames = None
         if lead:
             counts = {stage: r["run"]["output"]["count"] for stage, r in runs.items()}
@@ -193,9 +167,8 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
         slowest = max(reports, key=lambda r: r["merge_s"] + r["classify_s"] + r["consensus_s"])
         for stage, key in (("merge", "merge_s"), ("classifier", "classify_s"), ("consensus", "consensus_s")):
             started[stage] = score_unix
-            telemetry.stage_total(
-                stage, slowest[key] + (join_s if stage == "consensus" else 0.0), score_start, score_end
-            )
+            telemetry.stage_total(stage, slowest[key] + (join_s if stage == "consensus" else 0.0),
+                                  score_start, score_end)
     finally:
         if telemetry is not None:
             telemetry.close()
@@ -209,10 +182,8 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
     protein_run = runs["protein_embedding"]["run"]
     input_reads = protein_run.get("input_reads")
     if not protein_run.get("capped") and input_reads is not None and input_reads != reads_called + no_frame:
-        raise CheckFailed(
-            f"count check failed: {input_reads} input reads, {reads_called} called + {no_frame} "
-            "without a frame"
-        )
+        raise CheckFailed(f"count check failed: {input_reads} input reads, {reads_called} called + {no_frame} "
+                          "without a frame")
     stages = dict(telemetry.stages)
     embedding_s = stages["nucleotide_embedding"] + stages["protein_embedding"]
     summary = {
@@ -224,31 +195,21 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
         "end_to_end_s": sum(stages.values()),
         "bottleneck_stage": max(stages, key=stages.get),
         "stage_share": {k: v / embedding_s for k, v in stages.items() if k.endswith("embedding")},
-        "counts": {
-            "input_reads": input_reads,
-            "reads_with_frames": reads_called,
-            "reads_without_frames": no_frame,
-            "frames": frames,
-            "reads_called": reads_called,
-            "virus_reads": sum(r["virus_reads"] for r in reports),
-            # frames cut to max_residues (both stages cut the same frames)
-            "truncated_sequences": runs["protein_embedding"]["run"]["truncated_sequences"],
-        },
+        "counts": {"input_reads": input_reads, "reads_with_frames": reads_called, "reads_without_frames": no_frame,
+                   "frames": frames, "reads_called": reads_called,
+                   "virus_reads": sum(r["virus_reads"] for r in reports),
+                   # frames cut to max_residues (both stages cut the same frames)
+                   "truncated_sequences": runs["protein_embedding"]["run"]["truncated_sequences"]},
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
-        "stage_throughput": {
-            k: {
-                "steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
-                "seq_per_s": r["throughput"]["seq_per_s"],
-                "ranks": r["throughput"]["ranks"],
-            }
-            for k, r in runs.items()
-        },
+        "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
+                                 "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}
+                             for k, r in runs.items()},
         "plan": plan.info if plan else None,
         "score_ranks": reports,
         "classifier": reports[0]["classifier"],
         "predictions": written,
         "note": "translation runs inside the embedding stages' DataLoader workers, overlapped with the model; "
-        "merge, classifier and consensus run in every rank on its own reads: each counts the slowest rank",
+                "merge, classifier and consensus run in every rank on its own reads: each counts the slowest rank",
         "environment": environment(),
     }
     write_json(out / "summary.json", summary)
@@ -265,15 +226,11 @@ def key_range(blocks: np.ndarray, block_reads: int) -> tuple[int, int]:
 
 def stage_summaries(out_dir) -> dict:
     """Each embedding stage's summary.json of a finished chain in `out_dir`."""
-    return {
-        stage: json.loads((Path(out_dir) / folder / "summary.json").read_text())
-        for stage, folder in STAGES.items()
-    }
+    return {stage: json.loads((Path(out_dir) / folder / "summary.json").read_text()) for stage, folder in STAGES.items()}
 
 
-def score_reads(
-    cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier_weights=None, hidden: int = 512
-) -> dict:
+def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier_weights=None,
+                hidden: int = 512) -> dict:
     """Merge, classify and call the frames with keys in [lo, hi) (whole reads) from both stages' shards;
     writes OUT/parts/{frames,reads}.r{rank}.csv; returns counts and the time of each step.
 
@@ -287,38 +244,25 @@ def score_reads(
 
     out = Path(cfg.out_dir)
     t = time.perf_counter()
-    nt, protein = (
-        store.ShardIndex(out / STAGES[stage], lo, hi, cache=SHARDS_CACHED)
-        for stage in ("nucleotide_embedding", "protein_embedding")
-    )
+    nt, protein = (store.ShardIndex(out / STAGES[stage], lo, hi, cache=SHARDS_CACHED)
+                   for stage in ("nucleotide_embedding", "protein_embedding"))
     keys = protein.keys
     if not np.array_equal(keys, nt.keys):
-        raise CheckFailed(
-            f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
-            f"{len(keys)} protein frames, or different frames, in its reads"
-        )
+        raise CheckFailed(f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
+                           f"{len(keys)} protein frames, or different frames, in its reads")
     protein_dim = esm2.get_config(cfg.model).embed_dim
-    device = str(
-        pick_device(cfg.device)
-    )  # the same rule on 1 and N processes (auto: the GPU when there is one)
-    model, info = clf.load_classifier(
-        classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim, seed=cfg.seed
-    )
+    device = str(pick_device(cfg.device))  # the same rule on 1 and N processes (auto: the GPU when there is one)
+    model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim, seed=cfg.seed)
     chunks = protein.read_chunks(MERGE_CHUNK_ROWS, len(FRAMES))
     rows = max((b - a for a, b in chunks), default=0)
     # reads without a frame in this rank's reads, each placed with the chunk whose reads it falls among
-    no_frame_index, no_frame_ids = read_frameless(
-        out / STAGES["protein_embedding"],
-        lo // len(FRAMES),
-        None if hi >= np.iinfo(np.int64).max else -(-hi // len(FRAMES)),
-    )
+    no_frame_index, no_frame_ids = read_frameless(out / STAGES["protein_embedding"], lo // len(FRAMES),
+                                                  None if hi >= np.iinfo(np.int64).max else -(-hi // len(FRAMES)))
     chunk_ends = [int(keys[b]) // len(FRAMES) if b < len(keys) else np.iinfo(np.int64).max for _, b in chunks]
     cuts = np.searchsorted(no_frame_index, chunk_ends) if chunks else np.empty(0, np.int64)
     # on CUDA chunk i fills one pair of blocks while chunk i - 1 is on the device (on CPU it runs in between)
-    buffers = [
-        (clf.host_block(rows, clf.NT_DIM, device), clf.host_block(rows, protein_dim, device))
-        for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))
-    ]
+    buffers = [(clf.host_block(rows, clf.NT_DIM, device), clf.host_block(rows, protein_dim, device))
+               for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))]
     writer = clf.PredictionWriter(out / PARTS / f"r{rank:03d}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = MERGE_THREADS or min(16, max(4, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 2))
@@ -333,9 +277,7 @@ def score_reads(
         classify_s += time.perf_counter() - t
         t = time.perf_counter()
         first = cuts[i - 1] if i else 0
-        writer.add(
-            keys[a:b], ids, probs, no_frame=(no_frame_index[first : cuts[i]], no_frame_ids[first : cuts[i]])
-        )
+        writer.add(keys[a:b], ids, probs, no_frame=(no_frame_index[first:cuts[i]], no_frame_ids[first:cuts[i]]))
         consensus_s += time.perf_counter() - t
 
     try:
@@ -343,16 +285,13 @@ def score_reads(
             for i, (a, b) in enumerate(chunks):
                 t = time.perf_counter()
                 nt_block, protein_block = buffers[i % len(buffers)]
-                where_nt = nt.fill(a, b, nt_block.numpy()[: b - a], pool=pool)
-                where_protein = protein.fill(a, b, protein_block.numpy()[: b - a], pool=pool)
+                where_nt = nt.fill(a, b, nt_block.numpy()[:b - a], pool=pool)
+                where_protein = protein.fill(a, b, protein_block.numpy()[:b - a], pool=pool)
                 ids = protein.ids_at(a, b)
                 merge_s += time.perf_counter() - t
                 t = time.perf_counter()
-                result = clf.launch_parts(
-                    model,
-                    [(nt_block[: b - a], where_nt), (protein_block[: b - a], where_protein)],
-                    device=device,
-                )
+                result = clf.launch_parts(model, [(nt_block[:b - a], where_nt), (protein_block[:b - a], where_protein)],
+                                          device=device)
                 classify_s += time.perf_counter() - t
                 if pending:
                     collect()  # after launching this chunk: the device works on it meanwhile
@@ -360,12 +299,8 @@ def score_reads(
             if pending:
                 collect()
             if not chunks and len(no_frame_ids):  # reads, none with a frame
-                writer.add(
-                    np.empty(0, np.int64),
-                    np.empty(0, dtype="U1"),
-                    np.empty((0, len(clf.CLASSES)), np.float32),
-                    no_frame=(no_frame_index, no_frame_ids),
-                )
+                writer.add(np.empty(0, np.int64), np.empty(0, dtype="U1"), np.empty((0, len(clf.CLASSES)), np.float32),
+                           no_frame=(no_frame_index, no_frame_ids))
         t = time.perf_counter()
         written = writer.close()
         consensus_s += time.perf_counter() - t
@@ -373,29 +308,15 @@ def score_reads(
         writer.abort()
         raise
     if written["frames"] != len(keys):
-        raise CheckFailed(
-            f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written"
-        )
+        raise CheckFailed(f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written")
     if written["no_frame_reads"] != len(no_frame_ids):
-        raise CheckFailed(
-            f"count check failed in rank {rank}: {len(no_frame_ids)} reads without a frame, "
-            f"{written['no_frame_reads']} written"
-        )
-    return {
-        "rank": rank,
-        "key_range": [int(lo), int(hi)],
-        "device": device,
-        "frames": len(keys),
-        "reads": written["reads"],
-        "virus_reads": written["virus_reads"],
-        "no_frame_reads": written["no_frame_reads"],
-        "merge_s": merge_s,
-        "classify_s": classify_s,
-        "consensus_s": consensus_s,
-        "consensus_thread_s": writer.busy_s,
-        "merge_threads": threads,
-        "classifier": info,
-    }
+        raise CheckFailed(f"count check failed in rank {rank}: {len(no_frame_ids)} reads without a frame, "
+                          f"{written['no_frame_reads']} written")
+    return {"rank": rank, "key_range": [int(lo), int(hi)], "device": device, "frames": len(keys),
+            "reads": written["reads"], "virus_reads": written["virus_reads"],
+            "no_frame_reads": written["no_frame_reads"],
+            "merge_s": merge_s, "classify_s": classify_s, "consensus_s": consensus_s,
+            "consensus_thread_s": writer.busy_s, "merge_threads": threads, "classifier": info}
 
 
 def _join_parts(out: Path, world: int) -> dict:
@@ -423,17 +344,11 @@ def _join_parts(out: Path, world: int) -> dict:
 def stage_run(summary: dict) -> dict:
     """What a projection needs from one embedding stage's summary."""
     t = summary["throughput"]
-    return {
-        "model": summary["config"]["model"],
-        "sequences": t["sequences"],
-        "real_tokens": t["real_tokens"],
-        "tokens_per_sequence": t["real_tokens"] / t["sequences"] if t["sequences"] else None,
-        "steady_tok_per_s": t["steady_tok_per_s"],
-        "wall_s": t["wall_s"],
-        "model_load_s": float((summary.get("stages_s") or {}).get("model_load", 0.0)),
-        "ranks": t.get("ranks", 1),
-        "weights": (summary.get("run") or {}).get("weights"),
-    }
+    return {"model": summary["config"]["model"], "sequences": t["sequences"], "real_tokens": t["real_tokens"],
+            "tokens_per_sequence": t["real_tokens"] / t["sequences"] if t["sequences"] else None,
+            "steady_tok_per_s": t["steady_tok_per_s"], "wall_s": t["wall_s"],
+            "model_load_s": float((summary.get("stages_s") or {}).get("model_load", 0.0)),
+            "ranks": t.get("ranks", 1), "weights": (summary.get("run") or {}).get("weights")}
 
 
 def compare_runs(dir_a, dir_b) -> dict:
@@ -446,9 +361,8 @@ def compare_runs(dir_a, dir_b) -> dict:
     return clf.prediction_agreement(reads_a, reads_b, frames_a, frames_b, info[0], info[1])
 
 
-def _launch_ranks(
-    cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool, nodes=None
-) -> dict | None:
+def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool,
+                  nodes=None) -> dict | None:
     """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank), on this node or as
     node `nodes.node_rank` of several; its summary (node 0's launcher), None (another node's)."""
     from perfkit.workload import distributed
@@ -460,25 +374,12 @@ def _launch_ranks(
     # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
     with out_dir_lock(cfg.out_dir, nodes.node_rank):
         env = distributed.launch_env(cfg.out_dir, nodes)
-        extra = [
-            "--hidden",
-            str(hidden),
-            "--device",
-            device,
-            *(["--classifier", str(classifier_weights)] if classifier_weights else []),
-        ]
-        wall = distributed.run_with_params(
-            cfg,
-            lambda params: distributed.torchrun_command(
-                nproc,
-                ["predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra],
-                nodes,
-                distributed.rendezvous_id("predict", cfg.out_dir),
-            ),
-            what=f"{nodes.describe(nproc)} of the chain (torchrun)",
-            exclude=("device",),
-            env=env,
-        )
+        extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
+                                                                if classifier_weights else [])]
+        wall = distributed.run_with_params(cfg, lambda params: distributed.torchrun_command(nproc, [
+            "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra],
+            nodes, distributed.rendezvous_id("predict", cfg.out_dir)),
+            what=f"{nodes.describe(nproc)} of the chain (torchrun)", exclude=("device",), env=env)
         if nodes.node_rank != 0:  # node 0's launcher adds the launch to the summary, once
             return None
         return _launch_summary(Path(cfg.out_dir) / "summary.json", wall)
@@ -493,9 +394,7 @@ def _launch_summary(path: Path, wall: float) -> dict:
     summary["end_to_end_s"] += launch
     summary["bottleneck_stage"] = max(summary["stages_s"], key=summary["stages_s"].get)
     summary["launch_wall_s"] = wall
-    summary["note"] += (
-        "; launch = the launching process's wall time of the torchrun command minus the chain's "
-        "own spans (torchrun start, rank imports, process groups, exit)"
-    )
+    summary["note"] += ("; launch = the launching process's wall time of the torchrun command minus the chain's "
+                        "own spans (torchrun start, rank imports, process groups, exit)")
     write_json(path, summary)
     return summary

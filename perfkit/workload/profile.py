@@ -4,7 +4,6 @@ The batches are the run's own (same sample, packer, token budget, precision, dev
 this process without DataLoader workers; only the forward passes are inside the profiler.
 On CUDA the table ranks by self device time (the kernels); on CPU by self CPU time (the ops).
 """
-
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -40,14 +39,8 @@ def top_ops(events, *, device_time: bool, top: int) -> pd.DataFrame:
             self_us = float(event.self_cpu_time_total or 0.0)
             total_us = float(event.cpu_time_total or 0.0)
         if self_us > 0:
-            rows.append(
-                {
-                    "name": event.key,
-                    "calls": int(event.count),
-                    "self_ms": self_us / 1e3,
-                    "total_ms": total_us / 1e3,
-                }
-            )
+            rows.append({"name": event.key, "calls": int(event.count), "self_ms": self_us / 1e3,
+                         "total_ms": total_us / 1e3})
     table = pd.DataFrame(rows, columns=["name", "calls", "self_ms", "total_ms"])
     total = table["self_ms"].sum()
     table["share"] = table["self_ms"] / total if total > 0 else 0.0
@@ -65,22 +58,13 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     cuda = device.type == "cuda"
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
     dtype = DTYPES[precision]
-    dataset = PackedFrames(
-        cfg.input,
-        token_budget=cfg.token_budget,
-        buffer_size=cfg.buffer_size,
-        layout="packed",
-        block_reads=cfg.block_reads,
-        max_reads=cfg.max_reads,
-        chunk_bp=cfg.chunk_bp,
-        max_residues=cfg.max_residues,
-    )
+    dataset = PackedFrames(cfg.input, token_budget=cfg.token_budget, buffer_size=cfg.buffer_size, layout="packed",
+                           block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
+                           max_residues=cfg.max_residues)
     wanted = [b for b in islice((b for b in dataset if b.get("sequences")), warmup + batches)]
     if len(wanted) <= warmup:
-        raise UserError(
-            f"the sample gives {len(wanted)} batch(es) at token budget {cfg.token_budget}: nothing to profile",
-            "use a larger sample or a smaller token budget",
-        )
+        raise UserError(f"the sample gives {len(wanted)} batch(es) at token budget {cfg.token_budget}: nothing to profile",
+                        "use a larger sample or a smaller token budget")
     model, _ = esm2.build_model(cfg.model, cfg.weights, seed=cfg.seed, device=device, dtype=dtype)
     autocast = torch.autocast(device.type, dtype=dtype) if cuda and dtype != torch.float32 else nullcontext()
 
