@@ -8,7 +8,7 @@ import pandas as pd
 
 from perfkit import criteria as crit
 from perfkit.errors import UserError
-from perfkit.projection import embedding_stages_scaling, end_to_end_scaling
+from perfkit.projection import embedding_stages_scaling, end_to_end_scaling, rank_scaling
 from perfkit.suite.context import NUCLEOTIDE_MODEL, Context, _target, is_cuda, resolved_device
 from perfkit.suite.params import ScalingArgs, SuiteParams
 from perfkit.summary import write_json
@@ -53,7 +53,7 @@ def scaling_plan(ctx: Context) -> dict:
 def normalise_scaling(raw: dict, single: dict, multi: dict, nproc: int) -> dict:
     """scaling factor, efficiency, imbalance and per-rank figures, whatever names `scaling()` uses.
 
-    Values from `distributed.scaling` win; missing ones are computed from the two summaries
+    Values from `projection.rank_scaling` win; missing ones are computed from the two summaries
     (steady tokens/s, summed over ranks).
     """
     raw = dict(raw or {})
@@ -137,7 +137,7 @@ def run_scaling(ctx: Context) -> dict:
     single = run_embed(ctx.embed_config("single", **common))
     multi = distributed.run_multi(ctx.embed_config(f"multi-{plan['nproc']}", **common), plan["nproc"],
                                   gpus=plan["gpus"])
-    raw = distributed.scaling(single, multi) if hasattr(distributed, "scaling") else {}
+    raw = rank_scaling(single, multi)
     scaling = normalise_scaling(raw, single, multi, plan["nproc"])
     stages = {"protein_embedding": (single, multi)}
     nt_scaling = None
@@ -146,7 +146,7 @@ def run_scaling(ctx: Context) -> dict:
         nt_single = run_embed(ctx.embed_config("nt-single", **nt_common))
         nt_multi = distributed.run_multi(ctx.embed_config(f"nt-multi-{plan['nproc']}", **nt_common), plan["nproc"],
                                          gpus=plan["gpus"])
-        nt_scaling = normalise_scaling(distributed.scaling(nt_single, nt_multi), nt_single, nt_multi, plan["nproc"])
+        nt_scaling = normalise_scaling(rank_scaling(nt_single, nt_multi), nt_single, nt_multi, plan["nproc"])
         stages["nucleotide_embedding"] = (nt_single, nt_multi)
     combined = embedding_stages_scaling(stages, ctx.sample_stats, ctx.params.full_validation.full_sample_reads)
     write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
@@ -203,9 +203,9 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
     first = rounds[0]
     pairs = {stage: (first["single"][sizes[1]]["stages"][stage], first["multi"][sizes[1]]["stages"][stage])
              for stage in first["single"][sizes[1]]["stages"]}
-    scaling = normalise_scaling(distributed.scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
+    scaling = normalise_scaling(rank_scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
                                 plan["nproc"])
-    nt_scaling = normalise_scaling(distributed.scaling(*pairs["nucleotide_embedding"]),
+    nt_scaling = normalise_scaling(rank_scaling(*pairs["nucleotide_embedding"]),
                                    *pairs["nucleotide_embedding"], plan["nproc"])
     combined = embedding_stages_scaling(pairs, ctx.sample_stats, full_reads)
     write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
