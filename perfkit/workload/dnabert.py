@@ -28,7 +28,6 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2, esm2_weights
-from perfkit.workload.layers import (compiled_flex_attention, empty_model_on, flex_block_mask, init_normal_,
+from perfkit.workload.layers import (empty_model_on, flex_block_mask, flex_packed_attention, init_normal_,
                                      pool_segments, repadded_attention)
 from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
 
@@ -242,22 +241,13 @@ def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool, inside_com
     """Packed [N, H, hd] attention with ALiBi under `block_mask` (see flex_block_mask).
 
     `inside_compiled`: the caller is itself compiled (compiled blocks), which compiles flex with it."""
-    from torch.nn.attention.flex_attention import flex_attention
 
     def alibi(score, b, h, q_idx, kv_idx):
         # within one sequence the packed index distance is the position distance
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
-    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, hd]
-    if inside_compiled:
-        out = flex_attention(q, k, v, score_mod=alibi, block_mask=block_mask)
-    elif compiled:
-        out = compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=block_mask)
-    else:
-        with warnings.catch_warnings():  # eager flex is slow, and we know: only small CPU checks use it
-            warnings.filterwarnings("ignore", message=".*flex_attention.*")
-            out = flex_attention(q, k, v, score_mod=alibi, block_mask=block_mask)
-    return out.squeeze(0).transpose(0, 1)
+    return flex_packed_attention(q, k, v, block_mask, score_mod=alibi, compiled=compiled,
+                                 inside_compiled=inside_compiled)
 
 
 class Block(nn.Module):

@@ -95,8 +95,10 @@ def flex_block_mask(seq_index, cu_seqlens):
                                     compute_q_blocks=False)
 
 
-def flex_packed_attention(q, k, v, block_mask, *, scale=None, compiled: bool, inside_compiled: bool = False):
-    """Packed [N, H, hd] attention under `block_mask` (see flex_block_mask), no score modification.
+def flex_packed_attention(q, k, v, block_mask, *, scale=None, score_mod=None, compiled: bool,
+                          inside_compiled: bool = False):
+    """Packed [N, H, hd] attention under `block_mask` (see flex_block_mask), scores changed by `score_mod`
+    (flex's signature: score, b, h, q_idx, kv_idx) if given.
 
     `inside_compiled`: the caller is itself compiled (compiled blocks), which compiles flex with it."""
     import warnings
@@ -105,11 +107,11 @@ def flex_packed_attention(q, k, v, block_mask, *, scale=None, compiled: bool, in
 
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, hd]
     if inside_compiled:
-        out = flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+        out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     elif compiled:
-        out = compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale)
+        out = compiled_flex_attention()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     else:
         with warnings.catch_warnings():  # eager flex is slow, and we know: only small CPU checks use it
             warnings.filterwarnings("ignore", message=".*flex_attention.*")
-            out = flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+            out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     return out.squeeze(0).transpose(0, 1)
