@@ -326,13 +326,20 @@ def test_fairesm_state_dict_is_the_inverse_of_loading(fairesm_model, our_model):
     assert all(torch.equal(exported[k], original[k]) for k in original)
 
 
-def test_whole_stack_runs_the_same_layers(our_model, proteins):
-    """compile_scope 'stack' compiles run_layers; uncompiled it is the block loop itself."""
+def test_forward_runs_its_layers_through_run_layers(our_model, proteins):
+    """compile_scope 'stack' compiles run_layers: the packed forward must route its blocks through it, once."""
     fresh, _ = esm2.build_model("esm2_t6_8M")
     fresh.load_state_dict(our_model.state_dict())
-    assert fresh.run_layers == fresh._run_layers
-    torch.testing.assert_close(fresh.forward_packed(**packed(proteins[:4])),
-                               our_model.forward_packed(**packed(proteins[:4])))
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return fresh._run_layers(*args)
+
+    fresh.run_layers = counted
+    out = fresh.forward_packed(**packed(proteins[:4]))
+    assert calls == [1]
+    torch.testing.assert_close(out, our_model.forward_packed(**packed(proteins[:4])))
 
 
 def test_fp8_needs_torchao_or_says_so(our_model):

@@ -170,7 +170,7 @@ def timed_passes(model, inputs: list[dict], tokens: int, repeats: int) -> tuple[
 def fairesm_reference(model, batch: dict, device) -> tuple[np.ndarray, np.ndarray]:
     """fair-esm fp32 (TF32 off) with `model`'s weights on the batch's sequences: pooled [B, D] and hidden [N, D]."""
     from perfkit.workload import esm2
-    from perfkit.workload.equivalence import fairesm_reference_model
+    from perfkit.workload.equivalence import fairesm_reference_model, true_fp32
 
     config = model.config
     reference = fairesm_reference_model(model, device)
@@ -180,14 +180,9 @@ def fairesm_reference(model, batch: dict, device) -> tuple[np.ndarray, np.ndarra
     padded = np.full((lengths.size, lengths.max()), esm2.PAD_IDX, dtype=np.int64)
     for i, (lo, hi) in enumerate(zip(cu[:-1], cu[1:])):
         padded[i, : hi - lo] = batch["tokens"][lo:hi]
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            reps = reference(torch.from_numpy(padded).to(device), repr_layers=[config.num_layers])
-            hidden = reps["representations"][config.num_layers].float().cpu().numpy()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    with true_fp32(), torch.no_grad():
+        reps = reference(torch.from_numpy(padded).to(device), repr_layers=[config.num_layers])
+        hidden = reps["representations"][config.num_layers].float().cpu().numpy()
     del reference
     torch.cuda.empty_cache()
     pooled = np.stack([hidden[i, 1 : n - 1].mean(0) for i, n in enumerate(lengths)])

@@ -40,7 +40,7 @@ from perfkit.errors import UserError
 from perfkit.workload import esm2, esm2_weights
 from perfkit.workload.layers import (empty_model_on, flex_block_mask, flex_packed_attention, init_normal_,
                                      pool_segments, repadded_attention)
-from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate
+from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate, true_fp32
 
 # ----------------------------------------------------------------------------
 # config
@@ -547,15 +547,11 @@ def run_nt_equivalence(
         return tokens[starts[batch[0]] : starts[batch[-1] + 1]], lengths[batch[0] : batch[-1] + 1]
 
     model, _ = build_model(seed=seed, device=device, dtype=torch.float32, config=config)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
-    try:
+    with true_fp32():
         reference = np.concatenate([
             model.forward_padded(torch.from_numpy(pad_batch(*spans(b), pad_id)).to(device), pad_id).cpu().numpy()
             for b in batches
         ])
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
 
     model.to(PRECISIONS[precision])
     model.packed_attention = packed_attention

@@ -7,6 +7,8 @@ JSON-serialisable dicts so notebooks can record them as they are.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -100,6 +102,17 @@ def batches_by_tokens(lengths: list[int], token_budget: int) -> list[list[int]]:
     return batches + ([current] if current else [])
 
 
+@contextmanager
+def true_fp32():
+    """Matmuls in full fp32 for the block (TF32 off), as a reference needs; the setting restored after."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def fairesm_reference_model(model, device):
     """fair-esm's own ESM2 module (eval, fp32) holding `model`'s weights: built on the meta device, then filled.
 
@@ -180,12 +193,8 @@ def run_equivalence_gate(
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     model, _ = esm2.build_model(model_name, seed=seed, device=device, dtype=torch.float32)
     reference_model = fairesm_reference_model(model, device)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
-    try:
+    with true_fp32():
         reference = fairesm_reference(reference_model, alphabet, proteins, device, token_budget)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
     del reference_model
 
     # the packed path at the precision under test: the fp32 weights rounded once, as a run's model is
