@@ -40,9 +40,12 @@ def _percentiles(values: pd.Series) -> dict:
             "max": float(values.max()), "total": float(values.sum())}
 
 
-def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = None) -> pd.DataFrame:
+def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = None,
+            warmup_batches: int = 0) -> pd.DataFrame:
     """Aggregate batches into fixed windows of request time, with a bottleneck verdict each.
 
+    With `warmup_batches`, a rank's windows cover its steady state only: the grid starts at its
+    `steady_start_s` (the one start the rates use) and the warm-up batches are left out.
     Each batch owns the wall time from its request (arrival - loader wait) to the next
     batch's request; a window's shares are its batches' loader wait and device time over
     the time they own, so a long batch is not squeezed into the window it arrived in.
@@ -53,12 +56,14 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = 
     rows = []
     for rank, df in batch_records.groupby("rank"):
         df = df.sort_values("t_arrive_s").copy()
-        request = df["t_arrive_s"] - df["loader_wait_s"]
+        origin = steady_start_s(df, warmup_batches) if warmup_batches else 0.0
         last_end = float(end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max())
+        df = df.iloc[warm_batches(len(df), warmup_batches):].copy()
+        request = df["t_arrive_s"] - df["loader_wait_s"]
         df["owned_s"] = np.diff(np.append(request.to_numpy(), max(last_end, float(request.iloc[-1]))))
-        df["window"] = (request // window_s).astype(int)
+        df["window"] = ((request - origin) // window_s).astype(int)
         for window, g in df.groupby("window"):
-            start = window * window_s
+            start = origin + window * window_s
             span = max(min(window_s, last_end - start), 1e-9)
             owned = max(float(g["owned_s"].sum()), 1e-9)
             device = g["device_s"].dropna()
@@ -86,6 +91,22 @@ def verdict(loader_wait_share: float, device_busy_share: float | None) -> str:
     return "host-bound"
 
 
+def warm_batches(n: int, warmup_batches: int) -> int:
+    """How many of a rank's n batches are warm-up (at least one batch always counts as steady)."""
+    return min(warmup_batches, max(n - 1, 0))
+
+
+def steady_start_s(batch_records: pd.DataFrame, warmup_batches: int) -> float | None:
+    """The one start of a rank's steady state, on the telemetry clock: the request of its first batch after
+    the warm-up batches (which hold the compilation and the allocator's first growth). Rates, busy, MFU,
+    windows and NVML all count from here to the loop's end. None without batches."""
+    if batch_records.empty:
+        return None
+    df = batch_records.sort_values("t_arrive_s")
+    first = df.iloc[warm_batches(len(df), warmup_batches)]
+    return float(first["t_arrive_s"] - first["loader_wait_s"])
+
+
 def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0.0, warmup_batches: int = 3,
                flops_per_token: float | None = None, peak_flops: float | None = None) -> dict:
     """Overall and steady-state (warm-up batches excluded) figures for one rank's batches.
@@ -100,9 +121,9 @@ def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0
            "real_tokens": int(df["real_tokens"].sum()) if n else 0, "wall_s": wall_s}
     out["seq_per_s"] = out["sequences"] / wall_s if wall_s > 0 else None
     out["tok_per_s"] = out["real_tokens"] / wall_s if wall_s > 0 else None
-    warm = min(warmup_batches, max(n - 1, 0))
+    warm = warm_batches(n, warmup_batches)
     steady = df.iloc[warm:]
-    steady_start = float(steady["t_arrive_s"].iloc[0] - steady["loader_wait_s"].iloc[0]) if len(steady) else 0.0
+    steady_start = steady_start_s(df, warmup_batches) or 0.0
     steady_wall = start_s + wall_s - steady_start
     out["warmup_batches"] = warm
     out["steady_wall_s"] = steady_wall
@@ -150,17 +171,18 @@ def stage_seconds(records: pd.DataFrame) -> dict:
 
 def summed_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
     """Windows summed over ranks, with the windows no batch arrived in (between the first and last) as
-    0 tok/s; `steady` marks the full windows after the first (model load, warm-up)."""
+    0 tok/s; `steady` marks the full ones (the windows start at the steady state: `windows`)."""
     columns = dict(start_s=("start_s", "first"), seconds=("seconds", "min"), tok_per_s=("tok_per_s", "sum"))
     if "batches" in windows:
         columns["batches"] = ("batches", "sum")
     per = windows.groupby("window").agg(**columns)
     full = range(int(per.index.min()), int(per.index.max()) + 1)
+    origin = float(per["start_s"].min() - per.index.min() * window_s)
     per = per.reindex(full)
-    per["start_s"] = [w * window_s for w in full]
+    per["start_s"] = [origin + w * window_s for w in full]
     per["seconds"] = per["seconds"].fillna(window_s)
     counts = [c for c in ("tok_per_s", "batches") if c in per]
     per[counts] = per[counts].fillna(0)
     per = per.rename_axis("window").reset_index()
-    per["steady"] = (per["seconds"] >= window_s * 0.999) & (per["window"] > int(per["window"].min()))
+    per["steady"] = per["seconds"] >= window_s * 0.999
     return per

@@ -85,6 +85,10 @@ def relative_spread(value, records: dict, name: str) -> float | None:
     """This run's own relative spread of a figure, where it records one."""
     if isinstance(value, dict) and all(isinstance(value.get(k), (int, float)) for k in ("median", "min", "max")):
         return (value["max"] - value["min"]) / 2 / abs(value["median"]) if value["median"] else None
+    repeated = records.get(f"{name}_spread")  # a figure's min-max over interleaved rounds (01, 03)
+    if isinstance(repeated, dict) and isinstance(value, (int, float)) and value and \
+            all(isinstance(repeated.get(k), (int, float)) for k in ("min", "max")):
+        return (repeated["max"] - repeated["min"]) / 2 / abs(value)
     holder = records.get(ERROR_RECORDS.get(name, ""), None)
     if isinstance(holder, dict) and isinstance(holder.get("relative_error"), (int, float)):
         return abs(float(holder["relative_error"]))

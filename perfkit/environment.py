@@ -83,3 +83,11 @@ def environment() -> dict:
         "commit": git_commit(),
         "package_sha256": package_hash(),
     }
+
+
+def tf32_flags() -> dict:
+    """Whether fp32 matmuls and convolutions run as TF32 now (read from torch.backends, which is the source)."""
+    import torch
+
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "source": "torch.backends.cuda.matmul.allow_tf32 / torch.backends.cudnn.allow_tf32"}

@@ -49,7 +49,7 @@ def all_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
 
 
 def steady_windows(windows: pd.DataFrame, window_s: float) -> pd.DataFrame:
-    """Windows summed over ranks, without the first (model load, warm-up) and partial ones."""
+    """Windows summed over ranks, full ones only (they start at the steady state: aggregate.windows)."""
     if windows.empty:
         return windows
     per = all_windows(windows, window_s)
@@ -85,8 +85,11 @@ def holdout_check(summary: dict) -> dict:
     rate = float((fit["tok_per_s"] * fit["seconds"]).sum() / fit["seconds"].sum())
     start = float(steady["start_s"].iloc[0])
     every = all_windows(windows, window_s)
-    before = every[every["start_s"] < start]
+    before = every[every["start_s"] < start]  # partial windows at the steady start (several ranks)
     tokens_before = float((before["tok_per_s"] * before["seconds"]).sum())
+    warm = steady_start(summary)  # the warm-up batches, outside every window
+    if warm is not None:
+        tokens_before += warm["warmup_tokens"]
     predicted = start + (t["real_tokens"] - tokens_before) / rate
     return {"checked": True, "fit_windows": len(fit), "fit_s": float(fit["seconds"].sum()), "fit_tok_per_s": rate,
             "predicted_wall_s": predicted, "measured_wall_s": t["wall_s"],

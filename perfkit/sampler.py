@@ -310,9 +310,11 @@ class GpuSampler:
         with self._lock:
             return [dict(s) for s in self._samples]
 
-    def summary(self) -> dict:
-        """Counts, interval, per-device util stats (absent when not measured) and a note."""
-        samples = self.samples()
+    def summary(self, since: float | None = None, until: float | None = None) -> dict:
+        """Counts, interval, per-device util stats (absent when not measured) and a note. `since`/`until`
+        (time.time() seconds): only the samples taken in that interval, e.g. a run's steady state."""
+        samples = [s for s in self.samples() if (since is None or s["timestamp"] >= since)
+                   and (until is None or s["timestamp"] <= until)]
         result: dict[str, Any] = {
             "tag": self.tag,
             "source": self.source,
@@ -332,7 +334,13 @@ class GpuSampler:
             result["gpu_utilization_percent"] = {**describe(util), "measured": True}
         else:
             # the not-measured marker that perfkit.criteria understands
-            result["gpu_utilization_percent"] = {"value": None, "measured": False, "reason": self.note}
+            reason = self.note
+            if self.source == "nvml" and since is not None:
+                reason = (f"no NVML sample inside the steady state ({max((until or since) - since, 0):.1f} s; one "
+                          f"sample every {self.interval_s:g} s)")
+            result["gpu_utilization_percent"] = {"value": None, "measured": False, "reason": reason}
+        if since is not None:
+            result["interval"] = {"since": since, "until": until, "scope": "steady state"}
         return result
 
 

@@ -42,7 +42,8 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
                                            if steady and flops_per_token and spec_peak_flops else None)
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())
-    window_table = aggregate.windows(batch_records, window_s) if not batch_records.empty else pd.DataFrame()
+    window_table = (aggregate.windows(batch_records, window_s, warmup_batches=warmup_batches)
+                    if not batch_records.empty else pd.DataFrame())
     summary = {
         "schema": SUMMARY_SCHEMA,
         "stage": stage,

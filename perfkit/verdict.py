@@ -68,6 +68,16 @@ def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
     return out
 
 
+def metric_spread(records: dict, metric: str) -> dict | None:
+    """{min, max, repeats} of a criterion's figure where its notebook repeated it (record `<metric>_spread`:
+    the median, which the criterion uses, with min-max over interleaved rounds); None otherwise."""
+    found = records.get(f"{metric}_spread")
+    if isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in ("min", "max")):
+        return {"min": float(found["min"]), "max": float(found["max"]),
+                "repeats": int(found.get("repeats") or len(found.get("values") or ()))}
+    return None
+
+
 def evaluate_run(run_dir: str | Path, params) -> dict:
     """Every criterion: target, measured, margin, PASS / FAIL / NOT MEASURED, source.
 
@@ -86,8 +96,9 @@ def evaluate_run(run_dir: str | Path, params) -> dict:
                    "reason": f"source notebook {rule.source} {nb['status']}: {nb['error']}"}
         else:
             row = crit.evaluate(rule, nb["records"])
-        rows.append({k: row[k] for k in ("name", "target", "comparison", "measured", "unit", "margin",
-                                         "relative_margin", "status", "source", "reason", "description")})
+        rows.append({**{k: row[k] for k in ("name", "metric", "target", "comparison", "measured", "unit", "margin",
+                                            "relative_margin", "status", "source", "reason", "description")},
+                     "spread": metric_spread(nb.get("records") or {}, rule.metric)})
     verdict = crit.PASS if rows and all(r["status"] == crit.PASS for r in rows) else crit.FAIL
     return {"schema": SUMMARY_SCHEMA, "verdict": verdict, "criteria": rows, "counts": crit.count_by_status(rows),
             "notebooks": {k: {"status": v["status"], "error": v["error"], "from": v["from"]} for k, v in notebooks.items()},

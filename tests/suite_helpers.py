@@ -38,7 +38,7 @@ def write_metrics(run_dir, stem, records):
 
 
 GOOD = {
-    "01_baseline": {"speedup_v2_over_v1": 6.0, "equivalence_gate_passed": True, "prediction_agreement_v1_v2": 0.999,
+    "01_baseline": {"speedup_chain_v2_over_v1": 6.0, "equivalence_gate_passed": True, "prediction_agreement_v1_v2": 0.999,
                     "nt_equivalence_gate_passed": True},
     "02_profiling": {"device_busy_fraction": 0.9},
     "03_scaling": {"scaling_factor_end_to_end": 1.95},
@@ -49,8 +49,8 @@ GOOD = {
 
 TINY = {"sample": {"reads": 160}, "embed": {"token_budget": 1024, "buffer_size": 128, "block_reads": 64,
                                             "num_workers": 0, "window_s": 0.5, "warmup_batches": 1},
-        "baseline": {"max_reads": 80, "v1_max_seconds": 3, "equivalence": {"proteins": 4, "token_budget": 1024},
-                     "agreement": {"reads": 30, "hidden": 16}, "nt_equivalence_reads": 4},
+        "baseline": {"reads": 60, "repeats": 2, "equivalence": {"proteins": 4, "token_budget": 1024},
+                     "chains": {"reads": 30, "hidden": 16}, "nt_equivalence_reads": 4},
         "profiling": {"max_reads": 120, "profiler_batches": 1, "profiler_warmup": 1, "top_kernels": 5},
         "tuning": {"max_reads": 60, "max_runs": 2, "grid": {"token_budget": [512, 1024]}},
         "full_validation": {"max_reads": None, "checkpoint_every_sequences": 50},

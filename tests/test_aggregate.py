@@ -98,3 +98,18 @@ def test_each_rank_uses_its_own_measured_peak_and_mfu_is_stated_against_the_spec
     one = build_run_summary(_records(n=10), config={}, environment={}, wall_s=10.0, stage="embed", warmup_batches=0,
                             flops_per_token=2.0, peak_flops=4000.0)
     assert one["peak_flops"] == 4000.0 and one["mfu_spec"] is None  # no spec given (CPU, unknown GPU, fp32)
+
+
+def test_windows_start_at_the_one_steady_start():
+    # 2 warm-up batches (compilation: the first takes 5 s), then 1 s batches: the windows leave the warm-up out
+    # and their grid starts where the steady rates start
+    rows = [{"rank": 0, "stage": "protein_embedding", "t_arrive_s": t, "loader_wait_s": 0.0, "host_s": 0.0,
+             "device_s": d, "sequences": 10, "real_tokens": 100, "slot_tokens": 100, "budget_tokens": 128}
+            for t, d in [(0.0, 5.0), (5.0, 1.0)] + [(6.0 + k, 1.0) for k in range(6)]]
+    batches = pd.DataFrame(rows)
+    start = aggregate.steady_start_s(batches, warmup_batches=2)
+    assert start == 6.0 and aggregate.steady_start_s(batches.iloc[:0], 2) is None
+    table = aggregate.windows(batches, 2.0, warmup_batches=2)
+    assert table["start_s"].tolist() == [6.0, 8.0, 10.0] and table["real_tokens"].sum() == 600
+    rates = aggregate.throughput(batches, wall_s=12.0, warmup_batches=2)
+    assert rates["steady_wall_s"] == pytest.approx(12.0 - start) and rates["steady_tok_per_s"] == pytest.approx(100.0)

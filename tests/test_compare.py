@@ -118,3 +118,15 @@ def test_a_record_renamed_since_a_report_was_published_is_compared_under_its_new
     assert "projected_hours_protein_stage" in names and "projected_hours_full_sample" not in names
     row = rows[names.index("projected_hours_protein_stage")]
     assert (row.a, row.b, row.verdict) == (2.0, 1.0, "improved")
+
+
+def test_a_repeated_figure_uses_its_recorded_min_max_as_noise(tmp_path):
+    # 01 records the median speed-up and, beside it, `<name>_spread` over its interleaved rounds
+    spread = {"median": 5.0, "min": 4.0, "max": 6.0, "values": [4.0, 5.0, 6.0], "repeats": 3}  # +-20 %
+    a = make_run(tmp_path / "a", [criterion("speedup_vs_v1", 5.0, "PASS", metric="speedup_chain_v2_over_v1")],
+                 {"01_baseline": {"speedup_chain_v2_over_v1": 5.0, "speedup_chain_v2_over_v1_spread": spread}})
+    b = make_run(tmp_path / "b", [criterion("speedup_vs_v1", 4.6, "PASS", metric="speedup_chain_v2_over_v1")],
+                 {"01_baseline": {"speedup_chain_v2_over_v1": 4.6}})
+    rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
+    assert rows["speedup_vs_v1"].noise == pytest.approx(0.2) and rows["speedup_vs_v1"].verdict == "within noise"
+    assert rows["speedup_chain_v2_over_v1"].noise_source == "the runs' own spread"

@@ -14,14 +14,15 @@ def window(i, tok, seconds=10.0, rank=0):
             "loader_wait_share": 0.0, "device_busy_share": 0.9, "packing_efficiency": 0.99, "verdict": "device-bound"}
 
 
-def test_steady_windows_drop_the_first_and_partial_and_sum_ranks():
+def test_steady_windows_drop_partial_ones_and_sum_ranks():
+    # windows start at the steady state (aggregate.windows): the first full one counts, the partial last does not
     windows = pd.DataFrame([window(0, 10), window(1, 100), window(2, 110), window(3, 50, seconds=4.0),
                             window(1, 100, rank=1), window(2, 90, rank=1)])
     steady = projection.steady_windows(windows, 10.0)
-    assert steady["window"].tolist() == [1, 2] and steady["tok_per_s"].tolist() == [200, 200]
+    assert steady["window"].tolist() == [0, 1, 2] and steady["tok_per_s"].tolist() == [10, 200, 200]
     gap = pd.DataFrame([window(0, 10), window(1, 100), window(3, 100), window(4, 100)])  # no batch arrived in window 2
     steady = projection.steady_windows(gap, 10.0)
-    assert steady["window"].tolist() == [1, 2, 3, 4] and steady["tok_per_s"].tolist() == [100, 0, 100, 100]
+    assert steady["window"].tolist() == [0, 1, 2, 3, 4] and steady["tok_per_s"].tolist() == [10, 100, 0, 100, 100]
 
 
 def test_projection_refuses_an_error_from_windows_shorter_than_batches():
@@ -33,14 +34,14 @@ def test_projection_refuses_an_error_from_windows_shorter_than_batches():
 
 def test_projection_method_error_and_check():
     stats = {"reads": 1000, "frames": 800, "mean_protein_length": 48.0}  # 0.8 x 50 = 40 tok/read
-    windows = [window(0, 500), window(1, 1000), window(2, 1100), window(3, 900), window(4, 1000)]
+    windows = [window(1, 1000), window(2, 1100), window(3, 900), window(4, 1000)]
     p = projection.project_full_sample(fake_summary(tok=1000.0, windows=windows), stats, 6_000_000)
     assert p["tokens_per_read"] == pytest.approx(40.0)
     assert p["hours"] == pytest.approx((6_000_000 * 40 / 1000.0 + 3.6) / 3600)
     rates = pd.Series([1000, 1100, 900, 1000.0])
     assert p["relative_error"] == pytest.approx(rates.std() / rates.mean())
     assert p["hours_low"] < p["hours"] < p["hours_high"] and p["check"] is None  # capped: nothing to check
-    uncapped = projection.project_full_sample(fake_summary(tok=1000.0, windows=windows[:2], capped=False, real_tokens=40_000),
+    uncapped = projection.project_full_sample(fake_summary(tok=1000.0, windows=windows[:1], capped=False, real_tokens=40_000),
                                       stats, 6_000_000)
     assert uncapped["relative_error"] is None and "not estimable" in uncapped["error_note"]
     assert uncapped["check"]["token_deviation"] == pytest.approx(0.0)
@@ -280,14 +281,16 @@ def test_full_sample_utilisation_counts_fixed_seconds_at_zero_and_scales_the_res
 
 
 def test_holdout_check_predicts_the_whole_run_from_its_first_half():
-    # window 0: warm-up, 500 tok/s; then 1000 tok/s for 8 windows: the whole run is 500*10 + 80_000 tokens
-    windows = [window(0, 500)] + [window(i, 1000) for i in range(1, 9)]
-    check = projection.holdout_check(fake_summary(windows=windows, real_tokens=85_000, wall_s=90.0))
+    # the first 10 s: warm-up batches (5,000 tokens, outside every window); then 1000 tok/s for 8 windows
+    windows = [window(i, 1000) for i in range(1, 9)]
+    rank = {"wall_s": 90.0, "steady_wall_s": 80.0, "real_tokens": 85_000, "steady_tok_per_s": 1000.0}
+    check = projection.holdout_check(fake_summary(windows=windows, real_tokens=85_000, wall_s=90.0, per_rank={"0": rank}))
     assert check["checked"] and check["fit_windows"] == 4 and check["fit_tok_per_s"] == pytest.approx(1000)
     assert check["predicted_wall_s"] == pytest.approx(90.0) and check["deviation"] == pytest.approx(0.0)
     # the second half slows down: the measured wall exceeds the prediction
-    slow = [window(0, 500)] + [window(i, 1000 if i < 5 else 500) for i in range(1, 9)]
-    check = projection.holdout_check(fake_summary(windows=slow, real_tokens=65_000, wall_s=90.0))
+    slow = [window(i, 1000 if i < 5 else 500) for i in range(1, 9)]
+    rank = {**rank, "real_tokens": 65_000, "steady_tok_per_s": 750.0}
+    check = projection.holdout_check(fake_summary(windows=slow, real_tokens=65_000, wall_s=90.0, per_rank={"0": rank}))
     assert check["deviation"] == pytest.approx(90.0 / 70.0 - 1)
     assert projection.holdout_check(fake_summary(windows=windows[:3]))["checked"] is False
 

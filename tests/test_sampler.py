@@ -178,3 +178,16 @@ def test_with_driver_reads_gpu_fields():
     assert samples and all(x["source"] == "nvml" for x in samples)
     assert all("gpu_utilization_percent" in x and "memory_used_mib" in x for x in samples)
     assert str(s.physical_index) in s.summary()["devices"]
+
+
+def test_summary_over_an_interval_keeps_only_its_samples():
+    # the steady state of a run: NVML samples taken before it (compilation) or after it do not count
+    s = GpuSampler(cuda_index=0, device_factory=lambda index: object(), env={})
+    s._samples = [{"timestamp": t, "gpu_utilization_percent": u} for t, u in [(1.0, 5.0), (2.0, 90.0), (3.0, 80.0),
+                                                                             (4.0, 0.0)]]
+    whole = s.summary()["gpu_utilization_percent"]
+    steady = s.summary(since=1.5, until=3.5)
+    assert whole["count"] == 4 and steady["gpu_utilization_percent"]["count"] == 2
+    assert steady["gpu_utilization_percent"]["mean"] == 85.0 and steady["interval"]["scope"] == "steady state"
+    short = s.summary(since=3.2, until=3.4)["gpu_utilization_percent"]
+    assert short["measured"] is False and "no NVML sample inside the steady state (0.2 s" in short["reason"]

@@ -33,6 +33,10 @@ def test_shipped_params_are_valid(name):
     ({"embed": {"model": "esm9"}}, "unknown model"),
     ({"full_validation": {"max_seconds": 60}}, "capped by reads"),
     ({"profiling": {"max_seconds": 60}}, "max_reads instead"),
+    ({"baseline": {"v1_max_seconds": 10}}, "capped by reads, every variant on the same reads: set baseline.reads"),
+    ({"baseline": {"agreement": {"reads": 10}}}, "moved to baseline.chains"),
+    ({"baseline": {"embed": {"max_reads": 10}}}, "not in baseline.embed"),
+    ({"baseline": {"chains": {"forms": ["newest"]}}}, "baseline.chains.forms"),
     ({"criteria": [{"name": "x", "metric": "y", "comparison": ">=", "target": 1, "source": "07_extra"}]}, "source"),
     ({"criteria": [{"name": "x", "metric": "y", "comparison": "~", "target": 1, "source": "01_baseline"}]}, "comparison"),
 ])

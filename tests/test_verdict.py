@@ -48,3 +48,15 @@ def test_missing_or_failed_notebook_makes_its_criteria_fail(tmp_path):
                                                                                           "error": "kernel died"}}}))
     rows = {r["name"]: r for r in verdict.evaluate_run(tmp_path, params)["criteria"]}
     assert rows["full_sample_time"]["status"] == "FAIL" and "kernel died" in rows["full_sample_time"]["reason"]
+
+
+def test_a_repeated_criterion_carries_its_spread(tmp_path):
+    params = suite_params.load_suite_params(SMOKE)
+    for stem, records in GOOD.items():
+        write_metrics(tmp_path, stem, records)
+    spread = {"median": 1.95, "min": 1.91, "max": 1.97, "values": [1.91, 1.95, 1.97], "repeats": 3}
+    write_metrics(tmp_path, "03_scaling", {"scaling_factor_end_to_end": 1.95, "scaling_factor_end_to_end_spread": spread})
+    rows = {r["name"]: r for r in verdict.evaluate_run(tmp_path, params)["criteria"]}
+    assert rows["two_gpu_scaling"]["spread"] == {"min": 1.91, "max": 1.97, "repeats": 3}
+    assert rows["two_gpu_scaling"]["metric"] == "scaling_factor_end_to_end"
+    assert rows["full_sample_time"]["spread"] is None  # one run: no spread, never an invented one

@@ -43,19 +43,56 @@ class EquivalenceParams(_Strict):
     seed: int = 0
 
 
-class AgreementParams(_Strict):
-    reads: int = Field(200, ge=1)  # reads both chains (v1 and v2) classify
-    model: Optional[str] = None  # ESM-2 model of both chains; None: the embed model
-    hidden: int = Field(512, ge=1)  # classifier hidden width (same seeded weights on both sides)
+class ChainsParams(_Strict):
+    """v1.0 and v2 as whole chains (perfkit predict) on the same first `reads` reads: the end-to-end speed-up
+    (the seed's "over v1.0" criterion) and the prediction agreement."""
+    reads: int = Field(200, ge=1)
+    model: Optional[str] = None  # ESM-2 model of every chain; None: the embed model
+    hidden: int = Field(512, ge=1)  # classifier hidden width (same seeded weights on every side)
+    # the v1.0 forms: original = fp32, get_batch_indices; refactored = fp16 (CPU: fp32), file-order batches
+    forms: list[Literal["original", "refactored"]] = Field(default_factory=lambda: ["original", "refactored"],
+                                                           min_length=1)
+    # one untimed v2 chain first, so that the timed one does not pay compilation; None: 1 block of reads on
+    # GPUs, none on CPU (nothing compiles)
+    warmup_reads: Optional[int] = Field(None, ge=0)
 
 
-class BaselineParams(Caps):
-    v1_max_seconds: Optional[float] = Field(None, gt=0)  # v1 is slow: its own cap (default: max_seconds)
+# keys of earlier params files that no longer exist, and what replaced them
+_BASELINE_RENAMED = {
+    "max_seconds": "the baseline is capped by reads, every variant on the same reads: set baseline.reads",
+    "v1_max_seconds": "the baseline is capped by reads, every variant on the same reads: set baseline.reads",
+    "max_reads": "renamed: set baseline.reads",
+    "agreement": "the v1.0 and v2 chains moved to baseline.chains (reads, model, hidden, forms)",
+}
+
+
+class BaselineParams(_Strict):
+    # every variant embeds exactly these first reads of the sample (never a time cap: a capped v1 would see
+    # only its shortest, length-sorted sequences)
+    reads: int = Field(300, ge=1)
+    repeats: int = Field(1, ge=1)  # interleaved rounds over the variants: medians, min-max spread
+    embed: dict = Field(default_factory=dict)  # overrides for every variant (e.g. the token budget)
+
+    @field_validator("embed")
+    @classmethod
+    def _embed_keys(cls, embed):
+        owned = sorted(set(embed) & set(SUITE_OWNED))
+        if owned:
+            raise ValueError(f"key(s) {', '.join(owned)} are set by the suite per variant, not in baseline.embed:")
+        return embed
     v1_fp16: bool = True  # also measure v1 in fp16 (GPU only)
     nucleotide: bool = True  # also v1 vs v2 of the nucleotide stage (DNABERT-S) and its packed-vs-padded gate
     nt_equivalence_reads: int = Field(64, ge=2)  # reads of the DNABERT-S gate
     equivalence: EquivalenceParams = EquivalenceParams()
-    agreement: Optional[AgreementParams] = AgreementParams()  # v1 vs v2 chain predictions; null: not measured
+    chains: Optional[ChainsParams] = ChainsParams()  # null: neither speed-up of the chain nor agreement
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        for key, why in _BASELINE_RENAMED.items():
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"{key} is no longer a key: {why}")
+        return data
 
 
 class ProfilingParams(Caps):
@@ -148,11 +185,11 @@ class SuiteParams(_Strict):
         return embed
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -163,7 +200,7 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
     from perfkit.workload.config import make_config
 
     path = Path(params_file)
-    data = _deep_merge(load_params(path), overrides or {})
+    data = deep_merge(load_params(path), overrides or {})
     try:
         params = SuiteParams(**data)
     except ValidationError as err:
@@ -175,6 +212,7 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
     try:
         make_config(input="sample.fa", out_dir="out", **params.embed)  # every embed key checked now
         make_config(input="sample.fa", out_dir="out", **{**params.embed, **params.scaling.embed})
+        make_config(input="sample.fa", out_dir="out", **deep_merge(params.embed, params.baseline.embed))
         if params.baseline.equivalence.model:
             make_config(input="sample.fa", out_dir="out", model=params.baseline.equivalence.model)
         for knob, values in params.tuning.grid.items():

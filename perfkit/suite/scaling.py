@@ -267,6 +267,8 @@ def scaling_headline(result: dict) -> dict:
         "scaling_factor_end_to_end": result.get("scaling_factor_end_to_end", crit.not_measured(
             "scaling.end_to_end: false in the params: the chain was not run on 1 and N processes")),
         "scaling_factor_end_to_end_source": result.get("scaling_factor_end_to_end_source"),
+        # the criterion's factor over the interleaved rounds (the median is the criterion), min-max beside it
+        "scaling_factor_end_to_end_spread": factor_spread(e2e),
         "scaling_factor_end_to_end_reason": e2e.get("factor_reason"),
         "scaling_factor_end_to_end_measured": result.get("scaling_factor_end_to_end_measured",
                                                          crit.not_measured("not run")),
@@ -275,6 +277,14 @@ def scaling_headline(result: dict) -> dict:
         "scaling_fit_check": e2e.get("fit_check"),
         "end_to_end_scaling": {k: v for k, v in e2e.items() if k != "method"} or None,
     }
+
+
+def factor_spread(e2e: dict) -> dict | None:
+    """{median, min, max, values, repeats} of the factor the criterion took (projected or measured)."""
+    chosen = e2e.get(f"{e2e.get('factor_source')}_factor") if e2e else None
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("min"), (int, float)):
+        return None
+    return {k: chosen.get(k) for k in ("median", "min", "max", "values")} | {"repeats": e2e.get("repeats")}
 
 
 def scaling_figures(ctx: Context, result: dict) -> dict:

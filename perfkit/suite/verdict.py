@@ -48,8 +48,12 @@ def readable_criteria(result: dict) -> pd.DataFrame:
         target = c.get("target")
         target_text = ("true" if target else "false") if gate else f"{c.get('comparison')} {_shown(target, unit, False)}"
         margin = c.get("relative_margin")
+        spread = c.get("spread")
         rows.append({"criterion": c["name"], "what it measures": c.get("description") or "",
                      "target": target_text, "measured": _shown(c.get("measured"), unit, gate),
+                     "spread": "—" if not spread else (f"{_shown(spread['min'], '', False)}–"
+                                                       f"{_shown(spread['max'], unit, False)}, "
+                                                       f"{spread['repeats']} repeats"),
                      "margin": "—" if gate or margin is None else f"{margin:+.1%}", "status": c["status"],
                      "source": c.get("source") or "", "reason": c.get("reason") or ""})
     return pd.DataFrame(rows)

@@ -69,7 +69,10 @@ class EmbedConfig(BaseModel):
     nt_attention: Literal["auto", "flex", "sdpa_repadded"] = "auto"
     nucleotide: NucleotideKnobs = NucleotideKnobs()  # the nucleotide stage's own knobs (dnabert_s runs)
     allocator: Optional[str] = None  # PYTORCH_CUDA_ALLOC_CONF, e.g. "expandable_segments:True"
-    # v1 batching (fair-esm get_batch_indices)
+    # v1 batching: "length_sorted" = the original code (fair-esm get_batch_indices: sorted by length, a padded-token
+    # budget of v1_toks_per_batch); "file_order" = the refactored v1.0 (file order, a batch closed at
+    # v1_toks_per_batch raw residues)
+    v1_batching: Literal["length_sorted", "file_order"] = "length_sorted"
     v1_toks_per_batch: int = Field(2048, ge=16)
     v1_file_sequences: int = Field(10_000, ge=1)  # v1 processed files of 10,000 translated sequences
     v1_nt_batch_sequences: int = Field(1, ge=1)  # v1 nucleotide stage: padded batches of this many sequences (v1.0: 1)
@@ -112,6 +115,17 @@ class EmbedConfig(BaseModel):
         if not knobs or not encoder_for(self.model).nucleotide:
             return self
         return self.model_copy(update=knobs)
+
+    def batch_rule(self, nucleotide: bool) -> str:
+        """How a run of this config forms its batches, in words (recorded in every run summary)."""
+        if self.mode == "v2":
+            return (f"{self.layout}: packs of <= {self.token_budget:,} tokens from length-sorted buffers of "
+                    f"{self.buffer_size:,} sequences")
+        if nucleotide:
+            return f"v1: padded batches of {self.v1_nt_batch_sequences} sequence(s) in file order"
+        if self.v1_batching == "file_order":
+            return f"v1 refactored: file order, a batch closed at {self.v1_toks_per_batch:,} raw residues"
+        return f"v1 original: fair-esm get_batch_indices(toks_per_batch={self.v1_toks_per_batch}), length-sorted"
 
     def result_fields(self) -> dict:
         """The settings that change the numbers: a resumed run must match them."""

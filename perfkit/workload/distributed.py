@@ -65,7 +65,7 @@ from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.lock import mark_held, out_dir_lock
 from perfkit.workload.runner import (Share, assemble_and_verify, spec_peak, check_before_work, check_out_dir,
-                                     embed_share, prepare_out_dir, run_result, telemetry_name,
+                                     embed_share, prepare_out_dir, run_result, steady_gpu, telemetry_name,
                                      warn_truncated)
 from perfkit.workload.translate import Truncation
 
@@ -554,7 +554,7 @@ def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
             "reads_seen": run.reads_seen, "reads_without_frames": len(run.frameless),
             "truncated_sequences": run.truncated.frames, "residues_dropped": run.truncated.residues,
             "truncated_ids": run.truncated.ids,
-            "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": run.sampler.summary(),
+            "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": steady_gpu(share),
             "verify_pool": run.verify_pool}
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from perfkit import aggregate
 from perfkit.busy import DeviceBusyTimer
-from perfkit.environment import environment
+from perfkit.environment import environment, tf32_flags
 from perfkit.errors import CheckFailed, UserError
 from perfkit.loader import InstrumentedLoader
 from perfkit.peaks import spec_peak_flops
@@ -182,7 +182,7 @@ class Run:
         if self.device.type == "cpu" and cfg.precision != "fp32":
             log.warning("precision %s on CPU is slow and not what the GPU runs; use fp32 on CPU", cfg.precision)
         self.t0 = time.perf_counter()
-        self.loop_t0 = self.t0  # reset when the embedding loop starts
+        self.loop_t0, self.loop_epoch = self.t0, time.time()  # reset when the embedding loop starts
         self.telemetry = Telemetry(cfg.out_dir / telemetry_name(rank, world), run_id=cfg.out_dir.name, rank=rank,
                                    clock_start=self.t0)
         self.sampler = sampler or GpuSampler(interval_s=cfg.sample_interval_s,
@@ -268,7 +268,7 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     loop_start = run.telemetry.now()
     # batch arrival times count from here, the clock of `wall`: steady-state rates (wall - first steady
     # arrival) must not count model loading and the peak-FLOPs probe as embedding time
-    run.loop_t0 = time.perf_counter()
+    run.loop_t0, run.loop_epoch = time.perf_counter(), time.time()
     try:
         with run.telemetry.stage(run.stage):
             if cfg.mode == "v2":
@@ -307,7 +307,8 @@ def run_result(share: Share, frames_translated: int, capped: bool | None = None,
             "truncated_ids_file": write_truncated_ids(cfg.out_dir, truncated.ids),
             "max_residues": cfg.max_residues, "weights": share.weights_info,
             "attention_path": share.attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
-            "device": str(share.run.device)}
+            "device": str(share.run.device), "batch_rule": cfg.batch_rule(share.run.encoder.nucleotide),
+            "tf32": tf32_flags()}
 
 
 TRUNCATED_IDS = "truncated_sequences.txt"
@@ -374,11 +375,21 @@ def _finish(share: Share) -> dict:
     summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
                                 wall_s=share.wall_s, stage=run.stage, warmup_batches=cfg.warmup_batches,
                                 flops_per_token=run.encoder.flops_per_token(),
-                                peak_flops=share.peak_flops, gpu=run.sampler.summary(), window_s=cfg.window_s,
+                                peak_flops=share.peak_flops, gpu=steady_gpu(share), window_s=cfg.window_s,
                                 spec_peak_flops=spec_peak(run.device, cfg.precision), extra={"run": result})
     write_json(cfg.out_dir / "summary.json", summary)
     warn_truncated(result, run.stage)
     return summary
+
+
+def steady_gpu(share: Share) -> dict:
+    """This process's NVML samples over its steady state: from its first batch after the warm-up batches
+    (aggregate.steady_start_s, the start the rates use) to the loop's end."""
+    run = share.run
+    records = aggregate.batches(aggregate.read_telemetry(run.telemetry.writer.path), run.stage)
+    start = aggregate.steady_start_s(records, run.cfg.warmup_batches)
+    end = run.loop_epoch + share.wall_s
+    return run.sampler.summary(since=end if start is None else run.loop_epoch + start, until=end)
 
 
 class TimeCap:

@@ -63,8 +63,24 @@ def v1_files(run: "Run", done_keys):
         yield np.concatenate(keys_buf), ids_buf, proteins_buf
 
 
+def file_order_batches(proteins: list[str], residues_per_batch: int) -> list[list[int]]:
+    """The refactored v1.0's batches: file order, a batch closed once adding the next sequence would pass
+    `residues_per_batch` raw residues (a longer sequence alone makes its own batch)."""
+    batches, current, residues = [], [], 0
+    for index, protein in enumerate(proteins):
+        if current and residues + len(protein) > residues_per_batch:
+            batches.append(current)
+            current, residues = [], 0
+        current.append(index)
+        residues += len(protein)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def loop_protein(run: "Run", model, done_keys, progress) -> bool:
-    """fair-esm extract style: get_batch_indices + batch converter, synchronous, one process."""
+    """fair-esm extract style, synchronous, one process: batches by get_batch_indices (the original code) or
+    in file order (the refactored v1.0, `v1_batching: file_order`), fair-esm's batch converter."""
     import esm
 
     cfg, device = run.cfg, run.device
@@ -78,7 +94,9 @@ def loop_protein(run: "Run", model, done_keys, progress) -> bool:
     waited_since = time.perf_counter()
     for keys, ids, proteins in v1_files(run, done_keys):
         dataset = esm.data.FastaBatchedDataset(list(range(len(ids))), proteins)
-        for indices in dataset.get_batch_indices(cfg.v1_toks_per_batch, extra_toks_per_seq=1):
+        batches = (file_order_batches(proteins, cfg.v1_toks_per_batch) if cfg.v1_batching == "file_order"
+                   else dataset.get_batch_indices(cfg.v1_toks_per_batch, extra_toks_per_seq=1))
+        for indices in batches:
             labels, strs, toks = converter([dataset[i] for i in indices])
             arrive = time.perf_counter()
             host_start = arrive
