@@ -127,23 +127,28 @@ def run_chains(ctx: Context, device: str, precision: str) -> dict:
     reads = min(p.reads, ctx.sample_stats["reads"])
     full_reads = ctx.params.full_validation.full_sample_reads
     cuda = is_cuda(device)
+    # baseline.embed too: on these few reads v2 needs its smaller packs to reach a steady state, without which
+    # its stage seconds (model build included) would be projected as if they grew with the reads
+    common = {**deep_merge(ctx.params.embed, ctx.params.baseline.embed), "model": model, "device": device}
     v2 = {"mode": "v2", "layout": "packed", "precision": precision, "random_init": "fair-esm"}
     warmup = p.warmup_reads if p.warmup_reads is not None else (
         int(ctx.params.embed.get("block_reads", 1024)) if cuda else 0)
     if warmup:  # untimed: compiles both models, so the timed v2 chain is not charged for it
-        run_predict(ctx.embed_config("chain-v2-warmup", model=model, device=device, max_reads=min(warmup, reads), **v2),
-                    hidden=p.hidden)
+        run_predict(ctx.embed_config("chain-v2-warmup", **common, max_reads=min(warmup, reads), **v2), hidden=p.hidden)
     sides = {}
     for form in [*p.forms, "v2"]:
         knobs = v2 if form == "v2" else {**CHAIN_FORMS[form]}
         if form == "refactored" and not cuda:
             knobs["precision"] = "fp32"  # fp16 matmuls are a GPU feature
-        cfg = ctx.embed_config(f"chain-{form}", model=model, device=device, max_reads=reads, **knobs)
+        cfg = ctx.embed_config(f"chain-{form}", **{**common, **knobs}, max_reads=reads)
         chain = run_predict(cfg, hidden=p.hidden)
         projection = project_end_to_end(chain, stage_summaries(cfg.out_dir), reads, full_reads, {})
         sides[form] = {"form": form, "precision": cfg.precision,
                        "batching": cfg.batch_rule(nucleotide=False), "end_to_end_s": chain["end_to_end_s"],
                        "projected_hours": projection["hours"], "stages_s": chain["stages_s"],
+                       # an embedding stage without a steady rate is projected linearly, fixed seconds included
+                       "no_steady_rate": [row["stage"] for row in projection["stages"]
+                                          if row["stage"].endswith("_embedding") and not (row["steady_tok_per_s"] or 0) > 0],
                        "projection": projection}
     fastest = min(p.forms, key=lambda form: sides[form]["projected_hours"])
     speedup = ratio(sides[fastest]["projected_hours"], sides["v2"]["projected_hours"], "a chain has no hours")
