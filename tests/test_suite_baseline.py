@@ -52,6 +52,7 @@ def test_real_baseline(tiny):
     assert baseline.agreement_interval(None)["measured"] is False
     assert headline["nt_equivalence_gate_passed"] is True and 0.1 < headline["nt_tokens_per_base"] < 0.35
     assert (ctx.out / "throughput.json").exists() and (ctx.out / "chains.json").exists()
+    assert (ctx.out / "runs" / "chain-v2-warmup" / "summary.json").exists()  # the untimed warm-up chain ran
     assert isinstance(baseline.chains_table(chains), pd.DataFrame)
 
 

@@ -134,7 +134,7 @@ def run_chains(ctx: Context, device: str, precision: str) -> dict:
     warmup = p.warmup_reads if p.warmup_reads is not None else (
         int(ctx.params.embed.get("block_reads", 1024)) if cuda else 0)
     if warmup:  # untimed: compiles both models, so the timed v2 chain is not charged for it
-        run_predict(ctx.embed_config("chain-v2-warmup", **common, max_reads=min(warmup, reads), **v2), hidden=p.hidden)
+        run_predict(ctx.embed_config("chain-v2-warmup", **{**common, **v2}, max_reads=min(warmup, reads)), hidden=p.hidden)
     sides = {}
     for form in [*p.forms, "v2"]:
         knobs = v2 if form == "v2" else {**CHAIN_FORMS[form]}
