@@ -23,3 +23,10 @@ def test_real_profiling(tiny):
     assert headline["bottleneck_verdict"] in ("device-bound", "host-bound", "data-starved", "unknown")
     evidence = profiling.bottleneck_evidence(result["windows"])
     assert {"verdict", "loader_wait_share", "device_busy_share"} <= set(evidence.columns)
+    # both embedding stages, each over its own steady state, with a verdict; CPU: no spec peak, no NVML
+    stages = result["embedding_stages"].set_index("stage")
+    assert set(stages.index) == {"nucleotide_embedding", "protein_embedding"}
+    assert stages.loc["nucleotide_embedding", "steady_tok_per_s"] > 0
+    assert set(headline["stage_verdicts"]) == {"nucleotide_embedding", "protein_embedding"}
+    assert headline["nucleotide_bottleneck_verdict"] == stages.loc["nucleotide_embedding", "verdict"]
+    assert headline["nucleotide_mfu_spec"]["measured"] is False  # fp32 on CPU: no data-sheet peak

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 
+from perfkit import criteria as crit
 from perfkit.records import plain as _plain
 from perfkit.suite.context import Context, gpu_util_mean, is_cuda, resolved_device, stage_table
 from perfkit.summary import write_json
@@ -16,7 +17,7 @@ def run_profiling(ctx: Context) -> dict:
     windows and a GPU/host sampler of our own; and the time of every stage."""
     from perfkit.aggregate import batches as batch_rows, read_telemetry
     from perfkit.sampler import GpuSampler
-    from perfkit.workload.predict import run_predict
+    from perfkit.workload.predict import run_predict, stage_summaries
     from perfkit.workload.runner import STAGE
 
     p = ctx.params.profiling
@@ -44,7 +45,26 @@ def run_profiling(ctx: Context) -> dict:
     write_json(ctx.path("samples.json"), _plain(samples))
     windows = pd.DataFrame(summary["windows"])
     return {"summary": summary, "chain": chain, "stages": stage_table(chain), "batches": batch_table,
+            "embedding_stages": embedding_stage_table(stage_summaries(cfg.out_dir)),
             "samples": samples, "windows": windows, "sampler_note": sampler.note, "sampler_source": sampler.source}
+
+
+def embedding_stage_table(summaries: dict) -> pd.DataFrame:
+    """One row per embedding stage of the chain, each over its own steady state: rate, MFU against the
+    measured and the spec peak, CUDA-event busy, NVML utilisation and the bottleneck verdict with its reason
+    (launch-bound: events busy while NVML and MFU are low)."""
+    rows = []
+    for stage, summary in summaries.items():
+        if summary is None:
+            continue
+        t, bottleneck = summary["throughput"], summary.get("bottleneck") or {}
+        util = gpu_util_mean(summary)
+        rows.append({"stage": stage, "steady_tok_per_s": t["steady_tok_per_s"], "mfu_measured_peak": summary.get("mfu"),
+                     "mfu_spec_peak": summary.get("mfu_spec"), "device_busy_fraction": t["device_busy_fraction"],
+                     "nvml_util_percent": util if isinstance(util, float) else None,
+                     "loader_wait_fraction": t["loader_wait_fraction"], "verdict": bottleneck.get("verdict", "unknown"),
+                     "why": bottleneck.get("why", "")})
+    return pd.DataFrame(rows)
 
 
 def run_profiler(ctx: Context) -> dict:
@@ -88,9 +108,25 @@ def profiling_headline(result: dict, profiler: dict) -> dict:
         "bottleneck_rule": bottleneck.get("rule", ""),
         "steady_tok_per_s": t["steady_tok_per_s"],
         "packing_efficiency": t["packing_efficiency"],
+        # every embedding stage's verdict over its own steady state (the nucleotide stage was launch-bound)
+        "stage_verdicts": dict(zip(result["embedding_stages"]["stage"], result["embedding_stages"]["verdict"]))
+        if len(result["embedding_stages"]) else {},
+        "nucleotide_mfu": _stage_value(result, "nucleotide_embedding", "mfu_measured_peak"),
+        "nucleotide_mfu_spec": _stage_value(result, "nucleotide_embedding", "mfu_spec_peak"),
+        "nucleotide_bottleneck_verdict": _stage_value(result, "nucleotide_embedding", "verdict"),
         "top_kernel": top.iloc[0]["name"] if len(top) else None,
         "profiler_time_basis": profiler["time_basis"],
     }
+
+
+def _stage_value(result: dict, stage: str, column: str):
+    table = result["embedding_stages"]
+    rows = table[table["stage"] == stage] if len(table) else table
+    if not len(rows) or rows.iloc[0][column] is None or (isinstance(rows.iloc[0][column], float)
+                                                         and pd.isna(rows.iloc[0][column])):
+        return crit.not_measured(f"no {column} for the {stage.replace('_', ' ')} stage in this run")
+    value = rows.iloc[0][column]
+    return value.item() if hasattr(value, "item") else value
 
 
 def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
