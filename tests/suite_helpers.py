@@ -50,7 +50,7 @@ GOOD = {
 TINY = {"sample": {"reads": 160}, "embed": {"token_budget": 1024, "buffer_size": 128, "block_reads": 64,
                                             "num_workers": 0, "window_s": 0.5, "warmup_batches": 1},
         "baseline": {"reads": 60, "repeats": 2, "equivalence": {"proteins": 4, "token_budget": 1024},
-                     "chains": {"reads": 30, "hidden": 16, "warmup_reads": 8}, "nt_equivalence_reads": 4},
+                     "chains": {"reads": 30, "hidden": 16, "warmup_reads": 8, "repeats": 2}, "nt_equivalence_reads": 4},
         "profiling": {"max_reads": 120, "profiler_batches": 1, "profiler_warmup": 1, "top_kernels": 5},
         "tuning": {"max_reads": 60, "max_runs": 2, "grid": {"token_budget": [512, 1024]}},
         "full_validation": {"max_reads": None, "checkpoint_every_sequences": 50},

@@ -49,6 +49,7 @@ class ChainsParams(_Strict):
     reads: int = Field(200, ge=1)
     model: Optional[str] = None  # ESM-2 model of every chain; None: the embed model
     hidden: int = Field(512, ge=1)  # classifier hidden width (same seeded weights on every side)
+    repeats: int = Field(1, ge=1)  # interleaved rounds (every form, then v2): the speed-up's median, min-max
     # the v1.0 forms: original = fp32, get_batch_indices; refactored = fp16 (CPU: fp32), file-order batches
     forms: list[Literal["original", "refactored"]] = Field(default_factory=lambda: ["original", "refactored"],
                                                            min_length=1)
