@@ -26,6 +26,7 @@ def _config_from_args(args):
         "checkpoint_every_seconds": args.checkpoint_seconds, "max_reads": args.max_reads,
         "max_seconds": args.max_seconds, "seed": args.seed, "chunk_bp": args.chunk_bp, "block_reads": args.block_reads,
         "copy_stream": False if args.no_copy_stream else None, "tokenizer": args.tokenizer, "progress": False if args.no_progress else None,
+        "nt_model": getattr(args, "nt_model", None), "nt_weights": getattr(args, "nt_weights", None),
     }
     given = {k: v for k, v in flags.items() if v is not None}
     values.update(given)
@@ -100,7 +101,7 @@ def _warn_random(models: list[str]) -> None:
     """One loud line when any part of the result came from random weights."""
     if models:
         print(f"note: random weights ({', '.join(models)}): the vectors and calls mean nothing biologically; "
-              "the throughput and timing figures stand (real weights: --weights, --classifier)", file=sys.stderr)
+              "the throughput and timing figures stand (real weights: --weights, --nt-weights, --classifier)", file=sys.stderr)
 
 
 def _figure(value, spec: str) -> str:
@@ -243,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(pr)
     pr.add_argument("--classifier", type=Path, help="classifier state_dict (.pt); default: seeded random")
     pr.add_argument("--hidden", type=int, default=512, help="classifier hidden size (must match --classifier)")
+    pr.add_argument("--nt-model",
+                    help="the nucleotide stage's model: dnabert_s (default) or dnabert_mini (2 layers, 128 wide: smoke "
+                         "runs on a CPU)")
+    pr.add_argument("--nt-weights", type=Path,
+                    help="DNABERT-S weights: a HuggingFace folder, a .safetensors or a .bin file (default: seeded random)")
     pr.set_defaults(func=_predict)
 
     d = sub.add_parser("data", help="synthetic samples and sample profiles")

@@ -47,7 +47,7 @@ GOOD = {
 }
 
 
-TINY = {"sample": {"reads": 160}, "embed": {"token_budget": 1024, "buffer_size": 128, "block_reads": 64,
+TINY = {"sample": {"reads": 160}, "embed": {"nt_model": "dnabert_mini", "token_budget": 1024, "buffer_size": 128, "block_reads": 64,
                                             "num_workers": 0, "window_s": 0.5, "warmup_batches": 1},
         "baseline": {"reads": 60, "repeats": 2, "equivalence": {"proteins": 4, "token_budget": 1024},
                      "chains": {"reads": 30, "hidden": 16, "warmup_reads": 8, "repeats": 2}, "nt_equivalence_reads": 4},

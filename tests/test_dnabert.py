@@ -207,3 +207,49 @@ def test_gate_on_cuda(kernel, precision, tokenizer):
     print({k: result[k] for k in ("precision", "attention_path", "passed", "stats")})
     assert result["passed"], result
     assert result["attention_path"] == ("flex_attention" if kernel == "flex" else kernel)
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "bin"])
+def test_nt_weights_from_a_checkpoint_in_dnabert2s_own_tensor_names(tmp_path, suffix):
+    # a checkpoint written the way DNABERT-2 / DNABERT-S publish theirs (BertModel names), as one file
+    from safetensors.torch import save_file
+
+    reference, _ = dnabert.build_model(seed=3, config=dnabert.DNABERT_MINI)
+    theirs = {k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()}
+    assert any(name.startswith("encoder.layer.0.attention.self.Wqkv") for name in theirs)  # their names, not ours
+    path = tmp_path / f"model.{suffix}"
+    save_file(theirs, str(path)) if suffix == "safetensors" else torch.save(theirs, path)
+    loaded, info = dnabert.build_model(path, config=dnabert.DNABERT_MINI)
+    assert info["source"] == f"{suffix} file" and len(info["sha256"]) == 64
+    for (name, a), b in zip(reference.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(UserError, match="width 768"):  # a DNABERT-S config cannot take the mini's tensors
+        dnabert.build_model(path)
+
+
+def test_nt_weights_refuse_unknown_files(tmp_path):
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(UserError, match="unknown file type .txt"):
+        dnabert.build_model(tmp_path / "weights.txt")
+    with pytest.raises(UserError, match="do not exist"):
+        dnabert.build_model(tmp_path / "missing.safetensors")
+
+
+def test_the_chain_takes_its_nucleotide_model_and_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from perfkit.workload.config import make_config
+    from perfkit.workload.predict import run_predict, stage_summaries
+
+    reference, _ = dnabert.build_model(seed=5, config=dnabert.DNABERT_MINI)
+    weights = tmp_path / "dnabert_mini.safetensors"
+    save_file({k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()},
+              str(weights))
+    fasta = tmp_path / "s.fa"
+    write_synthetic_fasta(fasta, 40, profile="reads150", seed=1)
+    cfg = make_config(input=fasta, out_dir=tmp_path / "o", num_workers=0, token_budget=1024, nt_model="dnabert_mini",
+                      nt_weights=weights, progress=False)
+    summary = run_predict(cfg, hidden=8)
+    nucleotide = stage_summaries(cfg.out_dir)["nucleotide_embedding"]["run"]
+    assert nucleotide["model"] == "dnabert_mini" and nucleotide["weights"]["path"] == str(weights)
+    assert summary["counts"]["input_reads"] == 40 and summary["counts"]["reads_called"] > 0

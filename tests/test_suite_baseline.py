@@ -15,7 +15,8 @@ def test_real_baseline(tiny):
     result = baseline.run_baseline(ctx)
     table = result["table"].set_index("variant")
     assert table["measured"].tolist() == [True, False, True, True, True, True]  # fp16 v1: GPU only
-    assert table.loc["v1 DNABERT-S fp32", "model"] == "dnabert_s" and "file order" in table.loc["v1 DNABERT-S fp32", "layout"]
+    nt = "v1 dnabert_mini fp32"  # the params' nucleotide model (embed.nt_model), named in the table
+    assert table.loc[nt, "model"] == "dnabert_mini" and "file order" in table.loc[nt, "layout"]
     assert result["speedup_nt_v2_over_v1"] > 0
     assert "not measured" in table.loc["v1 fair-esm fp16", "note"]
     assert result["speedup_v2_over_v1"] > 0 and result["speedup_v2_over_v1_fp16"]["measured"] is False

@@ -10,7 +10,7 @@ import pandas as pd
 from perfkit import criteria as crit
 from perfkit.projection import project_end_to_end, spread
 from perfkit.records import plain as _plain
-from perfkit.suite.context import NUCLEOTIDE_MODEL, Context, is_cuda, ratio, resolved_device, throughput_row
+from perfkit.suite.context import Context, is_cuda, nucleotide_model, ratio, resolved_device, throughput_row
 from perfkit.suite.params import deep_merge
 from perfkit.summary import write_json
 
@@ -35,13 +35,15 @@ def variants(ctx: Context, device: str, precision: str) -> list[Variant]:
     fp16_skip = None if (cuda and p.v1_fp16) else ("fp16 runs on GPU only: not measured on " + device if not cuda
                                                    else "v1_fp16: false in the params")
     nt_skip = None if p.nucleotide else "baseline.nucleotide: false in the params"
+    nt = nucleotide_model(ctx.params)
+    label = {"dnabert_s": "DNABERT-S"}.get(nt, nt)
     return [
         Variant("v1 fair-esm fp32", dict(mode="v1", precision="fp32")),
         Variant("v1 fair-esm fp16", dict(mode="v1", precision="fp16"), fp16_skip),
         Variant(f"v2 padded SDPA {precision}", dict(mode="v2", layout="padded", precision=precision)),
         Variant(f"v2 packed {precision}", dict(mode="v2", layout="packed", precision=precision)),
-        Variant("v1 DNABERT-S fp32", dict(model=NUCLEOTIDE_MODEL, mode="v1", precision="fp32"), nt_skip),
-        Variant(f"v2 DNABERT-S packed {precision}", dict(model=NUCLEOTIDE_MODEL, mode="v2", layout="packed",
+        Variant(f"v1 {label} fp32", dict(model=nt, mode="v1", precision="fp32"), nt_skip),
+        Variant(f"v2 {label} packed {precision}", dict(model=nt, mode="v2", layout="packed",
                                                          precision=precision), nt_skip),
     ]
 
@@ -221,6 +223,7 @@ def run_nt_equivalence(ctx: Context, device: str, precision: str) -> dict:
     stage = {**ctx.params.embed, **{k: v for k, v in (ctx.params.embed.get("nucleotide") or {}).items()
                                     if v is not None}}
     result = dnabert.run_nt_equivalence(device=device, precision=precision, n=p.nt_equivalence_reads,
+                                        config=dnabert.CONFIGS[nucleotide_model(ctx.params)],
                                         packed_attention=stage.get("nt_attention", "auto"),
                                         compile=bool(stage.get("compile", False)))
     write_json(ctx.path("nt_equivalence.json"), result)

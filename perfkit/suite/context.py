@@ -21,7 +21,9 @@ from perfkit.records import plain as _plain
 from perfkit.suite.params import NOTEBOOK_ARGS, NOTEBOOKS, NotebookArgs, SuiteParams, load_suite_params
 from perfkit.summary import write_json
 
-NUCLEOTIDE_MODEL = "dnabert_s"
+def nucleotide_model(params: SuiteParams) -> str:
+    """The chain's nucleotide model: `embed.nt_model` of the params (dnabert_s; dnabert_mini in CPU smoke runs)."""
+    return params.embed.get("nt_model", "dnabert_s")
 
 REPO = Path(__file__).resolve().parents[2]  # a source checkout: params/ and outputs/ beside perfkit/
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}

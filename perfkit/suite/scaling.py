@@ -9,7 +9,7 @@ import pandas as pd
 from perfkit import criteria as crit
 from perfkit.errors import UserError
 from perfkit.projection import embedding_stages_scaling, end_to_end_scaling, rank_scaling
-from perfkit.suite.context import NUCLEOTIDE_MODEL, Context, _target, is_cuda, resolved_device
+from perfkit.suite.context import Context, _target, is_cuda, nucleotide_model, resolved_device
 from perfkit.suite.params import ScalingArgs, SuiteParams
 from perfkit.summary import write_json
 
@@ -142,7 +142,7 @@ def run_scaling(ctx: Context) -> dict:
     stages = {"protein_embedding": (single, multi)}
     nt_scaling = None
     if p.nucleotide:
-        nt_common = {**common, "model": NUCLEOTIDE_MODEL}
+        nt_common = {**common, "model": nucleotide_model(ctx.params)}
         nt_single = run_embed(ctx.embed_config("nt-single", **nt_common))
         nt_multi = distributed.run_multi(ctx.embed_config(f"nt-multi-{plan['nproc']}", **nt_common), plan["nproc"],
                                          gpus=plan["gpus"])

@@ -33,6 +33,10 @@ class EmbedConfig(BaseModel):
     model: str = "esm2_t6_8M"
     weights: Optional[Path] = None  # fair-esm .pt or HF folder; None = seeded random init
     tokenizer: Optional[Path] = None  # dnabert_s only: DNABERT-S tokenizer.json; None = the stand-in BPE
+    # the chain's (perfkit predict) nucleotide stage: its model (dnabert_s; dnabert_mini for smoke runs) and
+    # weights (a DNABERT-S HuggingFace folder, a .safetensors or .bin file; None = seeded random init)
+    nt_model: str = "dnabert_s"
+    nt_weights: Optional[Path] = None
     seed: int = 0
     # random weights (no `weights`): "perfkit" = our seeded init; "fair-esm" = fair-esm's own init with this seed
     # (ESM-2 only), so a v2 run has the very weights of the v1 run with the same seed (prediction agreement)
@@ -104,7 +108,18 @@ class EmbedConfig(BaseModel):
         from perfkit.workload.encoders import known_models
 
         if name not in known_models():
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(known_models())}")
+            raise ValueError(f"unknown model {name!r}{_did_you_mean(name, known_models())}; known: "
+                             f"{', '.join(known_models())}")
+        return name
+
+    @field_validator("nt_model")
+    @classmethod
+    def _known_nucleotide_model(cls, name):
+        from perfkit.workload.encoders import NUCLEOTIDE_MODELS
+
+        if name not in NUCLEOTIDE_MODELS:
+            raise ValueError(f"unknown nucleotide model {name!r}{_did_you_mean(name, NUCLEOTIDE_MODELS)}; known: "
+                             f"{', '.join(NUCLEOTIDE_MODELS)}")
         return name
 
     def for_stage(self) -> "EmbedConfig":
@@ -131,6 +146,11 @@ class EmbedConfig(BaseModel):
         """The settings that change the numbers: a resumed run must match them."""
         return self.model_dump(mode="json", include={"model", "weights", "tokenizer", "seed", "random_init", "mode", "precision", "chunk_bp",
                                                       "max_residues", "max_reads", "layout"})
+
+
+def _did_you_mean(typed: str, known) -> str:
+    close = difflib.get_close_matches(typed, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def make_config(sources: dict[str, str] | None = None, **values) -> EmbedConfig:

@@ -62,6 +62,10 @@ class DNABERTConfig:
 
 
 DNABERT_S = DNABERTConfig()
+# a 2-layer, 128-wide model of the same architecture and tokenizer: the nucleotide stage of CPU smoke runs and
+# tests in seconds rather than minutes (`--nt-model dnabert_mini`); its numbers say nothing of DNABERT-S's speed
+DNABERT_MINI = DNABERTConfig(name="dnabert_mini", num_layers=2, embed_dim=128, attention_heads=4, ffn_dim=512)
+CONFIGS = {config.name: config for config in (DNABERT_S, DNABERT_MINI)}
 
 
 def flops_per_token(config: DNABERTConfig, seq_len: int | None = None) -> float:
@@ -483,10 +487,28 @@ def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
     return torch.load(bin_path, map_location="cpu", weights_only=True), bin_path
 
 
+def _read_weights(path: Path, config: DNABERTConfig) -> tuple[dict, Path]:
+    """A HuggingFace folder (config.json checked), or one .safetensors / .bin file of DNABERT-2 tensor names."""
+    if path.is_dir():
+        return _read_hf_folder(path, config)
+    if not path.exists():
+        raise UserError(f"nucleotide weights {path} do not exist",
+                        "pass a DNABERT-S HuggingFace folder, a .safetensors or a .bin file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), path
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    raise UserError(f"nucleotide weights {path}: unknown file type {path.suffix or '(none)'}",
+                    "pass a HuggingFace folder, a .safetensors or a .bin file")
+
+
 def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S):
     """-> (DNABERT in eval mode on `device`/`dtype`, weights_info dict).
 
-    weights: None (seeded random init) or a HuggingFace folder of DNABERT-S / DNABERT-2-117M.
+    weights: None (seeded random init), a HuggingFace folder of DNABERT-S / DNABERT-2-117M, or one
+    .safetensors / .bin file in DNABERT-2's tensor names.
     The name mapping follows DNABERT-2's public bert_layers.py; outputs have not been compared
     with that reference implementation (no weights or network here), so info says so.
     """
@@ -497,12 +519,10 @@ def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, 
         return model, {"source": "random", "seed": seed}
 
     path = Path(weights).expanduser()
-    if not path.is_dir():
-        raise UserError(f"weights path {path} is not a folder", "pass a HuggingFace DNABERT-S folder, or no weights")
-    state_dict, file = _read_hf_folder(path, config)
+    state_dict, file = _read_weights(path, config)
     load_dnabert2_state_dict(model, state_dict)
     return model, {
-        "source": "huggingface",
+        "source": "huggingface" if path.is_dir() else f"{file.suffix.lstrip('.')} file",
         "path": str(path),
         "sha256": esm2_weights.file_sha256([file]),
         "checked_against_reference": False,

@@ -16,7 +16,7 @@ from perfkit.workload import dnabert, esm2
 
 PROTEIN_STAGE = "protein_embedding"
 NUCLEOTIDE_STAGE = "nucleotide_embedding"
-NUCLEOTIDE_MODELS = ("dnabert_s",)
+NUCLEOTIDE_MODELS = tuple(dnabert.CONFIGS)  # dnabert_s, and dnabert_mini for smoke runs
 
 
 def known_models() -> tuple[str, ...]:
@@ -64,12 +64,13 @@ class Encoder:
 
     def build(self, weights, seed: int, device, dtype):
         if self.nucleotide:
-            return dnabert.build_model(weights, seed=seed, device=device, dtype=dtype)
+            return dnabert.build_model(weights, seed=seed, device=device, dtype=dtype,
+                                       config=dnabert.CONFIGS[self.model])
         return esm2.build_model(self.model, weights, seed=seed, device=device, dtype=dtype)
 
     def flops_per_token(self) -> float:
         if self.nucleotide:
-            return dnabert.flops_per_token(dnabert.DNABERT_S)
+            return dnabert.flops_per_token(dnabert.CONFIGS[self.model])
         return esm2.flops_per_token(esm2.get_config(self.model))
 
     def forward_padded(self, model):

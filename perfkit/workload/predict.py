@@ -33,14 +33,13 @@ from perfkit.errors import CheckFailed, UserError
 from perfkit.summary import write_json
 from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
-from perfkit.workload import esm2, store
+from perfkit.workload import dnabert, esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import read_frameless
 from perfkit.workload.lock import out_dir_lock
 from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 
-NUCLEOTIDE_MODEL = "dnabert_s"
 MERGE_CHUNK_ROWS = 65_536  # frames merged and classified at a time (~0.9 GB of 3B features, two such buffers)
 SHARDS_CACHED = 16  # shards per stage a scoring rank keeps memory-mapped (they follow key order closely)
 # threads copying a chunk's vectors out of the shards; None: this host's cores shared by its ranks, two left
@@ -75,17 +74,16 @@ def check_stages(cfg: EmbedConfig) -> None:
 
 def stage_configs(cfg: EmbedConfig) -> dict[str, EmbedConfig]:
     """Each embedding stage's config: its model, its folder in the chain's, its checked shards as output."""
-    return {stage: cfg.model_copy(update={
-        "model": model, "out_dir": Path(cfg.out_dir) / STAGES[stage], "assemble": False,
-        "weights": None if model == NUCLEOTIDE_MODEL else cfg.weights,
-        "random_init": "perfkit" if model == NUCLEOTIDE_MODEL else cfg.random_init})
-        for stage, model in (("nucleotide_embedding", NUCLEOTIDE_MODEL), ("protein_embedding", cfg.model))}
+    nucleotide = {"model": cfg.nt_model, "weights": cfg.nt_weights, "random_init": "perfkit"}
+    protein = {"model": cfg.model, "weights": cfg.weights, "random_init": cfg.random_init}
+    return {stage: cfg.model_copy(update={**knobs, "out_dir": Path(cfg.out_dir) / STAGES[stage], "assemble": False})
+            for stage, knobs in (("nucleotide_embedding", nucleotide), ("protein_embedding", protein))}
 
 
 def check_chain(cfg: EmbedConfig, nproc: int) -> None:
     if cfg.model not in esm2.CONFIGS:
         raise UserError(f"predict's --model is the protein (ESM-2) model, got {cfg.model!r}",
-                        f"pass an ESM-2 model; the nucleotide stage always runs {NUCLEOTIDE_MODEL}")
+                        f"pass an ESM-2 model; the nucleotide stage's model is --nt-model (now {cfg.nt_model})")
     if cfg.max_seconds is not None:
         raise UserError("predict cannot be capped by time: the two embedding stages would stop at different reads",
                         "cap it by reads (max_reads / --max-reads)")
@@ -251,8 +249,9 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
         raise CheckFailed(f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
                            f"{len(keys)} protein frames, or different frames, in its reads")
     protein_dim = esm2.get_config(cfg.model).embed_dim
+    nt_dim = dnabert.CONFIGS[cfg.nt_model].embed_dim  # 768 for DNABERT-S
     device = str(pick_device(cfg.device))  # the same rule on 1 and N processes (auto: the GPU when there is one)
-    model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=clf.NT_DIM + protein_dim, seed=cfg.seed)
+    model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=nt_dim + protein_dim, seed=cfg.seed)
     chunks = protein.read_chunks(MERGE_CHUNK_ROWS, len(FRAMES))
     rows = max((b - a for a, b in chunks), default=0)
     # reads without a frame in this rank's reads, each placed with the chunk whose reads it falls among
@@ -261,7 +260,7 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
     chunk_ends = [int(keys[b]) // len(FRAMES) if b < len(keys) else np.iinfo(np.int64).max for _, b in chunks]
     cuts = np.searchsorted(no_frame_index, chunk_ends) if chunks else np.empty(0, np.int64)
     # on CUDA chunk i fills one pair of blocks while chunk i - 1 is on the device (on CPU it runs in between)
-    buffers = [(clf.host_block(rows, clf.NT_DIM, device), clf.host_block(rows, protein_dim, device))
+    buffers = [(clf.host_block(rows, nt_dim, device), clf.host_block(rows, protein_dim, device))
                for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))]
     writer = clf.PredictionWriter(out / PARTS / f"r{rank:03d}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
