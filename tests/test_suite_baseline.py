@@ -26,6 +26,8 @@ def test_real_baseline(tiny):
     assert len(runs) == 2 * 5 and table.loc["v2 packed fp32", "repeats"] == 2
     reads = {json.loads((r / "summary.json").read_text())["run"]["input_reads"] for r in runs}
     assert reads == {60}
+    run = json.loads((runs[0] / "summary.json").read_text())["run"]
+    assert set(run["tf32"]) == {"matmul", "cudnn", "source"}  # TF32 recorded, with where it was read
     rules = {json.loads((r / "summary.json").read_text())["run"]["batch_rule"] for r in runs}
     assert any("get_batch_indices" in rule for rule in rules) and any("packs of" in rule for rule in rules)
     # the median of the rounds, and the min-max beside it

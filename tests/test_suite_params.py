@@ -23,6 +23,17 @@ def test_shipped_params_are_valid(name):
             "speedup_vs_v1", "equivalence_gate", "prediction_agreement", "nt_equivalence_gate"} <= set(names)
 
 
+@pytest.mark.parametrize("name", [p.name for p in sorted((ROOT / "params").glob("*.yaml"))])
+def test_the_gate_runs_on_the_benchmarked_model_or_the_criterion_names_its_model(name):
+    # finding 5 of issue 15: the gate ran esm2_t33_650M while its criterion spoke of the run's model (the 3B)
+    params = suite_params.load_suite_params(ROOT / "params" / name)
+    gated = params.baseline.equivalence.model
+    if gated in (None, params.embed.get("model")):
+        return
+    criterion = next(c for c in params.criteria if c["metric"] == "equivalence_gate_passed")
+    assert gated in criterion["description"], f"{name}: gates {gated} but its criterion does not say so"
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"bogus": 1}, "bogus"),
     ({"sample": {"reads": "many"}}, "sample.reads"),
