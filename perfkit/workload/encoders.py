@@ -30,56 +30,65 @@ def _tokenizer(path: str | None):
 
 @dataclass(frozen=True)
 class Encoder:
+    """ESM-2 on the frames' proteins (the protein stage)."""
+
     model: str
-    tokenizer: str | None = None  # DNABERT-S tokenizer.json; None = the stand-in BPE
+    tokenizer: str | None = None  # nucleotide models only: a DNABERT-S tokenizer.json; None = the stand-in BPE
 
-    @property
-    def nucleotide(self) -> bool:
-        return self.model in NUCLEOTIDE_MODELS
-
-    @property
-    def stage(self) -> str:
-        return NUCLEOTIDE_STAGE if self.nucleotide else PROTEIN_STAGE
-
-    @property
-    def frame_field(self) -> str:
-        """Which part of a translated frame this encoder reads."""
-        return "nucleotides" if self.nucleotide else "protein"
+    nucleotide = False
+    stage = PROTEIN_STAGE
+    frame_field = "protein"  # which part of a translated frame this encoder reads
 
     @property
     def pad_id(self) -> int:
-        if self.nucleotide:
-            return dnabert.special_token_ids(_tokenizer(self.tokenizer))["pad"]
         return esm2.PAD_IDX
 
     def encode(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.nucleotide:
-            return dnabert.encode_nucleotides(_tokenizer(self.tokenizer), sequences)
         return esm2.encode_proteins(sequences)
 
     def packed_inputs(self, tokens: np.ndarray, lengths: np.ndarray) -> dict:
-        if self.nucleotide:
-            return dnabert.packed_inputs_nt(tokens, lengths)
         return esm2.packed_inputs(tokens, lengths)
 
     def build(self, weights, seed: int, device, dtype):
-        if self.nucleotide:
-            return dnabert.build_model(weights, seed=seed, device=device, dtype=dtype,
-                                       config=dnabert.CONFIGS[self.model])
         return esm2.build_model(self.model, weights, seed=seed, device=device, dtype=dtype)
 
     def flops_per_token(self) -> float:
-        if self.nucleotide:
-            return dnabert.flops_per_token(dnabert.CONFIGS[self.model])
         return esm2.flops_per_token(esm2.get_config(self.model))
 
     def forward_padded(self, model):
-        if self.nucleotide:
-            return functools.partial(model.forward_padded, pad_id=self.pad_id)
         return model.forward_padded
+
+
+@dataclass(frozen=True)
+class NucleotideEncoder(Encoder):
+    """DNABERT-S (or its mini config) on the frames' nucleotides (the nucleotide stage)."""
+
+    nucleotide = True
+    stage = NUCLEOTIDE_STAGE
+    frame_field = "nucleotides"
+
+    @property
+    def pad_id(self) -> int:
+        return dnabert.special_token_ids(_tokenizer(self.tokenizer))["pad"]
+
+    def encode(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return dnabert.encode_nucleotides(_tokenizer(self.tokenizer), sequences)
+
+    def packed_inputs(self, tokens: np.ndarray, lengths: np.ndarray) -> dict:
+        return dnabert.packed_inputs_nt(tokens, lengths)
+
+    def build(self, weights, seed: int, device, dtype):
+        return dnabert.build_model(weights, seed=seed, device=device, dtype=dtype, config=dnabert.CONFIGS[self.model])
+
+    def flops_per_token(self) -> float:
+        return dnabert.flops_per_token(dnabert.CONFIGS[self.model])
+
+    def forward_padded(self, model):
+        return functools.partial(model.forward_padded, pad_id=self.pad_id)
 
 
 def encoder_for(model: str, tokenizer=None) -> Encoder:
     if model not in known_models():
         raise UserError(f"unknown model {model!r}", f"use one of {', '.join(known_models())}")
-    return Encoder(model, None if tokenizer is None else str(tokenizer))
+    kind = NucleotideEncoder if model in NUCLEOTIDE_MODELS else Encoder
+    return kind(model, None if tokenizer is None else str(tokenizer))
