@@ -66,16 +66,18 @@ def _embed(args) -> int:
         if args.gpus is not None and args.nproc is not None:
             raise UserError("both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks")
         nproc = args.gpus if args.gpus is not None else args.nproc
-        code = distributed.launch(cfg, args.argv, nproc, gpus=args.gpus is not None, nodes=nodes)
+        code = distributed.launch(cfg, nproc, gpus=args.gpus is not None, nodes=nodes, verbose=args.verbose)
         if code != 0:
             rendezvous = ("; RendezvousTimeoutError: the nodes never met (give every node the same --nnodes, "
                           "--rdzv-endpoint and --out, and let them reach node 0 on that port); "
                           "RendezvousConnectionError: node 0 stopped") if nodes.rendezvous else ""
             print(f"error: the {nodes.describe(nproc)} failed (torchrun exit code {code}); the failing rank "
                   f"and its error are reported above{rendezvous}", file=sys.stderr)
-        return code
-    rank = distributed.torchrun_rank()
-    if rank is not None:  # a rank of a torchrun launch
+            return code
+        if nodes.node_rank != 0:  # node 0's launcher reports the run
+            return 0
+        summary = json.loads((cfg.out_dir / "summary.json").read_text())
+    elif (rank := distributed.torchrun_rank()) is not None:  # `perfkit embed` in a torchrun the user started
         summary = distributed.rank_main(cfg, rank)
         if summary is None:  # only rank 0 reports
             return 0
@@ -304,7 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the launcher re-runs it without --gpus/--nproc
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -113,11 +113,6 @@ def test_each_rank_samples_its_own_physical_gpu():
     assert opened == [3, 5]
 
 
-def test_launcher_drops_only_its_own_flags():
-    argv = ["-v", "embed", "x.fa", "-o", "out", "--nproc", "2", "--gpus=2", "--np", "3", "--num-workers", "1"]
-    assert distributed.child_args(argv) == ["-v", "embed", "x.fa", "-o", "out", "--num-workers", "1"]
-
-
 def test_more_gpus_than_visible_is_refused_before_work(small_fasta, tmp_path):
     out = tmp_path / "o"
     result = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(small_fasta), "-o", str(out), "--gpus", "4",
@@ -513,8 +508,9 @@ def test_node_flags_that_cannot_work_are_one_line_errors_before_anything_is_writ
 
 def test_torchrun_command_for_one_and_for_several_nodes(tmp_path, monkeypatch):
     monkeypatch.setenv(distributed.RDZV_TIMEOUT_ENV, "42")
-    one = distributed.torchrun_command(2, ["embed", "x.fa"])
-    assert one[3:7] == ["--standalone", "--nproc-per-node", "2", "-m"]
+    one = distributed.torchrun_command(2, tmp_path / "rank_spec.json")
+    assert one[3:] == ["--standalone", "--nproc-per-node", "2", "-m", "perfkit.workload.rank",
+                       str(tmp_path / "rank_spec.json")]  # the ranks' settings: the spec, never a command line
     run_id = distributed.rendezvous_id("embed", tmp_path / "run")
     # every node derives it alike; another folder or command is another rendezvous
     assert run_id == distributed.rendezvous_id("embed", tmp_path / "x" / ".." / "run")
@@ -522,11 +518,9 @@ def test_torchrun_command_for_one_and_for_several_nodes(tmp_path, monkeypatch):
     assert run_id != distributed.rendezvous_id("predict", tmp_path / "run")
     for node, is_host in ((0, 1), (1, 0)):
         nodes = distributed.Nodes(2, node, "head:29500")
-        command = distributed.torchrun_command(8, ["embed", "x.fa"], nodes, run_id)
+        command = distributed.torchrun_command(8, tmp_path / "rank_spec.json", nodes, run_id)
         where = command[3:command.index("-m", 3)]
         assert where == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29500",
                          "--rdzv-id", run_id, "--rdzv-conf", f"join_timeout=42,is_host={is_host}",
                          "--nproc-per-node", "8"]
-    argv = ["embed", "x.fa", "--nnodes", "2", "--node-rank=1", "--rdzv-endpoint", "h:1", "--nproc", "1",
-            "-o", "o"]
-    assert distributed.child_args(argv) == ["embed", "x.fa", "-o", "o"]
+

@@ -14,17 +14,6 @@ from perfkit.suite.params import ScalingArgs, SuiteParams
 from perfkit.summary import write_json
 
 
-def _distributed():
-    try:
-        from perfkit.workload import distributed
-    except ImportError as err:
-        raise UserError(f"multi-process runs are not available ({err})",
-                        "perfkit.workload.distributed.run_multi is needed for 03_scaling") from None
-    if not hasattr(distributed, "run_multi"):
-        raise UserError("perfkit.workload.distributed has no run_multi", "update perfkit")
-    return distributed
-
-
 def scaling_plan(ctx: Context) -> dict:
     """How many processes, whether they are GPUs, and whether that can run here."""
     import torch
@@ -130,7 +119,8 @@ def run_scaling(ctx: Context) -> dict:
                 "scaling_factor_nucleotide": marker, "scaling_factor_embedding_stages": marker,
                 "scaling_factor_end_to_end": marker, "scaling_factor_end_to_end_measured": marker,
                 "scaling_factor_end_to_end_projected": marker, "scaling_factor_end_to_end_source": None}
-    distributed = _distributed()
+    from perfkit.workload import distributed
+
     if p.end_to_end:
         return _scaling_by_chains(ctx, plan, distributed)
     common = {"mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads, **p.embed}

@@ -61,6 +61,7 @@ from perfkit.errors import CHECK_FAILED_FILE_ENV, CheckFailed, UserError, check_
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.workload import node_view, store
+from perfkit.workload import rank as rank_entry
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.lock import mark_held, out_dir_lock
@@ -156,32 +157,10 @@ def set_nccl_env(env) -> None:
 
 # ---------------------------------------------------------------------------- launching
 
-LAUNCHER_FLAGS = ("--gpus", "--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
-
-
-def child_args(argv: list[str]) -> list[str]:
-    """The embed command line without the launcher's flags (--gpus/--nproc and the node flags, with their
-    values): what every rank runs."""
-    def launcher_flag(token: str) -> bool:
-        name = token.split("=", 1)[0]
-        # argparse accepted unambiguous prefixes too (e.g. --np)
-        return len(name) > 2 and name.startswith("--") and any(f.startswith(name) for f in LAUNCHER_FLAGS)
-
-    out, skip_value = [], False
-    for token in argv:
-        if skip_value:
-            skip_value = False
-        elif launcher_flag(token):
-            skip_value = "=" not in token
-        else:
-            out.append(token)
-    return out
-
-
-def torchrun_command(nproc: int, perfkit_argv: list[str], nodes: Nodes = ONE_NODE,
-                     rdzv_id: str = "") -> list[str]:
-    """`python -m torch.distributed.run ... -m perfkit <perfkit_argv>`: standalone on one node, else node
-    `nodes.node_rank`'s part of a c10d rendezvous (`rdzv_id`: the same on every node, see rendezvous_id)."""
+def torchrun_command(nproc: int, spec: Path, nodes: Nodes = ONE_NODE, rdzv_id: str = "") -> list[str]:
+    """`python -m torch.distributed.run ... -m perfkit.workload.rank SPEC`: standalone on one node, else node
+    `nodes.node_rank`'s part of a c10d rendezvous (`rdzv_id`: the same on every node, see rendezvous_id).
+    The ranks take their settings from the spec (rank.write_spec), not from a command line."""
     if not nodes.rendezvous:
         where = ["--standalone"]
     else:
@@ -190,7 +169,7 @@ def torchrun_command(nproc: int, perfkit_argv: list[str], nodes: Nodes = ONE_NOD
         where = ["--nnodes", str(nodes.nnodes), "--rdzv-backend", "c10d",
                  "--rdzv-endpoint", nodes.rdzv_endpoint, "--rdzv-id", rdzv_id, "--rdzv-conf", conf]
     return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc),
-            "-m", "perfkit", *perfkit_argv]
+            *rank_entry.ENTRY, str(spec)]
 
 
 def rendezvous_id(command: str, out_dir) -> str:
@@ -243,21 +222,33 @@ def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int 
     return device
 
 
-def launch(cfg: EmbedConfig, argv: list[str], nproc: int, *, gpus: bool, nodes: Nodes = ONE_NODE) -> int:
-    """Run `perfkit embed` (argv without the launcher's flags) in `nproc` ranks under torchrun (on this node,
-    or as node `nodes.node_rank` of several); its exit code."""
+def launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, nodes: Nodes = ONE_NODE, verbose: bool = False) -> int:
+    """Run `perfkit embed`'s work in `nproc` ranks under torchrun (on this node, or as node `nodes.node_rank`
+    of several), the ranks' output shown as it comes; its exit code."""
     device = check_launch(cfg, nproc, gpus=gpus, nodes=nodes)
     # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
     with out_dir_lock(cfg.out_dir, nodes.node_rank):
-        env = launch_env(cfg.out_dir, nodes)
-        command = torchrun_command(nproc, [*child_args(argv), "--device", device], nodes,
-                                   rendezvous_id("embed", cfg.out_dir))
-        log.info("launching: %s", " ".join(command))
-        with tempfile.TemporaryDirectory(prefix="perfkit-launch-") as tmp:
-            env[CHECK_FAILED_FILE_ENV] = checks = os.path.join(tmp, "check_failed")
-            code = subprocess.run(command, env=env, preexec_fn=dies_with_this_process()).returncode
-            raise_check_failed(code, checks)
+        code, _, _ = torchrun("embed", cfg.model_copy(update={"device": device}), nproc, nodes,
+                              env=launch_env(cfg.out_dir, nodes), verbose=verbose)
         return code
+
+
+def torchrun(command: str, cfg: EmbedConfig, nproc: int, nodes: Nodes = ONE_NODE, *, env: Mapping[str, str],
+             capture: bool = False, timeout_s: float | None = None, **extra) -> tuple[int, str, float]:
+    """torchrun with `nproc` ranks running `command` (embed | predict) on `cfg`, handed to them as data
+    (rank.write_spec, with `extra`); a rank's failed check is raised as CheckFailed. -> (exit code, stderr
+    when `capture`, wall seconds)."""
+    with tempfile.TemporaryDirectory(prefix="perfkit-launch-") as tmp:
+        spec = rank_entry.write_spec(Path(tmp), command, cfg, **extra)
+        env = {**env, CHECK_FAILED_FILE_ENV: str(Path(tmp) / "check_failed")}
+        line = torchrun_command(nproc, spec, nodes, rendezvous_id(command, cfg.out_dir))
+        log.info("launching: %s", " ".join(line))
+        start = time.perf_counter()
+        done = subprocess.run(line, env=env, capture_output=capture, text=True, timeout=timeout_s,
+                              preexec_fn=dies_with_this_process())
+        wall = time.perf_counter() - start
+        raise_check_failed(done.returncode, env[CHECK_FAILED_FILE_ENV])
+    return done.returncode, done.stderr or "", wall
 
 
 def raise_check_failed(code: int, checks_file) -> None:
@@ -273,32 +264,19 @@ def dies_with_this_process():
 
 
 def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | None = None) -> dict:
-    """Launch `cfg` in `nproc` ranks (as `perfkit embed --gpus/--nproc N` does); the run's summary.json."""
-    run_with_params(cfg, lambda params: [sys.executable, "-m", "perfkit", "embed", str(cfg.input), "-o", str(cfg.out_dir),
-                                         "--params", str(params), "--gpus" if gpus else "--nproc", str(nproc)],
-                    what=f"{nproc}-rank run", timeout_s=timeout_s)
+    """`cfg` in `nproc` ranks, as `perfkit embed --gpus/--nproc N` runs it (the same checks and lock); the
+    run's summary.json. RuntimeError with the ranks' stderr tail if it fails."""
+    device = check_launch(cfg, nproc, gpus=gpus)
+    with out_dir_lock(cfg.out_dir):
+        code, stderr, _ = torchrun("embed", cfg.model_copy(update={"device": device}), nproc,
+                                   env=launch_env(cfg.out_dir), capture=True, timeout_s=timeout_s)
+    if code != 0:
+        raise RuntimeError(f"{nproc}-rank run failed (exit {code}):\n" + tail(stderr))
     return json.loads((cfg.out_dir / "summary.json").read_text())
 
 
-def run_with_params(cfg: EmbedConfig, command_for: Callable[[Path], list[str]], *, what: str,
-                    exclude: tuple[str, ...] = (), env: Mapping[str, str] | None = None,
-                    timeout_s: float | None = None) -> float:
-    """Run `command_for(params_file)` with every setting of `cfg` in a temporary params file (JSON is YAML;
-    input and out_dir go as flags); RuntimeError with the stderr tail if it fails; its wall seconds."""
-    with tempfile.TemporaryDirectory(prefix="perfkit-multi-") as tmp:
-        params = Path(tmp) / "params.yaml"
-        params.write_text(json.dumps({"embed": cfg.model_dump(mode="json", exclude={"input", "out_dir", *exclude})}))
-        env = dict(os.environ if env is None else env)
-        env.setdefault(CHECK_FAILED_FILE_ENV, str(Path(tmp) / "check_failed"))
-        start = time.perf_counter()
-        done = subprocess.run(command_for(params), env=env, capture_output=True, text=True, timeout=timeout_s,
-                              preexec_fn=dies_with_this_process())
-        wall = time.perf_counter() - start
-        raise_check_failed(done.returncode, env[CHECK_FAILED_FILE_ENV])
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-25:])
-        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return wall
+def tail(stderr: str, lines: int = 25) -> str:
+    return "\n".join(stderr.strip().splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------------------- planning

@@ -372,13 +372,12 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
     check_stages(cfg.model_copy(update={"device": device}))  # as the ranks will run them
     # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
     with out_dir_lock(cfg.out_dir, nodes.node_rank):
-        env = distributed.launch_env(cfg.out_dir, nodes)
-        extra = ["--hidden", str(hidden), "--device", device, *(["--classifier", str(classifier_weights)]
-                                                                if classifier_weights else [])]
-        wall = distributed.run_with_params(cfg, lambda params: distributed.torchrun_command(nproc, [
-            "predict", str(cfg.input), "-o", str(cfg.out_dir), "--params", str(params), *extra],
-            nodes, distributed.rendezvous_id("predict", cfg.out_dir)),
-            what=f"{nodes.describe(nproc)} of the chain (torchrun)", exclude=("device",), env=env)
+        code, stderr, wall = distributed.torchrun(
+            "predict", cfg.model_copy(update={"device": device}), nproc, nodes, env=distributed.launch_env(cfg.out_dir, nodes),
+            capture=True, hidden=hidden, classifier=str(classifier_weights) if classifier_weights else None)
+        if code != 0:
+            raise RuntimeError(f"{nodes.describe(nproc)} of the chain (torchrun) failed (exit {code}):\n"
+                               + distributed.tail(stderr))
         if nodes.node_rank != 0:  # node 0's launcher adds the launch to the summary, once
             return None
         return _launch_summary(Path(cfg.out_dir) / "summary.json", wall)
