@@ -24,6 +24,7 @@ import json
 import os
 import time
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512,
     if cfg.mode == "v2" and (nproc > 1 or gpus or launch):
         return _launch_ranks(cfg, classifier_weights, hidden, nproc, gpus)
     check_stages(cfg)
-    return run_chain(cfg, None, classifier_weights=classifier_weights, hidden=hidden)
+    return run_chain(cfg, classifier_weights=classifier_weights, hidden=hidden)
 
 
 def check_stages(cfg: EmbedConfig) -> None:
@@ -98,78 +99,126 @@ def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int
     with errors_named_by_rank(info):
         check_chain(cfg, info.world)
         with rank_group(cfg, info) as (device, group):
-            return run_chain(cfg.model_copy(update={"device": device}), (info, group),
+            return run_chain(cfg.model_copy(update={"device": device}), Member(info, group),
                              classifier_weights=classifier_weights, hidden=hidden)
 
 
-def run_chain(cfg: EmbedConfig, ranks, *, classifier_weights=None, hidden: int = 512) -> dict | None:
-    """The chain in this process: alone (`ranks` None) or as one rank of (RankInfo, gloo group)."""
-    info, group = ranks if ranks else (None, None)
+@dataclass(frozen=True)
+class Member:
+    """Who runs this part of the chain: one rank of a torchrun launch (its RankInfo and gloo group), or the
+    only process (`ALONE`)."""
+
+    info: object = None  # distributed.RankInfo
+    group: object = None
+
+    @property
+    def rank(self) -> int:
+        return self.info.rank if self.info else 0
+
+    @property
+    def world(self) -> int:
+        return self.info.world if self.info else 1
+
+    @property
+    def lead(self) -> bool:  # rank 0 (or the only process): times the stages, joins, writes the summary
+        return self.rank == 0
+
+
+ALONE = Member()
+
+
+def run_chain(cfg: EmbedConfig, member: Member = ALONE, *, classifier_weights=None, hidden: int = 512) -> dict | None:
+    """The chain in this process, alone or as one member of a launch, in four steps: plan, embed both stages,
+    score (merge, classify, call), summarise. Rank 0 returns the summary, the other ranks None."""
     out = Path(cfg.out_dir)
     with ExitStack() as held:
-        if info is None or info.rank == 0:  # the chain folder's lock, unless the launcher holds it (its ranks take none)
+        if member.lead:  # the chain folder's lock, unless the launcher holds it (its ranks take none)
             held.enter_context(out_dir_lock(out))
-        return _chain(cfg, out, info, group, classifier_weights=classifier_weights, hidden=hidden)
+        clock = StageClock(out, cfg.mode) if member.lead else None
+        try:
+            with timed(clock, "planning"):
+                plan = plan_chain(cfg, member)
+            runs, frames = embed_stages(cfg, member, plan, clock)
+            scored = score(cfg, member, plan, clock, classifier_weights=classifier_weights, hidden=hidden)
+        finally:
+            if clock is not None:
+                clock.telemetry.close()
+        if not member.lead:
+            return None
+        return summarise(cfg, member, plan, runs, frames, *scored, clock)
 
 
-def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidden: int) -> dict | None:
-    import torch.distributed as dist
+class StageClock:
+    """Rank 0's stage times: the chain's telemetry.jsonl, and when each stage started (unix time)."""
 
-    from perfkit.workload.distributed import embed_in_ranks, shared_plan
-
-    rank, world = (info.rank, info.world) if info else (0, 1)
-    lead = rank == 0
-    telemetry = None
-    if lead:
+    def __init__(self, out: Path, mode: str):
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").unlink(missing_ok=True)  # no summary of an earlier chain survives a failed one
-        telemetry = Telemetry(out / "telemetry.jsonl", run_id=f"predict-{cfg.mode}")
-    started: dict[str, float] = {}
+        self.out, self.telemetry, self.started = out, Telemetry(out / "telemetry.jsonl", run_id=f"predict-{mode}"), {}
 
-    def timed(name):
-        if not lead:
-            return nullcontext()
-        started[name] = time.time()
-        return telemetry.stage(name)
 
-    try:
-        with timed("planning"):
-            # any torchrun launch, even of 1 rank, plans once for both stages (a single process reads the
-            # blocks' byte ranges too: run_embed finds them itself)
-            plan = shared_plan(cfg, info, group) if info else None
-        runs = {}
-        for stage, stage_cfg in stage_configs(cfg).items():
-            with timed(stage):
-                runs[stage] = (embed_in_ranks(stage_cfg, info, group, plan) if info else run_embed(stage_cfg))
-        frames = None
-        if lead:
-            counts = {stage: r["run"]["output"]["count"] for stage, r in runs.items()}
-            if len(set(counts.values())) != 1:
-                raise CheckFailed(f"count check failed between the embedding stages: {counts}")
-            frames = counts["protein_embedding"]
-        score_start, score_unix = (telemetry.now(), time.time()) if lead else (None, None)
-        lo, hi = key_range(plan.blocks[rank], cfg.block_reads) if plan else (0, np.iinfo(np.int64).max)
-        mine = score_reads(cfg, lo, hi, rank=rank, classifier_weights=classifier_weights, hidden=hidden)
-        reports = [mine]
-        if info:
-            reports = [None] * world if lead else None
-            dist.gather_object(mine, reports, dst=0, group=group)
-        if not lead:
-            return None
-        join_start = time.perf_counter()
-        written = _join_parts(out, world)
-        join_s = time.perf_counter() - join_start
-        score_end = telemetry.now()
-        # the slowest rank's scoring, split into its own steps (per-step maxima of different ranks would add up
-        # to more than any rank spent); joining the ranks' files is rank 0's, after every rank
-        slowest = max(reports, key=lambda r: r["merge_s"] + r["classify_s"] + r["consensus_s"])
-        for stage, key in (("merge", "merge_s"), ("classifier", "classify_s"), ("consensus", "consensus_s")):
-            started[stage] = score_unix
-            telemetry.stage_total(stage, slowest[key] + (join_s if stage == "consensus" else 0.0),
-                                  score_start, score_end)
-    finally:
-        if telemetry is not None:
-            telemetry.close()
+def timed(clock: StageClock | None, name: str):
+    if clock is None:
+        return nullcontext()
+    clock.started[name] = time.time()
+    return clock.telemetry.stage(name)
+
+
+def plan_chain(cfg: EmbedConfig, member: Member):
+    """Any torchrun launch, even of 1 rank, plans once for both stages; a single process needs no plan
+    (run_embed finds the blocks' byte ranges itself)."""
+    from perfkit.workload.distributed import shared_plan
+
+    return shared_plan(cfg, member.info, member.group) if member.info else None
+
+
+def embed_stages(cfg: EmbedConfig, member: Member, plan, clock) -> tuple[dict, int | None]:
+    """Both embedding stages on the same frames; (their summaries, the frames embedded: rank 0 only)."""
+    from perfkit.workload.distributed import embed_in_ranks
+
+    runs = {}
+    for stage, stage_cfg in stage_configs(cfg).items():
+        with timed(clock, stage):
+            runs[stage] = (embed_in_ranks(stage_cfg, member.info, member.group, plan) if member.info
+                           else run_embed(stage_cfg))
+    if not member.lead:
+        return runs, None
+    counts = {stage: r["run"]["output"]["count"] for stage, r in runs.items()}
+    if len(set(counts.values())) != 1:
+        raise CheckFailed(f"count check failed between the embedding stages: {counts}")
+    return runs, counts["protein_embedding"]
+
+
+def score(cfg: EmbedConfig, member: Member, plan, clock, *, classifier_weights, hidden: int):
+    """Every member merges, classifies and calls its own reads; rank 0 gathers the reports, joins the parts
+    and times the steps by the slowest member. -> (reports, written) on rank 0, (None, None) elsewhere."""
+    import torch.distributed as dist
+
+    start, start_unix = (clock.telemetry.now(), time.time()) if clock else (None, None)
+    lo, hi = key_range(plan.blocks[member.rank], cfg.block_reads) if plan else (0, np.iinfo(np.int64).max)
+    mine = score_reads(cfg, lo, hi, rank=member.rank, classifier_weights=classifier_weights, hidden=hidden)
+    reports = [mine]
+    if member.info:
+        reports = [None] * member.world if member.lead else None
+        dist.gather_object(mine, reports, dst=0, group=member.group)
+    if not member.lead:
+        return None, None
+    join_start = time.perf_counter()
+    written = _join_parts(clock.out, member.world)
+    join_s = time.perf_counter() - join_start
+    end = clock.telemetry.now()
+    # the slowest member's scoring, split into its own steps (per-step maxima of different ranks would add up
+    # to more than any rank spent); joining the ranks' files is rank 0's, after every rank
+    slowest = max(reports, key=lambda r: r["merge_s"] + r["classify_s"] + r["consensus_s"])
+    for stage, key in (("merge", "merge_s"), ("classifier", "classify_s"), ("consensus", "consensus_s")):
+        clock.started[stage] = start_unix
+        clock.telemetry.stage_total(stage, slowest[key] + (join_s if stage == "consensus" else 0.0), start, end)
+    return reports, written
+
+
+def summarise(cfg: EmbedConfig, member: Member, plan, runs: dict, frames: int, reports: list, written: dict,
+              clock: StageClock) -> dict:
+    """The chain's count checks across its steps, then summary.json."""
     scored = sum(r["frames"] for r in reports)
     if scored != frames:
         raise CheckFailed(f"count check failed after classifier: {frames} frames embedded, {scored} scored")
@@ -182,14 +231,14 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
     if not protein_run.get("capped") and input_reads is not None and input_reads != reads_called + no_frame:
         raise CheckFailed(f"count check failed: {input_reads} input reads, {reads_called} called + {no_frame} "
                           "without a frame")
-    stages = dict(telemetry.stages)
+    stages = dict(clock.telemetry.stages)
     embedding_s = stages["nucleotide_embedding"] + stages["protein_embedding"]
     summary = {
         "schema": "perfkit.predict/2",
         "mode": cfg.mode,
-        "ranks": world,
+        "ranks": member.world,
         "stages_s": stages,
-        "stage_started_unix": started,
+        "stage_started_unix": clock.started,
         "end_to_end_s": sum(stages.values()),
         "bottleneck_stage": max(stages, key=stages.get),
         "stage_share": {k: v / embedding_s for k, v in stages.items() if k.endswith("embedding")},
@@ -197,7 +246,7 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
                    "frames": frames, "reads_called": reads_called,
                    "virus_reads": sum(r["virus_reads"] for r in reports),
                    # frames cut to max_residues (both stages cut the same frames)
-                   "truncated_sequences": runs["protein_embedding"]["run"]["truncated_sequences"]},
+                   "truncated_sequences": protein_run["truncated_sequences"]},
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
         "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
                                  "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}
@@ -210,7 +259,7 @@ def _chain(cfg: EmbedConfig, out: Path, info, group, *, classifier_weights, hidd
                 "merge, classifier and consensus run in every rank on its own reads: each counts the slowest rank",
         "environment": environment(),
     }
-    write_json(out / "summary.json", summary)
+    write_json(clock.out / "summary.json", summary)
     return summary
 
 
