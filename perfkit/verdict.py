@@ -31,8 +31,9 @@ def _suite_status(run_dir: Path) -> dict:
 def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
     """{stem: {status: complete|failed|missing, error, records, from}} for the measuring notebooks.
 
-    An executed notebook in run_dir (written by `perfkit suite`) is the authority; without one
-    (a plain nbval run), the notebook's own <stem>/metrics.json, which it writes as its last step.
+    The values are always the notebook's own <stem>/metrics.json, which it writes as its last step: the
+    single record (the scraps in an executed notebook are for display). An executed notebook in run_dir
+    (written by `perfkit suite`) decides whether the notebook failed, and suite.json whether it was run.
     """
     from perfkit import records
 
@@ -50,16 +51,14 @@ def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
             entry.update(error=f"{stem} was skipped in this suite run")
         elif executed.exists():
             status = records.notebook_status(executed)
-            values = {k: v for k, v in records.read_records(executed).items()
-                      if not isinstance(v, records.FigureRecord)}
             if status["failed"]:
-                entry.update(status="failed", error=status["error"], records=values)
+                entry.update(status="failed", error=status["error"], **{"from": executed.name})
             elif metrics.exists():
-                entry.update(status="complete", error=None, records=values)
+                entry.update(status="complete", error=None, records=json.loads(metrics.read_text()).get("records", {}),
+                             **{"from": f"{stem}/metrics.json"})
             else:
                 entry.update(status="failed", error=f"{stem}.ipynb did not reach its end (no metrics.json)",
-                             records=values)
-            entry["from"] = executed.name
+                             **{"from": executed.name})
         elif metrics.exists():
             data = json.loads(metrics.read_text())
             entry.update(status="complete" if data.get("status") == "complete" else "failed", error=None,

@@ -42,7 +42,7 @@ def test_missing_or_failed_notebook_makes_its_criteria_fail(tmp_path):
         assert rows[name]["status"] == "FAIL" and "01_baseline failed" in rows[name]["reason"]
     assert rows["two_gpu_scaling"]["status"] == "FAIL" and "missing" in rows["two_gpu_scaling"]["reason"]
     assert rows["full_sample_time"]["status"] == "PASS"
-    assert result["notebooks"]["01_baseline"]["from"] == "01_baseline.ipynb"
+    assert result["notebooks"]["01_baseline"]["from"] == "01_baseline.ipynb"  # the failure comes from it
     # suite.json saying a notebook failed wins over a metrics.json left behind
     (tmp_path / "suite.json").write_text(json.dumps({"notebooks": {"05_full_validation": {"status": "failed",
                                                                                           "error": "kernel died"}}}))
@@ -60,3 +60,14 @@ def test_a_repeated_criterion_carries_its_spread(tmp_path):
     assert rows["two_gpu_scaling"]["spread"] == {"min": 1.91, "max": 1.97, "repeats": 3}
     assert rows["two_gpu_scaling"]["metric"] == "scaling_factor_end_to_end"
     assert rows["full_sample_time"]["spread"] is None  # one run: no spread, never an invented one
+
+
+def test_metrics_json_is_the_single_record_even_beside_an_executed_notebook(tmp_path):
+    for stem, records in GOOD.items():
+        write_metrics(tmp_path, stem, records)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]  # ran to its end, no error: its values are metrics.json's
+    nbformat.write(nb, str(tmp_path / "01_baseline.ipynb"))
+    run = verdict.collect_run(tmp_path)
+    assert run["01_baseline"]["status"] == "complete" and run["01_baseline"]["from"] == "01_baseline/metrics.json"
+    assert run["01_baseline"]["records"] == GOOD["01_baseline"]
