@@ -10,19 +10,18 @@ from perfkit.suite import params as suite_params
 from suite_helpers import write_params, fake_summary
 
 
-def test_normalise_scaling_prefers_the_distributed_figures_and_fills_gaps():
+def test_normalise_scaling_reads_what_rank_scaling_gives():
+    from perfkit.projection import rank_scaling
+
     single = fake_summary(tok=1000.0)
-    multi = fake_summary(tok=1900.0, rank_imbalance=1.05,
-                         per_rank={"0": {"steady_tok_per_s": 950.0}, "1": {"steady_tok_per_s": 950.0}})
-    raw = {"factor": 1.9, "efficiency": 0.95, "imbalance": 1.05,
-           "per_rank": {"0": {"steady_tok_per_s": 950.0, "gpu_utilization_mean": 75.0},
-                        "1": {"steady_tok_per_s": 950.0, "gpu_utilization_mean": crit.not_measured("gone")}}}
-    out = scaling.normalise_scaling(raw, single, multi, 2)
-    assert (out["factor"], out["efficiency"], out["imbalance"]) == (1.9, 0.95, 1.05)
+    multi = fake_summary(tok=1900.0, rank_imbalance=1.05, ranks=2,
+                         per_rank={"0": {"steady_tok_per_s": 950.0}, "1": {"steady_tok_per_s": 950.0}},
+                         gpu={"0": {"gpu_utilization_percent": {"measured": True, "mean": 75.0}},
+                              "1": {"gpu_utilization_percent": crit.not_measured("gone")}})
+    out = scaling.normalise_scaling(rank_scaling(single, multi), single, multi, 2)
+    assert out["factor"] == pytest.approx(1.9) and out["efficiency"] == pytest.approx(0.95) and out["imbalance"] == 1.05
+    assert out["per_rank_tok_per_s"] == {"0": 950.0, "1": 950.0}
     assert out["per_rank_gpu_util"]["0"] == 75.0 and out["per_rank_gpu_util"]["1"]["measured"] is False
-    computed = scaling.normalise_scaling({}, single, multi, 2)
-    assert computed["factor"] == pytest.approx(1.9) and computed["efficiency"] == pytest.approx(0.95)
-    assert computed["per_rank_tok_per_s"] == {"0": 950.0, "1": 950.0}
 
 
 def test_run_predict_launches_one_cpu_process_through_torchrun_when_asked(tmp_path, monkeypatch):
@@ -32,7 +31,7 @@ def test_run_predict_launches_one_cpu_process_through_torchrun_when_asked(tmp_pa
     calls = []
     monkeypatch.setattr(predict, "_launch_ranks", lambda cfg, weights, hidden, nproc, gpus: calls.append(
         ("torchrun", nproc, gpus)) or {})
-    monkeypatch.setattr(predict, "run_chain", lambda cfg, ranks, **kw: calls.append(("in process", ranks)) or {})
+    monkeypatch.setattr(predict, "run_chain", lambda cfg, member=None, **kw: calls.append(("in process", member)) or {})
     (tmp_path / "s.fa").write_text(">r1\nATGAAACCCGGGTTTTAA\n")  # the in-process path checks its input first
     cfg = make_config(input=tmp_path / "s.fa", out_dir=tmp_path / "o", model="esm2_t6_8M", device="cpu")
     predict.run_predict(cfg, nproc=1)

@@ -105,10 +105,8 @@ class ProfilingParams(Caps):
 
 class ScalingParams(Caps):
     nproc: int = Field(2, ge=1)
-    nucleotide: bool = True  # also scale the nucleotide stage, for the embedding-stages (projected) factor
     # the whole chain (perfkit predict) launched by torchrun with 1 rank and with N ranks, at two sizes each
-    # (fit_reads; max_seconds unused): wall = fixed + per read x reads per side, projected to the full sample
-    end_to_end: bool = True
+    # (fit_reads): wall = fixed + per read x reads per side, projected to the full sample
     # the two chain sizes (reads) of each side, small then large; None: [max_reads / 2, max_reads]
     fit_reads: Optional[list[int]] = None
     repeats: int = Field(1, ge=1)  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
@@ -221,7 +219,7 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
                 make_config(input="sample.fa", out_dir="out", **{**params.embed, knob: value})
     except UserError as err:
         raise UserError(f"{path}: {err.problem}", err.fix) from None
-    for section in ("profiling", "full_validation"):
+    for section in ("profiling", "scaling", "full_validation"):
         if getattr(params, section).max_seconds is not None:
             raise UserError(f"{path}: {section}.max_seconds: this notebook runs the whole chain, which is capped "
                             f"by reads", f"set {section}.max_reads instead")

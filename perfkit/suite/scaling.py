@@ -9,7 +9,7 @@ import pandas as pd
 from perfkit import criteria as crit
 from perfkit.errors import UserError
 from perfkit.projection import embedding_stages_scaling, end_to_end_scaling, rank_scaling
-from perfkit.suite.context import Context, _target, is_cuda, nucleotide_model, resolved_device
+from perfkit.suite.context import Context, _target, is_cuda, resolved_device
 from perfkit.suite.params import ScalingArgs, SuiteParams
 from perfkit.summary import write_json
 
@@ -40,56 +40,18 @@ def scaling_plan(ctx: Context) -> dict:
 
 
 def normalise_scaling(raw: dict, single: dict, multi: dict, nproc: int) -> dict:
-    """scaling factor, efficiency, imbalance and per-rank figures, whatever names `scaling()` uses.
-
-    Values from `projection.rank_scaling` win; missing ones are computed from the two summaries
-    (steady tokens/s, summed over ranks).
-    """
-    raw = dict(raw or {})
-
-    def pick(*names):
-        for name in names:
-            if raw.get(name) is not None:
-                return raw[name]
-        return None
-
-    single_tok = single["throughput"]["steady_tok_per_s"]
-    multi_tok = multi["throughput"]["steady_tok_per_s"]
-    factor = pick("factor", "scaling_factor", "speedup")
-    if factor is None and single_tok and multi_tok:
-        factor = multi_tok / single_tok
-    efficiency = pick("efficiency", "scaling_efficiency")
-    if efficiency is None and factor is not None:
-        efficiency = factor / nproc
-    imbalance = pick("imbalance", "rank_imbalance")
-    if imbalance is None:
-        imbalance = multi["throughput"].get("rank_imbalance")
-    ranks = raw.get("per_rank") if isinstance(raw.get("per_rank"), dict) else {}
-    per_rank_tok = pick("per_rank_tok_per_s", "rank_tok_per_s", "tok_per_s_per_rank")
-    if per_rank_tok is None and ranks:
-        per_rank_tok = {str(r): v.get("steady_tok_per_s") for r, v in ranks.items()}
-    if per_rank_tok is None:
-        per_rank_tok = {str(r): v.get("steady_tok_per_s") for r, v in (multi.get("per_rank") or {}).items()}
-    per_rank_util = pick("per_rank_gpu_util", "per_rank_gpu_utilization", "gpu_util_per_rank", "per_rank_util")
-    if per_rank_util is None and ranks:
-        per_rank_util = {str(r): v.get("gpu_utilization_mean", v.get("gpu_utilization_percent"))
-                         for r, v in ranks.items()}
-    if per_rank_util is None and isinstance(multi.get("gpu"), dict):
-        per_rank_util = {str(r): (g or {}).get("gpu_utilization_percent") for r, g in multi["gpu"].items()
-                         if isinstance(g, dict)}
-    if isinstance(per_rank_tok, list):
-        per_rank_tok = {str(i): v for i, v in enumerate(per_rank_tok)}
-    if isinstance(per_rank_util, list):
-        per_rank_util = {str(i): v for i, v in enumerate(per_rank_util)}
+    """03's view of `projection.rank_scaling` (its only producer): factor, efficiency, imbalance and the
+    per-rank rates and utilisation, keyed by rank as text."""
+    ranks = raw.get("per_rank") or {}
     return {
         "nproc": nproc,
-        "single_tok_per_s": single_tok,
-        "multi_tok_per_s": multi_tok,
-        "factor": factor,
-        "efficiency": efficiency,
-        "imbalance": imbalance,
-        "per_rank_tok_per_s": {str(k): v for k, v in (per_rank_tok or {}).items()},
-        "per_rank_gpu_util": {str(k): _util_value(v) for k, v in (per_rank_util or {}).items()},
+        "single_tok_per_s": single["throughput"]["steady_tok_per_s"],
+        "multi_tok_per_s": multi["throughput"]["steady_tok_per_s"],
+        "factor": raw["factor"],
+        "efficiency": raw["efficiency"],
+        "imbalance": raw["imbalance"],
+        "per_rank_tok_per_s": {str(r): v["steady_tok_per_s"] for r, v in ranks.items()},
+        "per_rank_gpu_util": {str(r): _util_value(v["gpu_utilization_mean"]) for r, v in ranks.items()},
         "raw": raw,
     }
 
@@ -106,11 +68,8 @@ def _util_value(value):
 
 
 def run_scaling(ctx: Context) -> dict:
-    """The same work on 1 and on N processes (GPUs; CPU processes with gloo on CPU)."""
-    from perfkit.workload.runner import run_embed
-
+    """The same work on 1 and on N processes (GPUs; CPU processes with gloo on CPU): the whole chain."""
     plan = scaling_plan(ctx)
-    p = ctx.params.scaling
     if plan["not_measurable"]:
         marker = crit.not_measured(plan["not_measurable"])
         return {"plan": plan, "scaling": None, "single": None, "multi": None,
@@ -121,34 +80,7 @@ def run_scaling(ctx: Context) -> dict:
                 "scaling_factor_end_to_end_projected": marker, "scaling_factor_end_to_end_source": None}
     from perfkit.workload import distributed
 
-    if p.end_to_end:
-        return _scaling_by_chains(ctx, plan, distributed)
-    common = {"mode": "v2", "layout": "packed", "max_seconds": p.max_seconds, "max_reads": p.max_reads, **p.embed}
-    single = run_embed(ctx.embed_config("single", **common))
-    multi = distributed.run_multi(ctx.embed_config(f"multi-{plan['nproc']}", **common), plan["nproc"],
-                                  gpus=plan["gpus"])
-    raw = rank_scaling(single, multi)
-    scaling = normalise_scaling(raw, single, multi, plan["nproc"])
-    stages = {"protein_embedding": (single, multi)}
-    nt_scaling = None
-    if p.nucleotide:
-        nt_common = {**common, "model": nucleotide_model(ctx.params)}
-        nt_single = run_embed(ctx.embed_config("nt-single", **nt_common))
-        nt_multi = distributed.run_multi(ctx.embed_config(f"nt-multi-{plan['nproc']}", **nt_common), plan["nproc"],
-                                         gpus=plan["gpus"])
-        nt_scaling = normalise_scaling(rank_scaling(nt_single, nt_multi), nt_single, nt_multi, plan["nproc"])
-        stages["nucleotide_embedding"] = (nt_single, nt_multi)
-    combined = embedding_stages_scaling(stages, ctx.sample_stats, ctx.params.full_validation.full_sample_reads)
-    write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
-                                          "embedding_stages": combined})
-    return {"plan": plan, "scaling": scaling, "single": single, "multi": multi, "nucleotide": nt_scaling,
-            "embedding_stages": combined,
-            "scaling_factor": scaling["factor"], "scaling_efficiency": scaling["efficiency"],
-            "rank_imbalance": scaling["imbalance"],
-            "scaling_factor_nucleotide": nt_scaling["factor"] if nt_scaling else crit.not_measured(
-                "scaling.nucleotide: false in the params"),
-            "scaling_factor_embedding_stages": combined["factor"] if p.nucleotide else crit.not_measured(
-                "scaling.nucleotide: false in the params: the nucleotide stage was not scaled")}
+    return _scaling_by_chains(ctx, plan, distributed)
 
 
 def scaling_sizes(params: SuiteParams, sample_reads: int) -> list[int]:
@@ -254,8 +186,7 @@ def scaling_headline(result: dict) -> dict:
                                                       crit.not_measured("not run")),
         "embedding_stages_scaling": (result.get("embedding_stages") or {}).get("stages"),
         # the criterion: the projected factor while the two-size check holds, else the measured one
-        "scaling_factor_end_to_end": result.get("scaling_factor_end_to_end", crit.not_measured(
-            "scaling.end_to_end: false in the params: the chain was not run on 1 and N processes")),
+        "scaling_factor_end_to_end": result.get("scaling_factor_end_to_end", crit.not_measured("not run")),
         "scaling_factor_end_to_end_source": result.get("scaling_factor_end_to_end_source"),
         # the criterion's factor over the interleaved rounds (the median is the criterion), min-max beside it
         "scaling_factor_end_to_end_spread": factor_spread(e2e),
