@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from perfkit.results import RankThroughput
+
 STARVED_WAIT_SHARE = 0.10  # a window whose consumer waited > 10 % of its time on data is data-starved
 DEVICE_BOUND_BUSY_SHARE = 0.90  # a window whose device was busy >= 90 % of its time is device-bound
 
@@ -108,45 +110,44 @@ def steady_start_s(batch_records: pd.DataFrame, warmup_batches: int) -> float | 
 
 
 def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0.0, warmup_batches: int = 3,
-               flops_per_token: float | None = None, peak_flops: float | None = None) -> dict:
+               flops_per_token: float | None = None, peak_flops: float | None = None,
+               spec_peak_flops: float | None = None) -> RankThroughput:
     """Overall and steady-state (warm-up batches excluded) figures for one rank's batches.
 
     `start_s` is when the measured loop began and `start_s + wall_s` when it ended, on the
     telemetry clock (the clock of `t_arrive_s`); the steady state runs from the first
-    non-warm-up batch's request to that end.
+    non-warm-up batch's request to that end. `peak_flops`: the matmul peak measured on the rank's GPU
+    (for mfu); `spec_peak_flops`: its data-sheet peak (for mfu_spec).
     """
     df = batch_records
     n = len(df)
-    out = {"batches": n, "sequences": int(df["sequences"].sum()) if n else 0,
-           "real_tokens": int(df["real_tokens"].sum()) if n else 0, "wall_s": wall_s}
-    out["seq_per_s"] = out["sequences"] / wall_s if wall_s > 0 else None
-    out["tok_per_s"] = out["real_tokens"] / wall_s if wall_s > 0 else None
+    sequences = int(df["sequences"].sum()) if n else 0
+    real_tokens = int(df["real_tokens"].sum()) if n else 0
     warm = warm_batches(n, warmup_batches)
     steady = df.iloc[warm:]
-    steady_start = steady_start_s(df, warmup_batches) or 0.0
-    steady_wall = start_s + wall_s - steady_start
-    out["warmup_batches"] = warm
-    out["steady_wall_s"] = steady_wall
+    steady_wall = start_s + wall_s - (steady_start_s(df, warmup_batches) or 0.0)
+    steady_seq = steady_tok = busy = wait = None
     if len(steady) and steady_wall > 0:
-        out["steady_seq_per_s"] = float(steady["sequences"].sum()) / steady_wall
-        out["steady_tok_per_s"] = float(steady["real_tokens"].sum()) / steady_wall
+        steady_seq = float(steady["sequences"].sum()) / steady_wall
+        steady_tok = float(steady["real_tokens"].sum()) / steady_wall
         device = steady["device_s"].dropna()
-        out["device_busy_fraction"] = float(device.sum()) / steady_wall if len(device) else None
-        out["loader_wait_fraction"] = float(steady["loader_wait_s"].sum()) / steady_wall
-    else:
-        out.update(steady_seq_per_s=None, steady_tok_per_s=None, device_busy_fraction=None, loader_wait_fraction=None)
+        busy = float(device.sum()) / steady_wall if len(device) else None
+        wait = float(steady["loader_wait_s"].sum()) / steady_wall
+    packing = waste = None
     if n:
-        out["packing_efficiency"] = float(df["real_tokens"].sum()) / float(df["budget_tokens"].sum())
-        out["padding_waste"] = float((df["slot_tokens"] - df["real_tokens"]).sum()) / float(df["slot_tokens"].sum())
-    else:
-        out["packing_efficiency"] = out["padding_waste"] = None
-    out["loader_wait_s"] = _percentiles(df["loader_wait_s"]) if n else _percentiles(pd.Series(dtype=float))
-    out["device_s"] = _percentiles(df["device_s"]) if n else _percentiles(pd.Series(dtype=float))
-    if flops_per_token and peak_flops and out.get("steady_tok_per_s"):
-        out["mfu"] = out["steady_tok_per_s"] * flops_per_token / peak_flops
-    else:
-        out["mfu"] = None
-    return out
+        packing = float(df["real_tokens"].sum()) / float(df["budget_tokens"].sum())
+        waste = float((df["slot_tokens"] - df["real_tokens"]).sum()) / float(df["slot_tokens"].sum())
+    empty = pd.Series(dtype=float)
+    def mfu(peak):
+        return steady_tok * flops_per_token / peak if flops_per_token and peak and steady_tok else None
+    return RankThroughput(
+        batches=n, sequences=sequences, real_tokens=real_tokens, wall_s=wall_s,
+        seq_per_s=sequences / wall_s if wall_s > 0 else None, tok_per_s=real_tokens / wall_s if wall_s > 0 else None,
+        warmup_batches=warm, steady_wall_s=steady_wall, steady_seq_per_s=steady_seq, steady_tok_per_s=steady_tok,
+        device_busy_fraction=busy, loader_wait_fraction=wait, packing_efficiency=packing, padding_waste=waste,
+        loader_wait_s=_percentiles(df["loader_wait_s"] if n else empty),
+        device_s=_percentiles(df["device_s"] if n else empty),
+        mfu=mfu(peak_flops), peak_flops=peak_flops, mfu_spec=mfu(spec_peak_flops))
 
 
 def checkpoint_overhead(records: pd.DataFrame, wall_s: float) -> dict:

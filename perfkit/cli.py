@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from perfkit.errors import CheckFailed, UserError
+from perfkit.results import as_summary
 
 
 def _config_from_args(args):
@@ -83,17 +84,17 @@ def _embed(args) -> int:
             return 0
     else:
         summary = run_embed(cfg)
-    t = summary["throughput"]
+    t = as_summary(summary).throughput
     run = summary["run"]
-    ranks = f" x {t['ranks']} ranks" if t["ranks"] > 1 else ""
+    ranks = f" x {t.ranks} ranks" if t.ranks > 1 else ""
     where = "" if run["capped"] else f" -> {run['output'].get('path') or run['output']['checkpoints']}"
-    if not t["sequences"]:  # nothing embedded now: no rates to print (they are None)
+    if not t.sequences:  # nothing embedded now: no rates to print (they are None)
         done = run["output"]["count"] if not run["capped"] else 0
         print(f"nothing left to do: {done} sequences already embedded{where}" if cfg.resume and done else
               f"nothing to embed: {run['frames_translated']} frames survived translation{where}")
         return 0
-    print(f"{cfg.mode} {cfg.model} {run['precision']} on {run['device']}{ranks}: {t['sequences']} sequences, "
-          f"{_figure(t['seq_per_s'], '.1f')} seq/s, {_figure(t['tok_per_s'], '.0f')} tok/s, "
+    print(f"{cfg.mode} {cfg.model} {run['precision']} on {run['device']}{ranks}: {t.sequences} sequences, "
+          f"{_figure(t.seq_per_s, '.1f')} seq/s, {_figure(t.tok_per_s, '.0f')} tok/s, "
           f"packing {_figure(summary['packing']['efficiency'], '.1%')}{where}")
     _warn_random([cfg.model] if (run.get("weights") or {}).get("source") == "random" else [])
     return 0

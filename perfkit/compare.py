@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from perfkit.errors import UserError
+from perfkit.results import NotMeasured
 
 DEFAULT_NOISE = 0.05
 # figures whose projection error is recorded beside them (metric -> record holding `relative_error`)
@@ -175,7 +176,7 @@ def _show(value) -> str:
     if isinstance(value, bool):
         return str(value)
     if x is None:
-        return "NOT MEASURED" if isinstance(value, dict) and value.get("measured") is False else "—"
+        return "NOT MEASURED" if NotMeasured.found(value) else "—"
     return f"{x:.4g}"
 
 

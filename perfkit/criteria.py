@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
 from perfkit.errors import UserError
+from perfkit.results import NotMeasured
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "NOT MEASURED"
 
@@ -26,8 +27,8 @@ COMPARISONS = (*_COMPARE, "==")
 
 
 def not_measured(reason: str) -> dict:
-    """The marker for a number that is not a real measurement here."""
-    return {"value": None, "measured": False, "reason": reason}
+    """The JSON marker for a number that is not a real measurement here (`results.NotMeasured` written out)."""
+    return NotMeasured(reason).to_json()
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,14 @@ def lookup_metric(metrics: Mapping[str, Any], path: str) -> tuple[float | None, 
     else:
         node = metrics
         for part in path.split("."):
-            if _is_unmeasured(node):
-                return None, _reason(node, path)
+            if marker := NotMeasured.found(node):
+                return None, _reason(marker, path)
             if not isinstance(node, Mapping) or part not in node:
                 return None, f"metric {path!r} not found"
             node = node[part]
+    if marker := NotMeasured.found(node):
+        return None, _reason(marker, path)
     if isinstance(node, Mapping):
-        if _is_unmeasured(node):
-            return None, _reason(node, path)
         if "value" not in node:
             return None, f"metric {path!r} is a group, not a number"
         node = node["value"]
@@ -117,12 +118,8 @@ def lookup_metric(metrics: Mapping[str, Any], path: str) -> tuple[float | None, 
     return number, None
 
 
-def _is_unmeasured(node: Any) -> bool:
-    return isinstance(node, Mapping) and node.get("measured") is False
-
-
-def _reason(node: Mapping, path: str) -> str:
-    return str(node.get("reason") or f"metric {path!r} is marked not measured")
+def _reason(marker: NotMeasured, path: str) -> str:
+    return marker.reason or f"metric {path!r} is marked not measured"
 
 
 def evaluate(criterion: Criterion, metrics: Mapping[str, Any], *, measurable: bool = True) -> dict:

@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from perfkit.aggregate import summed_windows
+from perfkit.results import NotMeasured
 
 STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#9e9e9e"}
 VERDICT_COLOURS = {"device-bound": "#2e7d32", "launch-bound": "#f9a825", "host-bound": "#ef6c00", "data-starved": "#c62828", "unknown": "#9e9e9e"}
@@ -246,7 +247,7 @@ def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_me
         right.legend(fontsize=8)
         right.set_ylabel("NVML utilisation (%)")
     else:
-        reason = next((v.get("reason") for v in utils.values() if isinstance(v, dict)), None)
+        reason = next((m.reason for m in map(NotMeasured.found, utils.values()) if m), None)
         _not_measured(right, "GPU utilisation not measured" + (f"\n{textwrap.fill(reason, 45)}" if reason else ""))
     right.set_title("per-rank GPU utilisation")
     return _finish(fig, path, title, caption)

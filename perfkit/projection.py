@@ -19,6 +19,7 @@ import pandas as pd
 
 from perfkit import criteria as crit
 from perfkit.records import plain as _plain
+from perfkit.results import NotMeasured, RankScaling, RunSummary, Scaling, as_summary
 
 
 def _number(value):
@@ -60,12 +61,11 @@ def steady_start(summary: dict) -> dict | None:
     """What comes before the steady state of an embedding run, from its per-rank figures (the summed
     `throughput` has no steady wall): the longest time before steady state over the ranks, and the tokens
     all ranks embedded in it (their tokens - steady tok/s x steady wall). None when no rank has a steady wall."""
-    ranks = [r for r in (summary.get("per_rank") or {}).values()
-             if isinstance(r, dict) and r.get("steady_wall_s") is not None and r.get("wall_s") is not None]
+    ranks = [r for r in as_summary(summary).per_rank.values() if r.steady_wall_s is not None and r.wall_s is not None]
     if not ranks:
         return None
-    before = max(r["wall_s"] - r["steady_wall_s"] for r in ranks)
-    warm = sum(r["real_tokens"] - (r.get("steady_tok_per_s") or 0.0) * r["steady_wall_s"] for r in ranks)
+    before = max(r.wall_s - r.steady_wall_s for r in ranks)
+    warm = sum(r.real_tokens - (r.steady_tok_per_s or 0.0) * r.steady_wall_s for r in ranks)
     return {"before_steady_s": float(before), "warmup_tokens": float(warm)}
 
 
@@ -73,7 +73,7 @@ def holdout_check(summary: dict) -> dict:
     """Does the steady rate of the first half of the run predict the whole run? The rate of the
     first half of the full steady windows predicts the loop's wall time for all the run's tokens
     (tokens before the steady windows at their measured time); deviation = measured / predicted - 1."""
-    t = summary["throughput"]
+    t = as_summary(summary).throughput
     window_s = float((summary.get("config") or {}).get("window_s", 10.0))
     windows = pd.DataFrame(summary.get("windows") or [])
     if windows.empty:
@@ -90,11 +90,11 @@ def holdout_check(summary: dict) -> dict:
     warm = steady_start(summary)  # the warm-up batches, outside every window
     if warm is not None:
         tokens_before += warm["warmup_tokens"]
-    predicted = start + (t["real_tokens"] - tokens_before) / rate
+    predicted = start + (t.real_tokens - tokens_before) / rate
     return {"checked": True, "fit_windows": len(fit), "fit_s": float(fit["seconds"].sum()), "fit_tok_per_s": rate,
-            "predicted_wall_s": predicted, "measured_wall_s": t["wall_s"],
-            "extrapolation": t["wall_s"] / (start + float(fit["seconds"].sum())),
-            "deviation": t["wall_s"] / predicted - 1}
+            "predicted_wall_s": predicted, "measured_wall_s": t.wall_s,
+            "extrapolation": t.wall_s / (start + float(fit["seconds"].sum())),
+            "deviation": t.wall_s / predicted - 1}
 
 
 def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: int, sample_reads: int | None = None) -> dict:
@@ -107,8 +107,8 @@ def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: in
     embedding loop time (its time before steady state, from the per-rank figures, + the tokens after
     warm-up / steady tok/s), and the deviation is reported.
     """
-    t = summary["throughput"]
-    rate = t.get("steady_tok_per_s")
+    t = as_summary(summary).throughput
+    rate = t.steady_tok_per_s
     per_read = tokens_per_read(sample_stats)
     load_s = float((summary.get("stages_s") or {}).get("model_load", 0.0))
     window_s = float((summary.get("config") or {}).get("window_s", 10.0))
@@ -143,17 +143,17 @@ def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: in
                              f"run longer or shorten window_s")
     if not out["capped"]:
         reads = sample_reads or sample_stats.get("reads")
-        measured_tokens = t["real_tokens"]
+        measured_tokens = t.real_tokens
         start = steady_start(summary)
         check = {"sample_reads": reads, "predicted_tokens": reads * per_read, "measured_tokens": measured_tokens,
                  "token_deviation": measured_tokens / (reads * per_read) - 1 if reads else None,
-                 "measured_wall_s": t["wall_s"], "predicted_wall_s": None, "wall_deviation": None}
+                 "measured_wall_s": t.wall_s, "predicted_wall_s": None, "wall_deviation": None}
         if start is None:
             check["note"] = "no rank has a steady wall time in the summary: the loop's wall is not checked"
         else:
             predicted = start["before_steady_s"] + (reads * per_read - start["warmup_tokens"]) / rate
             check.update(predicted_wall_s=predicted, before_steady_s=start["before_steady_s"],
-                         warmup_tokens=start["warmup_tokens"], wall_deviation=t["wall_s"] / predicted - 1,
+                         warmup_tokens=start["warmup_tokens"], wall_deviation=t.wall_s / predicted - 1,
                          method="loop time before steady state (the longest over ranks) + (predicted tokens - "
                                 "warm-up tokens) / steady tok/s")
         out["check"] = check
@@ -163,11 +163,11 @@ def project_full_sample(summary: dict, sample_stats: dict, full_sample_reads: in
 def slowest_rank_token_seconds(summary: dict) -> float:
     """A run's tokens at steady state: its tokens / steady tok/s, or with several ranks the slowest
     rank's own tokens / own steady tok/s (every rank must have a steady rate, else the summed figure)."""
-    t = summary["throughput"]
-    ranks = [r for r in (summary.get("per_rank") or {}).values() if isinstance(r, dict)]
-    if len(ranks) > 1 and all(r.get("steady_tok_per_s") and r.get("real_tokens") is not None for r in ranks):
-        return max(r["real_tokens"] / r["steady_tok_per_s"] for r in ranks)
-    return t["real_tokens"] / t["steady_tok_per_s"]
+    run = as_summary(summary)
+    ranks = list(run.per_rank.values())
+    if len(ranks) > 1 and all(r.steady_tok_per_s and r.real_tokens is not None for r in ranks):
+        return max(r.real_tokens / r.steady_tok_per_s for r in ranks)
+    return run.throughput.real_tokens / run.throughput.steady_tok_per_s
 
 
 def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_reads: int,
@@ -185,9 +185,9 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
     scale = full_reads / run_reads
     rows = []
     for stage, seconds in chain["stages_s"].items():
-        t = (stage_summaries.get(stage) or {}).get("throughput")
-        if t and t.get("steady_tok_per_s"):
-            rate = t["steady_tok_per_s"]
+        t = as_summary(stage_summaries[stage]).throughput if stage_summaries.get(stage) else None
+        if t and t.steady_tok_per_s:
+            rate = t.steady_tok_per_s
             token_s = slowest_rank_token_seconds(stage_summaries[stage])
             output = ((stage_summaries[stage].get("run") or {}).get("output") or {})
             # writing embeddings.h5, or checking the shards that replace it: both grow with the reads
@@ -196,7 +196,7 @@ def project_end_to_end(chain: dict, stage_summaries: dict, run_reads: int, full_
             projected = fixed + token_s * scale + assemble * scale
             rows.append({"stage": stage, "measured_s": seconds, "fixed_s": fixed, "assemble_s": assemble,
                          "steady_tok_per_s": rate, "token_s": token_s,
-                         "run_tokens": t["real_tokens"], "full_sample_tokens": t["real_tokens"] * scale,
+                         "run_tokens": t.real_tokens, "full_sample_tokens": t.real_tokens * scale,
                          "projected_h": projected / 3600, "method": "fixed + full tokens / steady rate"})
         elif stage in FIXED_STAGES:
             rows.append({"stage": stage, "measured_s": seconds, "fixed_s": seconds, "assemble_s": 0.0,
@@ -248,7 +248,7 @@ def criterion_factor(projected, measured, check: dict, tolerance: float = FIT_TO
                 "reason": f"two-size check within {tolerance:.0%} on both sides (worst "
                           f"{check['worst_deviation']:+.1%}): the fit holds, the full sample is projected with it"}
     if not projected_ok:
-        why = (projected or {}).get("reason", "no projection") if isinstance(projected, dict) else "no projection"
+        why = marker.reason if (marker := NotMeasured.found(projected)) else "no projection"
     elif check.get("worst_deviation") is None:
         why = "the two-size check could not be made"
     else:
@@ -374,11 +374,11 @@ def embedding_stages_scaling(stages: dict, sample_stats: dict, full_reads: int) 
     frames_per_read = sample_stats["frames"] / sample_stats["reads"] if sample_stats.get("reads") else 0.0
     rows, total = {}, {"single_h": 0.0, "multi_h": 0.0}
     for stage, (single, multi) in stages.items():
-        ts, tm = single["throughput"], multi["throughput"]
-        per_frame = ts["real_tokens"] / ts["sequences"] if ts["sequences"] else 0.0
+        ts, tm = as_summary(single).throughput, as_summary(multi).throughput
+        per_frame = ts.real_tokens / ts.sequences if ts.sequences else 0.0
         tokens = full_reads * frames_per_read * per_frame
-        one = tokens / ts["steady_tok_per_s"] / 3600 if ts["steady_tok_per_s"] else None
-        many = tokens / tm["steady_tok_per_s"] / 3600 if tm["steady_tok_per_s"] else None
+        one = tokens / ts.steady_tok_per_s / 3600 if ts.steady_tok_per_s else None
+        many = tokens / tm.steady_tok_per_s / 3600 if tm.steady_tok_per_s else None
         rows[stage] = {"tokens_per_frame": per_frame, "full_sample_tokens": tokens, "single_h": one, "multi_h": many,
                        "factor": one / many if one and many else None}
         if one is None or many is None:
@@ -504,33 +504,28 @@ def project_gpu_utilisation(measured: dict, end_to_end: dict, stage_summaries: d
             "fixed_share": sum(r["fixed_s"] for r in rows) / total if total else None, "table": rows}
 
 
-def rank_scaling(single: dict, multi: dict) -> dict:
+def rank_scaling(single: RunSummary | dict, multi: RunSummary | dict) -> Scaling:
     """1-process vs N-rank summaries of the same work: speed-up, efficiency, imbalance, per-rank figures."""
-    one, many = single["throughput"], multi["throughput"]
-    world = multi.get("distributed", {}).get("world") or many["ranks"]
-    factor = _ratio(many.get("steady_tok_per_s"), one.get("steady_tok_per_s"))
-    same_work = one.get("sequences") == many.get("sequences")
-    wall_factor = (_ratio(one.get("wall_s"), many.get("wall_s")) if same_work
-                   else crit.not_measured("the two runs embedded different numbers of sequences"))
+    single, multi = as_summary(single), as_summary(multi)
+    one, many = single.throughput, multi.throughput
+    world = multi.distributed.get("world") or many.ranks
+    factor = _ratio(many.steady_tok_per_s, one.steady_tok_per_s)
+    wall_factor = (_ratio(one.wall_s, many.wall_s) if one.sequences == many.sequences
+                   else NotMeasured("the two runs embedded different numbers of sequences"))
     per_rank = {}
-    for rank, figures in multi.get("per_rank", {}).items():
-        gpu = multi.get("gpu", {}).get(str(rank)) or multi.get("gpu", {}).get(rank) or {}
+    for rank, figures in multi.per_rank.items():
+        gpu = multi.rank_gpu(rank)
         util = gpu.get("gpu_utilization_percent") or {}
-        per_rank[str(rank)] = {
-            "steady_tok_per_s": figures.get("steady_tok_per_s"), "tok_per_s": figures.get("tok_per_s"),
-            "wall_s": figures.get("wall_s"), "physical_gpu": gpu.get("physical_index"),
-            "gpu_utilization_mean": (util["mean"] if util.get("measured") and "mean" in util
-                                     else crit.not_measured(util.get("reason") or gpu.get("note") or "no GPU samples")),
-        }
-    return {"ranks": world,
-            "factor": factor,  # summed steady tok/s of N ranks / steady tok/s of one process
-            "wall_factor": wall_factor,  # one process's wall time / the N-rank run's (slowest rank)
-            "efficiency": factor / world if factor is not None else None,
-            "imbalance": many.get("rank_imbalance"),
-            "planned_token_imbalance": multi.get("distributed", {}).get("plan", {}).get("planned_imbalance"),
-            "single_steady_tok_per_s": one.get("steady_tok_per_s"),
-            "multi_steady_tok_per_s": many.get("steady_tok_per_s"),
-            "per_rank": per_rank}
+        per_rank[str(rank)] = RankScaling(
+            steady_tok_per_s=figures.steady_tok_per_s, tok_per_s=figures.tok_per_s, wall_s=figures.wall_s,
+            physical_gpu=gpu.get("physical_index"),
+            gpu_utilization_mean=(util["mean"] if util.get("measured") and "mean" in util
+                                  else NotMeasured(util.get("reason") or gpu.get("note") or "no GPU samples")))
+    return Scaling(ranks=world, factor=factor, wall_factor=wall_factor,
+                   efficiency=factor / world if factor is not None else None, imbalance=many.rank_imbalance,
+                   planned_token_imbalance=multi.distributed.get("plan", {}).get("planned_imbalance"),
+                   single_steady_tok_per_s=one.steady_tok_per_s, multi_steady_tok_per_s=many.steady_tok_per_s,
+                   per_rank=per_rank)
 
 
 def _ratio(a, b):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from perfkit import aggregate
 from perfkit.errors import UserError
+from perfkit.results import RankThroughput, Throughput
 from perfkit.telemetry import jsonable
 
 SUMMARY_SCHEMA = "perfkit.summary/1"
@@ -35,11 +36,8 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
     for rank in ranks:
         mine = batch_records[batch_records["rank"] == rank] if not batch_records.empty else batch_records
         per_rank[int(rank)] = aggregate.throughput(mine, wall_s=walls[rank], start_s=starts[rank], warmup_batches=warmup_batches,
-                                                   flops_per_token=flops_per_token, peak_flops=peaks.get(rank))
-        steady = per_rank[int(rank)].get("steady_tok_per_s")
-        per_rank[int(rank)]["peak_flops"] = peaks.get(rank)
-        per_rank[int(rank)]["mfu_spec"] = (steady * flops_per_token / spec_peak_flops
-                                           if steady and flops_per_token and spec_peak_flops else None)
+                                                   flops_per_token=flops_per_token, peak_flops=peaks.get(rank),
+                                                   spec_peak_flops=spec_peak_flops)
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())
     window_table = (aggregate.windows(batch_records, window_s, warmup_batches=warmup_batches)
@@ -47,14 +45,14 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
     summary = {
         "schema": SUMMARY_SCHEMA,
         "stage": stage,
-        "throughput": summed,
-        "per_rank": per_rank,
-        "packing": {"efficiency": summed["packing_efficiency"], "padding_waste": summed["padding_waste"],
+        "throughput": summed.to_json(),
+        "per_rank": {rank: figures.to_json() for rank, figures in per_rank.items()},
+        "packing": {"efficiency": summed.packing_efficiency, "padding_waste": summed.padding_waste,
                     "definition": "sum(real tokens) / (batches x token budget); padding waste = padding slots / all slots"},
-        "loader_wait_s": per_rank[ranks[0]]["loader_wait_s"] if len(ranks) == 1 else {r: v["loader_wait_s"] for r, v in per_rank.items()},
-        "device_busy_fraction": summed["device_busy_fraction"],
-        "mfu": summed["mfu"],
-        "mfu_spec": summed["mfu_spec"],
+        "loader_wait_s": per_rank[ranks[0]].loader_wait_s if len(ranks) == 1 else {r: v.loader_wait_s for r, v in per_rank.items()},
+        "device_busy_fraction": summed.device_busy_fraction,
+        "mfu": summed.mfu,
+        "mfu_spec": summed.mfu_spec,
         "mfu_definition": "steady real tok/s x matmul FLOPs per token / peak, averaged over ranks: mfu against the "
                           "bf16 matmul peak measured in the run on each rank's own GPU (peak_flops), mfu_spec against "
                           "the GPU's data-sheet dense peak (spec_peak_flops; none for fp32 or an unknown GPU)",
@@ -75,36 +73,33 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
     return jsonable(summary)
 
 
-def _summed(per_rank: dict, batch_records: pd.DataFrame) -> dict:
+def _summed(per_rank: dict[int, RankThroughput], batch_records: pd.DataFrame) -> Throughput:
     figures = list(per_rank.values())
-    walls = [f["wall_s"] for f in figures]
+    walls = [f.wall_s for f in figures]
+    slowest = max(walls)
     def total(key):
-        values = [f[key] for f in figures if f.get(key) is not None]
+        values = [getattr(f, key) for f in figures if getattr(f, key) is not None]
         return sum(values) if values else None
     def mean(key):
-        values = [f[key] for f in figures if f.get(key) is not None]
+        values = [getattr(f, key) for f in figures if getattr(f, key) is not None]
         return sum(values) / len(values) if values else None
-    out = {
-        "ranks": len(figures),
-        "sequences": total("sequences"), "real_tokens": total("real_tokens"), "batches": total("batches"),
-        "wall_s": max(walls),
-        # the run is done when its slowest rank is: overall figures use that wall time
-        "seq_per_s": total("sequences") / max(walls) if max(walls) > 0 else None,
-        "tok_per_s": total("real_tokens") / max(walls) if max(walls) > 0 else None,
-        "steady_seq_per_s": total("steady_seq_per_s"), "steady_tok_per_s": total("steady_tok_per_s"),
-        "device_busy_fraction": mean("device_busy_fraction"),
-        "loader_wait_fraction": mean("loader_wait_fraction"),
-        "mfu": mean("mfu"), "mfu_spec": mean("mfu_spec"),
-        "rank_imbalance": max(walls) / (sum(walls) / len(walls)) if sum(walls) > 0 else None,
-    }
+    packing = waste = None
     if not batch_records.empty:
         real = float(batch_records["real_tokens"].sum())
-        out["packing_efficiency"] = real / float(batch_records["budget_tokens"].sum())
+        packing = real / float(batch_records["budget_tokens"].sum())
         slots = float(batch_records["slot_tokens"].sum())
-        out["padding_waste"] = (slots - real) / slots if slots else 0.0
-    else:
-        out["packing_efficiency"] = out["padding_waste"] = None
-    return out
+        waste = (slots - real) / slots if slots else 0.0
+    return Throughput(
+        ranks=len(figures), sequences=total("sequences"), real_tokens=total("real_tokens"), batches=total("batches"),
+        wall_s=slowest,
+        # the run is done when its slowest rank is: overall figures use that wall time
+        seq_per_s=total("sequences") / slowest if slowest > 0 else None,
+        tok_per_s=total("real_tokens") / slowest if slowest > 0 else None,
+        steady_seq_per_s=total("steady_seq_per_s"), steady_tok_per_s=total("steady_tok_per_s"),
+        device_busy_fraction=mean("device_busy_fraction"), loader_wait_fraction=mean("loader_wait_fraction"),
+        mfu=mean("mfu"), mfu_spec=mean("mfu_spec"),
+        rank_imbalance=slowest / (sum(walls) / len(walls)) if sum(walls) > 0 else None,
+        packing_efficiency=packing, padding_waste=waste)
 
 
 # a stream busy by CUDA events while NVML sees a kernel running at most this share of the time is waiting

@@ -15,12 +15,12 @@ def _records(rank=0, n=10, wait=0.0, device=0.9, seq=100, tok=1000, budget=1000,
 def test_throughput_overall_and_steady_state():
     df = _records(n=10)
     fig = aggregate.throughput(df, wall_s=10.0, warmup_batches=2, flops_per_token=2.0, peak_flops=4000.0)
-    assert fig["seq_per_s"] == pytest.approx(100.0)
-    assert fig["steady_wall_s"] == pytest.approx(8.0)  # batches 2..9 arrive from t=2 to the end at 10
-    assert fig["steady_tok_per_s"] == pytest.approx(8000 / 8.0)
-    assert fig["device_busy_fraction"] == pytest.approx(0.9 * 8 / 8.0)
-    assert fig["mfu"] == pytest.approx(1000 * 2.0 / 4000.0)
-    assert fig["packing_efficiency"] == 1.0
+    assert fig.seq_per_s == pytest.approx(100.0)
+    assert fig.steady_wall_s == pytest.approx(8.0)  # batches 2..9 arrive from t=2 to the end at 10
+    assert fig.steady_tok_per_s == pytest.approx(8000 / 8.0)
+    assert fig.device_busy_fraction == pytest.approx(0.9 * 8 / 8.0)
+    assert fig.mfu == pytest.approx(1000 * 2.0 / 4000.0)
+    assert fig.packing_efficiency == 1.0
 
 
 def test_steady_state_uses_the_telemetry_clock():
@@ -28,15 +28,15 @@ def test_steady_state_uses_the_telemetry_clock():
     df = _records(n=10)
     df["t_arrive_s"] += 5.0
     fig = aggregate.throughput(df, wall_s=10.0, start_s=5.0, warmup_batches=2)
-    assert fig["steady_wall_s"] == pytest.approx(8.0)
-    assert fig["device_busy_fraction"] <= 1.0
+    assert fig.steady_wall_s == pytest.approx(8.0)
+    assert fig.device_busy_fraction <= 1.0
 
 
 def test_packing_uses_the_real_budget_as_denominator():
     df = _records(n=4, tok=14_664, budget=16_384, slot=14_664)
     fig = aggregate.throughput(df, wall_s=4.0)
-    assert fig["packing_efficiency"] == pytest.approx(14_664 / 16_384)  # 0.895, not "358 %"
-    assert fig["padding_waste"] == 0.0
+    assert fig.packing_efficiency == pytest.approx(14_664 / 16_384)  # 0.895, not "358 %"
+    assert fig.padding_waste == 0.0
 
 
 def test_window_verdicts():
@@ -112,4 +112,4 @@ def test_windows_start_at_the_one_steady_start():
     table = aggregate.windows(batches, 2.0, warmup_batches=2)
     assert table["start_s"].tolist() == [6.0, 8.0, 10.0] and table["real_tokens"].sum() == 600
     rates = aggregate.throughput(batches, wall_s=12.0, warmup_batches=2)
-    assert rates["steady_wall_s"] == pytest.approx(12.0 - start) and rates["steady_tok_per_s"] == pytest.approx(100.0)
+    assert rates.steady_wall_s == pytest.approx(12.0 - start) and rates.steady_tok_per_s == pytest.approx(100.0)

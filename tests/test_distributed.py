@@ -19,6 +19,7 @@ from conftest import orf_fasta
 from perfkit.benchmarks.chaos import processes_of  # the chaos benchmark's own orphan count
 from perfkit.errors import UserError
 from perfkit import projection
+from perfkit.results import NotMeasured
 from perfkit.workload import distributed, node_view
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
@@ -96,12 +97,12 @@ def test_scaling_figures(runs):
     _, _, summaries = runs
     figures = projection.rank_scaling(summaries[1], summaries[2])
     single, multi = summaries[1]["throughput"], summaries[2]["throughput"]
-    assert figures["factor"] == pytest.approx(multi["steady_tok_per_s"] / single["steady_tok_per_s"])
-    assert figures["wall_factor"] == pytest.approx(single["wall_s"] / multi["wall_s"])
-    assert figures["efficiency"] == pytest.approx(figures["factor"] / 2)
-    assert sorted(figures["per_rank"]) == ["0", "1"]
-    util = figures["per_rank"]["0"]["gpu_utilization_mean"]
-    assert util["measured"] is False and util["reason"]  # no NVIDIA driver here: marked, never a zero
+    assert figures.factor == pytest.approx(multi["steady_tok_per_s"] / single["steady_tok_per_s"])
+    assert figures.wall_factor == pytest.approx(single["wall_s"] / multi["wall_s"])
+    assert figures.efficiency == pytest.approx(figures.factor / 2)
+    assert sorted(figures.per_rank) == ["0", "1"]
+    util = figures.per_rank["0"].gpu_utilization_mean
+    assert isinstance(util, NotMeasured) and util.reason  # no NVIDIA driver here: marked, never a zero
 
 
 def test_each_rank_samples_its_own_physical_gpu():

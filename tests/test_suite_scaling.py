@@ -18,7 +18,7 @@ def test_normalise_scaling_reads_what_rank_scaling_gives():
                          per_rank={"0": {"steady_tok_per_s": 950.0}, "1": {"steady_tok_per_s": 950.0}},
                          gpu={"0": {"gpu_utilization_percent": {"measured": True, "mean": 75.0}},
                               "1": {"gpu_utilization_percent": crit.not_measured("gone")}})
-    out = scaling.normalise_scaling(rank_scaling(single, multi), single, multi, 2)
+    out = scaling.normalise_scaling(rank_scaling(single, multi), 2)
     assert out["factor"] == pytest.approx(1.9) and out["efficiency"] == pytest.approx(0.95) and out["imbalance"] == 1.05
     assert out["per_rank_tok_per_s"] == {"0": 950.0, "1": 950.0}
     assert out["per_rank_gpu_util"]["0"] == 75.0 and out["per_rank_gpu_util"]["1"]["measured"] is False

@@ -36,7 +36,7 @@ def main():
                       precision="bf16" if gpus else "fp32", checkpoint_every_sequences=50_000, window_s=5.0)
         single = run_multi(make_config(out_dir=Path(tmp) / "one", **common), 1, gpus=gpus)
         multi = run_multi(make_config(out_dir=Path(tmp) / "many", **common), n, gpus=gpus)
-    result = {"reads": a.reads, "model": a.model, "ranks": n, "scaling": rank_scaling(single, multi),
+    result = {"reads": a.reads, "model": a.model, "ranks": n, "scaling": rank_scaling(single, multi).to_json(),
               "single": {k: single["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s")},
               "multi": {k: multi["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s", "rank_imbalance")},
               "gpu": {"single": single.get("gpu"), "multi": multi.get("gpu")},

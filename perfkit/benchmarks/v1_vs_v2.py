@@ -18,17 +18,18 @@ from perfkit.workload.config import make_config
 from perfkit.workload.equivalence import run_equivalence_gate
 from perfkit.workload.runner import measure_peak_tflops, run_embed
 from perfkit.workload.synth import write_synthetic_fasta
+from perfkit.results import as_summary
 
 
 def figures(summary):
-    t = summary["throughput"]
-    return {"sequences": t["sequences"], "steady_tok_per_s": t["steady_tok_per_s"], "steady_seq_per_s": t["steady_seq_per_s"],
-            "tok_per_s": t["tok_per_s"], "packing_efficiency": summary["packing"]["efficiency"],
+    t = as_summary(summary).throughput
+    return {"sequences": t.sequences, "steady_tok_per_s": t.steady_tok_per_s, "steady_seq_per_s": t.steady_seq_per_s,
+            "tok_per_s": t.tok_per_s, "packing_efficiency": summary["packing"]["efficiency"],
             "padding_waste": summary["packing"]["padding_waste"], "device_busy_fraction": summary["device_busy_fraction"],
-            "loader_wait_fraction": t["loader_wait_fraction"], "mfu": summary["mfu"],
+            "loader_wait_fraction": t.loader_wait_fraction, "mfu": summary["mfu"],
             "gpu_util_mean": (summary["gpu"].get("gpu_utilization_percent") or {}).get("mean"),
             "attention_path": summary["run"]["attention_path"], "capped": summary["run"]["capped"],
-            "wall_s": t["wall_s"]}
+            "wall_s": t.wall_s}
 
 
 def main():

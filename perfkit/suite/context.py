@@ -20,6 +20,8 @@ from perfkit.projection import _number, tokens_per_read
 from perfkit.records import plain as _plain
 from perfkit.suite.params import NOTEBOOK_ARGS, NOTEBOOKS, NotebookArgs, SuiteParams, load_suite_params
 from perfkit.summary import write_json
+from perfkit.results import as_summary
+from perfkit.results import NotMeasured
 
 def nucleotide_model(params: SuiteParams) -> str:
     """The chain's nucleotide model: `embed.nt_model` of the params (dnabert_s; dnabert_mini in CPU smoke runs)."""
@@ -223,16 +225,16 @@ def throughput_row(variant: str, summary: dict | None, *, note: str = "") -> dic
            "device_busy_fraction": None, "mfu": None, "attention": None, "capped": None, "note": note}
     if summary is None:
         return row
-    t, run, config = summary["throughput"], summary.get("run", {}), summary.get("config", {})
+    t, run, config = as_summary(summary).throughput, summary.get("run", {}), summary.get("config", {})
     v1_layout = ("padded (fair-esm batches)" if not str(config.get("model", "")).startswith("dnabert")
                  else f"padded ({config.get('v1_nt_batch_sequences')} seq per batch, file order)")
     row.update(model=run.get("model", config.get("model")), mode=run.get("mode", config.get("mode")),
                layout=config.get("layout") if config.get("mode") == "v2" else v1_layout,
                precision=run.get("precision", config.get("precision")), device=run.get("device", config.get("device")),
-               sequences=t["sequences"], batches=t["batches"], seq_per_s=t["steady_seq_per_s"],
-               tok_per_s=t["steady_tok_per_s"], overall_tok_per_s=t["tok_per_s"],
-               token_utilisation=t["packing_efficiency"], padding_waste=t["padding_waste"],
-               device_busy_fraction=t["device_busy_fraction"], mfu=summary.get("mfu"),
+               sequences=t.sequences, batches=t.batches, seq_per_s=t.steady_seq_per_s,
+               tok_per_s=t.steady_tok_per_s, overall_tok_per_s=t.tok_per_s,
+               token_utilisation=t.packing_efficiency, padding_waste=t.padding_waste,
+               device_busy_fraction=t.device_busy_fraction, mfu=summary.get("mfu"),
                attention=dominant_attention(summary),
                capped=run.get("capped"))
     return row
@@ -242,7 +244,7 @@ def gpu_util_mean(summary: dict):
     """Mean NVML utilisation (%) over the run's GPUs, or the not-measured marker.
 
     Accepts a single-process summary (summary['gpu'] from GpuSampler.summary) and
-    multi-process ones (summary['gpu'] keyed by rank, or summary['per_rank'][r]['gpu']).
+    multi-process ones (summary['gpu'] keyed by rank).
     """
     gpu = summary.get("gpu") or {}
     candidates = []
@@ -250,9 +252,6 @@ def gpu_util_mean(summary: dict):
         candidates.append(gpu)
     else:
         candidates += [v for v in gpu.values() if isinstance(v, dict) and "gpu_utilization_percent" in v]
-    for rank in (summary.get("per_rank") or {}).values():
-        if isinstance(rank, dict) and isinstance(rank.get("gpu"), dict):
-            candidates.append(rank["gpu"])
     means, reasons = [], []
     for entry in candidates:
         util = entry.get("gpu_utilization_percent") or {}
@@ -266,7 +265,10 @@ def gpu_util_mean(summary: dict):
 
 
 def describe_util(value) -> str:
-    return f"{value:.1f} %" if isinstance(value, (int, float)) else f"NOT MEASURED ({value.get('reason')})"
+    if isinstance(value, (int, float)):
+        return f"{value:.1f} %"
+    marker = NotMeasured.found(value)
+    return f"NOT MEASURED ({marker.reason if marker else 'no value'})"
 
 
 def stage_table(chain: dict) -> pd.DataFrame:

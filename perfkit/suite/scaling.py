@@ -9,6 +9,7 @@ import pandas as pd
 from perfkit import criteria as crit
 from perfkit.errors import UserError
 from perfkit.projection import embedding_stages_scaling, end_to_end_scaling, rank_scaling
+from perfkit.results import NotMeasured, Scaling
 from perfkit.suite.context import Context, _target, is_cuda, resolved_device
 from perfkit.suite.params import ScalingArgs, SuiteParams
 from perfkit.summary import write_json
@@ -39,31 +40,25 @@ def scaling_plan(ctx: Context) -> dict:
     return {"nproc": nproc, "gpus": gpus, "device": device, "nodes": args.nodes, "not_measurable": reason}
 
 
-def normalise_scaling(raw: dict, single: dict, multi: dict, nproc: int) -> dict:
-    """03's view of `projection.rank_scaling` (its only producer): factor, efficiency, imbalance and the
-    per-rank rates and utilisation, keyed by rank as text."""
-    ranks = raw.get("per_rank") or {}
+def normalise_scaling(raw: Scaling, nproc: int) -> dict:
+    """03's record of `projection.rank_scaling`: factor, efficiency, imbalance and the per-rank rates and
+    utilisation, keyed by rank as text."""
     return {
         "nproc": nproc,
-        "single_tok_per_s": single["throughput"]["steady_tok_per_s"],
-        "multi_tok_per_s": multi["throughput"]["steady_tok_per_s"],
-        "factor": raw["factor"],
-        "efficiency": raw["efficiency"],
-        "imbalance": raw["imbalance"],
-        "per_rank_tok_per_s": {str(r): v["steady_tok_per_s"] for r, v in ranks.items()},
-        "per_rank_gpu_util": {str(r): _util_value(v["gpu_utilization_mean"]) for r, v in ranks.items()},
-        "raw": raw,
+        "single_tok_per_s": raw.single_steady_tok_per_s,
+        "multi_tok_per_s": raw.multi_steady_tok_per_s,
+        "factor": raw.factor,
+        "efficiency": raw.efficiency,
+        "imbalance": raw.imbalance,
+        "per_rank_tok_per_s": {rank: v.steady_tok_per_s for rank, v in raw.per_rank.items()},
+        "per_rank_gpu_util": {rank: _util_value(v.gpu_utilization_mean) for rank, v in raw.per_rank.items()},
+        "raw": raw.to_json(),
     }
 
 
-def _util_value(value):
-    if isinstance(value, dict):
-        if value.get("measured") is False:
-            return crit.not_measured(value.get("reason") or "not measured")
-        for key in ("mean", "value"):
-            if value.get(key) is not None:
-                return float(value[key])
-        return crit.not_measured("no utilisation value")
+def _util_value(value: float | NotMeasured):
+    if isinstance(value, NotMeasured):
+        return value.to_json()
     return float(value) if isinstance(value, (int, float)) else crit.not_measured("no utilisation value")
 
 
@@ -125,10 +120,8 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
     first = rounds[0]
     pairs = {stage: (first["single"][sizes[1]]["stages"][stage], first["multi"][sizes[1]]["stages"][stage])
              for stage in first["single"][sizes[1]]["stages"]}
-    scaling = normalise_scaling(rank_scaling(*pairs["protein_embedding"]), *pairs["protein_embedding"],
-                                plan["nproc"])
-    nt_scaling = normalise_scaling(rank_scaling(*pairs["nucleotide_embedding"]),
-                                   *pairs["nucleotide_embedding"], plan["nproc"])
+    scaling = normalise_scaling(rank_scaling(*pairs["protein_embedding"]), plan["nproc"])
+    nt_scaling = normalise_scaling(rank_scaling(*pairs["nucleotide_embedding"]), plan["nproc"])
     combined = embedding_stages_scaling(pairs, ctx.sample_stats, full_reads)
     write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
                                           "embedding_stages": combined, "end_to_end": end_to_end})

@@ -12,6 +12,7 @@ from perfkit.records import plain as _plain
 from perfkit.suite.context import Context
 from perfkit.suite.params import SuiteParams, load_suite_params
 from perfkit.summary import write_json
+from perfkit.results import as_summary
 
 
 def tuning_points(params: SuiteParams):
@@ -98,10 +99,10 @@ def measure_point(ctx: Context, knobs: dict, index: int) -> dict:
     except Exception as err:  # a point that cannot run is a result of the sweep, not its end
         return {"status": "error", "error": f"{type(err).__name__}: {err}", "tok_per_s": None, "seq_per_s": None,
                 "packing_efficiency": None, "device_busy_fraction": None, "loader_wait_fraction": None}
-    t = summary["throughput"]
-    return {"status": "ok", "error": None, "tok_per_s": t["steady_tok_per_s"], "seq_per_s": t["steady_seq_per_s"],
-            "packing_efficiency": t["packing_efficiency"], "device_busy_fraction": t["device_busy_fraction"],
-            "loader_wait_fraction": t["loader_wait_fraction"], "checkpoint_share": summary["checkpoint"]["share_of_wall"]}
+    t = as_summary(summary).throughput
+    return {"status": "ok", "error": None, "tok_per_s": t.steady_tok_per_s, "seq_per_s": t.steady_seq_per_s,
+            "packing_efficiency": t.packing_efficiency, "device_busy_fraction": t.device_busy_fraction,
+            "loader_wait_fraction": t.loader_wait_fraction, "checkpoint_share": summary["checkpoint"]["share_of_wall"]}
 
 
 def write_best_params(ctx: Context, best_config: dict, path: Path | None = None) -> Path:

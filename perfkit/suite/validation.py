@@ -10,6 +10,7 @@ from perfkit.projection import (chain_gpu_utilisation, holdout_check, project_en
                                 project_gpu_utilisation)
 from perfkit.suite.context import Context, _target, gpu_util_mean, is_cuda, resolved_device, stage_table
 from perfkit.summary import write_json
+from perfkit.results import as_summary
 
 
 def run_full_validation(ctx: Context) -> dict:
@@ -68,7 +69,7 @@ def chain_samplers(device: str, nproc: int, interval_s: float) -> dict:
 
 def full_validation_headline(result: dict) -> dict:
     summary, projection, e2e = result["summary"], result["projection"], result["end_to_end"]
-    t = summary["throughput"]
+    t = as_summary(summary).throughput
     hours = projection["hours"]
     return {
         "projected_hours_end_to_end": e2e["hours"],
@@ -87,15 +88,15 @@ def full_validation_headline(result: dict) -> dict:
         "gpu_util_end_to_end": (result.get("gpu_util") or {}).get("value", crit.not_measured("not run")),
         "gpu_util_end_to_end_detail": {k: v for k, v in (result.get("gpu_util") or {}).items() if k != "value"},
         "gpu_util_protein_loop": gpu_util_mean(summary),
-        "packing_efficiency": t["packing_efficiency"],
-        "padding_waste": t["padding_waste"],
+        "packing_efficiency": t.packing_efficiency,
+        "padding_waste": t.padding_waste,
         "checkpoint_overhead_share": summary["checkpoint"]["share_of_wall"],
         "checkpoint": summary["checkpoint"],
-        "steady_tok_per_s": t["steady_tok_per_s"],
+        "steady_tok_per_s": t.steady_tok_per_s,
         "mfu": summary.get("mfu"),
         "mfu_spec": summary.get("mfu_spec"),  # against the data-sheet peak (None: fp32, CPU, unknown GPU)
-        "device_busy_fraction": t["device_busy_fraction"],
-        "sequences": t["sequences"],
+        "device_busy_fraction": t.device_busy_fraction,
+        "sequences": t.sequences,
         "capped": projection["capped"],
     }
 
@@ -105,7 +106,7 @@ def full_validation_figures(ctx: Context, result: dict) -> dict:
 
     projection = result["projection"]
     device = result["summary"]["run"]["device"] if "run" in result["summary"] else "?"
-    ranks = int(result["summary"]["throughput"].get("ranks") or 1)
+    ranks = int(as_summary(result["summary"]).throughput.ranks or 1)
     if ranks > 1:
         device = f"{ranks} x {device.split(':')[0]}"
     e2e = result["end_to_end"]

@@ -40,6 +40,7 @@ from perfkit.workload.data import read_frameless
 from perfkit.workload.lock import out_dir_lock
 from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
 from perfkit.workload.translate import FRAMES
+from perfkit.results import as_summary
 
 MERGE_CHUNK_ROWS = 65_536  # frames merged and classified at a time (~0.9 GB of 3B features, two such buffers)
 SHARDS_CACHED = 16  # shards per stage a scoring rank keeps memory-mapped (they follow key order closely)
@@ -248,9 +249,8 @@ def summarise(cfg: EmbedConfig, member: Member, plan, runs: dict, frames: int, r
                    # frames cut to max_residues (both stages cut the same frames)
                    "truncated_sequences": protein_run["truncated_sequences"]},
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
-        "stage_throughput": {k: {"steady_tok_per_s": r["throughput"]["steady_tok_per_s"],
-                                 "seq_per_s": r["throughput"]["seq_per_s"], "ranks": r["throughput"]["ranks"]}
-                             for k, r in runs.items()},
+        "stage_throughput": {k: {"steady_tok_per_s": t.steady_tok_per_s, "seq_per_s": t.seq_per_s, "ranks": t.ranks}
+                             for k, t in ((k, as_summary(r).throughput) for k, r in runs.items())},
         "plan": plan.info if plan else None,
         "score_ranks": reports,
         "classifier": reports[0]["classifier"],
@@ -391,12 +391,12 @@ def _join_parts(out: Path, world: int) -> dict:
 
 def stage_run(summary: dict) -> dict:
     """What a projection needs from one embedding stage's summary."""
-    t = summary["throughput"]
-    return {"model": summary["config"]["model"], "sequences": t["sequences"], "real_tokens": t["real_tokens"],
-            "tokens_per_sequence": t["real_tokens"] / t["sequences"] if t["sequences"] else None,
-            "steady_tok_per_s": t["steady_tok_per_s"], "wall_s": t["wall_s"],
+    t = as_summary(summary).throughput
+    return {"model": summary["config"]["model"], "sequences": t.sequences, "real_tokens": t.real_tokens,
+            "tokens_per_sequence": t.real_tokens / t.sequences if t.sequences else None,
+            "steady_tok_per_s": t.steady_tok_per_s, "wall_s": t.wall_s,
             "model_load_s": float((summary.get("stages_s") or {}).get("model_load", 0.0)),
-            "ranks": t.get("ranks", 1), "weights": (summary.get("run") or {}).get("weights")}
+            "ranks": t.ranks or 1, "weights": (summary.get("run") or {}).get("weights")}
 
 
 def compare_runs(dir_a, dir_b) -> dict:
