@@ -10,6 +10,7 @@ from perfkit import criteria as crit
 from perfkit.records import plain as _plain
 from perfkit.suite.context import Context, gpu_util_mean, is_cuda, resolved_device, stage_table
 from perfkit.summary import write_json
+from perfkit.results import NotMeasured, as_summary
 
 
 def run_profiling(ctx: Context) -> dict:
@@ -57,25 +58,49 @@ def embedding_stage_table(summaries: dict) -> pd.DataFrame:
     for stage, summary in summaries.items():
         if summary is None:
             continue
-        t, bottleneck = summary["throughput"], summary.get("bottleneck") or {}
+        t, bottleneck = as_summary(summary).throughput, summary.get("bottleneck") or {}
         util = gpu_util_mean(summary)
-        rows.append({"stage": stage, "steady_tok_per_s": t["steady_tok_per_s"], "mfu_measured_peak": summary.get("mfu"),
-                     "mfu_spec_peak": summary.get("mfu_spec"), "device_busy_fraction": t["device_busy_fraction"],
+        rows.append({"stage": stage, "steady_tok_per_s": t.steady_tok_per_s, "mfu_measured_peak": summary.get("mfu"),
+                     "mfu_spec_peak": summary.get("mfu_spec"), "device_busy_fraction": t.device_busy_fraction,
                      "nvml_util_percent": util if isinstance(util, float) else None,
-                     "loader_wait_fraction": t["loader_wait_fraction"], "verdict": bottleneck.get("verdict", "unknown"),
+                     "loader_wait_fraction": t.loader_wait_fraction, "verdict": bottleneck.get("verdict", "unknown"),
                      "why": bottleneck.get("why", "")})
     return pd.DataFrame(rows)
 
 
 def run_profiler(ctx: Context) -> dict:
+    """torch.profiler over a few packed batches of each embedding stage, with the chain's configs: the protein
+    stage's top kernels, and per stage the gaps between kernels (why a stage is launch-bound)."""
+    from perfkit.workload.predict import stage_configs
     from perfkit.workload.profile import profile_batches
 
     p = ctx.params.profiling
     cfg = ctx.embed_config("profiler", mode="v2", layout="packed", device=resolved_device(ctx.params))
-    result = profile_batches(cfg, batches=p.profiler_batches, warmup=p.profiler_warmup, top=p.top_kernels)
-    write_json(ctx.path("top_kernels.json"), {**{k: v for k, v in result.items() if k != "table"},
-                                               "table": _plain(result["table"])})
+    stages = {stage: profile_batches(stage_cfg, batches=p.profiler_batches, warmup=p.profiler_warmup, top=p.top_kernels)
+              for stage, stage_cfg in stage_configs(cfg).items()}
+    result = {**stages["protein_embedding"], "nucleotide_table": stages["nucleotide_embedding"]["table"],
+              "kernel_gaps": kernel_gap_table(stages)}
+    write_json(ctx.path("top_kernels.json"), _plain(result))
     return result
+
+
+def kernel_gap_table(stages: dict) -> pd.DataFrame:
+    """Per embedding stage: how much of the profiled window the device ran no kernel, and the kernels' and gaps'
+    median lengths. A stage whose kernels last a few µs with gaps as long as them is launch-bound: the host
+    enqueues kernels no faster than the device runs them, so the events count the gaps as busy."""
+    rows = []
+    for stage, profiled in stages.items():
+        gaps = profiled["kernel_gaps"]
+        marker = NotMeasured.found(gaps)
+        row = {"stage": stage, "model": profiled["model"], "compiled": profiled["compiled"]}
+        if marker:
+            rows.append({**row, "kernels": None, "kernels_per_batch": None, "idle_share": None, "median_kernel_us": None,
+                         "median_gap_us": None, "note": f"not measured: {marker.reason}"})
+            continue
+        rows.append({**row, "kernels": gaps["kernels"], "kernels_per_batch": gaps["kernels"] / profiled["batches"],
+                     "idle_share": gaps["idle_share"], "median_kernel_us": gaps["median_kernel_us"],
+                     "median_gap_us": gaps["median_gap_us"], "note": gaps["definition"]})
+    return pd.DataFrame(rows)
 
 
 def bottleneck_evidence(windows: pd.DataFrame) -> pd.DataFrame:
@@ -89,7 +114,7 @@ def bottleneck_evidence(windows: pd.DataFrame) -> pd.DataFrame:
 
 def profiling_headline(result: dict, profiler: dict) -> dict:
     summary = result["summary"]
-    t = summary["throughput"]
+    t = as_summary(summary).throughput
     bottleneck = summary.get("bottleneck", {})
     top = profiler["table"]
     chain = result["chain"]
@@ -98,16 +123,16 @@ def profiling_headline(result: dict, profiler: dict) -> dict:
         "stage_seconds": chain["stages_s"],
         "end_to_end_s": chain["end_to_end_s"],
         "chain_reads_called": chain["counts"]["reads_called"],
-        "device_busy_fraction": t["device_busy_fraction"],
-        "loader_wait_fraction": t["loader_wait_fraction"],
+        "device_busy_fraction": t.device_busy_fraction,
+        "loader_wait_fraction": t.loader_wait_fraction,
         "mfu": summary.get("mfu"),
         "mfu_spec": summary.get("mfu_spec"),  # against the data-sheet peak (None: fp32, CPU, unknown GPU)
         "gpu_util_mean": gpu_util_mean(summary),
         "bottleneck_verdict": bottleneck.get("verdict", "unknown"),
         "bottleneck_windows": bottleneck.get("windows", {}),
         "bottleneck_rule": bottleneck.get("rule", ""),
-        "steady_tok_per_s": t["steady_tok_per_s"],
-        "packing_efficiency": t["packing_efficiency"],
+        "steady_tok_per_s": t.steady_tok_per_s,
+        "packing_efficiency": t.packing_efficiency,
         # every embedding stage's verdict over its own steady state (the nucleotide stage was launch-bound)
         "stage_verdicts": dict(zip(result["embedding_stages"]["stage"], result["embedding_stages"]["verdict"]))
         if len(result["embedding_stages"]) else {},
@@ -116,6 +141,10 @@ def profiling_headline(result: dict, profiler: dict) -> dict:
         "nucleotide_bottleneck_verdict": _stage_value(result, "nucleotide_embedding", "verdict"),
         "top_kernel": top.iloc[0]["name"] if len(top) else None,
         "profiler_time_basis": profiler["time_basis"],
+        # per stage: the share of the profiled window the device ran no kernel (the events count it as busy)
+        "kernel_idle_share": {row["stage"]: (row["idle_share"] if row["idle_share"] is not None and pd.notna(row["idle_share"])
+                                             else crit.not_measured(row["note"]))
+                              for row in profiler["kernel_gaps"].to_dict(orient="records")},
     }
 
 
