@@ -25,7 +25,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check perfkit tests
-	$(PY) -m pytest -q -m "not gpu" --nbval-lax --nbval-kernel-name perfkit tests notebooks
+	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadgroup --nbval-lax --nbval-kernel-name perfkit tests notebooks
 
 test-gpu:  # on a GPU node, after installing from the wheelhouse
 	$(PYTHON) -m pytest -q -m gpu tests

@@ -1,7 +1,14 @@
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two xdist workers share the 2 cores: one intra-op thread each, or they fight over both (the ranks and
+    # runs a test starts inherit this and do the same)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
 
 SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 
@@ -28,3 +35,18 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     return write_params(root, **TINY), root / "run"
+
+
+# the notebooks (nbval) and the card's papermill command write the checkout's outputs/nbval: one xdist worker
+# runs them all, in order (--dist loadgroup)
+SHARED_OUTPUT = ("notebooks/", "tests/test_suite_scaling.py::test_the_cards_command")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group into the node id
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SHARED_OUTPUT):
+            item.add_marker(pytest.mark.xdist_group("outputs-nbval"))
+    # the notebooks first, then the slow tests, then the rest (stable: a notebook's cells keep their order), so
+    # that the long ones start early and both workers finish together
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("notebooks/") else 1 if item.get_closest_marker("slow") else 2)

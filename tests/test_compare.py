@@ -97,10 +97,14 @@ def test_published_one_and_two_gpu_reports_give_a_readable_table(capsys):
 
 @pytest.mark.slow
 def test_two_smoke_runs_compare_without_a_regression(tmp_path):
+    """Two runs of 02 with the smoke params made tiny (tests/suite_helpers.TINY: fewer reads, the same code path)."""
+    from suite_helpers import TINY, write_params
+
+    params = write_params(tmp_path, **TINY)
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(ROOT / "params" / "smoke.yaml"),
+        subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(params),
                         "--out", str(out), "--only", "02"], check=True, capture_output=True, cwd=tmp_path)
         runs.append(out)
     done = subprocess.run([sys.executable, "-m", "perfkit", "compare", *map(str, runs)], capture_output=True,

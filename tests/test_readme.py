@@ -75,6 +75,20 @@ def test_the_make_and_papermill_lines_name_targets_and_files_that_exist():
             assert params is None or (ROOT / params).exists(), line
 
 
+def test_every_papermill_line_passes_only_parameters_its_notebook_declares():
+    """`-f params.yaml` would turn the YAML's top-level keys into notebook variables (setup rejects them):
+    a README line passes each value with -p, and only names the notebook's parameters cell declares."""
+    import papermill
+
+    lines = [shlex.split(line) for line in COMMANDS if line.startswith("papermill ")]
+    assert lines, "the README shows how to run a notebook with papermill"
+    for words in lines:
+        assert not {"-f", "--parameters_file", "-y", "--parameters_yaml"} & set(words), words
+        declared = set(papermill.inspect_notebook(str(ROOT / words[1])))
+        passed = [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("-p", "--parameters")]
+        assert passed and set(passed) <= declared, (words, declared)
+
+
 # what a CPU run of the "Embedding a sample" block changes, and only that: the sizes (a 300-read sample, the
 # smallest ESM-2, 40 reads per run) and the device; a line asking for GPUs is checked above, not run
 SHRINK = {"-n": "300", "--model": "esm2_t6_8M", "--precision": "fp32", "--token-budget": "2048"}

@@ -53,11 +53,18 @@ def test_bad_params_fail_before_anything_runs(tmp_path):
 
 @pytest.mark.slow
 def test_whole_smoke_suite(tmp_path):
+    """Every notebook through the runner, as `make demo` runs them, on the smoke params made tiny
+    (suite_helpers.TINY: fewer reads, the same code path; nbval runs the notebooks on the smoke params)."""
+    from suite_helpers import TINY, write_params
+
     out = tmp_path / "run"
-    rc = runner.run_suite(SMOKE, out)
+    # two knobs, so that 04 has a grid to draw as a heatmap
+    tuning = {**TINY["tuning"], "max_runs": 3, "grid": {"token_budget": [512, 1024], "num_workers": [0, 1]}}
+    rc = runner.run_suite(write_params(tmp_path, **{**TINY, "tuning": tuning}), out)
     status = json.loads((out / "suite.json").read_text())
     assert rc == 0, status
-    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"]["reads"] == 1000
+    reads = TINY["sample"]["reads"]
+    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"]["reads"] == reads
     for stem in NOTEBOOKS:
         assert status["notebooks"][stem]["status"] == "complete"
         assert status["notebooks"][stem]["seconds"] > 0
