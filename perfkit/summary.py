@@ -40,8 +40,11 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
                                                    spec_peak_flops=spec_peak_flops)
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())
-    window_table = (aggregate.windows(batch_records, window_s, warmup_batches=warmup_batches)
-                    if not batch_records.empty else pd.DataFrame())
+    # each rank's windows end where its loop ended (the end its steady rates use), not at its last batch
+    window_tables = [aggregate.windows(batch_records[batch_records["rank"] == rank], window_s,
+                                       end_s=starts[rank] + walls[rank], warmup_batches=warmup_batches)
+                     for rank in ranks] if not batch_records.empty else []
+    window_table = pd.concat(window_tables, ignore_index=True) if window_tables else pd.DataFrame()
     summary = {
         "schema": SUMMARY_SCHEMA,
         "stage": stage,
@@ -61,7 +64,7 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
         {int(r): p for r, p in peaks.items()},
         "spec_peak_flops": spec_peak_flops,
         "windows": window_table.to_dict(orient="records"),
-        "bottleneck": _bottleneck(window_table, gpu),
+        "bottleneck": _bottleneck(window_table, gpu, summed.mfu),
         "checkpoint": aggregate.checkpoint_overhead(records, run_wall),
         "stages_s": aggregate.stage_seconds(records),
         "gpu": gpu or {},
@@ -105,6 +108,9 @@ def _summed(per_rank: dict[int, RankThroughput], batch_records: pd.DataFrame) ->
 # a stream busy by CUDA events while NVML sees a kernel running at most this share of the time is waiting
 # for the host to enqueue kernels: launch-bound, not device-bound (DNABERT-S eager: 99 % busy, NVML ~30 %)
 LAUNCH_BOUND_NVML_PERCENT = 60.0
+# ... and whose arithmetic reaches at most this share of the measured matmul peak: a stage at high MFU with a
+# low NVML reading is a sampler artefact, not a GPU waiting on launches
+LAUNCH_BOUND_MFU = 0.35
 
 
 def nvml_median(gpu: dict | None) -> float | None:
@@ -119,21 +125,26 @@ def nvml_median(gpu: dict | None) -> float | None:
     return sum(medians) / len(medians) if medians else None
 
 
-def _bottleneck(window_table: pd.DataFrame, gpu: dict | None = None) -> dict:
+def _bottleneck(window_table: pd.DataFrame, gpu: dict | None = None, mfu: float | None = None) -> dict:
     if window_table.empty:
         return {"verdict": "unknown", "windows": {}}
     counts = window_table["verdict"].value_counts().to_dict()
     verdict = max(counts, key=counts.get)
     nvml = nvml_median(gpu)
     out = {"verdict": verdict, "windows": {str(k): int(v) for k, v in counts.items()}, "nvml_median_percent": nvml,
+           "mfu": mfu,
            "rule": f"per window: data-starved if loader wait > {aggregate.STARVED_WAIT_SHARE:.0%} of it; "
                    f"device-bound if device busy (CUDA events) >= {aggregate.DEVICE_BOUND_BUSY_SHARE:.0%}; else "
                    f"host-bound. The run: its most frequent window verdict, except that device-bound becomes "
-                   f"launch-bound when the loop's median NVML utilisation is < {LAUNCH_BOUND_NVML_PERCENT:.0f} %"}
-    if verdict == "device-bound" and nvml is not None and nvml < LAUNCH_BOUND_NVML_PERCENT:
+                   f"launch-bound when the loop's median NVML utilisation is < {LAUNCH_BOUND_NVML_PERCENT:.0f} % and its "
+                   f"MFU (measured peak) is < {LAUNCH_BOUND_MFU:.0%} or not measured"}
+    low_arithmetic = mfu is None or mfu < LAUNCH_BOUND_MFU
+    if verdict == "device-bound" and nvml is not None and nvml < LAUNCH_BOUND_NVML_PERCENT and low_arithmetic:
         out["verdict"] = "launch-bound"
         out["why"] = (f"the stream is busy by CUDA events in most windows while NVML saw a kernel running "
-                      f"{nvml:.0f} % of the time (median): the gaps between kernels are the host enqueueing "
+                      f"{nvml:.0f} % of the time (median)"
+                      + (f" and the arithmetic reached {mfu:.0%} of the matmul peak" if mfu is not None else "")
+                      + f": the gaps between kernels are the host enqueueing "
                       f"them, so the GPU waits on launches, not on data or on its own arithmetic")
     return out
 

@@ -261,3 +261,30 @@ def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(small_fasta, 
     np.testing.assert_allclose(vectors_b, vectors_a, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="attention"):
         make_config(input=small_fasta, out_dir=tmp_path / "x", attention="flash3")
+
+
+def test_steady_gpu_samples_nvml_from_the_steady_start_to_the_loop_end(monkeypatch):
+    # NVML must cover the same steady state as the rates: from the first batch after the warm-up
+    # batches (not from the loop's start, which holds compilation) to the loop's end
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from perfkit.workload import runner
+
+    batches = pd.DataFrame([{"kind": "batch", "rank": 0, "stage": "embed", "batch": i, "t_arrive_s": 2.0 + i,
+                             "loader_wait_s": 0.5, "host_s": 0.0, "device_s": 0.4, "sequences": 1,
+                             "real_tokens": 10, "slot_tokens": 10, "budget_tokens": 10} for i in range(6)])
+    monkeypatch.setattr(runner.aggregate, "read_telemetry", lambda path: batches)
+    asked = {}
+
+    class Sampler:
+        def summary(self, since, until):
+            asked.update(since=since, until=until)
+            return {}
+
+    run = SimpleNamespace(telemetry=SimpleNamespace(writer=SimpleNamespace(path="unused")), stage="embed",
+                          cfg=SimpleNamespace(warmup_batches=2), loop_epoch=1000.0, sampler=Sampler())
+    runner.steady_gpu(SimpleNamespace(run=run, wall_s=9.0))
+    # third batch (index 2) arrives at 4.0 after 0.5 s of loader wait: its request at 3.5 starts the steady state
+    assert asked == {"since": 1003.5, "until": 1009.0}
