@@ -68,12 +68,17 @@ def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
 
 
 def metric_spread(records: dict, metric: str) -> dict | None:
-    """{min, max, repeats} of a criterion's figure where its notebook repeated it (record `<metric>_spread`:
-    the median, which the criterion uses, with min-max over interleaved rounds); None otherwise."""
+    """How far a criterion's figure can be trusted, where its notebook measured that: `<metric>_spread`
+    (the median, which the criterion uses, with min-max over interleaved rounds) as {min, max, repeats}, or
+    `<metric>_ci95` ([low, high], a 95 % interval of a proportion) as {min, max, interval: "95 % CI"};
+    None otherwise."""
     found = records.get(f"{metric}_spread")
     if isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in ("min", "max")):
         return {"min": float(found["min"]), "max": float(found["max"]),
                 "repeats": int(found.get("repeats") or len(found.get("values") or ()))}
+    interval = records.get(f"{metric}_ci95")
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
+        return {"min": float(interval[0]), "max": float(interval[1]), "interval": "95 % CI"}
     return None
 
 

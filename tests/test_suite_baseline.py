@@ -56,7 +56,7 @@ def test_real_baseline(tiny):
     assert headline["speedup_chain_v2_over_v1_spread"] == chains["speedup_spread"]
     assert headline["speedup_v2_over_v1_spread"]["repeats"] == 2 and headline["baseline_reads"] == 60
     assert headline["equivalence_gate_passed"] is True and headline["prediction_agreement_v1_v2"] == 1.0
-    low, high = headline["prediction_agreement_ci95"]  # Wilson 95 %: all agree, yet not certainly 100 %
+    low, high = headline["prediction_agreement_v1_v2_ci95"]  # Wilson 95 %: all agree, yet not certainly 100 %
     assert high == 1.0 and 0.5 < low < 1.0
     assert baseline.agreement_interval(None)["measured"] is False
     assert headline["nt_equivalence_gate_passed"] is True and 0.1 < headline["nt_tokens_per_base"] < 0.35

@@ -62,6 +62,21 @@ def test_a_repeated_criterion_carries_its_spread(tmp_path):
     assert rows["full_sample_time"]["spread"] is None  # one run: no spread, never an invented one
 
 
+def test_the_agreement_criterion_carries_its_confidence_interval(tmp_path):
+    params = suite_params.load_suite_params(SMOKE)
+    for stem, records in GOOD.items():
+        write_metrics(tmp_path, stem, records)
+    low, high = crit.wilson_interval(597, 603)
+    write_metrics(tmp_path, "01_baseline", {**GOOD["01_baseline"], "prediction_agreement_v1_v2": 597 / 603,
+                                            "prediction_agreement_v1_v2_ci95": [low, high]})
+    result = verdict.evaluate_run(tmp_path, params)
+    row = {r["name"]: r for r in result["criteria"]}["prediction_agreement"]
+    assert row["spread"] == {"min": low, "max": high, "interval": "95 % CI"} and low < 0.99 < high
+    from perfkit.suite.verdict import readable_criteria
+    shown = readable_criteria(result).set_index("criterion").loc["prediction_agreement", "spread"]
+    assert "95 % CI" in shown and "repeats" not in shown
+
+
 def test_metrics_json_is_the_single_record_even_beside_an_executed_notebook(tmp_path):
     for stem, records in GOOD.items():
         write_metrics(tmp_path, stem, records)

@@ -249,7 +249,7 @@ def baseline_headline(result: dict, gate: dict, chains: dict | None = None, nt_g
         "speedup_nt_v2_over_v1": result["speedup_nt_v2_over_v1"],
         "prediction_agreement_v1_v2": agreement["agreement"],
         # on a few hundred reads the share alone hides its uncertainty: the Wilson 95 % interval beside it
-        "prediction_agreement_ci95": agreement_interval(agreement["details"]),
+        "prediction_agreement_v1_v2_ci95": agreement_interval(agreement["details"]),
         "prediction_agreement": agreement["details"],
         # the seed's "over v1.0": the whole chain, v2 against the faster v1.0 form, same reads, projected
         "speedup_chain_v2_over_v1": agreement["speedup"],

@@ -53,7 +53,8 @@ def readable_criteria(result: dict) -> pd.DataFrame:
                      "target": target_text, "measured": _shown(c.get("measured"), unit, gate),
                      "spread": "—" if not spread else (f"{_shown(spread['min'], '', False)}–"
                                                        f"{_shown(spread['max'], unit, False)}, "
-                                                       f"{spread['repeats']} repeats"),
+                                                       + (spread["interval"] if spread.get("interval")
+                                                          else f"{spread['repeats']} repeats")),
                      "margin": "—" if gate or margin is None else f"{margin:+.1%}", "status": c["status"],
                      "source": c.get("source") or "", "reason": c.get("reason") or ""})
     return pd.DataFrame(rows)
