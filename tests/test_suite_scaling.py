@@ -24,6 +24,13 @@ def test_normalise_scaling_reads_what_rank_scaling_gives():
     assert out["per_rank_gpu_util"]["0"] == 75.0 and out["per_rank_gpu_util"]["1"]["measured"] is False
 
 
+def test_round_spread_takes_the_median_of_the_measured_rounds():
+    spread = scaling.round_spread([1.80, 2.00, crit.not_measured("rank died"), 1.90])
+    assert spread == {"median": pytest.approx(1.90), "min": 1.80, "max": 2.00, "values": [1.80, 2.00, 1.90],
+                      "repeats": 3}
+    assert scaling.round_spread([None, crit.not_measured("no steady batches")]) is None
+
+
 def test_run_predict_launches_one_cpu_process_through_torchrun_when_asked(tmp_path, monkeypatch):
     from perfkit.workload import predict
     from perfkit.workload.config import make_config
@@ -122,6 +129,11 @@ def test_real_scaling_launches_both_sides_through_torchrun(tiny):
                       else "measured")
     expected = headline[f"scaling_factor_end_to_end_{source}"]
     assert headline["scaling_factor_end_to_end"] == expected and headline["scaling_factor_end_to_end_reason"]
+    # the stage factors carry their spread over the rounds, and the headline is its median
+    for key, figure in (("scaling_factor", result["scaling"]), ("scaling_factor_nucleotide", result["nucleotide"])):
+        spread = headline[f"{key}_spread"]
+        assert spread["repeats"] == 1 and spread["values"] == [pytest.approx(figure["factor"])]
+        assert headline[key] == pytest.approx(spread["median"])
     figures = scaling.scaling_figures(ctx, result)
     assert {"scaling", "scaling_nucleotide", "scaling_end_to_end", "scaling_fit"} <= set(figures)
     assert "measured" in figures["scaling_fit"].texts[0].get_text()  # the caption states the definitions
