@@ -125,3 +125,22 @@ def test_notebooks_name_the_perfkit_kernel_and_the_runner_falls_back_to_python3(
     assert runner.kernel_name() == "perfkit"
     monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"python3": "/k/p"})
     assert runner.kernel_name() == "python3"
+
+
+def test_a_suite_run_in_parts_keeps_the_earlier_parts_status(tmp_path):
+    """`--only 03` after `--only 01` in the same folder, same params and commit: 01 stays complete, not skipped;
+    another commit or params file, or a notebook run again now, starts afresh."""
+    params = tmp_path / "p.yaml"
+    (tmp_path / "01_baseline.ipynb").write_text("{}")
+    earlier = {"params_file": str(params), "started": 1.0, "environment": {"commit": "abc"},
+               "notebooks": {"01_baseline": {"status": "complete", "seconds": 5.0, "error": None},
+                             "02_profiling": {"status": "complete", "seconds": 5.0, "error": None},
+                             "03_scaling": {"status": "skipped", "seconds": 0.0, "error": None}}}
+    (tmp_path / "suite.json").write_text(json.dumps(earlier))
+    kept = runner._earlier_statuses(tmp_path, params, "abc", skip=["03_scaling"])
+    # 02 has no executed notebook in the folder: it is not claimed
+    assert kept == {"01_baseline": {"status": "complete", "seconds": 5.0, "error": None, "earlier_call": 1.0}}
+    assert runner._earlier_statuses(tmp_path, params, "abc", skip=["01_baseline"]) == {}
+    assert runner._earlier_statuses(tmp_path, params, "def", skip=[]) == {}
+    assert runner._earlier_statuses(tmp_path, tmp_path / "other.yaml", "abc", skip=[]) == {}
+    assert runner._earlier_statuses(tmp_path, params, None, skip=[]) == {}

@@ -61,6 +61,24 @@ def export_html(notebook: Path, html: Path) -> None:
     html.write_text(body, encoding="utf-8")
 
 
+def _earlier_statuses(out_dir: Path, params_path: Path, commit, skip) -> dict:
+    """Notebooks an earlier `--only` call ran in this folder, with the same params and code, keep their status
+    (the suite may be run in parts, e.g. one device call each); anything else is skipped, as before."""
+    import json
+
+    try:
+        earlier = json.loads((out_dir / "suite.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    same_code = (earlier.get("environment") or {}).get("commit") == commit and commit is not None
+    if earlier.get("params_file") != str(params_path) or not same_code:
+        return {}
+    return {stem: {**entry, "earlier_call": earlier.get("started")}
+            for stem, entry in (earlier.get("notebooks") or {}).items()
+            if stem not in skip and entry.get("status") in ("complete", "failed")
+            and (out_dir / f"{stem}.ipynb").exists()}
+
+
 def _one_line(err: BaseException) -> str:
     name = getattr(err, "ename", None) or type(err).__name__
     value = getattr(err, "evalue", None) or str(err)
@@ -90,12 +108,15 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
     print(f"perfkit suite: params {params.name} ({params_path}) -> {out_dir}", flush=True)
     sample, stats = ensure_sample(params, out_dir)
     print(f"sample: {sample} ({stats['reads']:,} reads, {stats['frames']:,} frames)", flush=True)
-    status = {s: {"status": "skipped", "seconds": 0.0, "error": None} for s in NOTEBOOKS if s not in stems}
     from perfkit.environment import environment
+
+    status = {s: {"status": "skipped", "seconds": 0.0, "error": None} for s in NOTEBOOKS if s not in stems}
+    env = environment()
+    status.update(_earlier_statuses(out_dir, params_path, env.get("commit"), skip=stems))
 
     # what ran, recorded when it ran (a report published later must not take a later checkout's commit)
     suite = {"schema": SUITE_SCHEMA, "params_file": str(params_path), "params_name": params.name,
-             "run_dir": str(out_dir), "notebooks": status, "started": started, "environment": environment()}
+             "run_dir": str(out_dir), "notebooks": status, "started": started, "environment": env}
     write_json(out_dir / "suite.json", suite)
     for index, stem in enumerate(stems, 1):
         source = notebook_dir / f"{stem}.ipynb"
