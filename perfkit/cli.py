@@ -199,9 +199,16 @@ def _compare(args) -> int:
     return compare(args.run_a, args.run_b, noise=args.noise, json_out=args.json)
 
 
-def _add_run_arguments(e: argparse.ArgumentParser) -> None:
+EMBED_OUT = "output folder: embeddings.h5 (ids + vectors), summary.json, telemetry.jsonl, checkpoints/ (shards, for --resume)"
+PREDICT_OUT = ("output folder: predictions_per_read.csv (the calls, one row per input read, reads without a frame "
+               "included), predictions_per_frame.csv, summary.json, telemetry.jsonl; nucleotide/ and protein/ (each "
+               "embedding stage's shards and summary, for --resume), parts/ (each rank's calls before rank 0 joins "
+               "them); no embeddings.h5")
+
+
+def _add_run_arguments(e: argparse.ArgumentParser, out_help: str) -> None:
     e.add_argument("input", type=Path, help="FASTA file (plain or .gz)")
-    e.add_argument("-o", "--out", type=Path, required=True, help="output folder (embeddings.h5, telemetry.jsonl, summary.json)")
+    e.add_argument("-o", "--out", type=Path, required=True, help=out_help)
     e.add_argument("--params", type=Path, help="YAML params file; its `embed:` section sets defaults, flags win")
     e.add_argument("--model", help="esm2_t6_8M ... esm2_t36_3B ... esm2_t48_15B, or dnabert_s (nucleotides)")
     e.add_argument("--weights", type=Path, help="fair-esm .pt checkpoint or HuggingFace folder (default: seeded random)")
@@ -240,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     e = sub.add_parser("embed", help="embed a FASTA: six-frame translation -> ESM-2 (v2 packed or v1 fair-esm) or DNABERT-S")
-    _add_run_arguments(e)
+    _add_run_arguments(e, EMBED_OUT)
     e.set_defaults(func=_embed)
 
     pr = sub.add_parser("predict", help="the whole chain: nucleotide + protein embeddings -> classifier -> per-read calls")
-    _add_run_arguments(pr)
+    _add_run_arguments(pr, PREDICT_OUT)
     pr.add_argument("--classifier", type=Path, help="classifier state_dict (.pt); default: seeded random")
     pr.add_argument("--hidden", type=int, default=512, help="classifier hidden size (must match --classifier)")
     pr.add_argument("--nt-model",

@@ -189,3 +189,14 @@ def test_an_out_path_that_is_a_file_and_a_frame_too_long_for_the_budget_are_name
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: frame read") and "tokens, more than the token budget 16" in err[0]
     assert "raise --token-budget (embed.token_budget) to at least" in err[0] and "on_oversize" not in err[0]
+
+
+def test_predict_help_names_what_predict_writes_and_not_what_embed_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "predictions_per_read.csv" in text and "parts/" in text and "no embeddings.h5" in text
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "embeddings.h5" in text and "predictions_per_read.csv" not in text

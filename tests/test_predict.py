@@ -1,6 +1,7 @@
 """The whole chain on CPU: both embedding stages through the same runner, classifier, consensus."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,13 @@ def test_predict_chain_counts_and_outputs(tmp_path):
     assert len(per_read) == per_frame["read_id"].nunique() == summary["counts"]["reads_called"]
     assert np.allclose(per_frame["p_other"] + per_frame["p_virus"], 1.0, atol=1e-5)
     assert set(per_read["prediction"]) <= {"virus", "other"}
+    # what `perfkit predict --help` promises under -o is what a run leaves there
+    from perfkit.cli import PREDICT_OUT
+
+    promised = re.findall(r"([\w.]+\.(?:csv|jsonl|json)\b|\w+/)", PREDICT_OUT)
+    assert {"predictions_per_read.csv", "summary.json", "parts/", "nucleotide/", "protein/"} <= set(promised)
+    for name in promised:
+        assert (tmp_path / "run" / name.rstrip("/")).exists(), name
 
 
 def frameless_sample(path, reads: int = 24):
