@@ -49,13 +49,16 @@ def readme(run_dir: Path, *, command: str, commit: str, gpus: list[str]) -> str:
                     f"{measured} | {status} |")
     times = ", ".join(f"{stem} {entry['seconds']:.0f} s ({entry['status']})"
                       for stem, entry in suite.get("notebooks", {}).items() if entry.get("seconds") is not None)
+    parts = {e["earlier_call"] for e in suite.get("notebooks", {}).values() if e.get("earlier_call")}
+    total = (f"total {suite.get('seconds', 0):.0f} s" if not parts else  # a run in parts: the last part's wall is not the total
+             f"{len(parts) + 1} calls, notebooks {sum(e.get('seconds') or 0 for e in suite['notebooks'].values()):.0f} s")
     return "\n".join([
         f"# Suite run `{summary.get('params_name')}` on {len(gpus)} GPU(s): verdict **{summary.get('verdict')}**",
         "",
         f"- commit: {commit}",
         f"- command: `{command}`",
         f"- GPUs: {'; '.join(gpus) or 'none (CPU)'}",
-        f"- notebooks: {times}; total {suite.get('seconds', 0):.0f} s",
+        f"- notebooks: {times}; {total}",
         "- files: the suite's own output, copied unchanged by `perfkit publish`: executed notebooks as HTML "
         "(figures inside), summary.json, suite.json, sample.json and each notebook's JSON records. Left out: "
         "runs/ (shards, telemetry), the sample FASTA, PNGs (inside the HTML), the executed .ipynb.",

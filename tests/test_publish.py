@@ -44,7 +44,17 @@ def test_a_report_holds_html_and_json_never_shards_fasta_or_pngs(run_dir, tmp_pa
     assert "verdict **FAIL**" in readme and "| two_gpu_scaling | >= 1.9 x | 1.866 | FAIL |" in readme
     assert "NOT MEASURED (no NVIDIA driver)" in readme and "03_scaling 146 s (complete)" in readme
     assert "- weights: seeded random" in readme and "mean nothing biologically" in readme
-    assert done["files"] == 8
+    assert done["files"] == 8 and "total 404 s" in readme
+
+
+def test_a_run_made_in_parts_states_its_notebooks_seconds_not_the_last_parts_wall(run_dir):
+    from perfkit.publish import readme
+
+    (run_dir / "suite.json").write_text(json.dumps({"seconds": 20, "notebooks": {
+        "01_baseline": {"status": "complete", "seconds": 200.0, "earlier_call": 1.0},
+        "03_scaling": {"status": "complete", "seconds": 10.0}}}))
+    text = readme(run_dir, command="perfkit suite ... --only 01; perfkit suite ... --only 03", commit="abc", gpus=[])
+    assert "2 calls, notebooks 210 s" in text and "total 20 s" not in text
 
 
 def test_publishing_refuses_an_unfinished_run_or_a_used_folder(run_dir, tmp_path):
