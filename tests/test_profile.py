@@ -3,7 +3,7 @@ import pytest
 
 from perfkit.results import NotMeasured
 from perfkit.workload.config import make_config
-from perfkit.workload.profile import kernel_gaps, profile_batches
+from perfkit.workload.profile import kernel_gaps, profile_batches, top_ops
 
 
 def test_kernel_gaps_count_idle_time_between_kernels_once():
@@ -14,6 +14,25 @@ def test_kernel_gaps_count_idle_time_between_kernels_once():
     assert gaps["median_gap_us"] == 5.0 and gaps["median_kernel_us"] == 10.0
     # back to back: no idle time at all
     assert kernel_gaps([(0.0, 5.0), (5.0, 9.0)])["idle_share"] == 0.0
+
+
+def test_device_time_ranks_kernels_only_and_never_counts_an_operator_and_its_kernel_twice():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(key, device_type, self_us, count=1):
+        return SimpleNamespace(key=key, count=count, device_type=device_type, self_device_time_total=self_us,
+                               device_time_total=self_us, self_cpu_time_total=5.0, cpu_time_total=5.0)
+
+    events = [event("aten::addmm", DeviceType.CPU, 600.0),  # its kernel's 600 us, seen from the operator
+              event("nvjet_gemm_bias", DeviceType.CUDA, 600.0),
+              event("flash_fwd_kernel", DeviceType.CUDA, 200.0),
+              event("aten::gelu", DeviceType.CPU, 200.0)]
+    table = top_ops(events, device_time=True, top=10)
+    assert table["name"].tolist() == ["nvjet_gemm_bias", "flash_fwd_kernel"]
+    assert table["share"].tolist() == pytest.approx([0.75, 0.25])
+    assert len(top_ops(events, device_time=False, top=10)) == 4  # CPU time: every operator row
 
 
 def test_no_kernels_is_not_measured_never_zero_idle():

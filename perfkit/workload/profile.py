@@ -33,9 +33,17 @@ def _inputs(batch: dict, device: torch.device) -> dict:
 
 
 def top_ops(events, *, device_time: bool, top: int) -> pd.DataFrame:
-    """Rank profiler key averages by self time (device or CPU); share = of all ops' self time."""
+    """Rank profiler key averages by self time (device or CPU); share = of all rows' self time.
+
+    Device time: the kernels only. An operator row (aten::addmm) carries the device time of the kernels it
+    launched, which have rows of their own: counting both would count that time twice and rank operators
+    among kernels."""
+    from torch.autograd import DeviceType
+
     rows = []
     for event in events:
+        if device_time and getattr(event, "device_type", None) != DeviceType.CUDA:
+            continue
         if device_time:
             self_us = float(getattr(event, "self_device_time_total", 0.0) or 0.0)
             total_us = float(getattr(event, "device_time_total", 0.0) or 0.0)
