@@ -144,8 +144,8 @@ def _bottleneck(window_table: pd.DataFrame, gpu: dict | None = None, mfu: float 
         out["why"] = (f"the stream is busy by CUDA events in most windows while NVML saw a kernel running "
                       f"{nvml:.0f} % of the time (median)"
                       + (f" and the arithmetic reached {mfu:.0%} of the matmul peak" if mfu is not None else "")
-                      + f": the gaps between kernels are the host enqueueing "
-                      f"them, so the GPU waits on launches, not on data or on its own arithmetic")
+                      + ": the gaps between kernels are the host enqueueing "
+                      "them, so the GPU waits on launches, not on data or on its own arithmetic")
     return out
 
 
