@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -42,14 +43,42 @@ def git_commit(start: Path | None = None) -> str | None:
         return None
 
 
+def build_stamp(version: str | None = None) -> dict | None:
+    """{version, commit, dirty} from the version setuptools-scm stamped when perfkit was built or installed
+    (`0.1.devN+g<commit>`, `.d<date>` appended for a checkout with changes); None when nothing was stamped.
+    The commit is the build's, which a later checkout of the same tree may have moved past: the live check
+    (`git_commit`) wins where it can run."""
+    if version is None:
+        try:
+            from perfkit._version import __version__ as version
+        except ImportError:
+            return None
+    found = re.search(r"\+g([0-9a-f]{7,40})(\.d\d{8})?", version)
+    return {"version": version, "commit": found.group(1) if found else None,
+            "dirty": bool(found and found.group(2))}
+
+
+def recorded_commit() -> tuple[str | None, str | None]:
+    """(commit, where it came from): PERFKIT_COMMIT, else the live checkout, else the build stamp."""
+    if os.environ.get("PERFKIT_COMMIT"):
+        return os.environ["PERFKIT_COMMIT"], "PERFKIT_COMMIT"
+    live = git_commit()
+    if live:
+        return live, "git checkout"
+    stamp = build_stamp()
+    if stamp and stamp["commit"]:
+        return stamp["commit"] + ("+dirty" if stamp["dirty"] else ""), "build stamp"
+    return None, None
+
+
 def package_hash(package: Path | None = None) -> str:
     """sha256 over the package's .py files (relative path and bytes, in path order): the code that ran,
     with or without git."""
     root = (package or PACKAGE_DIR).resolve()
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
+        if "__pycache__" in path.parts or path.relative_to(root).as_posix() == "_version.py":
+            continue  # the stamp differs between two builds of the same code
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -67,6 +96,7 @@ def nvidia_driver() -> str | None:
 
 
 def environment() -> dict:
+    commit, commit_source = recorded_commit()
     cuda = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     return {
@@ -80,7 +110,9 @@ def environment() -> dict:
         "gpus": gpus,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "driver": nvidia_driver() if cuda else None,
-        "commit": git_commit(),
+        "commit": commit,
+        "commit_source": commit_source,
+        "build": build_stamp(),
         "package_sha256": package_hash(),
     }
 

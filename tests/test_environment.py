@@ -101,3 +101,35 @@ def test_package_hash_follows_the_code(tmp_path):
     (package / "sub" / "b.py").write_text("y = 3\n")
     assert env_mod.package_hash(package) != first
     assert "package_sha256" in env_mod.environment() and env_mod.environment()["package_sha256"] == env_mod.package_hash()
+
+
+def test_the_build_stamp_gives_the_commit_and_whether_the_checkout_had_changes():
+    clean = env_mod.build_stamp("0.1.dev57+g091ea8c")
+    assert clean == {"version": "0.1.dev57+g091ea8c", "commit": "091ea8c", "dirty": False}
+    dirty = env_mod.build_stamp("0.1.dev57+g091ea8c.d20261202")
+    assert dirty["commit"] == "091ea8c" and dirty["dirty"] is True
+    assert env_mod.build_stamp("0.1.0") == {"version": "0.1.0", "commit": None, "dirty": False}  # no git at build
+
+
+def test_an_installed_copy_outside_git_records_its_build_stamp(monkeypatch):
+    monkeypatch.delenv("PERFKIT_COMMIT", raising=False)
+    monkeypatch.setattr(env_mod, "git_commit", lambda start=None: None)  # as in a wheel in site-packages
+    monkeypatch.setattr(env_mod, "build_stamp", lambda version=None: {"version": "0.1.dev3+gabcdef1.d20261202",
+                                                                       "commit": "abcdef1", "dirty": True})
+    assert env_mod.recorded_commit() == ("abcdef1+dirty", "build stamp")
+    env = env_mod.environment()
+    assert env["commit"] == "abcdef1+dirty" and env["commit_source"] == "build stamp"
+    monkeypatch.setattr(env_mod, "git_commit", lambda start=None: "f00+dirty")  # a live checkout wins
+    assert env_mod.recorded_commit() == ("f00+dirty", "git checkout")
+    monkeypatch.setenv("PERFKIT_COMMIT", "c0ffee")
+    assert env_mod.recorded_commit() == ("c0ffee", "PERFKIT_COMMIT")
+
+
+def test_the_installed_package_carries_a_stamp_of_its_build():
+    # make venv installs perfkit through setuptools-scm, which writes perfkit/_version.py
+    import perfkit
+
+    stamp = env_mod.build_stamp()
+    if stamp is None:
+        pytest.skip("perfkit was not installed here (a source tree on PYTHONPATH)")
+    assert stamp["version"] == perfkit.__version__ and stamp["commit"], stamp
