@@ -105,13 +105,14 @@ def direction(name: str, comparison: str | None = None) -> int:
     if comparison == "==":
         return 0
     lowered = name.lower()
-    if any(key in lowered for key in CONTEXT) and not any(key in lowered for key in ("per_s", "factor")):
-        return 0
+    # a judged word wins over a context word: device_busy_fraction is a busy share, not a device setting
     if any(key in lowered for key in HIGHER_IS_BETTER):
         return 1
-    if lowered.endswith("_s") or any(key in lowered for key in LOWER_IS_BETTER):
+    if any(key in lowered for key in LOWER_IS_BETTER):
         return -1
-    return 0
+    if any(key in lowered for key in CONTEXT):
+        return 0
+    return -1 if lowered.endswith("_s") else 0
 
 
 def judge(a, b, noise: float, sign: int) -> tuple[float | None, str]:
@@ -167,6 +168,14 @@ def compare_runs(run_a: dict, run_b: dict, noise_floor: float = DEFAULT_NOISE) -
     return rows
 
 
+def one_sided(run_a: dict, run_b: dict) -> dict:
+    """Figures only one of the runs recorded (a notebook not run, a record added or dropped between
+    commits): named, so that a missing figure is never mistaken for an unchanged one."""
+    def names(run):
+        return {f"{notebook}/{name}" for notebook, recs in run["records"].items() for name in recs}
+    return {"only in A": sorted(names(run_a) - names(run_b)), "only in B": sorted(names(run_b) - names(run_a))}
+
+
 def regressions(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.kind == "criterion" and r.verdict == "regressed"]
 
@@ -199,7 +208,9 @@ def render(run_a: dict, run_b: dict, rows: list[Row]) -> str:
     tail = (f"{len(bad)} criterion regression(s) beyond noise: " + ", ".join(r.figure for r in bad)) if bad else \
         "no criterion regressed beyond noise"
     counts = pd.Series([r.verdict for r in rows]).value_counts().to_dict() if rows else {}
-    return "\n".join(head + ["", body, "", tail + "; " + ", ".join(f"{v} {k}" for k, v in counts.items())])
+    missing = [f"{side} ({len(found)}): {', '.join(found)}" for side, found in one_sided(run_a, run_b).items() if found]
+    return "\n".join(head + ["", body, "", tail + "; " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+                     + missing)
 
 
 def main(run_a_path, run_b_path, *, noise: float = DEFAULT_NOISE, json_out=None) -> int:
@@ -211,5 +222,6 @@ def main(run_a_path, run_b_path, *, noise: float = DEFAULT_NOISE, json_out=None)
     print(render(run_a, run_b, rows))
     if json_out:
         Path(json_out).write_text(json.dumps({"a": run_a["path"], "b": run_b["path"], "noise_floor": noise,
-                                              "rows": [asdict(r) for r in rows]}, indent=1, default=str))
+                                              "rows": [asdict(r) for r in rows], **one_sided(run_a, run_b)},
+                                             indent=1, default=str))
     return 1 if regressions(rows) else 0

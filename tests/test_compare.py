@@ -47,6 +47,24 @@ def test_verdicts_follow_direction_and_noise(tmp_path):
     assert [r.figure for r in compare.regressions(list(rows.values()))] == ["scaling"]
 
 
+def test_a_busy_share_is_judged_though_its_name_says_device(tmp_path):
+    a = make_run(tmp_path / "a", [], {"05_full_validation": {"device_busy_fraction": 0.95, "baseline_device_count": 1}})
+    b = make_run(tmp_path / "b", [], {"05_full_validation": {"device_busy_fraction": 0.60, "baseline_device_count": 2}})
+    rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
+    assert rows["device_busy_fraction"].verdict == "regressed"
+    assert rows["baseline_device_count"].verdict == "changed"  # a setting: compared, never judged
+
+
+def test_figures_recorded_by_one_run_only_are_named_not_dropped(tmp_path):
+    a = make_run(tmp_path / "a", [], {"02_profiling": {"mfu": 0.6, "kernel_idle_share": 0.04}})
+    b = make_run(tmp_path / "b", [], {"02_profiling": {"mfu": 0.6}, "04_tuning": {"best_tok_per_s": 9.0}})
+    run_a, run_b = compare.load_run(a), compare.load_run(b)
+    assert compare.one_sided(run_a, run_b) == {"only in A": ["02_profiling/kernel_idle_share"],
+                                              "only in B": ["04_tuning/best_tok_per_s"]}
+    text = compare.render(run_a, run_b, compare.compare_runs(run_a, run_b))
+    assert "only in A (1): 02_profiling/kernel_idle_share" in text and "only in B (1): 04_tuning/best_tok_per_s" in text
+
+
 def test_a_recorded_spread_widens_the_noise(tmp_path):
     spread = {"median": 1.90, "min": 1.70, "max": 2.10, "values": [1.7, 1.9, 2.1]}  # +-10.5 %
     a = make_run(tmp_path / "a", [criterion("two_gpu_scaling", 1.90, "PASS")], {"03_scaling": {"factor": spread}})
