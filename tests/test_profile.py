@@ -48,3 +48,22 @@ def test_a_cpu_capture_of_either_stage(tmp_path, small_fasta, model):
     assert result["stage"] == ("nucleotide_embedding" if model.startswith("dnabert") else "protein_embedding")
     assert 0 < len(result["table"]) <= 5 and not result["compiled"]
     assert NotMeasured.found(result["kernel_gaps"])  # no device kernels on CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["esm2_t6_8M", "dnabert_mini"])
+def test_a_cuda_capture_ranks_kernels_and_measures_their_gaps(tmp_path, small_fasta, model):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", model=model, device="cuda", precision="bf16",
+                      token_budget=2048, num_workers=0)
+    result = profile_batches(cfg, batches=2, warmup=1, top=10)
+    table = result["table"]
+    assert result["time_basis"] == "device" and len(table) > 0
+    # kernels only: no operator row, and no device time counted twice
+    assert not any(name.startswith("aten::") for name in table["name"]), table["name"].tolist()
+    assert table["share"].sum() <= 1.0 + 1e-9
+    gaps = result["kernel_gaps"]
+    assert gaps["kernels"] > 0 and 0.0 <= gaps["idle_share"] < 1.0
