@@ -120,3 +120,19 @@ def test_the_embedding_block_runs_in_order_on_cpu(tmp_path):
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
         ran += 1
     assert ran >= 8 and (tmp_path / "out" / "embeddings.h5").exists() and (tmp_path / "calls_cpu" / "summary.json").exists()
+
+
+def test_the_six_frame_rules_the_readme_states_are_the_ones_translation_applies():
+    from perfkit.workload.translate import translate_read
+
+    rules = " ".join(README.split())
+    for rule in ("frames F1–F3 at offsets 0–2 of the read and R1–R3 of its reverse complement",
+                 "a codon with a non-ACGT base is skipped", "a frame with a stop codon anywhere is dropped whole",
+                 "proteins are cut to 1,022 residues"):
+        assert rule in rules, rule
+    # ATG GCC TAA: F1 holds a stop at its end and is dropped whole; the other frames keep their codons
+    frames = {f.frame: f.protein for f in translate_read("r", "ATGGCCTAA")}
+    assert frames == {"F2": "WP", "F3": "GL", "R1": "LGH", "R3": "RP"}  # F1 and R2 hold a stop
+    assert {f.frame for f in translate_read("r", "ATGNNNGCC")} >= {"F1"}  # the NNN codon is skipped, not a stop
+    assert translate_read("r", "ATGNNNGCC")[0].protein == "MA"
+    assert max(len(f.protein) for f in translate_read("r", "GCT" * 2000)) == 1022
