@@ -200,3 +200,10 @@ def test_predict_help_names_what_predict_writes_and_not_what_embed_writes(capsys
         main(["embed", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "embeddings.h5" in text and "predictions_per_read.csv" not in text
+
+
+def test_the_final_line_names_the_precision_that_ran_not_auto(small_fasta, tmp_path, capsys):
+    flags = ["--model", "esm2_t6_8M", "--device", "cpu", "--num-workers", "0", "--no-progress"]  # precision: auto
+    assert main(["embed", str(small_fasta), "-o", str(tmp_path / "o"), *flags]) == 0
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "esm2_t6_8M fp32 on cpu" in final and "auto" not in final, final
