@@ -15,6 +15,10 @@ def empty_model_on(factory, device, dtype) -> nn.Module:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
+    if device.type == "cpu":
+        # on the host a plain build costs less than meta's first use, which imports torch._dynamo (~2 s per
+        # process, most of a CPU smoke run); the caller's init or weights overwrite every value either way
+        return factory().to(dtype=dtype).eval()
     with torch.device("meta"):
         model = factory()
     return model.to(dtype=dtype).to_empty(device=device).eval()
