@@ -42,7 +42,7 @@ def _percentiles(values: pd.Series) -> dict:
             "max": float(values.max()), "total": float(values.sum())}
 
 
-def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = None,
+def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | dict | None = None,
             warmup_batches: int = 0) -> pd.DataFrame:
     """Aggregate batches into fixed windows of request time, with a bottleneck verdict each.
 
@@ -51,7 +51,8 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = 
     Each batch owns the wall time from its request (arrival - loader wait) to the next
     batch's request; a window's shares are its batches' loader wait and device time over
     the time they own, so a long batch is not squeezed into the window it arrived in.
-    Throughput per window uses the window's clock length.
+    Throughput per window uses the window's clock length. `end_s`: where the loop ended (one number, or
+    {rank: end}, the end the steady rates use); without it, a rank's last batch's end.
     """
     if batch_records.empty:
         return pd.DataFrame()
@@ -59,7 +60,8 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | None = 
     for rank, df in batch_records.groupby("rank"):
         df = df.sort_values("t_arrive_s").copy()
         origin = steady_start_s(df, warmup_batches) if warmup_batches else 0.0
-        last_end = float(end_s if end_s is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max())
+        end = end_s.get(rank) if isinstance(end_s, dict) else end_s
+        last_end = float(end if end is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max())
         df = df.iloc[warm_batches(len(df), warmup_batches):].copy()
         request = df["t_arrive_s"] - df["loader_wait_s"]
         df["owned_s"] = np.diff(np.append(request.to_numpy(), max(last_end, float(request.iloc[-1]))))

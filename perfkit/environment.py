@@ -58,14 +58,13 @@ def build_stamp(version: str | None = None) -> dict | None:
             "dirty": bool(found and found.group(2))}
 
 
-def recorded_commit() -> tuple[str | None, str | None]:
-    """(commit, where it came from): PERFKIT_COMMIT, else the live checkout, else the build stamp."""
-    if os.environ.get("PERFKIT_COMMIT"):
-        return os.environ["PERFKIT_COMMIT"], "PERFKIT_COMMIT"
+def recorded_commit(stamp: dict | None = None) -> tuple[str | None, str | None]:
+    """(commit, where it came from): PERFKIT_COMMIT or the live checkout (`git_commit`), else the build
+    stamp (`stamp`, default: this install's)."""
     live = git_commit()
     if live:
-        return live, "git checkout"
-    stamp = build_stamp()
+        return live, "PERFKIT_COMMIT" if os.environ.get("PERFKIT_COMMIT") else "git checkout"
+    stamp = stamp if stamp is not None else build_stamp()
     if stamp and stamp["commit"]:
         return stamp["commit"] + ("+dirty" if stamp["dirty"] else ""), "build stamp"
     return None, None
@@ -96,7 +95,8 @@ def nvidia_driver() -> str | None:
 
 
 def environment() -> dict:
-    commit, commit_source = recorded_commit()
+    stamp = build_stamp()
+    commit, commit_source = recorded_commit(stamp)
     cuda = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     return {
@@ -112,7 +112,7 @@ def environment() -> dict:
         "driver": nvidia_driver() if cuda else None,
         "commit": commit,
         "commit_source": commit_source,
-        "build": build_stamp(),
+        "build": stamp,
         "package_sha256": package_hash(),
     }
 

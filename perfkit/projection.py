@@ -239,6 +239,13 @@ def spread(values) -> dict:
     return {"median": float(np.median(numbers)), "min": min(numbers), "max": max(numbers), "values": numbers}
 
 
+def repeated(values) -> dict | None:
+    """{median, min, max, values, repeats} of a figure over interleaved rounds (its finite values); None when
+    no round measured it. The criteria use the median; 06 and `perfkit compare` read min-max as its spread."""
+    numbers = [v for v in (_number(x) for x in values) if v is not None]
+    return {**spread(numbers), "repeats": len(numbers)} if numbers else None
+
+
 def criterion_factor(projected, measured, check: dict, tolerance: float = FIT_TOLERANCE) -> dict:
     """The factor the criterion takes: the projected one only while the two-size check holds within
     `tolerance` on both sides; otherwise the measured one at the largest size. Says which and why."""

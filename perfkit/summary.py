@@ -41,10 +41,8 @@ def build_run_summary(records: pd.DataFrame, *, config: dict, environment: dict,
     summed = _summed(per_rank, batch_records)
     run_wall = max(walls.values())
     # each rank's windows end where its loop ended (the end its steady rates use), not at its last batch
-    window_tables = [aggregate.windows(batch_records[batch_records["rank"] == rank], window_s,
-                                       end_s=starts[rank] + walls[rank], warmup_batches=warmup_batches)
-                     for rank in ranks] if not batch_records.empty else []
-    window_table = pd.concat(window_tables, ignore_index=True) if window_tables else pd.DataFrame()
+    window_table = aggregate.windows(batch_records, window_s, end_s={r: starts[r] + walls[r] for r in ranks},
+                                     warmup_batches=warmup_batches)
     summary = {
         "schema": SUMMARY_SCHEMA,
         "stage": stage,

@@ -119,7 +119,8 @@ def test_an_installed_copy_outside_git_records_its_build_stamp(monkeypatch):
     assert env_mod.recorded_commit() == ("abcdef1+dirty", "build stamp")
     env = env_mod.environment()
     assert env["commit"] == "abcdef1+dirty" and env["commit_source"] == "build stamp"
-    monkeypatch.setattr(env_mod, "git_commit", lambda start=None: "f00+dirty")  # a live checkout wins
+    # a live checkout wins; git_commit itself honours PERFKIT_COMMIT first, as the real one does
+    monkeypatch.setattr(env_mod, "git_commit", lambda start=None: os.environ.get("PERFKIT_COMMIT") or "f00+dirty")
     assert env_mod.recorded_commit() == ("f00+dirty", "git checkout")
     monkeypatch.setenv("PERFKIT_COMMIT", "c0ffee")
     assert env_mod.recorded_commit() == ("c0ffee", "PERFKIT_COMMIT")

@@ -306,3 +306,10 @@ def test_embedding_stages_scaling_sums_projected_stage_times():
     assert out["factor"] == pytest.approx(42.4 / 22.4)
     broken = projection.embedding_stages_scaling({"protein_embedding": (fake_summary(tok=None), fake_summary())}, stats, 10)
     assert broken["factor"]["measured"] is False
+
+
+def test_repeated_takes_the_median_of_the_measured_rounds():
+    spread = projection.repeated([1.80, 2.00, crit.not_measured("rank died"), 1.90])
+    assert spread == {"median": pytest.approx(1.90), "min": 1.80, "max": 2.00, "values": [1.80, 2.00, 1.90],
+                      "repeats": 3}
+    assert projection.repeated([None, crit.not_measured("no steady batches")]) is None

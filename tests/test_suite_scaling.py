@@ -24,13 +24,6 @@ def test_normalise_scaling_reads_what_rank_scaling_gives():
     assert out["per_rank_gpu_util"]["0"] == 75.0 and out["per_rank_gpu_util"]["1"]["measured"] is False
 
 
-def test_round_spread_takes_the_median_of_the_measured_rounds():
-    spread = scaling.round_spread([1.80, 2.00, crit.not_measured("rank died"), 1.90])
-    assert spread == {"median": pytest.approx(1.90), "min": 1.80, "max": 2.00, "values": [1.80, 2.00, 1.90],
-                      "repeats": 3}
-    assert scaling.round_spread([None, crit.not_measured("no steady batches")]) is None
-
-
 def test_run_predict_launches_one_cpu_process_through_torchrun_when_asked(tmp_path, monkeypatch):
     from perfkit.workload import predict
     from perfkit.workload.config import make_config

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit import criteria as crit
-from perfkit.projection import project_end_to_end, spread
+from perfkit.projection import project_end_to_end, repeated
 from perfkit.records import plain as _plain
 from perfkit.suite.context import Context, is_cuda, nucleotide_model, ratio, resolved_device, throughput_row
 from perfkit.suite.params import deep_merge
@@ -84,9 +84,8 @@ def run_baseline(ctx: Context) -> dict:
     for name, top, bottom, why in RATIOS:
         why = plan[top].skip or plan[bottom].skip or why
         per_round = [ratio(a["tok_per_s"], b["tok_per_s"], why) for a, b in zip(rows[top], rows[bottom])]
-        numbers = [r for r in per_round if isinstance(r, float)]
-        result["spreads"][name] = {**spread(numbers), "repeats": len(numbers)} if numbers else None
-        result[name] = result["spreads"][name]["median"] if numbers else crit.not_measured(why)
+        result["spreads"][name] = repeated(per_round)
+        result[name] = result["spreads"][name]["median"] if result["spreads"][name] else crit.not_measured(why)
     write_json(ctx.path("throughput.json"), _plain(table))
     return result
 
@@ -141,8 +140,8 @@ def run_chains(ctx: Context, device: str, precision: str) -> dict:
     rounds = [run_chain_round(ctx, p, common, v2, reads, full_reads, repeat, cuda) for repeat in range(p.repeats)]
     per_round = [ratio(min(r[f]["projected_hours"] for f in p.forms), r["v2"]["projected_hours"],
                        "a chain has no hours") for r in rounds]
-    numbers = [x for x in per_round if isinstance(x, float)]
-    speedup = spread(numbers)["median"] if numbers else per_round[0]
+    spread_ = repeated(per_round)
+    speedup = spread_["median"] if spread_ else per_round[0]
     sides = {form: {**side, "projected_hours": float(np.median([r[form]["projected_hours"] for r in rounds])),
                     "end_to_end_s": float(np.median([r[form]["end_to_end_s"] for r in rounds]))}
              for form, side in rounds[0].items()}
@@ -153,7 +152,6 @@ def run_chains(ctx: Context, device: str, precision: str) -> dict:
                    precision_v2=precision, device=device,
                    end_to_end_s={form: side["end_to_end_s"] for form, side in sides.items()})
     write_json(ctx.path("agreement.json"), details)
-    spread_ = {**spread(numbers), "repeats": len(numbers)} if numbers else None
     write_json(ctx.path("chains.json"), {"reads": reads, "full_sample_reads": full_reads, "fastest_v1": fastest,
                                          "speedup": speedup, "speedup_spread": spread_, "chains": sides,
                                          "rounds": rounds})

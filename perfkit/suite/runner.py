@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def export_html(notebook: Path, html: Path) -> None:
 def _earlier_statuses(out_dir: Path, params_path: Path, commit, skip) -> dict:
     """Notebooks an earlier `--only` call ran in this folder, with the same params and code, keep their status
     (the suite may be run in parts, e.g. one device call each); anything else is skipped, as before."""
-    import json
-
     try:
         earlier = json.loads((out_dir / "suite.json").read_text())
     except (OSError, ValueError):
@@ -149,8 +148,6 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
     summary_path = out_dir / "summary.json"
     summary = None
     if summary_path.exists() and status.get("06_summary", {}).get("status") == "complete":
-        import json
-
         summary = json.loads(summary_path.read_text())
         suite["verdict"] = summary.get("verdict")
     write_json(out_dir / "suite.json", suite)

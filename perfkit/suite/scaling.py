@@ -8,7 +8,7 @@ import pandas as pd
 
 from perfkit import criteria as crit
 from perfkit.errors import UserError
-from perfkit.projection import embedding_stages_scaling, end_to_end_scaling, rank_scaling
+from perfkit.projection import embedding_stages_scaling, end_to_end_scaling, rank_scaling, repeated
 from perfkit.results import NotMeasured, Scaling
 from perfkit.suite.context import Context, _target, is_cuda, resolved_device
 from perfkit.suite.params import ScalingArgs, SuiteParams
@@ -121,7 +121,7 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
     # the figures draw the first round; the headline factors are the median over rounds, min-max beside them
     first = per_round[0]
     scaling, nt_scaling, combined = first["protein"], first["nucleotide"], first["embedding_stages"]
-    spreads = {stage: round_spread([r[stage]["factor"] for r in per_round])
+    spreads = {stage: repeated([r[stage]["factor"] for r in per_round])
                for stage in ("protein", "nucleotide", "embedding_stages")}
     write_json(ctx.path("scaling.json"), {"plan": plan, "scaling": scaling, "nucleotide": nt_scaling,
                                           "embedding_stages": combined, "end_to_end": end_to_end,
@@ -130,7 +130,8 @@ def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
             "multi": first["pairs"]["protein_embedding"][1], "nucleotide": nt_scaling, "embedding_stages": combined,
             "end_to_end": end_to_end, "rounds": rounds,
             "scaling_factor": _median_or(spreads["protein"], scaling["factor"]),
-            "scaling_efficiency": _efficiency(spreads["protein"], scaling["efficiency"], plan["nproc"]),
+            "scaling_efficiency": (spreads["protein"]["median"] / plan["nproc"] if spreads["protein"]
+                                   else scaling["efficiency"]),
             "rank_imbalance": scaling["imbalance"],
             "scaling_factor_nucleotide": _median_or(spreads["nucleotide"], nt_scaling["factor"]),
             "scaling_factor_embedding_stages": _median_or(spreads["embedding_stages"], combined["factor"]),
@@ -153,21 +154,8 @@ def _stage_factors(runs: dict, reads: int, nproc: int, sample_stats: dict, full_
             "embedding_stages": embedding_stages_scaling(pairs, sample_stats, full_reads)}
 
 
-def round_spread(factors: list) -> dict | None:
-    """{median, min, max, values, repeats} of a factor over the rounds; None when no round measured it."""
-    values = [float(f) for f in factors if isinstance(f, (int, float))]
-    if not values:
-        return None
-    return {"median": float(pd.Series(values).median()), "min": min(values), "max": max(values),
-            "values": values, "repeats": len(values)}
-
-
 def _median_or(spread: dict | None, first):
     return spread["median"] if spread else first
-
-
-def _efficiency(spread: dict | None, first, nproc: int):
-    return spread["median"] / nproc if spread else first
 
 
 def warmup_reads(params: SuiteParams, gpus: bool, nproc: int) -> int:
