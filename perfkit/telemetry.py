@@ -13,6 +13,8 @@ Schema `perfkit.batch/1` (kind = "batch"):
   queue_depth                  batches ready in the loader's queue after next() (null if unknown)
   host_s                       host time from arrival until the step returned (launch + Python)
   device_s                     device-busy time of the batch (CUDA events; host clock on CPU)
+  device_start_s               when the device began the batch, on t_arrive_s's clock (null when unknown, and in
+                               files written before the field existed)
   sequences, real_tokens       work in the batch
   slot_tokens                  token slots computed (real + padding)
   budget_tokens                the batch token budget (packing denominator)
@@ -38,7 +40,7 @@ SCHEMA = "perfkit.batch/1"
 
 BATCH_FIELDS = (
     "schema", "kind", "run_id", "rank", "stage", "batch", "t_arrive_s", "loader_wait_s", "queue_depth",
-    "host_s", "device_s", "sequences", "real_tokens", "slot_tokens", "budget_tokens",
+    "host_s", "device_s", "device_start_s", "sequences", "real_tokens", "slot_tokens", "budget_tokens",
     "packing_efficiency", "padding_waste",
 )
 
@@ -119,29 +121,32 @@ class Telemetry:
 
     def batch(self, *, stage: str, t_arrive_s: float, loader_wait_s: float, host_s: float, span=None,
               sequences: int, real_tokens: int, slot_tokens: int, budget_tokens: int,
-              queue_depth: int | None = None) -> None:
+              queue_depth: int | None = None, clock_start: float | None = None) -> None:
+        """`clock_start`: the perf_counter origin of t_arrive_s, to put the span's device start on its clock."""
         index = self._batch_index.get(stage, 0)
         self._batch_index[stage] = index + 1
         record = {
             "schema": SCHEMA, "kind": "batch", "run_id": self.run_id, "rank": self.rank, "stage": stage,
             "batch": index, "t_arrive_s": t_arrive_s, "loader_wait_s": loader_wait_s,
-            "queue_depth": queue_depth, "host_s": host_s, "device_s": None,
+            "queue_depth": queue_depth, "host_s": host_s, "device_s": None, "device_start_s": None,
             "sequences": int(sequences), "real_tokens": int(real_tokens), "slot_tokens": int(slot_tokens),
             "budget_tokens": int(budget_tokens),
             "packing_efficiency": real_tokens / budget_tokens if budget_tokens else None,
             "padding_waste": (slot_tokens - real_tokens) / slot_tokens if slot_tokens else 0.0,
         }
-        self._pending.append((record, span))
+        self._pending.append((record, span, clock_start))
         self._emit_resolved()
 
     def _emit_resolved(self, wait: bool = False) -> None:
         while self._pending:
-            record, span = self._pending[0]
+            record, span, clock_start = self._pending[0]
             seconds = None
             if span is not None:
                 seconds = span.wait() if wait else span.seconds
                 if seconds is None:
                     return  # device still busy with it: try again later, no sync
+                if clock_start is not None and span.start_host is not None:
+                    record["device_start_s"] = span.start_host - clock_start
             record["device_s"] = seconds
             self.writer.write(record)
             self._pending.popleft()

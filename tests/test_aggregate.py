@@ -113,3 +113,25 @@ def test_windows_start_at_the_one_steady_start():
     assert table["start_s"].tolist() == [6.0, 8.0, 10.0] and table["real_tokens"].sum() == 600
     rates = aggregate.throughput(batches, wall_s=12.0, warmup_batches=2)
     assert rates.steady_wall_s == pytest.approx(12.0 - start) and rates.steady_tok_per_s == pytest.approx(100.0)
+
+
+def test_steady_start_waits_for_the_device_to_finish_the_warm_up():
+    """A host that runs ahead of the device (queued launches) requests the first steady batch while the device
+    still works on warm-up batches: the steady state starts when the device is done with them, so the steady
+    rate is the device's own (1 batch of 100 tokens per second here), not diluted by warm-up device time."""
+    device_starts = [0.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]  # 2.5 s compile, then 1 s a batch, back to back
+    # the launch queue holds ~2 s of work: the host requests each batch 2 s before the device starts it
+    rows = [{"rank": 0, "stage": "protein_embedding", "t_arrive_s": max(device_starts[k] - 2.0, 0.1 * k),
+             "loader_wait_s": 0.0, "host_s": 0.05,
+             "device_s": 2.5 if k == 0 else 1.0, "device_start_s": device_starts[k], "sequences": 10,
+             "real_tokens": 100, "slot_tokens": 100, "budget_tokens": 128} for k in range(8)]
+    batches = pd.DataFrame(rows)
+    assert aggregate.steady_start_s(batches, warmup_batches=2) == pytest.approx(4.0)  # warm-up batch 1 ends
+    rates = aggregate.throughput(batches, wall_s=10.0, warmup_batches=2)
+    assert rates.steady_tok_per_s == pytest.approx(100.0) and rates.device_busy_fraction == pytest.approx(1.0)
+    table = aggregate.windows(batches, 2.0, end_s=10.0, warmup_batches=2)
+    assert table["start_s"].tolist()[0] == 4.0 and table["real_tokens"].sum() == 600
+    # telemetry written before device starts were recorded: the request of batch 2, as before (a quarter lower here)
+    older = batches.drop(columns="device_start_s")
+    assert aggregate.steady_start_s(older, warmup_batches=2) == pytest.approx(2.0)
+    assert aggregate.throughput(older, wall_s=10.0, warmup_batches=2).steady_tok_per_s == pytest.approx(75.0)

@@ -53,3 +53,23 @@ def test_records_wait_for_their_device_time_then_land_in_jsonl(tmp_path):
 def test_jsonable_converts_numpy_and_nan():
     out = jsonable({"a": np.float32(1.5), "b": np.arange(3), "c": float("nan"), "d": (np.int64(2),)})
     assert json.dumps(out) == '{"a": 1.5, "b": [0, 1, 2], "c": null, "d": [2]}'
+
+
+def test_device_start_lands_on_the_arrival_clock(tmp_path):
+    """The span's start (the host clock on CPU) is written relative to the clock t_arrive_s counts from."""
+    import time
+
+    from perfkit.busy import DeviceBusyTimer
+
+    path = tmp_path / "telemetry.jsonl"
+    tel, timer = Telemetry(path), DeviceBusyTimer("cpu")
+    loop_t0 = time.perf_counter() - 5.0  # the loop began 5 s ago
+    with timer.measure() as span:
+        began = time.perf_counter() - loop_t0
+    tel.batch(stage="embed", t_arrive_s=4.9, loader_wait_s=0.0, host_s=0.1, span=span, sequences=1,
+              real_tokens=10, slot_tokens=10, budget_tokens=16, clock_start=loop_t0)
+    _batch(tel, None, 1)  # no span: no device start
+    tel.close()
+    b = pd.read_json(path, lines=True).sort_values("batch")
+    assert abs(b["device_start_s"].iloc[0] - began) < 0.01 and b["device_start_s"].iloc[0] > 4.9
+    assert pd.isna(b["device_start_s"].iloc[1])

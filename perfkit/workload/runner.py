@@ -465,7 +465,8 @@ def _loop_v2(run: Run, model, batches, progress) -> bool:
         run.telemetry.batch(stage=run.stage, t_arrive_s=arrival.t_arrive_s, loader_wait_s=arrival.wait_s,
                             host_s=time.perf_counter() - host_start, span=span, sequences=batch["sequences"],
                             real_tokens=batch["real_tokens"], slot_tokens=batch["slot_tokens"],
-                            budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth)
+                            budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth,
+                            clock_start=run.loop_t0)
         progress.update(batch["sequences"], batch["real_tokens"], batch["budget_tokens"], advance=batch.get("reads_seen", 0))
         if batch_index == 0 and cfg.compile and device.type == "cuda":
             progress.set_description(progress.bar.desc.split(":")[0])  # compiled: the stage's own name again
@@ -560,7 +561,8 @@ def build_model(run: Run):
     if run.encoder.nucleotide:
         model.packed_attention = cfg.nt_attention
     else:
-        esm2.set_kernels(model, attention=cfg.attention, gelu_epilogue=cfg.gelu_epilogue)
+        esm2.set_kernels(model, attention=cfg.attention, gelu_epilogue=cfg.gelu_epilogue,
+                         residual_epilogue=cfg.residual_epilogue)
     return model, info
 
 

@@ -111,7 +111,8 @@ def loop_protein(run: "Run", model, done_keys, progress) -> bool:
             run.keep_for_verification(picked, toks[0].numpy(), lengths, batch_index)
             run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
                                 host_s=time.perf_counter() - host_start, span=span, sequences=len(strs),
-                                real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch)
+                                real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch,
+                                clock_start=run.loop_t0)
             progress.update(len(strs), real, cfg.v1_toks_per_batch)
             batch_index += 1
             waited_since = time.perf_counter()
@@ -143,7 +144,8 @@ def loop_nucleotide(run: "Run", model, done_keys, progress) -> bool:
             real = int(lengths.sum())
             run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
                                 host_s=time.perf_counter() - host_start, span=span, sequences=len(lengths),
-                                real_tokens=real, slot_tokens=int(padded.numel()), budget_tokens=int(padded.numel()))
+                                real_tokens=real, slot_tokens=int(padded.numel()), budget_tokens=int(padded.numel()),
+                                clock_start=run.loop_t0)
             progress.update(len(lengths), real, int(padded.numel()))
             batch_index += 1
             waited_since = time.perf_counter()
