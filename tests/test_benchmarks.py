@@ -63,7 +63,7 @@ def test_protein_mfu_names_a_bad_run_and_a_cpu_device():
 
 
 def test_protein_mfu_run_and_gate_on_cpu(tmp_path, monkeypatch):
-    """One run's whole path on CPU (the timing needs CUDA, so the syncs are stubbed): the pipeline's packs,
+    """One run's whole path on CPU (three variants: dynamic, static shapes, residual epilogue) (the timing needs CUDA, so the syncs are stubbed): the pipeline's packs,
     padding to static shapes, the fair-esm fp32 reference rebuilt from our weights, and the gate. A bf16
     model passes; padding to static shapes changes no vector."""
     import types
@@ -77,15 +77,19 @@ def test_protein_mfu_run_and_gate_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda *a, **k: None)
     monkeypatch.setitem(pm.VARIANTS, "cpu_dynamic", pm.Variant(attention="sdpa_repadded", compile=False))
     monkeypatch.setitem(pm.VARIANTS, "cpu_static", pm.Variant(attention="sdpa_repadded", compile=False, static=True))
+    monkeypatch.setitem(pm.VARIANTS, "cpu_residual", pm.Variant(attention="sdpa_repadded", compile=False,
+                                                                residual_epilogue=True))
     fasta = tmp_path / "reads.fa"
     write_synthetic_fasta(fasta, 300, "reads150", seed=3)
     args = types.SimpleNamespace(device="cpu", model="esm2_t6_8M", tokens_per_pass=3000, repeats=1, seed=0,
-                                 hidden_rows=100, profile=False, profile_variant=None, profile_budget=None)
+                                 hidden_rows=100, profile_runs=[])
     cache, peaks = {}, {"measured": 1e12, "spec": 2e12}
     dynamic = pm.run_one("cpu_dynamic", 1024, fasta, args, cache, peaks)
     static = pm.run_one("cpu_static", 1024, fasta, args, cache, peaks)
+    residual = pm.run_one("cpu_residual", 1024, fasta, args, cache, peaks)
     assert dynamic["static_shapes"] is None and static["static_shapes"]["token_budget"] == 1024
-    for row in (dynamic, static):
+    assert residual["residual_epilogue"] and not dynamic["residual_epilogue"]
+    for row in (dynamic, static, residual):
         assert row["batches"] == 3 and row["tok_per_s_median"] > 0
         assert row["mfu_spec_peak"] == pytest.approx(row["mfu_measured_peak"] / 2)
         assert row["gate"]["passed"], row["gate"]

@@ -311,6 +311,27 @@ def test_gelu_epilogue_is_one_fused_call_and_matches_the_erf_path_on_cpu(our_mod
         esm2.set_kernels(our_model, gelu_epilogue=False)
 
 
+def test_residual_epilogue_matches_the_plain_residual_adds_with_nonzero_biases(proteins):
+    """The carried stream (x + offset, the residual added inside the GEMM) is the plain one, biases and all."""
+    model, _ = esm2.build_model("esm2_t6_8M", seed=2)
+    with torch.no_grad():
+        for layer in model.layers:
+            for linear in (layer.out_proj, layer.fc2, layer.qkv):
+                linear.bias.normal_(0.0, 0.5)
+            layer.attn_norm.bias.normal_(0.0, 0.1)
+    residual, x, w = torch.randn(7, 16), torch.randn(7, 24), torch.randn(16, 24)
+    torch.testing.assert_close(esm2.residual_linear(residual, x, w), residual + x @ w.T)
+    plain, plain_hidden = model.forward_packed(**packed(proteins[:8]), return_hidden=True)
+    esm2.set_kernels(model, residual_epilogue=True, gelu_epilogue=True)
+    carried, carried_hidden = model.forward_packed(**packed(proteins[:8]), return_hidden=True)
+    esm2.set_kernels(model, gelu_epilogue=True)
+    fused_gelu_only = model.forward_packed(**packed(proteins[:8]))
+    assert model.residual_epilogue is False
+    torch.testing.assert_close(carried_hidden, plain_hidden, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(carried, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(carried, fused_gelu_only, rtol=1e-4, atol=1e-5)
+
+
 def test_pad_packed_gives_fixed_shapes_and_the_same_vectors(our_model, proteins):
     inputs = esm2.packed_inputs(*esm2.encode_proteins(proteins[:6]))
     real_tokens, real_seqs = int(inputs["cu_seqlens"][-1]), 6

@@ -247,14 +247,15 @@ def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, 
 
 
 def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(small_fasta, tmp_path):
-    """embed.attention and embed.gelu_epilogue change which kernels run, not the vectors (CPU: the fused
-    call's GELU is the erf form there); the summary says which attention kernel ran."""
+    """embed.attention, embed.gelu_epilogue and embed.residual_epilogue change which kernels run, not the vectors
+    (CPU: the fused call's GELU is the erf form there); the summary says which attention kernel ran."""
     plain = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "plain", **FAST))
     knobs = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "knobs", attention="flex",
-                                  gelu_epilogue=True, **FAST))
+                                  gelu_epilogue=True, residual_epilogue=True, **FAST))
     assert plain["run"]["attention_path"]["sdpa_repadded"] > 0 and plain["run"]["attention_path"]["flex_attention"] == 0
     assert knobs["run"]["attention_path"]["flex_attention"] > 0 and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
-    assert knobs["config"]["gelu_epilogue"] and knobs["config"]["attention"] == "flex"
+    assert knobs["config"]["gelu_epilogue"] and knobs["config"]["residual_epilogue"]
+    assert knobs["config"]["attention"] == "flex"
     ids_a, vectors_a, _ = _h5(tmp_path / "plain" / "embeddings.h5")
     ids_b, vectors_b, _ = _h5(tmp_path / "knobs" / "embeddings.h5")
     assert ids_a == ids_b

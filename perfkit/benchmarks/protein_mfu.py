@@ -20,11 +20,16 @@ Variants (attention kernel, compilation, shapes, matmul precision):
                             approximation, not fair-esm's erf: the gate decides)
   compiled_mem_efficient    the cutlass memory-efficient varlen kernel (64-query tiles: less waste on short frames)
   gelu_epilogue_*, stack_*  the GELU epilogue without static shapes; one compiled graph over all layers
+  residual_*                the residual adds inside out_proj's and fc2's GEMM epilogues (biases carried to
+                            the next norm): no separate add kernel, one tensor less through memory per add
+  *_multikernel             inductor's multi-kernel: each norm also as a persistent reduction (one read of
+                            the row), the faster of the two picked by timing at run time
   fp8_compiled_varlen       Linear layers in FP8 (torchao row-wise dynamic scaling), compiled blocks
   fp8_static_autotune_varlen
 
 Also, without the model: the sustained bf16 GEMM rate at each of the model's four Linear shapes at each
-budget (the ceiling the blocks can reach), and a kernel-time breakdown of the pipeline's default.
+budget (the ceiling the blocks can reach), the LayerNorm kernels' bandwidth at the pack's shape, and a
+kernel-time breakdown of the runs named by --profile-runs.
 
 Run: python -m perfkit.benchmarks.protein_mfu --device cuda [--model esm2_t36_3B]
      [--runs compiled_varlen@16384 compiled_varlen@65536 ...] [--out result.json]
@@ -59,6 +64,8 @@ class Variant:
     fp8: bool = False
     gelu_epilogue: bool = False
     whole_stack: bool = False
+    residual_epilogue: bool = False
+    multi_kernel: bool = False
 
 
 VARIANTS = {
@@ -75,6 +82,13 @@ VARIANTS = {
     "gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True),
     "stack_gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True, whole_stack=True),
     "stack_gelu_epilogue_varlen": Variant(gelu_epilogue=True, whole_stack=True),
+    "residual_gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True,
+                                                    residual_epilogue=True),
+    "gelu_epilogue_mem_efficient_multikernel": Variant(attention="mem_efficient_varlen", gelu_epilogue=True,
+                                                       multi_kernel=True),
+    "residual_gelu_epilogue_mem_efficient_multikernel": Variant(attention="mem_efficient_varlen",
+                                                                gelu_epilogue=True, residual_epilogue=True,
+                                                                multi_kernel=True),
     "fp8_compiled_varlen": Variant(fp8=True),
     "fp8_static_autotune_varlen": Variant(static=True, mode="max-autotune-no-cudagraphs", fp8=True),
 }
@@ -140,9 +154,8 @@ def build(model_name: str, variant: Variant, device, seed: int = 0):
     from perfkit.workload import esm2
 
     model, _ = esm2.build_model(model_name, seed=seed, device=device, dtype=torch.bfloat16)
-    model.packed_attention = variant.attention
-    for layer in model.layers:
-        layer.gelu_epilogue = variant.gelu_epilogue
+    esm2.set_kernels(model, attention=variant.attention, gelu_epilogue=variant.gelu_epilogue,
+                     residual_epilogue=variant.residual_epilogue)
     if variant.fp8:
         esm2.to_float8(model)
     if variant.compile:
@@ -233,6 +246,38 @@ def gemm_ceiling(config, budget: int, device, seconds: float = 0.4) -> dict:
     return out
 
 
+def norm_kernels(config, budget: int, device, seconds: float = 0.3) -> dict:
+    """GB/s of LayerNorm over a [budget, D] bf16 pack (one read and one write counted), as each path runs it:
+    ATen's eager kernel, inductor's default (a looped reduction above 1,024 columns), inductor's multi-kernel
+    (a persistent reduction too, the faster picked at run time), and the norm of x + offset (residual_*)."""
+    d = config.embed_dim
+    x = torch.randn(budget, d, device=device, dtype=torch.bfloat16)
+    offset = torch.randn(d, device=device, dtype=torch.bfloat16)
+    norm = torch.nn.LayerNorm(d, device=device, dtype=torch.bfloat16)
+
+    def timed(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            calls += 20
+        return 2 * x.numel() * x.element_size() * calls / (time.perf_counter() - start) / 1e9
+
+    out = {"eager_aten": timed(lambda: norm(x))}
+    for name, multi_kernel in (("inductor", 0), ("inductor_multikernel", 1)):
+        with torch._inductor.config.patch({"triton.multi_kernel": multi_kernel}):
+            torch._dynamo.reset()
+            plain = torch.compile(lambda t: norm(t), dynamic=True)
+            carried = torch.compile(lambda t, o: norm(t + o), dynamic=True)
+            out[name] = timed(lambda: plain(x))
+            out[f"{name}_x_plus_offset"] = timed(lambda: carried(x, offset))
+    torch._dynamo.reset()
+    return out
+
+
 def kernel_breakdown(model, inputs: list[dict]) -> dict:
     """Share of GPU kernel time per kind over the given batches, and GPU kernel time against wall time."""
     from torch.profiler import ProfilerActivity, profile
@@ -283,6 +328,13 @@ def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, pe
     inputs = device_inputs(batches, args.device, shapes)
     tokens = sum(b["real_tokens"] for b in batches)
     torch._dynamo.reset()
+    # inductor compiles at the first call: the multi-kernel setting must hold until every pass and the gate ran
+    with torch._inductor.config.patch({"triton.multi_kernel": int(variant.multi_kernel)}):
+        return _measure(name, budget, variant, batches, shapes, inputs, tokens, flops, args, reference_cache,
+                        peaks)
+
+
+def _measure(name, budget, variant, batches, shapes, inputs, tokens, flops, args, reference_cache, peaks) -> dict:
     build_start = time.perf_counter()
     model = build(args.model, variant, args.device, seed=args.seed)
     build_s = time.perf_counter() - build_start
@@ -301,7 +353,7 @@ def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, pe
                                                                 seed=args.seed)
         reference_cache[key] = fairesm_reference(reference_model, batches[0], args.device)
     row["gate"] = gate_against(reference_cache[key], model, inputs[0], batches[0]["sequences"], args.hidden_rows)
-    if args.profile and name == args.profile_variant and budget == args.profile_budget:
+    if f"{name}@{budget}" in args.profile_runs:
         row["kernel_breakdown"] = kernel_breakdown(model, inputs[:3])
     del model, inputs
     torch.cuda.empty_cache()
@@ -318,12 +370,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-rows", type=int, default=4096, help="token rows of the hidden-state comparison")
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
-    parser.add_argument("--profile-variant", default="compiled_varlen")
-    parser.add_argument("--profile-budget", type=int, default=16384)
+    parser.add_argument("--profile-runs", nargs="*", default=["compiled_varlen@16384"],
+                        help="variant@token_budget runs to break down by kernel kind (none: --profile-runs)")
+    parser.add_argument("--norm-bench", action="store_true", help="also time the LayerNorm kernels at each budget")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
+    for spec in args.profile_runs:
+        parse_run(spec)
 
     from perfkit.peaks import spec_peak_flops
     from perfkit.workload import esm2
@@ -343,6 +397,10 @@ def main(argv=None) -> dict:
     for budget in sorted({b for _, b in runs}):
         result["gemm_ceiling_tflops"][budget] = gemm_ceiling(config, budget, device)
         print(json.dumps({"gemm_ceiling_tflops": {budget: result["gemm_ceiling_tflops"][budget]}}), flush=True)
+        if args.norm_bench:
+            result.setdefault("norm_kernels_gb_per_s", {})[budget] = norm_kernels(config, budget, device)
+            print(json.dumps({"norm_kernels_gb_per_s": {budget: result["norm_kernels_gb_per_s"][budget]}}),
+                  flush=True)
     reference_cache: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "reads.fa"
@@ -368,6 +426,8 @@ def main(argv=None) -> dict:
                 f"<= {GATE_MAX_RELATIVE_ERROR}, reference non-degenerate; hidden = the same on per-token final "
                 "hidden states (first hidden_rows tokens)",
         "gemm_ceiling_tflops": "F.linear at [budget, k] x [k, n] with bias, timed >= 0.4 s each, bf16",
+        "norm_kernels_gb_per_s": "LayerNorm over [budget, D] bf16: (bytes read + bytes written) / seconds, >= 0.3 s "
+                                 "each",
     }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

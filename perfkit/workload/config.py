@@ -64,6 +64,9 @@ class EmbedConfig(BaseModel):
     # ESM-2: fc1 + bias + GELU as one cuBLASLt GEMM (its GELU is the tanh form, fair-esm's is erf: the
     # equivalence gate judges it; benchmarks/protein_mfu measured both)
     gelu_epilogue: bool = False
+    # ESM-2: out_proj and fc2 add the residual in their GEMM's epilogue (cuBLAS beta = 1) and carry their
+    # biases to the next norm, so no residual-add kernel runs (benchmarks/protein_mfu measured it)
+    residual_epilogue: bool = False
     # ESM-2 in bf16/fp16 on CUDA: run under torch.autocast (norms and softmax in fp32, a cast before every
     # Linear) or in the model's own dtype, as the equivalence gate and benchmarks/protein_mfu run it
     autocast: bool = True

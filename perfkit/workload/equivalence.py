@@ -174,10 +174,11 @@ def run_equivalence_gate(
     compile_scope: str = "blocks",
     attention: str = "auto",
     gelu_epilogue: bool = False,
+    residual_epilogue: bool = False,
 ) -> dict:
     """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights.
 
-    compile / compile_scope / attention / gelu_epilogue: the kernels a run with these settings takes
+    compile / compile_scope / attention / gelu_epilogue / residual_epilogue: the kernels a run with these settings takes
     (compilation on CUDA only)."""
     import esm  # only the gate needs fair-esm
 
@@ -199,7 +200,7 @@ def run_equivalence_gate(
 
     # the packed path at the precision under test: the fp32 weights rounded once, as a run's model is
     model = model.to(PRECISIONS[precision])
-    esm2.set_kernels(model, attention=attention, gelu_epilogue=gelu_epilogue)
+    esm2.set_kernels(model, attention=attention, gelu_epilogue=gelu_epilogue, residual_epilogue=residual_epilogue)
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
         model.compile_blocks(whole_stack=compile_scope == "stack")
@@ -217,6 +218,7 @@ def run_equivalence_gate(
             "compiled": compiled,
             "compile_scope": compile_scope if compiled else None,
             "gelu_epilogue": gelu_epilogue,
+            "residual_epilogue": residual_epilogue,
             "attention_calls": dict(model.attention_calls),
             "attention_path": max(model.attention_calls, key=model.attention_calls.get),
         }

@@ -228,6 +228,22 @@ def _(x, weight, bias):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+@torch.library.custom_op("perfkit::residual_linear", mutates_args=())
+def residual_linear(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight.T in one GEMM: the residual is read in the GEMM's epilogue (beta = 1), so the
+    projection's output never makes a round trip through memory to a separate add. No bias: cuBLAS takes
+    a bias vector or a residual matrix, not both (the caller carries the bias; see Block.forward_carried).
+    Opaque to torch.compile, which would otherwise split it into a GEMM and an add fused downstream."""
+    flat = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]).to(weight.dtype),
+                       weight.t())
+    return flat.reshape(residual.shape)
+
+
+@residual_linear.register_fake
+def _(residual, x, weight):
+    return residual.new_empty(residual.shape)
+
+
 class Block(nn.Module):
     """Pre-LN transformer layer: x + attn(ln(x)), then x + fc2(gelu(fc1(ln(x))))."""
 
@@ -242,17 +258,31 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
         self.gelu_epilogue = False  # fc1 + bias + GELU in one cuBLASLt call (tanh GELU: numerics differ)
 
-    def forward(self, x, cos, sin, attend):
-        # x: [..., T, D] (packed: [N, D]); cos/sin broadcast against q/k laid out as [..., T, H, hd]
-        qkv = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.heads, self.head_dim))
+    def attention(self, h, cos, sin, attend):
+        # h: [..., T, D] (packed: [N, D]); cos/sin broadcast against q/k laid out as [..., T, H, hd]
+        qkv = self.qkv(h).unflatten(-1, (3, self.heads, self.head_dim))
         q, k, v = qkv.unbind(-3)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        x = x + self.out_proj(attend(q, k, v).flatten(-2))
-        h = self.ffn_norm(x)
+        return attend(q, k, v).flatten(-2)
+
+    def hidden(self, h):
         if self.gelu_epilogue:
             # under autocast the norm's output is fp32; autocast does not reach into a custom op
-            return x + self.fc2(linear_gelu_tanh(h.to(self.fc1.weight.dtype), self.fc1.weight, self.fc1.bias))
-        return x + self.fc2(F.gelu(self.fc1(h)))  # exact (erf) GELU, as fair-esm
+            return linear_gelu_tanh(h.to(self.fc1.weight.dtype), self.fc1.weight, self.fc1.bias)
+        return F.gelu(self.fc1(h))  # exact (erf) GELU, as fair-esm
+
+    def forward(self, x, cos, sin, attend):
+        x = x + self.out_proj(self.attention(self.attn_norm(x), cos, sin, attend))
+        return x + self.fc2(self.hidden(self.ffn_norm(x)))
+
+    def forward_carried(self, x, offset, cos, sin, attend):
+        """The same layer on a stream held as x + offset (offset: one [D] vector, the projections' biases so
+        far): out_proj and fc2 add their product to x in their GEMM's epilogue (residual_linear) and their
+        biases to the offset, which each norm adds back as it reads x. No separate residual-add kernel."""
+        x = residual_linear(x, self.attention(self.attn_norm(x + offset), cos, sin, attend), self.out_proj.weight)
+        offset = offset + self.out_proj.bias
+        x = residual_linear(x, self.hidden(self.ffn_norm(x + offset)), self.fc2.weight)
+        return x, offset + self.fc2.bias
 
 
 class ESM2(nn.Module):
@@ -269,6 +299,7 @@ class ESM2(nn.Module):
         # packed path kernel: "auto" = varlen_attn on CUDA fp16/bf16, else sdpa_repadded; or name one
         self.packed_attention = "auto"
         self.blocks_compiled = False
+        self.residual_epilogue = False  # the residual adds in out_proj's and fc2's GEMM epilogues (packed path)
         self.run_layers = self._run_layers
 
     def compile_blocks(self, mode: str | None = None, dynamic: bool = True, whole_stack: bool = False) -> "ESM2":
@@ -283,10 +314,16 @@ class ESM2(nn.Module):
         else:
             for layer in self.layers:
                 layer.forward = torch.compile(layer.forward, dynamic=dynamic, mode=mode)
+                layer.forward_carried = torch.compile(layer.forward_carried, dynamic=dynamic, mode=mode)
         self.blocks_compiled = True
         return self
 
     def _run_layers(self, x, cos, sin, attend):
+        if self.residual_epilogue:
+            offset = x.new_zeros(x.shape[-1])
+            for layer in self.layers:
+                x, offset = layer.forward_carried(x, offset, cos, sin, attend)
+            return x + offset
         for layer in self.layers:
             x = layer(x, cos, sin, attend)
         return x
@@ -404,11 +441,14 @@ def init_random_(model: ESM2, seed: int) -> ESM2:
 PACKED_ATTENTION = ("auto", "varlen_attn", "mem_efficient_varlen", "flex", "sdpa_repadded")
 
 
-def set_kernels(model: ESM2, *, attention: str = "auto", gelu_epilogue: bool = False) -> ESM2:
-    """Which kernels the packed path runs: the attention kernel, and fc1 + bias + GELU as one cuBLASLt call."""
+def set_kernels(model: ESM2, *, attention: str = "auto", gelu_epilogue: bool = False,
+                residual_epilogue: bool = False) -> ESM2:
+    """Which kernels the packed path runs: the attention kernel, fc1 + bias + GELU as one cuBLASLt call, and
+    the residual adds inside out_proj's and fc2's GEMMs."""
     if attention not in PACKED_ATTENTION:
         raise UserError(f"unknown packed attention {attention!r}", f"use one of {', '.join(PACKED_ATTENTION)}")
     model.packed_attention = attention
+    model.residual_epilogue = residual_epilogue
     for layer in model.layers:
         layer.gelu_epilogue = gelu_epilogue
     return model
