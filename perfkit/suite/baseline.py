@@ -205,7 +205,8 @@ def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
                                   compile_scope=ctx.params.embed.get("compile_scope", "blocks"),
                                   attention=ctx.params.embed.get("attention", "auto"),
                                   gelu_epilogue=bool(ctx.params.embed.get("gelu_epilogue", False)),
-                                  residual_epilogue=bool(ctx.params.embed.get("residual_epilogue", False)))
+                                  residual_epilogue=bool(ctx.params.embed.get("residual_epilogue", False)),
+                                  multi_kernel=bool(ctx.params.embed.get("multi_kernel", False)))
     write_json(ctx.path("equivalence.json"), result)
     return result
 

@@ -175,10 +175,11 @@ def run_equivalence_gate(
     attention: str = "auto",
     gelu_epilogue: bool = False,
     residual_epilogue: bool = False,
+    multi_kernel: bool = False,
 ) -> dict:
     """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights.
 
-    compile / compile_scope / attention / gelu_epilogue / residual_epilogue: the kernels a run with these settings takes
+    compile / compile_scope / attention / gelu_epilogue / residual_epilogue / multi_kernel: the kernels a run with these settings takes
     (compilation on CUDA only)."""
     import esm  # only the gate needs fair-esm
 
@@ -204,7 +205,10 @@ def run_equivalence_gate(
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
         model.compile_blocks(whole_stack=compile_scope == "stack")
-    candidate = packed_embeddings(model, proteins, device, token_budget)
+    from perfkit.workload.runner import inductor_settings
+
+    with inductor_settings(multi_kernel and compiled):
+        candidate = packed_embeddings(model, proteins, device, token_budget)
 
     result = gate(compare_embeddings(reference, candidate), precision)
     result.update(
@@ -219,6 +223,7 @@ def run_equivalence_gate(
             "compile_scope": compile_scope if compiled else None,
             "gelu_epilogue": gelu_epilogue,
             "residual_epilogue": residual_epilogue,
+            "multi_kernel": multi_kernel and compiled,
             "attention_calls": dict(model.attention_calls),
             "attention_path": max(model.attention_calls, key=model.attention_calls.get),
         }

@@ -228,20 +228,14 @@ def _(x, weight, bias):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-@torch.library.custom_op("perfkit::residual_linear", mutates_args=())
-def residual_linear(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """residual + x @ weight.T in one GEMM: the residual is read in the GEMM's epilogue (beta = 1), so the
-    projection's output never makes a round trip through memory to a separate add. No bias: cuBLAS takes
-    a bias vector or a residual matrix, not both (the caller carries the bias; see Block.forward_carried).
-    Opaque to torch.compile, which would otherwise split it into a GEMM and an add fused downstream."""
-    flat = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]).to(weight.dtype),
-                       weight.t())
-    return flat.reshape(residual.shape)
-
-
-@residual_linear.register_fake
-def _(residual, x, weight):
-    return residual.new_empty(residual.shape)
+@torch.library.custom_op("perfkit::add_linear_", mutates_args=("residual",))
+def add_linear_(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """residual += x @ weight.T in one GEMM, in place: the residual is the GEMM's C (beta = 1), read in its
+    epilogue, so the projection's output never makes a round trip through memory to a separate add (and, in
+    place, no copy of C into a new output either). No bias: cuBLAS takes a bias vector or a C matrix, not
+    both; the caller carries the bias (Block.forward_carried). Opaque to torch.compile, which would split it
+    into a GEMM and an add fused downstream; inductor keeps the mutation in place."""
+    residual.view(-1, residual.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]).to(weight.dtype), weight.t())
 
 
 class Block(nn.Module):
@@ -277,11 +271,12 @@ class Block(nn.Module):
 
     def forward_carried(self, x, offset, cos, sin, attend):
         """The same layer on a stream held as x + offset (offset: one [D] vector, the projections' biases so
-        far): out_proj and fc2 add their product to x in their GEMM's epilogue (residual_linear) and their
-        biases to the offset, which each norm adds back as it reads x. No separate residual-add kernel."""
-        x = residual_linear(x, self.attention(self.attn_norm(x + offset), cos, sin, attend), self.out_proj.weight)
+        far): out_proj and fc2 add their product to x in their GEMM's epilogue, in place (add_linear_), and
+        their biases to the offset, which each norm adds back as it reads x. No separate residual-add kernel.
+        x is overwritten: the caller passes a stream it no longer needs."""
+        add_linear_(x, self.attention(self.attn_norm(x + offset), cos, sin, attend), self.out_proj.weight)
         offset = offset + self.out_proj.bias
-        x = residual_linear(x, self.hidden(self.ffn_norm(x + offset)), self.fc2.weight)
+        add_linear_(x, self.hidden(self.ffn_norm(x + offset)), self.fc2.weight)
         return x, offset + self.fc2.bias
 
 

@@ -10,6 +10,7 @@ to enqueue the next kernel.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from itertools import islice
 
 import pandas as pd
@@ -98,7 +99,7 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     from torch.profiler import ProfilerActivity, profile
 
     from perfkit.workload.data import PackedFrames
-    from perfkit.workload.runner import pick_device, run_autocast
+    from perfkit.workload.runner import inductor_settings, pick_device, run_autocast, set_model_kernels
 
     cfg = cfg.for_stage()  # a nucleotide model runs with its stage's own knobs, as in the chain
     device = pick_device(cfg.device)
@@ -114,13 +115,15 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
         raise UserError(f"the sample gives {len(wanted)} batch(es) at token budget {cfg.token_budget}: nothing to profile",
                         "use a larger sample or a smaller token budget")
     model, _ = encoder.build(cfg.weights, cfg.seed, device, dtype)
+    set_model_kernels(model, cfg, encoder)  # the kernels the run takes (attention, fused epilogues)
     compiled = bool(cfg.compile and cuda and hasattr(model, "compile_blocks"))
     if compiled:  # as the run does: the warm-up batches compile, the profiled ones run the compiled blocks
         model.compile_blocks(**({} if encoder.nucleotide else {"whole_stack": cfg.compile_scope == "stack"}))
-    autocast = run_autocast(device, dtype, encoder)
+    autocast = run_autocast(device, dtype, encoder) if cfg.autocast else nullcontext()
+    settings = inductor_settings(cfg.multi_kernel and compiled)
 
     def forward(batch):
-        with autocast:
+        with settings, autocast:
             return model.forward_packed(**_inputs(batch, device))
 
     for batch in wanted[:warmup]:

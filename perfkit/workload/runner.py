@@ -436,12 +436,19 @@ def _loop_v2(run: Run, model, batches, progress) -> bool:
     forward = model.forward_packed if cfg.layout == "packed" else run.encoder.forward_padded(model)
     copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
     compute_stream = torch.cuda.current_stream(device) if cuda else None
-    in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
     iloader = InstrumentedLoader(batches, clock_start=run.loop_t0)
+    autocast = run_autocast(device, run.dtype, run.encoder) if cfg.autocast else nullcontext()
+    with inductor_settings(cfg.multi_kernel and cfg.compile and cuda):
+        return _loop_batches(run, forward, iloader, copy_stream, compute_stream, autocast, progress)
+
+
+def _loop_batches(run: Run, forward, iloader, copy_stream, compute_stream, autocast, progress) -> bool:
+    cfg, device = run.cfg, run.device
+    cuda = device.type == "cuda"
+    in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
     cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     capped = False
     batch_index = 0
-    autocast = run_autocast(device, run.dtype, run.encoder) if cfg.autocast else nullcontext()
     for batch in iloader:
         arrival = iloader.last
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
@@ -558,12 +565,22 @@ def build_model(run: Run):
         model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
         esm2_weights.load_fairesm_state_dict(model, reference.state_dict())
         del reference
-    if run.encoder.nucleotide:
+    set_model_kernels(model, cfg, run.encoder)
+    return model, info
+
+
+def set_model_kernels(model, cfg: EmbedConfig, encoder) -> None:
+    """The kernels the config names, as the run, 02's profiler and the equivalence gate all take them."""
+    if encoder.nucleotide:
         model.packed_attention = cfg.nt_attention
     else:
         esm2.set_kernels(model, attention=cfg.attention, gelu_epilogue=cfg.gelu_epilogue,
                          residual_epilogue=cfg.residual_epilogue)
-    return model, info
+
+
+def inductor_settings(multi_kernel: bool):
+    """Inductor's settings for what compiles inside: they must hold at the first call, when it compiles."""
+    return torch._inductor.config.patch({"triton.multi_kernel": 1}) if multi_kernel else nullcontext()
 
 
 # ---------------------------------------------------------------------------- checks
