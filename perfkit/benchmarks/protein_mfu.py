@@ -329,7 +329,9 @@ def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, pe
     tokens = sum(b["real_tokens"] for b in batches)
     torch._dynamo.reset()
     # inductor compiles at the first call: the multi-kernel setting must hold until every pass and the gate ran
-    with torch._inductor.config.patch({"triton.multi_kernel": int(variant.multi_kernel)}):
+    from perfkit.workload.runner import inductor_settings
+
+    with inductor_settings(variant.multi_kernel):
         return _measure(name, budget, variant, batches, shapes, inputs, tokens, flops, args, reference_cache,
                         peaks)
 

@@ -580,7 +580,12 @@ def set_model_kernels(model, cfg: EmbedConfig, encoder) -> None:
 
 def inductor_settings(multi_kernel: bool):
     """Inductor's settings for what compiles inside: they must hold at the first call, when it compiles."""
-    return torch._inductor.config.patch({"triton.multi_kernel": 1}) if multi_kernel else nullcontext()
+    if not multi_kernel:
+        return nullcontext()
+    # the multi-kernel's on-disk record of its pick crashes the next process that compiles the same graph
+    # (torch 2.11: its kernels, loaded from inductor's cache, have no Triton hash lock): pick again each time
+    os.environ["TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE"] = "1"
+    return torch._inductor.config.patch({"triton.multi_kernel": 1})
 
 
 # ---------------------------------------------------------------------------- checks
