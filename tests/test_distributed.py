@@ -166,7 +166,8 @@ def test_resume_after_killing_the_whole_launch(runs, tmp_path):
 
 
 def test_launcher_compares_a_resume_with_the_precision_the_ranks_recorded(small_fasta, tmp_path):
-    from perfkit.workload.runner import check_before_work, prepare_out_dir
+    from perfkit.workload.outdir import prepare_out_dir
+    from perfkit.workload.runner import check_before_work
 
     cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False)  # precision auto
     prepare_out_dir(check_before_work(cfg))  # what rank 0 records: the resolved precision (fp32 on CPU)

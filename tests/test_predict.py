@@ -160,7 +160,8 @@ def test_v1_and_v2_chains_agree_on_cuda(tmp_path):
 @pytest.mark.slow
 def test_predict_resumes_an_interrupted_chain(tmp_path):
     """A chain stopped inside its protein stage (shards on disk, no embeddings.h5) resumes to the same calls."""
-    from perfkit.workload.runner import check_before_work, embed_share, prepare_out_dir
+    from perfkit.workload.outdir import prepare_out_dir
+    from perfkit.workload.runner import check_before_work, embed_share
 
     small = {**FAST, "token_budget": 256}  # several batches; the same batching on every run
     fasta = orf_fasta(tmp_path / "s.fa", 60, seed=4)

@@ -207,22 +207,6 @@ def test_ranks_of_a_launcher_that_holds_the_lock_take_none(tmp_path):
             del os.environ[lock.HELD_ENV]
 
 
-def test_input_identity_hashes_the_whole_input_in_chunks(tmp_path, monkeypatch):
-    from perfkit.workload import runner
-
-    monkeypatch.setattr(runner, "HASH_CHUNK", 10)  # many chunks: the streamed hash must cover every one
-    path = tmp_path / "x.fa"
-    path.write_bytes(b">a\n" + b"ACGT" * 1000)
-    first = runner.input_identity(path)
-    assert first["size"] == 4003 and "whole file" in first["fingerprint"]
-    path.write_bytes(b">b\n" + b"ACGT" * 1000)  # same size, one id renamed
-    assert runner.input_identity(path)["sha256"] != first["sha256"]
-    path.write_bytes(b">a\n" + b"ACGT" * 500 + b"TTTT" + b"ACGT" * 499)  # same size, one base in the middle
-    assert runner.input_identity(path)["sha256"] != first["sha256"]
-    path.write_bytes(b">a\n" + b"ACGT" * 1000)
-    assert runner.input_identity(path)["sha256"] == first["sha256"]
-
-
 def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, caplog):
     from perfkit.workload.data import read_blocks, translate_block
     from perfkit.workload.translate import Truncation

@@ -65,9 +65,9 @@ from perfkit.workload import rank as rank_entry
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.lock import mark_held, out_dir_lock
-from perfkit.workload.runner import (Share, assemble_and_verify, spec_peak, check_before_work, check_out_dir,
-                                     embed_share, prepare_out_dir, run_result, steady_gpu, telemetry_name,
-                                     warn_truncated)
+from perfkit.workload.outdir import check_out_dir, prepare_out_dir
+from perfkit.workload.runner import (Share, assemble_and_verify, spec_peak, check_before_work, embed_share,
+                                     run_result, steady_gpu, telemetry_name, warn_truncated)
 from perfkit.workload.translate import Truncation
 
 log = logging.getLogger(__name__)

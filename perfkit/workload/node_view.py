@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from perfkit.errors import UserError
 from perfkit.workload.config import EmbedConfig
-from perfkit.workload.runner import input_identity
+from perfkit.workload.outdir import input_identity
 
 if TYPE_CHECKING:
     from perfkit.workload.distributed import RankInfo

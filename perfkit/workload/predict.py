@@ -38,7 +38,8 @@ from perfkit.workload import dnabert, esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import read_frameless
 from perfkit.workload.lock import out_dir_lock
-from perfkit.workload.runner import check_before_work, check_out_dir, pick_device, run_embed
+from perfkit.workload.outdir import check_out_dir
+from perfkit.workload.runner import check_before_work, pick_device, run_embed
 from perfkit.workload.translate import FRAMES
 from perfkit.results import as_summary
 
