@@ -42,6 +42,16 @@ def _embed(fasta, out, *extra, env=None, timeout=180):
                           env={**os.environ, **ONE_THREAD, **(env or {})})
 
 
+# the tests that read the reference runs run in one xdist worker, so that `runs` is built once (~40 s of CPU)
+REFERENCE_RUNS = pytest.mark.xdist_group("distributed-reference-runs")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The sample of the reference runs, for tests that only need its reads."""
+    return orf_fasta(tmp_path_factory.mktemp("dist-sample") / "s.fa", 240, seed=1)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One sample embedded by 1 rank and by 2 ranks (both through torchrun)."""
@@ -60,6 +70,7 @@ def runs(tmp_path_factory):
     return fasta, folder, {1: single, 2: json.loads((folder / "n2" / "summary.json").read_text())}
 
 
+@REFERENCE_RUNS
 def test_two_ranks_give_the_output_of_one(runs):
     fasta, folder, _ = runs
     ids_1, vectors_1 = read_embeddings(folder / "n1" / "embeddings.h5")  # refuses an incomplete file
@@ -72,6 +83,7 @@ def test_two_ranks_give_the_output_of_one(runs):
     assert (folder / "n2" / "telemetry.rank0.jsonl").stat().st_size and (folder / "n2" / "telemetry.rank1.jsonl").stat().st_size
 
 
+@REFERENCE_RUNS
 def test_summary_keeps_every_rank_and_sums_throughput(runs):
     fasta, _, summaries = runs
     summary = summaries[2]
@@ -93,6 +105,7 @@ def test_summary_keeps_every_rank_and_sums_throughput(runs):
     assert summary["distributed"]["nccl_env"]["NCCL_NVLS_ENABLE"] == "0"
 
 
+@REFERENCE_RUNS
 def test_scaling_figures(runs):
     _, _, summaries = runs
     figures = projection.rank_scaling(summaries[1], summaries[2])
@@ -124,8 +137,8 @@ def test_more_gpus_than_visible_is_refused_before_work(small_fasta, tmp_path):
     assert not out.exists()
 
 
-def test_a_failing_rank_fails_the_run_quickly(runs, tmp_path):
-    fasta, _, _ = runs
+def test_a_failing_rank_fails_the_run_quickly(sample, tmp_path):
+    fasta = sample
     start = time.monotonic()
     result = _embed(fasta, tmp_path / "o", "--nproc", "2", env={distributed.FAIL_RANK_ENV: "1"}, timeout=120)
     assert time.monotonic() - start < 120
@@ -135,6 +148,7 @@ def test_a_failing_rank_fails_the_run_quickly(runs, tmp_path):
     assert not (tmp_path / "o" / "embeddings.h5").exists()
 
 
+@REFERENCE_RUNS
 @pytest.mark.slow
 def test_resume_after_killing_the_whole_launch(runs, tmp_path):
     fasta, folder, _ = runs
@@ -327,6 +341,7 @@ def run_nodes(command_for, logs: Path, started: int = 2, env=None,
             for i, node in enumerate(nodes)]
 
 
+@REFERENCE_RUNS
 def test_two_nodes_give_the_output_of_one_node_with_as_many_ranks(runs, tmp_path):
     """2 nodes x 1 rank through torchrun's c10d rendezvous: the same plan as 1 node x 2 ranks, so the same
     batches: ids and vectors bitwise equal to that run's (and within fp32 tolerance of the 1-process run)."""
@@ -348,6 +363,7 @@ def test_two_nodes_give_the_output_of_one_node_with_as_many_ranks(runs, tmp_path
     assert not (out / node_view.SHARED_CHECK_NAME).exists()
 
 
+@REFERENCE_RUNS
 def test_a_resume_on_two_nodes_continues_a_run_of_one_node(runs, tmp_path):
     """A 1-node x 2-rank run that lost its last shards (as if killed), resumed by 2 nodes x 1 rank: only
     the missing sequences are embedded, and the output is bitwise the uninterrupted run's (same ranks,
@@ -374,8 +390,8 @@ def test_a_resume_on_two_nodes_continues_a_run_of_one_node(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_node_makes_the_other_fail_within_the_timeout(runs, tmp_path):
-    fasta, _, _ = runs
+def test_a_killed_node_makes_the_other_fail_within_the_timeout(sample, tmp_path):
+    fasta = sample
     out = tmp_path / "shared"
     nodes = start_nodes(lambda node, port: _embed_cmd(fasta, out, *node_flags(node, port)), tmp_path / "logs")
     bound = int(NODE_ENV[distributed.TIMEOUT_ENV]) + 30
@@ -417,8 +433,8 @@ def test_a_node_whose_peers_never_come_gives_up_after_the_rendezvous_timeout(sma
     assert not (out / "checkpoints").exists()
 
 
-def test_a_node_that_reads_another_input_stops_every_node(runs, tmp_path):
-    fasta, _, _ = runs
+def test_a_node_that_reads_another_input_stops_every_node(sample, tmp_path):
+    fasta = sample
     other = tmp_path / "other.fa"
     other.write_text(fasta.read_text().replace(">read1\n", ">read1x\n", 1))  # same reads, one byte more
     out = tmp_path / "shared"

@@ -80,6 +80,7 @@ def kill_sample(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("kill-sample")  # one xdist worker: kill_sample's reference run is made once
 @pytest.mark.parametrize("kill_after_shards", [1, 4, 8])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_sample, kill_after_shards):
     fasta, (ref_ids, ref_vectors) = kill_sample
