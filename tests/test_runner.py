@@ -274,3 +274,23 @@ def test_steady_gpu_samples_nvml_from_the_steady_start_to_the_loop_end(monkeypat
     runner.steady_gpu(SimpleNamespace(run=run, wall_s=9.0))
     # third batch (index 2) arrives at 4.0 after 0.5 s of loader wait: its request at 3.5 starts the steady state
     assert asked == {"since": 1003.5, "until": 1009.0}
+
+
+def test_multi_kernel_holds_for_the_compiled_protein_stage_only(small_fasta, tmp_path):
+    """The inductor setting that was measured on ESM-2 never reaches the nucleotide stage or an eager run, and
+    while it holds the multi-kernel's on-disk pick is off (it crashed a second process on a warm cache)."""
+    import torch
+
+    from perfkit.workload.encoders import encoder_for
+    from perfkit.workload.runner import inductor_settings, takes_multi_kernel
+
+    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", multi_kernel=True)
+    assert takes_multi_kernel(cfg, encoder_for("esm2_t6_8M"), compiled=True)
+    assert not takes_multi_kernel(cfg, encoder_for("dnabert_mini"), compiled=True)
+    assert not takes_multi_kernel(cfg, encoder_for("esm2_t6_8M"), compiled=False)
+    assert not takes_multi_kernel(cfg.model_copy(update={"multi_kernel": False}), encoder_for("esm2_t6_8M"), True)
+    before = torch._inductor.config.triton.multi_kernel
+    with inductor_settings(True):
+        assert torch._inductor.config.triton.multi_kernel == 1
+        assert os.environ["TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE"] == "1"
+    assert torch._inductor.config.triton.multi_kernel == before

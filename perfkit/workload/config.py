@@ -67,9 +67,10 @@ class EmbedConfig(BaseModel):
     # ESM-2: out_proj and fc2 add the residual in their GEMM's epilogue (cuBLAS beta = 1) and carry their
     # biases to the next norm, so no residual-add kernel runs (benchmarks/protein_mfu measured it)
     residual_epilogue: bool = False
-    # compiled runs on CUDA: inductor's multi-kernel also builds each norm as a persistent reduction (one read
+    # ESM-2 compiled on CUDA: inductor's multi-kernel also builds each norm as a persistent reduction (one read
     # of a row; by default only rows up to 1,024 wide get one, ESM-2 3B's are 2,560) and keeps the faster of
-    # the two by timing them at run time
+    # the two by timing them at run time. The nucleotide stage never takes it: its rows are 768 wide (already
+    # persistent), and it was not measured with it
     multi_kernel: bool = False
     # ESM-2 in bf16/fp16 on CUDA: run under torch.autocast (norms and softmax in fp32, a cast before every
     # Linear) or in the model's own dtype, as the equivalence gate and benchmarks/protein_mfu run it

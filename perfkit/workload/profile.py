@@ -99,7 +99,8 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     from torch.profiler import ProfilerActivity, profile
 
     from perfkit.workload.data import PackedFrames
-    from perfkit.workload.runner import inductor_settings, pick_device, run_autocast, set_model_kernels
+    from perfkit.workload.runner import (inductor_settings, pick_device, run_autocast, set_model_kernels,
+                                         takes_multi_kernel)
 
     cfg = cfg.for_stage()  # a nucleotide model runs with its stage's own knobs, as in the chain
     device = pick_device(cfg.device)
@@ -120,7 +121,7 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     if compiled:  # as the run does: the warm-up batches compile, the profiled ones run the compiled blocks
         model.compile_blocks(**({} if encoder.nucleotide else {"whole_stack": cfg.compile_scope == "stack"}))
     autocast = run_autocast(device, dtype, encoder) if cfg.autocast else nullcontext()
-    settings = inductor_settings(cfg.multi_kernel and compiled)
+    settings = inductor_settings(takes_multi_kernel(cfg, encoder, compiled))
 
     def forward(batch):
         with settings, autocast:

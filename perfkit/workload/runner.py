@@ -348,7 +348,7 @@ def _loop_v2(run: Run, model, batches, progress) -> bool:
     compute_stream = torch.cuda.current_stream(device) if cuda else None
     iloader = InstrumentedLoader(batches, clock_start=run.loop_t0)
     autocast = run_autocast(device, run.dtype, run.encoder) if cfg.autocast else nullcontext()
-    with inductor_settings(cfg.multi_kernel and cfg.compile and cuda):
+    with inductor_settings(takes_multi_kernel(cfg, run.encoder, compiled=cfg.compile and cuda)):
         return _loop_batches(run, forward, iloader, copy_stream, compute_stream, autocast, progress)
 
 
@@ -486,6 +486,11 @@ def set_model_kernels(model, cfg: EmbedConfig, encoder) -> None:
     else:
         esm2.set_kernels(model, attention=cfg.attention, gelu_epilogue=cfg.gelu_epilogue,
                          residual_epilogue=cfg.residual_epilogue)
+
+
+def takes_multi_kernel(cfg: EmbedConfig, encoder, compiled: bool) -> bool:
+    """multi_kernel holds for ESM-2 compiled on CUDA, where it was measured; never for the nucleotide stage."""
+    return bool(cfg.multi_kernel and compiled and not encoder.nucleotide)
 
 
 def inductor_settings(multi_kernel: bool):
