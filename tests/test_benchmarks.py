@@ -40,6 +40,7 @@ def test_chaos_kills_each_path_once_and_resumes_to_identical_output(tmp_path):
     guards against a hang; how long it takes is not a test's business)."""
     out = tmp_path / "chaos.json"
     subprocess.run([sys.executable, "-m", "perfkit.benchmarks.chaos", "--trials", "3", "--reads", "80", "--seed", "3",
+                    "--nt-model", "dnabert_mini",
                     "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, check=True,
                    timeout=400)
     result = json.loads(out.read_text())

@@ -111,7 +111,7 @@ def test_predict_resume_with_nothing_left(tmp_path, capsys):
     from conftest import orf_fasta
 
     fasta = orf_fasta(tmp_path / "s.fa", 12)
-    flags = [str(fasta), "-o", str(tmp_path / "chain"), *RUN_FLAGS, "--hidden", "16"]
+    flags = [str(fasta), "-o", str(tmp_path / "chain"), *RUN_FLAGS, "--hidden", "16", "--nt-model", "dnabert_mini"]
     assert main(["predict", *flags]) == 0
     captured = capsys.readouterr()
     first = captured.out

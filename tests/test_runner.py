@@ -158,7 +158,7 @@ def test_nucleotide_knobs_apply_to_the_nucleotide_stage_only(small_fasta, tmp_pa
     knobs = {"token_budget": 2048, "num_workers": 1}
     protein = make_config(input=small_fasta, out_dir=tmp_path / "p", nucleotide=knobs, **FAST)
     assert protein.for_stage() is protein  # ESM-2 keeps the run's knobs
-    nucleotide = protein.model_copy(update={"model": "dnabert_s", "out_dir": tmp_path / "n"})
+    nucleotide = protein.model_copy(update={"model": "dnabert_mini", "out_dir": tmp_path / "n"})
     assert nucleotide.for_stage().token_budget == 2048 and nucleotide.for_stage().num_workers == 1
     assert nucleotide.for_stage().prefetch_factor == protein.prefetch_factor  # unset knobs: the run's value
     summary = run_embed(nucleotide)

@@ -45,7 +45,7 @@ def command(path: str, fasta: Path, out: Path, args) -> list[str]:
            "--token-budget", str(args.token_budget), "--checkpoint-every", str(args.checkpoint_every),
            "--block-reads", str(args.block_reads)]
     if path == "predict":
-        cmd += ["--hidden", "16"]
+        cmd += ["--hidden", "16", "--nt-model", args.nt_model]
     if path == "embed_nproc2":
         cmd += ["--nproc", "2"]
     return cmd
@@ -196,6 +196,8 @@ def main(argv=None):
     parser.add_argument("--reads", type=int, default=300, help="reads in the synthetic sample")
     parser.add_argument("--profile", default="reads150")
     parser.add_argument("--model", default="esm2_t6_8M")
+    parser.add_argument("--nt-model", default="dnabert_s", help="the predict path's nucleotide model (dnabert_mini: "
+                        "the same code path, seconds instead of minutes on a CPU)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--token-budget", type=int, default=512, help="small: many batches, so many shards")

@@ -76,12 +76,14 @@ def align_by_ids(ids_a, vec_a, ids_b, vec_b) -> tuple[list[str], np.ndarray, np.
     return ids_a, vec_a, vec_b
 
 
-def merge_features(nt: np.ndarray, protein: np.ndarray, *, protein_dim: int = PROTEIN_DIM) -> np.ndarray:
+def merge_features(nt: np.ndarray, protein: np.ndarray, *, protein_dim: int = PROTEIN_DIM,
+                   nt_dim: int = NT_DIM) -> np.ndarray:
     """[n, 768] DNABERT-S + [n, 2560] ESM-2 3B -> [n, 3328] float32 (rows already aligned).
 
-    `protein_dim` is the ESM-2 model's width (2560 for the 3B; smaller models for smoke runs).
+    `protein_dim` and `nt_dim` are the models' widths (2560 for ESM-2 3B, 768 for DNABERT-S; smaller models
+    for smoke runs and tests).
     """
-    for name, array, dim in (("nucleotide", nt, NT_DIM), ("protein", protein, protein_dim)):
+    for name, array, dim in (("nucleotide", nt, nt_dim), ("protein", protein, protein_dim)):
         if np.ndim(array) != 2 or np.shape(array)[1] != dim:
             raise UserError(f"{name} embeddings have shape {np.shape(array)}, expected [n, {dim}]",
                             "check which model produced the file")
