@@ -145,8 +145,9 @@ class Telemetry:
                 seconds = span.wait() if wait else span.seconds
                 if seconds is None:
                     return  # device still busy with it: try again later, no sync
-                if clock_start is not None and span.start_host is not None:
-                    record["device_start_s"] = span.start_host - clock_start
+                started = span.start_host if clock_start is not None else None
+                if started is not None:
+                    record["device_start_s"] = started - clock_start
             record["device_s"] = seconds
             self.writer.write(record)
             self._pending.popleft()

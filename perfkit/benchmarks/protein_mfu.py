@@ -266,9 +266,11 @@ def norm_kernels(config, budget: int, device, seconds: float = 0.3) -> dict:
             calls += 20
         return 2 * x.numel() * x.element_size() * calls / (time.perf_counter() - start) / 1e9
 
+    from perfkit.workload.runner import inductor_settings
+
     out = {"eager_aten": timed(lambda: norm(x))}
-    for name, multi_kernel in (("inductor", 0), ("inductor_multikernel", 1)):
-        with torch._inductor.config.patch({"triton.multi_kernel": multi_kernel}):
+    for name, multi_kernel in (("inductor", False), ("inductor_multikernel", True)):
+        with inductor_settings(multi_kernel):
             torch._dynamo.reset()
             plain = torch.compile(lambda t: norm(t), dynamic=True)
             carried = torch.compile(lambda t, o: norm(t + o), dynamic=True)
@@ -328,35 +330,30 @@ def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, pe
     inputs = device_inputs(batches, args.device, shapes)
     tokens = sum(b["real_tokens"] for b in batches)
     torch._dynamo.reset()
-    # inductor compiles at the first call: the multi-kernel setting must hold until every pass and the gate ran
     from perfkit.workload.runner import inductor_settings
 
+    # inductor compiles at the first call: the multi-kernel setting must hold until every pass and the gate ran
     with inductor_settings(variant.multi_kernel):
-        return _measure(name, budget, variant, batches, shapes, inputs, tokens, flops, args, reference_cache,
-                        peaks)
-
-
-def _measure(name, budget, variant, batches, shapes, inputs, tokens, flops, args, reference_cache, peaks) -> dict:
-    build_start = time.perf_counter()
-    model = build(args.model, variant, args.device, seed=args.seed)
-    build_s = time.perf_counter() - build_start
-    rates, warmup_s = timed_passes(model, inputs, tokens, args.repeats)
-    rate = statistics.median(rates)
-    row = {"run": f"{name}@{budget}", "variant": name, "token_budget": budget, **variant.__dict__,
-           "batches": len(batches), "tokens_per_pass": tokens, "repeats": len(rates),
-           "tok_per_s_median": rate, "tok_per_s_min": min(rates), "tok_per_s_max": max(rates),
-           "mfu_measured_peak": rate * flops / peaks["measured"], "mfu_spec_peak": rate * flops / peaks["spec"],
-           "build_s": build_s, "warmup_pass_s": warmup_s,
-           "static_shapes": shapes, "attention_calls": dict(model.attention_calls)}
-    # the gate on the first batch's sequences: same static shape as the timed passes, no recompilation
-    key = budget
-    if key not in reference_cache:
-        reference_model = model if not variant.fp8 else build(args.model, Variant(compile=False), args.device,
-                                                                seed=args.seed)
-        reference_cache[key] = fairesm_reference(reference_model, batches[0], args.device)
-    row["gate"] = gate_against(reference_cache[key], model, inputs[0], batches[0]["sequences"], args.hidden_rows)
-    if f"{name}@{budget}" in args.profile_runs:
-        row["kernel_breakdown"] = kernel_breakdown(model, inputs[:3])
+        build_start = time.perf_counter()
+        model = build(args.model, variant, args.device, seed=args.seed)
+        build_s = time.perf_counter() - build_start
+        rates, warmup_s = timed_passes(model, inputs, tokens, args.repeats)
+        rate = statistics.median(rates)
+        row = {"run": f"{name}@{budget}", "variant": name, "token_budget": budget, **variant.__dict__,
+               "batches": len(batches), "tokens_per_pass": tokens, "repeats": len(rates),
+               "tok_per_s_median": rate, "tok_per_s_min": min(rates), "tok_per_s_max": max(rates),
+               "mfu_measured_peak": rate * flops / peaks["measured"], "mfu_spec_peak": rate * flops / peaks["spec"],
+               "build_s": build_s, "warmup_pass_s": warmup_s,
+               "static_shapes": shapes, "attention_calls": dict(model.attention_calls)}
+        # the gate on the first batch's sequences: same static shape as the timed passes, no recompilation
+        key = budget
+        if key not in reference_cache:
+            reference_model = model if not variant.fp8 else build(args.model, Variant(compile=False), args.device,
+                                                                    seed=args.seed)
+            reference_cache[key] = fairesm_reference(reference_model, batches[0], args.device)
+        row["gate"] = gate_against(reference_cache[key], model, inputs[0], batches[0]["sequences"], args.hidden_rows)
+        if f"{name}@{budget}" in args.profile_runs:
+            row["kernel_breakdown"] = kernel_breakdown(model, inputs[:3])
     del model, inputs
     torch.cuda.empty_cache()
     return row

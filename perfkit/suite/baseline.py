@@ -195,18 +195,13 @@ def chains_table(chains: dict | None) -> pd.DataFrame | None:
 
 def run_equivalence(ctx: Context, device: str, precision: str) -> dict:
     """The equivalence gate (fair-esm fp32 padded vs our packed path) on the run's device/precision."""
-    from perfkit.workload.equivalence import default_proteins, run_equivalence_gate
+    from perfkit.workload.equivalence import KERNEL_KNOBS, default_proteins, run_equivalence_gate
 
     p = ctx.params.baseline.equivalence
     model = p.model or ctx.params.embed.get("model", "esm2_t6_8M")
     result = run_equivalence_gate(model_name=model, proteins=default_proteins(n=p.proteins, seed=p.seed),
                                   device=device, precision=precision, seed=p.seed, token_budget=p.token_budget,
-                                  compile=bool(ctx.params.embed.get("compile", False)),
-                                  compile_scope=ctx.params.embed.get("compile_scope", "blocks"),
-                                  attention=ctx.params.embed.get("attention", "auto"),
-                                  gelu_epilogue=bool(ctx.params.embed.get("gelu_epilogue", False)),
-                                  residual_epilogue=bool(ctx.params.embed.get("residual_epilogue", False)),
-                                  multi_kernel=bool(ctx.params.embed.get("multi_kernel", False)))
+                                  **{knob: ctx.params.embed[knob] for knob in KERNEL_KNOBS if knob in ctx.params.embed})
     write_json(ctx.path("equivalence.json"), result)
     return result
 

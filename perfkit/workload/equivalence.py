@@ -163,6 +163,10 @@ def packed_embeddings(model, proteins, device, token_budget) -> np.ndarray:
     return np.concatenate(out)
 
 
+# the embed knobs that choose the packed path's kernels: the gate takes whichever a run's params set
+KERNEL_KNOBS = ("compile", "compile_scope", "attention", "gelu_epilogue", "residual_epilogue", "multi_kernel")
+
+
 def run_equivalence_gate(
     model_name: str = "esm2_t6_8M",
     proteins: list[str] | None = None,
@@ -179,8 +183,8 @@ def run_equivalence_gate(
 ) -> dict:
     """fair-esm (fp32, padded) vs our packed path (precision, device) with the same seeded random weights.
 
-    compile / compile_scope / attention / gelu_epilogue / residual_epilogue / multi_kernel: the kernels a run with these settings takes
-    (compilation on CUDA only)."""
+    KERNEL_KNOBS (compile, compile_scope, attention, gelu_epilogue, residual_epilogue, multi_kernel): the kernels
+    a run with these settings takes (compilation on CUDA only)."""
     import esm  # only the gate needs fair-esm
 
     if precision not in PRECISIONS:

@@ -121,10 +121,10 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     if compiled:  # as the run does: the warm-up batches compile, the profiled ones run the compiled blocks
         model.compile_blocks(**({} if encoder.nucleotide else {"whole_stack": cfg.compile_scope == "stack"}))
     autocast = run_autocast(device, dtype, encoder) if cfg.autocast else nullcontext()
-    settings = inductor_settings(takes_multi_kernel(cfg, encoder, compiled))
+    multi_kernel = takes_multi_kernel(cfg, encoder, compiled)
 
     def forward(batch):
-        with settings, autocast:
+        with inductor_settings(multi_kernel), autocast:
             return model.forward_packed(**_inputs(batch, device))
 
     for batch in wanted[:warmup]:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import h5py
@@ -182,7 +182,10 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     try:
         with run.telemetry.stage(run.stage):
             if cfg.mode == "v2":
-                capped = _loop_v2(run, model, batches, progress)
+                # inductor compiles at the first batch: its settings must hold over the whole loop
+                compiled = cfg.compile and run.device.type == "cuda"
+                with inductor_settings(takes_multi_kernel(cfg, run.encoder, compiled)):
+                    capped = _loop_v2(run, model, batches, progress)
             elif run.encoder.nucleotide:
                 capped = v1.loop_nucleotide(run, model, done_keys, progress)
             else:
@@ -346,19 +349,12 @@ def _loop_v2(run: Run, model, batches, progress) -> bool:
     forward = model.forward_packed if cfg.layout == "packed" else run.encoder.forward_padded(model)
     copy_stream = torch.cuda.Stream(device) if cuda and cfg.copy_stream else None
     compute_stream = torch.cuda.current_stream(device) if cuda else None
-    iloader = InstrumentedLoader(batches, clock_start=run.loop_t0)
-    autocast = run_autocast(device, run.dtype, run.encoder) if cfg.autocast else nullcontext()
-    with inductor_settings(takes_multi_kernel(cfg, run.encoder, compiled=cfg.compile and cuda)):
-        return _loop_batches(run, forward, iloader, copy_stream, compute_stream, autocast, progress)
-
-
-def _loop_batches(run: Run, forward, iloader, copy_stream, compute_stream, autocast, progress) -> bool:
-    cfg, device = run.cfg, run.device
-    cuda = device.type == "cuda"
     in_flight: deque = deque()  # (done_event, host_vectors, keys, ids) waiting for the device
+    iloader = InstrumentedLoader(batches, clock_start=run.loop_t0)
     cap = TimeCap(cfg.max_seconds, cfg.warmup_batches)
     capped = False
     batch_index = 0
+    autocast = run_autocast(device, run.dtype, run.encoder) if cfg.autocast else nullcontext()
     for batch in iloader:
         arrival = iloader.last
         if "user_error" in batch:  # raised in a worker: re-raise here as the same one-line error
@@ -493,14 +489,27 @@ def takes_multi_kernel(cfg: EmbedConfig, encoder, compiled: bool) -> bool:
     return bool(cfg.multi_kernel and compiled and not encoder.nucleotide)
 
 
+@contextmanager
 def inductor_settings(multi_kernel: bool):
     """Inductor's settings for what compiles inside: they must hold at the first call, when it compiles."""
     if not multi_kernel:
-        return nullcontext()
+        yield
+        return
     # the multi-kernel's on-disk record of its pick crashes the next process that compiles the same graph
     # (torch 2.11: its kernels, loaded from inductor's cache, have no Triton hash lock): pick again each time
-    os.environ["TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE"] = "1"
-    return torch._inductor.config.patch({"triton.multi_kernel": 1})
+    before = os.environ.get(MULTI_KERNEL_CACHE_OFF)
+    os.environ[MULTI_KERNEL_CACHE_OFF] = "1"
+    try:
+        with torch._inductor.config.patch({"triton.multi_kernel": 1}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(MULTI_KERNEL_CACHE_OFF, None)
+        else:
+            os.environ[MULTI_KERNEL_CACHE_OFF] = before
+
+
+MULTI_KERNEL_CACHE_OFF = "TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE"
 
 
 # ---------------------------------------------------------------------------- checks
