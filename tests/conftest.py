@@ -37,6 +37,25 @@ def tiny(tmp_path_factory):
     return write_params(root, **TINY), root / "run"
 
 
+# the tests that read the whole tiny suite run in one xdist worker, so that it is run once (~60 s of CPU)
+WHOLE_TINY_SUITE = pytest.mark.xdist_group("whole-tiny-suite")
+
+
+@pytest.fixture(scope="session")
+def whole_tiny_suite(tmp_path_factory):
+    """(exit code, params file, run folder) of every notebook through the runner, as `make demo` runs them, on the
+    smoke params made tiny (suite_helpers.TINY: fewer reads, the same code path), with two tuning knobs so that
+    04 has a grid to draw as a heatmap."""
+    from suite_helpers import TINY, write_params
+
+    from perfkit.suite import runner
+
+    root = tmp_path_factory.mktemp("whole-tiny-suite")
+    tuning = {**TINY["tuning"], "max_runs": 3, "grid": {"token_budget": [512, 1024], "num_workers": [0, 1]}}
+    params = write_params(root, **{**TINY, "tuning": tuning})
+    return runner.run_suite(params, root / "run"), params, root / "run"
+
+
 # the notebooks (nbval) and the card's papermill command write the checkout's outputs/nbval: one xdist worker
 # runs them all, in order (--dist loadgroup)
 SHARED_OUTPUT = ("notebooks/", "tests/test_suite_scaling.py::test_the_cards_command")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import WHOLE_TINY_SUITE
 from perfkit import compare
 from perfkit.cli import main as cli
 
@@ -113,18 +114,19 @@ def test_published_one_and_two_gpu_reports_give_a_readable_table(capsys):
     assert code == 1  # speedup_vs_v1 fell from 15.6 to 7.8 between those reports
 
 
+@WHOLE_TINY_SUITE
 @pytest.mark.slow
-def test_two_smoke_runs_compare_without_a_regression(tmp_path):
-    """Two runs of 02 with the smoke params made tiny (tests/suite_helpers.TINY: fewer reads, the same code path)."""
-    from suite_helpers import TINY, write_params
+def test_two_smoke_runs_compare_without_a_regression(whole_tiny_suite, tmp_path):
+    """The whole tiny smoke suite (conftest.whole_tiny_suite), and a copy of it in which 02 ran again
+    (`--only 02`: the other notebooks keep their complete status, 06 judges again): two real runs of 02."""
+    import shutil
 
-    params = write_params(tmp_path, **TINY)
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(params),
-                        "--out", str(out), "--only", "02"], check=True, capture_output=True, cwd=tmp_path)
-        runs.append(out)
+    _, params, whole = whole_tiny_suite
+    again = tmp_path / "again"
+    shutil.copytree(whole, again)
+    subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(params), "--out", str(again),
+                    "--only", "02"], check=True, capture_output=True, cwd=tmp_path)
+    runs = [whole, again]
     done = subprocess.run([sys.executable, "-m", "perfkit", "compare", *map(str, runs)], capture_output=True,
                           text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr  # the same code twice: no criterion regressed

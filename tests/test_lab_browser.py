@@ -21,6 +21,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import WHOLE_TINY_SUITE
+from suite_helpers import TINY, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -68,12 +70,15 @@ def browser(tmp_path):
 @pytest.fixture
 def lab(tmp_path):
     """JupyterLab from this venv on 127.0.0.1 with a token, serving a folder holding 03_scaling with its
-    run folder set to the test's; stopped by its PID (its whole process group) afterwards."""
+    run folder and params set to the test's; stopped by its PID (its whole process group) afterwards."""
     root = tmp_path / "lab"
     root.mkdir()
     nb = nbformat.read(ROOT / "notebooks" / "03_scaling.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source += f"\nrun_dir = {str(tmp_path / 'run')!r}  # the test's own run folder\n"
+    # the test's own run folder, and the smoke params made tiny (suite_helpers.TINY: fewer reads, the same code
+    # path and the same four torchrun launches; nbval runs 03 on the smoke params themselves)
+    tiny = write_params(tmp_path, **TINY)
+    params.source += (f"\nrun_dir = {str(tmp_path / 'run')!r}\nparams_file = {str(tiny)!r}\n")
     # 03 runs its chains in torchrun processes, whose bars go to their logs: one cell of the runs' own
     # progress bar in the kernel shows whether the widget extension renders it
     nb.cells.append(nbformat.v4.new_code_cell(
@@ -176,10 +181,9 @@ def test_03_scaling_runs_in_jupyterlab_in_a_real_browser(lab, browser, tmp_path)
           f"{time.monotonic() - started:.0f} s")
 
 
-def test_an_exported_summary_report_shows_its_criteria(browser, tmp_path):
-    out = tmp_path / "suite"
-    subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(ROOT / "params" / "smoke.yaml"),
-                    "--out", str(out), "--only", "06"], check=True, capture_output=True, cwd=tmp_path)
+@WHOLE_TINY_SUITE
+def test_an_exported_summary_report_shows_its_criteria(browser, whole_tiny_suite, tmp_path):
+    _, _, out = whole_tiny_suite  # the report `make demo` exports, of a whole (tiny) suite run
     browser.get((out / "06_summary.html").as_uri())
     table = _wait_for(lambda: browser.find_elements("css selector", "table"), 30, "the criteria table")
     visible = [t for t in table if t.is_displayed() and "full_sample_time" in t.text]

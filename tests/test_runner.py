@@ -231,12 +231,15 @@ def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, 
     assert len(warnings) == 1 and "6 of" in warnings[0] and f"{expected.residues:,} residues dropped" in warnings[0]
 
 
-def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(small_fasta, tmp_path):
+def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(tmp_path):
     """embed.attention, embed.gelu_epilogue and embed.residual_epilogue change which kernels run, not the vectors
-    (CPU: the fused call's GELU is the erf form there); the summary says which attention kernel ran."""
-    plain = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "plain", **FAST))
-    knobs = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "knobs", attention="flex",
-                                  gelu_epilogue=True, residual_epilogue=True, **FAST))
+    (CPU: the fused call's GELU is the erf form there); the summary says which attention kernel ran. Few reads
+    in small packs: eager flex (CPU) scores every pair of a pack, and 120 reads in 1,024-token packs took ~25 s."""
+    fasta = orf_fasta(tmp_path / "s.fa", 30)
+    small_packs = {**FAST, "token_budget": 256}
+    plain = run_embed(make_config(input=fasta, out_dir=tmp_path / "plain", **small_packs))
+    knobs = run_embed(make_config(input=fasta, out_dir=tmp_path / "knobs", attention="flex",
+                                  gelu_epilogue=True, residual_epilogue=True, **small_packs))
     assert plain["run"]["attention_path"]["sdpa_repadded"] > 0 and plain["run"]["attention_path"]["flex_attention"] == 0
     assert knobs["run"]["attention_path"]["flex_attention"] > 0 and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
     assert knobs["config"]["gelu_epilogue"] and knobs["config"]["residual_epilogue"]
@@ -246,7 +249,7 @@ def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(small_fasta, 
     assert ids_a == ids_b
     np.testing.assert_allclose(vectors_b, vectors_a, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="attention"):
-        make_config(input=small_fasta, out_dir=tmp_path / "x", attention="flash3")
+        make_config(input=fasta, out_dir=tmp_path / "x", attention="flash3")
 
 
 def test_steady_gpu_samples_nvml_from_the_steady_start_to_the_loop_end(monkeypatch):

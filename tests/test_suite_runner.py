@@ -5,6 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import WHOLE_TINY_SUITE
 from perfkit.errors import UserError
 from perfkit.records import notebook_status
 from perfkit.suite import runner
@@ -51,16 +52,14 @@ def test_bad_params_fail_before_anything_runs(tmp_path):
     assert not (tmp_path / "run" / "suite.json").exists()
 
 
+@WHOLE_TINY_SUITE
 @pytest.mark.slow
-def test_whole_smoke_suite(tmp_path):
+def test_whole_smoke_suite(whole_tiny_suite):
     """Every notebook through the runner, as `make demo` runs them, on the smoke params made tiny
     (suite_helpers.TINY: fewer reads, the same code path; nbval runs the notebooks on the smoke params)."""
-    from suite_helpers import TINY, write_params
+    from suite_helpers import TINY
 
-    out = tmp_path / "run"
-    # two knobs, so that 04 has a grid to draw as a heatmap
-    tuning = {**TINY["tuning"], "max_runs": 3, "grid": {"token_budget": [512, 1024], "num_workers": [0, 1]}}
-    rc = runner.run_suite(write_params(tmp_path, **{**TINY, "tuning": tuning}), out)
+    rc, _, out = whole_tiny_suite
     status = json.loads((out / "suite.json").read_text())
     assert rc == 0, status
     reads = TINY["sample"]["reads"]
