@@ -2,6 +2,7 @@
 
 Reads what `perfkit.telemetry` wrote; never touches the model or the device.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,12 +39,18 @@ def _percentiles(values: pd.Series) -> dict:
     values = values.dropna().astype(float)
     if values.empty:
         return {"mean": None, "p50": None, "p95": None, "max": None, "total": 0.0}
-    return {"mean": float(values.mean()), "p50": float(values.quantile(0.5)), "p95": float(values.quantile(0.95)),
-            "max": float(values.max()), "total": float(values.sum())}
+    return {
+        "mean": float(values.mean()),
+        "p50": float(values.quantile(0.5)),
+        "p95": float(values.quantile(0.95)),
+        "max": float(values.max()),
+        "total": float(values.sum()),
+    }
 
 
-def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | dict | None = None,
-            warmup_batches: int = 0) -> pd.DataFrame:
+def windows(
+    batch_records: pd.DataFrame, window_s: float, end_s: float | dict | None = None, warmup_batches: int = 0
+) -> pd.DataFrame:
     """Aggregate batches into fixed windows of request time, with a bottleneck verdict each.
 
     With `warmup_batches`, a rank's windows cover its steady state only: the grid starts at its
@@ -61,8 +68,10 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | dict | 
         df = df.sort_values("t_arrive_s").copy()
         origin = steady_start_s(df, warmup_batches) if warmup_batches else 0.0
         end = end_s.get(rank) if isinstance(end_s, dict) else end_s
-        last_end = float(end if end is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max())
-        df = df.iloc[warm_batches(len(df), warmup_batches):].copy()
+        last_end = float(
+            end if end is not None else (df["t_arrive_s"] + df["host_s"] + df["device_s"].fillna(0)).max()
+        )
+        df = df.iloc[warm_batches(len(df), warmup_batches) :].copy()
         request = df["t_arrive_s"] - df["loader_wait_s"]
         df["owned_s"] = np.diff(np.append(request.to_numpy(), max(last_end, float(request.iloc[-1]))))
         # a host that ran ahead requested the first steady batch before the steady start: it opens window 0
@@ -74,14 +83,24 @@ def windows(batch_records: pd.DataFrame, window_s: float, end_s: float | dict | 
             device = g["device_s"].dropna()
             wait_share = float(g["loader_wait_s"].sum()) / owned
             busy_share = float(device.sum()) / owned if len(device) else None
-            rows.append({
-                "rank": int(rank), "window": int(window), "start_s": start, "seconds": span, "owned_s": owned,
-                "batches": len(g), "sequences": int(g["sequences"].sum()), "real_tokens": int(g["real_tokens"].sum()),
-                "seq_per_s": float(g["sequences"].sum()) / span, "tok_per_s": float(g["real_tokens"].sum()) / span,
-                "loader_wait_share": wait_share, "device_busy_share": busy_share,
-                "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
-                "verdict": verdict(wait_share, busy_share),
-            })
+            rows.append(
+                {
+                    "rank": int(rank),
+                    "window": int(window),
+                    "start_s": start,
+                    "seconds": span,
+                    "owned_s": owned,
+                    "batches": len(g),
+                    "sequences": int(g["sequences"].sum()),
+                    "real_tokens": int(g["real_tokens"].sum()),
+                    "seq_per_s": float(g["sequences"].sum()) / span,
+                    "tok_per_s": float(g["real_tokens"].sum()) / span,
+                    "loader_wait_share": wait_share,
+                    "device_busy_share": busy_share,
+                    "packing_efficiency": float(g["real_tokens"].sum()) / float(g["budget_tokens"].sum()),
+                    "verdict": verdict(wait_share, busy_share),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -122,9 +141,16 @@ def steady_start_s(batch_records: pd.DataFrame, warmup_batches: int) -> float | 
     return start
 
 
-def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0.0, warmup_batches: int = 3,
-               flops_per_token: float | None = None, peak_flops: float | None = None,
-               spec_peak_flops: float | None = None) -> RankThroughput:
+def throughput(
+    batch_records: pd.DataFrame,
+    *,
+    wall_s: float,
+    start_s: float = 0.0,
+    warmup_batches: int = 3,
+    flops_per_token: float | None = None,
+    peak_flops: float | None = None,
+    spec_peak_flops: float | None = None,
+) -> RankThroughput:
     """Overall and steady-state (warm-up batches excluded) figures for one rank's batches.
 
     `start_s` is when the measured loop began and `start_s + wall_s` when it ended, on the
@@ -151,16 +177,31 @@ def throughput(batch_records: pd.DataFrame, *, wall_s: float, start_s: float = 0
         packing = float(df["real_tokens"].sum()) / float(df["budget_tokens"].sum())
         waste = float((df["slot_tokens"] - df["real_tokens"]).sum()) / float(df["slot_tokens"].sum())
     empty = pd.Series(dtype=float)
+
     def mfu(peak):
         return steady_tok * flops_per_token / peak if flops_per_token and peak and steady_tok else None
+
     return RankThroughput(
-        batches=n, sequences=sequences, real_tokens=real_tokens, wall_s=wall_s,
-        seq_per_s=sequences / wall_s if wall_s > 0 else None, tok_per_s=real_tokens / wall_s if wall_s > 0 else None,
-        warmup_batches=warm, steady_wall_s=steady_wall, steady_seq_per_s=steady_seq, steady_tok_per_s=steady_tok,
-        device_busy_fraction=busy, loader_wait_fraction=wait, packing_efficiency=packing, padding_waste=waste,
+        batches=n,
+        sequences=sequences,
+        real_tokens=real_tokens,
+        wall_s=wall_s,
+        seq_per_s=sequences / wall_s if wall_s > 0 else None,
+        tok_per_s=real_tokens / wall_s if wall_s > 0 else None,
+        warmup_batches=warm,
+        steady_wall_s=steady_wall,
+        steady_seq_per_s=steady_seq,
+        steady_tok_per_s=steady_tok,
+        device_busy_fraction=busy,
+        loader_wait_fraction=wait,
+        packing_efficiency=packing,
+        padding_waste=waste,
         loader_wait_s=_percentiles(df["loader_wait_s"] if n else empty),
         device_s=_percentiles(df["device_s"] if n else empty),
-        mfu=mfu(peak_flops), peak_flops=peak_flops, mfu_spec=mfu(spec_peak_flops))
+        mfu=mfu(peak_flops),
+        peak_flops=peak_flops,
+        mfu_spec=mfu(spec_peak_flops),
+    )
 
 
 def checkpoint_overhead(records: pd.DataFrame, wall_s: float) -> dict:
@@ -168,8 +209,13 @@ def checkpoint_overhead(records: pd.DataFrame, wall_s: float) -> dict:
         return {"count": 0, "write_s_total": 0.0, "share_of_wall": 0.0, "bytes": 0}
     ck = records[records["kind"] == "checkpoint"]
     total = float(ck["write_s"].sum())
-    return {"count": int(len(ck)), "write_s_total": total, "write_s_max": float(ck["write_s"].max()),
-            "share_of_wall": total / wall_s if wall_s > 0 else None, "bytes": int(ck["bytes"].sum())}
+    return {
+        "count": int(len(ck)),
+        "write_s_total": total,
+        "write_s_max": float(ck["write_s"].max()),
+        "share_of_wall": total / wall_s if wall_s > 0 else None,
+        "bytes": int(ck["bytes"].sum()),
+    }
 
 
 def stage_seconds(records: pd.DataFrame) -> dict:

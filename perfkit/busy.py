@@ -13,6 +13,7 @@ Each span also says when the device began it, on the host's clock (`start_host`)
 timer syncs once, at its first span, and times later starts against that anchor. A host
 that runs ahead of the device launches a batch long before the device starts it.
 """
+
 from __future__ import annotations
 
 import time

@@ -16,6 +16,7 @@ noise floor (`--noise`, default 5 %: one-run figures of the same code on the sam
 noise it used. A criterion whose status went from PASS to FAIL, or whose value moved beyond the noise in
 the wrong direction, is a regression: the command then exits 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,27 @@ from perfkit.results import NotMeasured
 
 DEFAULT_NOISE = 0.05
 # figures whose projection error is recorded beside them (metric -> record holding `relative_error`)
-ERROR_RECORDS = {"projected_hours_protein_stage": "projection", "projected_hours_end_to_end": "end_to_end_projection"}
+ERROR_RECORDS = {
+    "projected_hours_protein_stage": "projection",
+    "projected_hours_end_to_end": "end_to_end_projection",
+}
 # records renamed since reports were first published: an older report is read under today's names
-RENAMED_RECORDS = {"projected_hours_full_sample": "projected_hours_protein_stage"}  # 2026-12-01: it is one stage
-HIGHER_IS_BETTER = ("tok_per_s", "seq_per_s", "mfu", "factor", "efficiency", "speedup", "packing", "agreement",
-                    "busy", "gpu_util", "passed")
+RENAMED_RECORDS = {
+    "projected_hours_full_sample": "projected_hours_protein_stage"
+}  # 2026-12-01: it is one stage
+HIGHER_IS_BETTER = (
+    "tok_per_s",
+    "seq_per_s",
+    "mfu",
+    "factor",
+    "efficiency",
+    "speedup",
+    "packing",
+    "agreement",
+    "busy",
+    "gpu_util",
+    "passed",
+)
 LOWER_IS_BETTER = ("hours", "seconds", "imbalance", "waste", "wait", "overhead", "error", "deviation")
 # how much work or which setting, not how well it ran: compared, never judged
 CONTEXT = ("reads", "sequences", "runs", "nproc", "count", "capped", "on_gpus", "device", "frames")
@@ -60,16 +77,23 @@ def load_run(path) -> dict:
     summary_file = root / "summary.json"
     metric_files = sorted(root.glob("*/metrics.json"))
     if not root.is_dir() or (not summary_file.exists() and not metric_files):
-        raise UserError(f"{path} is not a suite run or published report: no summary.json and no */metrics.json",
-                        "pass a folder given to `perfkit suite --out`, or one written by `perfkit publish`")
+        raise UserError(
+            f"{path} is not a suite run or published report: no summary.json and no */metrics.json",
+            "pass a folder given to `perfkit suite --out`, or one written by `perfkit publish`",
+        )
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     records = {}
     for file in metric_files:
         found = json.loads(file.read_text()).get("records") or {}
         records[file.parent.name] = {RENAMED_RECORDS.get(name, name): value for name, value in found.items()}
     commit = (root / "COMMIT").read_text().strip() if (root / "COMMIT").exists() else None
-    return {"path": str(root), "summary": summary, "records": records, "commit": commit,
-            "verdict": summary.get("verdict")}
+    return {
+        "path": str(root),
+        "summary": summary,
+        "records": records,
+        "commit": commit,
+        "verdict": summary.get("verdict"),
+    }
 
 
 def _number(value) -> float | None:
@@ -84,11 +108,17 @@ def _number(value) -> float | None:
 
 def relative_spread(value, records: dict, name: str) -> float | None:
     """This run's own relative spread of a figure, where it records one."""
-    if isinstance(value, dict) and all(isinstance(value.get(k), (int, float)) for k in ("median", "min", "max")):
+    if isinstance(value, dict) and all(
+        isinstance(value.get(k), (int, float)) for k in ("median", "min", "max")
+    ):
         return (value["max"] - value["min"]) / 2 / abs(value["median"]) if value["median"] else None
     repeated = records.get(f"{name}_spread")  # a figure's min-max over interleaved rounds (01, 03)
-    if isinstance(repeated, dict) and isinstance(value, (int, float)) and value and \
-            all(isinstance(repeated.get(k), (int, float)) for k in ("min", "max")):
+    if (
+        isinstance(repeated, dict)
+        and isinstance(value, (int, float))
+        and value
+        and all(isinstance(repeated.get(k), (int, float)) for k in ("min", "max"))
+    ):
         return (repeated["max"] - repeated["min"]) / 2 / abs(value)
     holder = records.get(ERROR_RECORDS.get(name, ""), None)
     if isinstance(holder, dict) and isinstance(holder.get("relative_error"), (int, float)):
@@ -136,7 +166,9 @@ def compare_runs(run_a: dict, run_b: dict, noise_floor: float = DEFAULT_NOISE) -
     flat_b = {name: v for recs in run_b["records"].values() for name, v in recs.items()}
 
     def noise_of(name, a, b):
-        spreads = [s for s in (relative_spread(a, flat_a, name), relative_spread(b, flat_b, name)) if s is not None]
+        spreads = [
+            s for s in (relative_spread(a, flat_a, name), relative_spread(b, flat_b, name)) if s is not None
+        ]
         if spreads and max(spreads) > noise_floor:
             return max(spreads), "the runs' own spread"
         return noise_floor, "noise floor"
@@ -152,14 +184,28 @@ def compare_runs(run_a: dict, run_b: dict, noise_floor: float = DEFAULT_NOISE) -
             verdict = "regressed"
         elif crit_a.get("status") != "PASS" and crit_b.get("status") == "PASS" and verdict != "regressed":
             verdict = "improved"
-        rows.append(Row(crit_a["name"], "criterion", a, b, change, noise, source, verdict,
-                        crit_a.get("status"), crit_b.get("status")))
+        rows.append(
+            Row(
+                crit_a["name"],
+                "criterion",
+                a,
+                b,
+                change,
+                noise,
+                source,
+                verdict,
+                crit_a.get("status"),
+                crit_b.get("status"),
+            )
+        )
     for notebook in sorted(set(run_a["records"]) & set(run_b["records"])):
         recs_a, recs_b = run_a["records"][notebook], run_b["records"][notebook]
         for name in sorted(set(recs_a) & set(recs_b)):
             a, b = recs_a[name], recs_b[name]
+
             def scalar(v):
                 return isinstance(v, (int, float, bool, str)) or _number(v) is not None
+
             if not (scalar(a) and scalar(b)) or isinstance(a, str) or isinstance(b, str):
                 continue
             noise, source = noise_of(name, a, b)
@@ -171,9 +217,14 @@ def compare_runs(run_a: dict, run_b: dict, noise_floor: float = DEFAULT_NOISE) -
 def one_sided(run_a: dict, run_b: dict) -> dict:
     """Figures only one of the runs recorded (a notebook not run, a record added or dropped between
     commits): named, so that a missing figure is never mistaken for an unchanged one."""
+
     def names(run):
         return {f"{notebook}/{name}" for notebook, recs in run["records"].items() for name in recs}
-    return {"only in A": sorted(names(run_a) - names(run_b)), "only in B": sorted(names(run_b) - names(run_a))}
+
+    return {
+        "only in A": sorted(names(run_a) - names(run_b)),
+        "only in B": sorted(names(run_b) - names(run_a)),
+    }
 
 
 def regressions(rows: list[Row]) -> list[Row]:
@@ -190,27 +241,46 @@ def _show(value) -> str:
 
 
 def table(rows: list[Row]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "figure": r.figure, "from": r.kind,
-        "A": _show(r.a) + (f" {r.status_a}" if r.status_a else ""),
-        "B": _show(r.b) + (f" {r.status_b}" if r.status_b else ""),
-        "change": "—" if r.change is None else f"{r.change:+.1%}",
-        "noise": "—" if r.noise is None else f"±{r.noise:.1%}" + ("" if r.noise_source == "noise floor" else " (spread)"),
-        "verdict": r.verdict} for r in rows])
+    return pd.DataFrame(
+        [
+            {
+                "figure": r.figure,
+                "from": r.kind,
+                "A": _show(r.a) + (f" {r.status_a}" if r.status_a else ""),
+                "B": _show(r.b) + (f" {r.status_b}" if r.status_b else ""),
+                "change": "—" if r.change is None else f"{r.change:+.1%}",
+                "noise": "—"
+                if r.noise is None
+                else f"±{r.noise:.1%}" + ("" if r.noise_source == "noise floor" else " (spread)"),
+                "verdict": r.verdict,
+            }
+            for r in rows
+        ]
+    )
 
 
 def render(run_a: dict, run_b: dict, rows: list[Row]) -> str:
-    head = [f"A: {run_a['path']} (commit {run_a['commit'] or 'unknown'}, verdict {run_a['verdict'] or 'none'})",
-            f"B: {run_b['path']} (commit {run_b['commit'] or 'unknown'}, verdict {run_b['verdict'] or 'none'})",
-            "change = (B - A) / |A|; noise = the runs' own spread where recorded, else the noise floor"]
+    head = [
+        f"A: {run_a['path']} (commit {run_a['commit'] or 'unknown'}, verdict {run_a['verdict'] or 'none'})",
+        f"B: {run_b['path']} (commit {run_b['commit'] or 'unknown'}, verdict {run_b['verdict'] or 'none'})",
+        "change = (B - A) / |A|; noise = the runs' own spread where recorded, else the noise floor",
+    ]
     body = table(rows).to_string(index=False) if rows else "(no figure in common)"
     bad = regressions(rows)
-    tail = (f"{len(bad)} criterion regression(s) beyond noise: " + ", ".join(r.figure for r in bad)) if bad else \
-        "no criterion regressed beyond noise"
+    tail = (
+        (f"{len(bad)} criterion regression(s) beyond noise: " + ", ".join(r.figure for r in bad))
+        if bad
+        else "no criterion regressed beyond noise"
+    )
     counts = pd.Series([r.verdict for r in rows]).value_counts().to_dict() if rows else {}
-    missing = [f"{side} ({len(found)}): {', '.join(found)}" for side, found in one_sided(run_a, run_b).items() if found]
-    return "\n".join(head + ["", body, "", tail + "; " + ", ".join(f"{v} {k}" for k, v in counts.items())]
-                     + missing)
+    missing = [
+        f"{side} ({len(found)}): {', '.join(found)}"
+        for side, found in one_sided(run_a, run_b).items()
+        if found
+    ]
+    return "\n".join(
+        head + ["", body, "", tail + "; " + ", ".join(f"{v} {k}" for k, v in counts.items())] + missing
+    )
 
 
 def main(run_a_path, run_b_path, *, noise: float = DEFAULT_NOISE, json_out=None) -> int:
@@ -221,7 +291,17 @@ def main(run_a_path, run_b_path, *, noise: float = DEFAULT_NOISE, json_out=None)
     rows = compare_runs(run_a, run_b, noise)
     print(render(run_a, run_b, rows))
     if json_out:
-        Path(json_out).write_text(json.dumps({"a": run_a["path"], "b": run_b["path"], "noise_floor": noise,
-                                              "rows": [asdict(r) for r in rows], **one_sided(run_a, run_b)},
-                                             indent=1, default=str))
+        Path(json_out).write_text(
+            json.dumps(
+                {
+                    "a": run_a["path"],
+                    "b": run_b["path"],
+                    "noise_floor": noise,
+                    "rows": [asdict(r) for r in rows],
+                    **one_sided(run_a, run_b),
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 1 if regressions(rows) else 0

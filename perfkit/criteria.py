@@ -49,14 +49,18 @@ class Criterion:
             )
         if isinstance(self.target, bool):  # true/false targets only make sense for ==
             if self.comparison != "==":
-                raise UserError(f"criterion {self.name!r}: a true/false target needs comparison '=='",
-                                "set comparison: '==' or give a numeric target")
+                raise UserError(
+                    f"criterion {self.name!r}: a true/false target needs comparison '=='",
+                    "set comparison: '==' or give a numeric target",
+                )
             object.__setattr__(self, "target", float(self.target))
         elif isinstance(self.target, (int, float)) and math.isfinite(self.target):
             object.__setattr__(self, "target", float(self.target))
         else:
-            raise UserError(f"criterion {self.name!r}: target {self.target!r} is not a finite number",
-                            "give a number (or true/false with '==')")
+            raise UserError(
+                f"criterion {self.name!r}: target {self.target!r} is not a finite number",
+                "give a number (or true/false with '==')",
+            )
         if not self.metric or not isinstance(self.metric, str):
             raise UserError(f"criterion {self.name!r}: no metric path", "set metric: e.g. 'scaling.factor'")
 
@@ -68,22 +72,29 @@ def criteria_from_params(items: Iterable[Mapping[str, Any]]) -> list[Criterion]:
     criteria: list[Criterion] = []
     for position, item in enumerate(items):
         if not isinstance(item, Mapping):
-            raise UserError(f"criterion #{position + 1} is not a mapping: {item!r}",
-                            "write each criterion as {name, target, comparison, metric, ...}")
+            raise UserError(
+                f"criterion #{position + 1} is not a mapping: {item!r}",
+                "write each criterion as {name, target, comparison, metric, ...}",
+            )
         label = item.get("name", f"#{position + 1}")
         missing = sorted(required - item.keys())
         if missing:
-            raise UserError(f"criterion {label!r} lacks {', '.join(missing)}",
-                            "add those keys to the criterion")
+            raise UserError(
+                f"criterion {label!r} lacks {', '.join(missing)}", "add those keys to the criterion"
+            )
         unknown = sorted(set(item) - allowed)
         if unknown:
-            raise UserError(f"criterion {label!r} has unknown key(s) {', '.join(unknown)}",
-                            f"use only {', '.join(sorted(allowed))}")
+            raise UserError(
+                f"criterion {label!r} has unknown key(s) {', '.join(unknown)}",
+                f"use only {', '.join(sorted(allowed))}",
+            )
         criteria.append(Criterion(**item))
     names = [c.name for c in criteria]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise UserError(f"duplicate criterion name(s) {', '.join(duplicates)}", "give each criterion its own name")
+        raise UserError(
+            f"duplicate criterion name(s) {', '.join(duplicates)}", "give each criterion its own name"
+        )
     return criteria
 
 
@@ -124,8 +135,14 @@ def _reason(marker: NotMeasured, path: str) -> str:
 
 def evaluate(criterion: Criterion, metrics: Mapping[str, Any], *, measurable: bool = True) -> dict:
     """One row: measured, margin (positive = passing side), relative margin, status."""
-    row = {**asdict(criterion), "measured": None, "margin": None, "relative_margin": None,
-           "status": NOT_MEASURED, "reason": None}
+    row = {
+        **asdict(criterion),
+        "measured": None,
+        "margin": None,
+        "relative_margin": None,
+        "status": NOT_MEASURED,
+        "reason": None,
+    }
     if not measurable:
         row["reason"] = "not measurable on this hardware"
         return row

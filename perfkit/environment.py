@@ -1,4 +1,5 @@
 """What the run ran on: GPUs, driver, torch, CUDA, host, code commit."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,11 @@ def build_stamp(version: str | None = None) -> dict | None:
         except ImportError:
             return None
     found = re.search(r"\+g([0-9a-f]{7,40})(\.d\d{8})?", version)
-    return {"version": version, "commit": found.group(1) if found else None,
-            "dirty": bool(found and found.group(2))}
+    return {
+        "version": version,
+        "commit": found.group(1) if found else None,
+        "dirty": bool(found and found.group(2)),
+    }
 
 
 def recorded_commit(stamp: dict | None = None) -> tuple[str | None, str | None]:
@@ -121,5 +125,8 @@ def tf32_flags() -> dict:
     """Whether fp32 matmuls and convolutions run as TF32 now (read from torch.backends, which is the source)."""
     import torch
 
-    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32),
-            "source": "torch.backends.cuda.matmul.allow_tf32 / torch.backends.cudnn.allow_tf32"}
+    return {
+        "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "source": "torch.backends.cuda.matmul.allow_tf32 / torch.backends.cudnn.allow_tf32",
+    }

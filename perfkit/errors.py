@@ -5,6 +5,7 @@
 - CheckFailed: one of the run's own checks (counts, alignment, uniqueness) failed, i.e. a bug or a corrupted
   run, not something the user did: `error: <which check> failed: <what>`, exit code 3.
 """
+
 import os
 
 # a launcher's ranks write a failed check's message here (one line each), so the launcher can report it:

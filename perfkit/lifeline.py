@@ -10,6 +10,7 @@ reach them). Each generation asks the kernel for SIGKILL when its parent dies:
 The signal is tied to the parent *thread* that forked: torchrun's agent and our launcher both fork from their
 main thread, which lives as long as they do. This module imports nothing heavy.
 """
+
 from __future__ import annotations
 
 import ctypes

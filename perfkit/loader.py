@@ -5,6 +5,7 @@ What is measured per batch is how long the consumer was blocked inside `next()`
 about whether the GPU waited). Also the arrival time of each batch and, for a
 multi-process torch DataLoader, how many finished batches were already queued.
 """
+
 from __future__ import annotations
 
 import time

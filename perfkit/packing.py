@@ -25,6 +25,7 @@ Nothing is ever dropped: every key put in comes out exactly once. A sequence
 longer than the budget raises a UserError or is truncated to the budget
 (`on_oversize`), counted in `truncated`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -151,7 +152,9 @@ class TokenBudgetPacker:
         if self.budget < 1:
             raise UserError(f"token budget must be >= 1, got {self.budget}", "set a positive token budget")
         if self.buffer_size < 1:
-            raise UserError(f"packing buffer size must be >= 1, got {self.buffer_size}", "set a positive buffer size")
+            raise UserError(
+                f"packing buffer size must be >= 1, got {self.buffer_size}", "set a positive buffer size"
+            )
         if self.layout not in ("packed", "padded"):
             raise UserError(f"unknown packing layout {self.layout!r}", "use 'packed' or 'padded'")
         if self.on_oversize not in ("error", "truncate"):
@@ -224,7 +227,9 @@ class TokenBudgetPacker:
         keys = np.concatenate(self._keys)
         lengths = np.concatenate(self._lengths)
         tokens = np.concatenate(self._tokens) if self._with_tokens else None
-        starts = np.concatenate(([0], np.cumsum(lengths[:-1], dtype=np.int64))) if tokens is not None else None
+        starts = (
+            np.concatenate(([0], np.cumsum(lengths[:-1], dtype=np.int64))) if tokens is not None else None
+        )
         planner = plan_packed if self.layout == "packed" else plan_padded
         batches, carried = planner(lengths, self.budget, final=final)
         self._keys, self._lengths, self._tokens, self._waiting = [], [], [], 0
@@ -236,7 +241,9 @@ class TokenBudgetPacker:
                 self._tokens = [tokens[_ranges(starts[carried], lengths[carried])]]
             self._waiting = carried.size
         for members in batches:
-            yield self._build(keys[members], lengths[members], tokens, None if starts is None else starts[members])
+            yield self._build(
+                keys[members], lengths[members], tokens, None if starts is None else starts[members]
+            )
 
     def _build(self, keys, lengths, tokens, starts) -> Batch:
         batch = Batch(keys=keys, lengths=lengths, budget=self.budget, layout=self.layout)

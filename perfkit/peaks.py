@@ -4,6 +4,7 @@ the run (what the chip delivers here) and the spec (what comparisons between sys
 Dense (no sparsity) tensor-core figures, FLOP/s. fp32 has no entry: its peak depends on whether TF32 is
 used, so an fp32 run's spec MFU is not stated.
 """
+
 from __future__ import annotations
 
 # (name fragment as torch.cuda.get_device_name reports it, {precision: dense FLOP/s}); first match wins,

@@ -4,6 +4,7 @@ Every function draws one figure, gives it a title (what it measures) and a capti
 saves it as PNG at `path` and returns the Figure (for `records.record_figure`, which closes it).
 Missing measurements are drawn as labelled gaps ("not measured"), never as zeros.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,13 @@ from perfkit.aggregate import summed_windows
 from perfkit.results import NotMeasured
 
 STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#9e9e9e"}
-VERDICT_COLOURS = {"device-bound": "#2e7d32", "launch-bound": "#f9a825", "host-bound": "#ef6c00", "data-starved": "#c62828", "unknown": "#9e9e9e"}
+VERDICT_COLOURS = {
+    "device-bound": "#2e7d32",
+    "launch-bound": "#f9a825",
+    "host-bound": "#ef6c00",
+    "data-starved": "#c62828",
+    "unknown": "#9e9e9e",
+}
 DPI = 110
 
 
@@ -49,8 +56,17 @@ def _lines(caption: str, fig) -> int:
 def _not_measured(ax, text="not measured"):
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="#757575",
-            wrap=True)
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="#757575",
+        wrap=True,
+    )
 
 
 def _order(values: pd.Series) -> list[str]:
@@ -64,10 +80,15 @@ def _order(values: pd.Series) -> list[str]:
 
 
 def _num(value):
-    return float(value) if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
+        else None
+    )
 
 
 # ------------------------------------------------------------------ 01 baseline
+
 
 def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     """Steady tok/s per variant (left); token utilisation and padding waste (right)."""
@@ -77,7 +98,9 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     values = [(_num(v) or 0.0) for v in table["tok_per_s"]]
     colours = sns.color_palette("deep", len(labels))
     measured_values = [v for v in values if v > 0]
-    log = bool(measured_values) and max(measured_values) / min(measured_values) > 30  # e.g. both stages' models
+    log = (
+        bool(measured_values) and max(measured_values) / min(measured_values) > 30
+    )  # e.g. both stages' models
     floor = min(measured_values) / 2 if log else 0.0
     bars = left.barh(labels, [max(v, floor) if v > 0 else 0.0 for v in values], color=colours)
     top = max(values) if any(values) else 1.0
@@ -95,15 +118,26 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
         left.set_xlabel("steady-state tokens / s")
     left.invert_yaxis()
     left.set_title("throughput")
-    melted = table[table["measured"]].melt(id_vars="variant", value_vars=["token_utilisation", "padding_waste"],
-                                           var_name="measure", value_name="share")
+    melted = table[table["measured"]].melt(
+        id_vars="variant",
+        value_vars=["token_utilisation", "padding_waste"],
+        var_name="measure",
+        value_name="share",
+    )
     melted["share"] = melted["share"].astype(float) * 100
     melted["measure"] = melted["measure"].str.replace("_", " ")
     if melted.empty:
         _not_measured(right)
     else:
-        sns.barplot(data=melted, y="variant", x="share", hue="measure", ax=right, orient="h",
-                    palette={"token utilisation": "#1565c0", "padding waste": "#ef6c00"})
+        sns.barplot(
+            data=melted,
+            y="variant",
+            x="share",
+            hue="measure",
+            ax=right,
+            orient="h",
+            palette={"token utilisation": "#1565c0", "padding waste": "#ef6c00"},
+        )
         for container in right.containers:
             right.bar_label(container, fmt="%.1f%%", fontsize=8, padding=2)
         right.set_xlim(0, 118)
@@ -115,6 +149,7 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
 
 
 # ------------------------------------------------------------------ 02 profiling
+
 
 def batch_timeline(batches: pd.DataFrame, path, *, title: str, caption: str):
     """Per batch over arrival time: loader wait, device time, real tokens, packing efficiency."""
@@ -144,14 +179,29 @@ def utilisation_timeline(samples: pd.DataFrame, windows: pd.DataFrame, path, *, 
     """NVML utilisation per GPU over time (host CPU % when no GPU is sampled) with device-busy share per window."""
     _style()
     fig, ax = plt.subplots(figsize=(11, 4.2))
-    has_gpu = not samples.empty and "gpu_utilization_percent" in samples and samples["gpu_utilization_percent"].notna().any()
+    has_gpu = (
+        not samples.empty
+        and "gpu_utilization_percent" in samples
+        and samples["gpu_utilization_percent"].notna().any()
+    )
     if has_gpu:
         for physical, group in samples.dropna(subset=["gpu_utilization_percent"]).groupby("physical_index"):
-            ax.plot(group["t_s"], group["gpu_utilization_percent"], marker="o", markersize=3,
-                    label=f"NVML utilisation, physical GPU {physical}")
+            ax.plot(
+                group["t_s"],
+                group["gpu_utilization_percent"],
+                marker="o",
+                markersize=3,
+                label=f"NVML utilisation, physical GPU {physical}",
+            )
     elif not samples.empty and "host_cpu_percent" in samples:
-        ax.plot(samples["t_s"], samples["host_cpu_percent"], marker="o", markersize=3, color="#757575",
-                label="host CPU % (GPU utilisation NOT MEASURED: no NVIDIA driver)")
+        ax.plot(
+            samples["t_s"],
+            samples["host_cpu_percent"],
+            marker="o",
+            markersize=3,
+            color="#757575",
+            label="host CPU % (GPU utilisation NOT MEASURED: no NVIDIA driver)",
+        )
     else:
         _not_measured(ax, "no sampler data")
     if not windows.empty and windows["device_busy_share"].notna().any():
@@ -159,8 +209,14 @@ def utilisation_timeline(samples: pd.DataFrame, windows: pd.DataFrame, path, *, 
             x = np.r_[group["start_s"].to_numpy(), group["start_s"].iloc[-1] + group["seconds"].iloc[-1]]
             share = np.minimum(group["device_busy_share"].to_numpy(dtype=float), 1.0) * 100
             y = np.r_[share, share[-1]]
-            ax.step(x, y, where="post", linewidth=2, color="#1565c0",
-                    label=f"device-busy share per window (capped at 100 %), rank {rank}")
+            ax.step(
+                x,
+                y,
+                where="post",
+                linewidth=2,
+                color="#1565c0",
+                label=f"device-busy share per window (capped at 100 %), rank {rank}",
+            )
     ax.set_ylim(0, 110)
     ax.set_xlabel("time since the embedding loop started (s)")
     ax.set_ylabel("%")
@@ -175,7 +231,9 @@ def window_verdicts(windows: pd.DataFrame, path, *, title: str, caption: str):
     if windows.empty:
         _not_measured(ax, "no windows")
         return _finish(fig, path, title, caption)
-    labels = [f"r{r} w{w}\n{s:.0f}s" for r, w, s in zip(windows["rank"], windows["window"], windows["start_s"])]
+    labels = [
+        f"r{r} w{w}\n{s:.0f}s" for r, w, s in zip(windows["rank"], windows["window"], windows["start_s"])
+    ]
     x = np.arange(len(windows))
     busy = windows["device_busy_share"].astype(float).fillna(0) * 100
     wait = windows["loader_wait_share"].astype(float) * 100
@@ -185,8 +243,17 @@ def window_verdicts(windows: pd.DataFrame, path, *, title: str, caption: str):
     ax.axhline(10, color="#c62828", linestyle="--", linewidth=1)
     top = max(110.0, float(busy.max()) + 15)
     for xi, verdict in zip(x, windows["verdict"]):
-        ax.text(xi, top - 6, verdict, ha="center", va="top", fontsize=8, rotation=0,
-                color=VERDICT_COLOURS.get(verdict, "#333333"), fontweight="bold")
+        ax.text(
+            xi,
+            top - 6,
+            verdict,
+            ha="center",
+            va="top",
+            fontsize=8,
+            rotation=0,
+            color=VERDICT_COLOURS.get(verdict, "#333333"),
+            fontweight="bold",
+        )
     ax.set_ylim(0, top)
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("% of window wall time")
@@ -214,6 +281,7 @@ def top_kernels(table: pd.DataFrame, path, *, title: str, caption: str):
 
 # ------------------------------------------------------------------ 03 scaling
 
+
 def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_measurable: str | None = None):
     """Left: 1-process, per-rank and summed tok/s. Right: per-rank GPU utilisation."""
     _style()
@@ -222,22 +290,37 @@ def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_me
         _not_measured(left, f"not measured:\n{not_measurable or 'no scaling data'}")
         _not_measured(right, "not measured")
         return _finish(fig, path, title, caption)
-    labels = ["1 process"] + [f"rank {r}" for r in scaling["per_rank_tok_per_s"]] + [f"{scaling['nproc']} summed"]
-    values = [scaling["single_tok_per_s"], *scaling["per_rank_tok_per_s"].values(), scaling["multi_tok_per_s"]]
+    labels = (
+        ["1 process"] + [f"rank {r}" for r in scaling["per_rank_tok_per_s"]] + [f"{scaling['nproc']} summed"]
+    )
+    values = [
+        scaling["single_tok_per_s"],
+        *scaling["per_rank_tok_per_s"].values(),
+        scaling["multi_tok_per_s"],
+    ]
     colours = ["#757575"] + ["#90caf9"] * len(scaling["per_rank_tok_per_s"]) + ["#1565c0"]
     heights = [(_num(v) or 0.0) for v in values]
     bars = left.bar(labels, heights, color=colours)
     for bar, value in zip(bars, values):
-        left.text(bar.get_x() + bar.get_width() / 2, bar.get_height(),
-                  f"{value:,.0f}" if _num(value) is not None else "n/a", ha="center", va="bottom", fontsize=8)
+        left.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height(),
+            f"{value:,.0f}" if _num(value) is not None else "n/a",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     if _num(scaling["single_tok_per_s"]):
         ideal = scaling["single_tok_per_s"] * scaling["nproc"]
         left.axhline(ideal, color="#2e7d32", linestyle="--", linewidth=1, label=f"ideal {scaling['nproc']}x")
         left.legend(loc="upper left", fontsize=8)
     left.set_ylabel("steady-state tokens / s")
     factor, efficiency, imbalance = (_num(scaling.get(k)) for k in ("factor", "efficiency", "imbalance"))
-    left.set_title(f"factor {factor:.2f}x, efficiency {efficiency:.0%}, imbalance {imbalance:.3f}"
-                   if None not in (factor, efficiency, imbalance) else "scaling")
+    left.set_title(
+        f"factor {factor:.2f}x, efficiency {efficiency:.0%}, imbalance {imbalance:.3f}"
+        if None not in (factor, efficiency, imbalance)
+        else "scaling"
+    )
     utils = scaling.get("per_rank_gpu_util") or {}
     measured = {r: v for r, v in utils.items() if _num(v) is not None}
     if measured:
@@ -248,7 +331,9 @@ def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_me
         right.set_ylabel("NVML utilisation (%)")
     else:
         reason = next((m.reason for m in map(NotMeasured.found, utils.values()) if m), None)
-        _not_measured(right, "GPU utilisation not measured" + (f"\n{textwrap.fill(reason, 45)}" if reason else ""))
+        _not_measured(
+            right, "GPU utilisation not measured" + (f"\n{textwrap.fill(reason, 45)}" if reason else "")
+        )
     right.set_title("per-rank GPU utilisation")
     return _finish(fig, path, title, caption)
 
@@ -268,14 +353,26 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
             values = data["walls_s"][str(reads)]["values"]
             left.scatter([reads] * len(values), values, color=colour, s=28, zorder=3)
         fit = data["fit"]
-        left.plot(xs, fit["fixed_s"] + fit["per_read_s"] * xs, color=colour, linewidth=1.2,
-                  label=f"{labels.get(side, side)}: {fit['fixed_s']:.1f} s + {fit['per_read_s'] * 1000:.3g} s/k reads")
+        left.plot(
+            xs,
+            fit["fixed_s"] + fit["per_read_s"] * xs,
+            color=colour,
+            linewidth=1.2,
+            label=f"{labels.get(side, side)}: {fit['fixed_s']:.1f} s + {fit['per_read_s'] * 1000:.3g} s/k reads",
+        )
         predicted = [v for v in data["fit_check"]["predicted_large_s"] if _num(v) is not None]
         if predicted:
             dev = data["fit_check"]["deviation"]
-            left.scatter([large] * len(predicted), predicted, marker="x", color=colour, s=50, zorder=4,
-                         label=f"{labels.get(side, side)}: {small:,}-read run predicts {large:,}"
-                               + (f" ({dev:+.1%})" if _num(dev) is not None else ""))
+            left.scatter(
+                [large] * len(predicted),
+                predicted,
+                marker="x",
+                color=colour,
+                s=50,
+                zorder=4,
+                label=f"{labels.get(side, side)}: {small:,}-read run predicts {large:,}"
+                + (f" ({dev:+.1%})" if _num(dev) is not None else ""),
+            )
     left.set_xlim(0, large * 1.1)
     left.set_ylim(bottom=0)
     left.set_xlabel("reads in the chain run")
@@ -283,22 +380,51 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
     left.legend(fontsize=7, loc="upper left")
     check = e2e["fit_check"]
     left.set_title(f"fit check {'holds' if check['holds'] else 'fails'} (tolerance {check['tolerance']:.0%})")
-    bars = [("measured at\n" + f"{large:,} reads", e2e["measured_factor"], "measured"),
-            ("projected\n(two-size fit)", e2e["projected_factor"], "projected"),
-            ("stage-wise\ncross-check", e2e["stagewise_factor"], None)]
+    bars = [
+        ("measured at\n" + f"{large:,} reads", e2e["measured_factor"], "measured"),
+        ("projected\n(two-size fit)", e2e["projected_factor"], "projected"),
+        ("stage-wise\ncross-check", e2e["stagewise_factor"], None),
+    ]
     top = max([_num(f.get("max")) or _num(f.get("median")) or 0.0 for _, f, _ in bars] + [target or 0.0, 1.0])
     for i, (label, factor, source) in enumerate(bars):
         value = _num(factor.get("median"))
         if value is None:
-            right.text(i, top * 0.05, "not measured", ha="center", va="bottom", fontsize=8, color="#757575", rotation=90)
+            right.text(
+                i,
+                top * 0.05,
+                "not measured",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="#757575",
+                rotation=90,
+            )
             continue
         used = source == e2e["factor_source"]
         low, high = _num(factor.get("min")), _num(factor.get("max"))
-        yerr = [[max(value - low, 0.0)], [max(high - value, 0.0)]] if low is not None and high is not None else None
-        right.bar([i], [value], yerr=yerr, capsize=6, width=0.6, color="#1565c0" if used else "#bbdefb",
-                  edgecolor="#1565c0", hatch=None if used else "//")
-        right.text(i, value, f"{value:.3f}x" + ("\n(criterion)" if used else ""), ha="center", va="bottom",
-                   fontsize=8)
+        yerr = (
+            [[max(value - low, 0.0)], [max(high - value, 0.0)]]
+            if low is not None and high is not None
+            else None
+        )
+        right.bar(
+            [i],
+            [value],
+            yerr=yerr,
+            capsize=6,
+            width=0.6,
+            color="#1565c0" if used else "#bbdefb",
+            edgecolor="#1565c0",
+            hatch=None if used else "//",
+        )
+        right.text(
+            i,
+            value,
+            f"{value:.3f}x" + ("\n(criterion)" if used else ""),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     right.set_xticks(range(len(bars)))
     right.set_xticklabels([b[0] for b in bars], fontsize=8)
     if target is not None:
@@ -306,11 +432,14 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
         right.legend(fontsize=8, loc="lower right")
     right.set_ylim(0, top * 1.3)
     right.set_ylabel("1 rank wall / N ranks wall")
-    right.set_title(f"{e2e['repeats']} round(s): median, min-max" if e2e["repeats"] > 1 else "1 round: no spread")
+    right.set_title(
+        f"{e2e['repeats']} round(s): median, min-max" if e2e["repeats"] > 1 else "1 round: no spread"
+    )
     return _finish(fig, path, title, caption)
 
 
 # ------------------------------------------------------------------ 04 tuning
+
 
 def tuning_lines(table: pd.DataFrame, knobs: list[str], path, *, best: dict, title: str, caption: str):
     """One panel per knob: steady tok/s of every run at each value; the best run starred."""
@@ -323,22 +452,44 @@ def tuning_lines(table: pd.DataFrame, knobs: list[str], path, *, best: dict, tit
     for ax, knob in zip(axes.flat, knobs):
         values = ok[knob].astype(str)
         order = _order(table[knob])
-        sns.stripplot(x=values, y=ok["tok_per_s"].astype(float), order=order, ax=ax, color="#1565c0", size=6,
-                      jitter=0.08)
+        sns.stripplot(
+            x=values,
+            y=ok["tok_per_s"].astype(float),
+            order=order,
+            ax=ax,
+            color="#1565c0",
+            size=6,
+            jitter=0.08,
+        )
         means = ok.assign(_v=values).groupby("_v")["tok_per_s"].mean().reindex(order)
         ax.plot(range(len(order)), means.to_numpy(dtype=float), color="#1565c0", alpha=0.4)
         is_best = (ok[list(best)].astype(str) == pd.Series({k: str(v) for k, v in best.items()})).all(axis=1)
         if is_best.any():
-            ax.scatter([order.index(str(best[knob]))], [float(ok[is_best]["tok_per_s"].iloc[0])], marker="*", s=220,
-                       color="#f9a825", edgecolor="black", zorder=5, label="best")
+            ax.scatter(
+                [order.index(str(best[knob]))],
+                [float(ok[is_best]["tok_per_s"].iloc[0])],
+                marker="*",
+                s=220,
+                color="#f9a825",
+                edgecolor="black",
+                zorder=5,
+                label="best",
+            )
             ax.legend(fontsize=8, loc="lower right")
         failed = table[(table["status"] != "ok")] if "status" in table else table.iloc[0:0]
         for value in failed[knob].astype(str):
-            ax.text(order.index(value), ax.get_ylim()[0], "failed", ha="center", va="bottom", fontsize=7,
-                    color="#c62828")
+            ax.text(
+                order.index(value),
+                ax.get_ylim()[0],
+                "failed",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#c62828",
+            )
         ax.set_xlabel(knob)
         ax.set_ylabel("steady tokens / s")
-    for ax in list(axes.flat)[len(knobs):]:
+    for ax in list(axes.flat)[len(knobs) :]:
         ax.set_visible(False)
     return _finish(fig, path, title, caption)
 
@@ -348,10 +499,19 @@ def tuning_heatmap(table: pd.DataFrame, x: str, y: str, path, *, title: str, cap
     fig, ax = plt.subplots(figsize=(7, 4.8))
     ok = table[table["status"] == "ok"] if "status" in table else table
     grid = ok.assign(**{x: ok[x].astype(str), y: ok[y].astype(str)}).pivot_table(
-        index=y, columns=x, values="tok_per_s", aggfunc="mean")
+        index=y, columns=x, values="tok_per_s", aggfunc="mean"
+    )
     grid = grid.reindex(index=_order(table[y]), columns=_order(table[x]))
-    sns.heatmap(grid.astype(float), annot=True, fmt=",.0f", cmap="viridis", ax=ax, cbar_kws={"label": "steady tokens / s"},
-                linewidths=0.5, linecolor="white")
+    sns.heatmap(
+        grid.astype(float),
+        annot=True,
+        fmt=",.0f",
+        cmap="viridis",
+        ax=ax,
+        cbar_kws={"label": "steady tokens / s"},
+        linewidths=0.5,
+        linecolor="white",
+    )
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     return _finish(fig, path, title, caption)
@@ -359,7 +519,10 @@ def tuning_heatmap(table: pd.DataFrame, x: str, y: str, path, *, title: str, cap
 
 # ------------------------------------------------------------------ 05 full validation
 
-def projection(windows: pd.DataFrame, projection: dict, path, *, target_hours: float | None, title: str, caption: str):
+
+def projection(
+    windows: pd.DataFrame, projection: dict, path, *, target_hours: float | None, title: str, caption: str
+):
     """Left: tok/s per window (summed over ranks), steady ones filled. Right: projected hours vs target."""
     _style()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
@@ -369,8 +532,14 @@ def projection(windows: pd.DataFrame, projection: dict, path, *, target_hours: f
         window_s = projection["window_s"]
         per = summed_windows(windows, window_s)  # windows without arrivals are 0 tok/s
         steady = per["steady"]
-        left.bar(per["start_s"], per["tok_per_s"], width=per["seconds"] * 0.95, align="edge",
-                 color=np.where(steady, "#1565c0", "#bbdefb"), edgecolor="#1565c0")
+        left.bar(
+            per["start_s"],
+            per["tok_per_s"],
+            width=per["seconds"] * 0.95,
+            align="edge",
+            color=np.where(steady, "#1565c0", "#bbdefb"),
+            edgecolor="#1565c0",
+        )
         rate = projection.get("steady_tok_per_s")
         if rate:
             left.axhline(rate, color="#2e7d32", linestyle="--", label=f"steady rate {rate:,.0f} tok/s")
@@ -391,11 +560,21 @@ def projection(windows: pd.DataFrame, projection: dict, path, *, target_hours: f
             right.legend(fontsize=8, loc="upper right")
         err = projection.get("relative_error")
         note = f"±{err:.1%} (window spread)" if err is not None else "error not estimable"
-        right.text(0, hours / 2, f"{hours:.2f} h\n{note}", ha="center", va="center", fontsize=10, color="white",
-                   fontweight="bold")
+        right.text(
+            0,
+            hours / 2,
+            f"{hours:.2f} h\n{note}",
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="white",
+            fontweight="bold",
+        )
         right.set_ylim(0, max(hours, high or 0, target_hours or 0) * 1.35)
         right.set_ylabel("hours for the full sample")
-        right.set_title(f"{projection['full_sample_reads']:,} reads x {projection['tokens_per_read']:.1f} tok/read")
+        right.set_title(
+            f"{projection['full_sample_reads']:,} reads x {projection['tokens_per_read']:.1f} tok/read"
+        )
     return _finish(fig, path, title, caption)
 
 
@@ -403,7 +582,9 @@ def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
     """Time per pipeline stage (one panel per column after 'stage'), the largest of each panel in red."""
     _style()
     panels = [c for c in stages.columns if c != "stage"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.5 * len(stages) + 2.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 0.5 * len(stages) + 2.4), squeeze=False
+    )
     for ax, column in zip(axes[0], panels):
         values = [(_num(v) or 0.0) for v in stages[column]]
         total = sum(values)
@@ -414,8 +595,13 @@ def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
         colours = ["#c62828" if v == top else "#1565c0" for v in values]
         bars = ax.barh(stages["stage"].astype(str), values, color=colours)
         for bar, value in zip(bars, values):
-            ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2,
-                    f"{value:,.3g} ({value / total:.1%})", va="center", fontsize=9)
+            ax.text(
+                bar.get_width() + top * 0.01,
+                bar.get_y() + bar.get_height() / 2,
+                f"{value:,.3g} ({value / total:.1%})",
+                va="center",
+                fontsize=9,
+            )
         ax.set_xlim(0, top * 1.4)
         ax.invert_yaxis()
         ax.set_xlabel(column)
@@ -425,11 +611,14 @@ def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
 
 # ------------------------------------------------------------------ 06 summary
 
+
 def criteria_margins(rows: pd.DataFrame, path, *, title: str, caption: str):
     _style()
     fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(rows), 3) + 1.6))
-    labels = [f"{n} ({c} {t:g} {u}".strip() + ")" for n, c, t, u in
-              zip(rows["name"], rows["comparison"], rows["target"], rows["unit"].fillna(""))]
+    labels = [
+        f"{n} ({c} {t:g} {u}".strip() + ")"
+        for n, c, t, u in zip(rows["name"], rows["comparison"], rows["target"], rows["unit"].fillna(""))
+    ]
     margins = [(_num(m) if _num(m) is not None else 0.0) * 100 for m in rows["relative_margin"]]
     colours = [STATUS_COLOURS.get(s, "#333333") for s in rows["status"]]
     ax.barh(labels, margins, color=colours)
@@ -437,8 +626,15 @@ def criteria_margins(rows: pd.DataFrame, path, *, title: str, caption: str):
     span = max([abs(m) for m in margins] + [10.0])
     for i, (margin, status, measured) in enumerate(zip(margins, rows["status"], rows["measured"])):
         shown = f"{measured:.4g}" if _num(measured) is not None else "-"
-        ax.text(span * 1.05, i, f"{status}  (measured {shown})", va="center", fontsize=9,
-                color=STATUS_COLOURS.get(status, "#333333"), fontweight="bold")
+        ax.text(
+            span * 1.05,
+            i,
+            f"{status}  (measured {shown})",
+            va="center",
+            fontsize=9,
+            color=STATUS_COLOURS.get(status, "#333333"),
+            fontweight="bold",
+        )
     ax.set_xlim(-span * 1.1, span * 2.1)
     ax.invert_yaxis()
     ax.set_xlabel("relative margin to target (%), positive = passing side")

@@ -3,6 +3,7 @@
 Shows seq/s, tok/s, GPU utilisation, packing efficiency and the ETA; the postfix is
 refreshed at most once per `min_interval_s` so the bar costs nothing on the hot path.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,10 +13,25 @@ from tqdm.auto import tqdm
 
 
 class LiveProgress:
-    def __init__(self, total: int | None = None, desc: str = "embedding", unit: str = "seq",
-                 min_interval_s: float = 1.0, disable: bool | None = None, file=None):
-        self.bar = tqdm(total=total, desc=desc, unit=unit, mininterval=min_interval_s, dynamic_ncols=True,
-                        disable=disable, file=file or sys.stderr, smoothing=0.1)
+    def __init__(
+        self,
+        total: int | None = None,
+        desc: str = "embedding",
+        unit: str = "seq",
+        min_interval_s: float = 1.0,
+        disable: bool | None = None,
+        file=None,
+    ):
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            mininterval=min_interval_s,
+            dynamic_ncols=True,
+            disable=disable,
+            file=file or sys.stderr,
+            smoothing=0.1,
+        )
         self.min_interval_s = min_interval_s
         self.t0 = time.perf_counter()
         self._last_postfix = 0.0
@@ -26,7 +42,9 @@ class LiveProgress:
         self.gpu_util: float | None = None
         self.postfix_updates = 0
 
-    def update(self, sequences: int, real_tokens: int, budget_tokens: int, advance: int | None = None) -> None:
+    def update(
+        self, sequences: int, real_tokens: int, budget_tokens: int, advance: int | None = None
+    ) -> None:
         """`advance`: what the bar counts when that is not sequences (e.g. input reads, whose total is known
         before any frame is translated)."""
         self.sequences += sequences

@@ -6,6 +6,7 @@ never the runs/ folders (shards, telemetry), the sample FASTA, PNGs (inside the 
 .ipynb (same content as the HTML). Writes COMMIT, COMMAND and GPUS beside them, and a README.md made
 from the run's own records: verdict, every criterion with its measured value and target, notebook times.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def criteria_lines(summary: dict) -> list[str]:
         measured = "–" if row.get("measured") is None else f"{row['measured']:.4g}"
         unit = f" {row['unit']}" if row.get("unit") else ""
         why = f" — {row['reason']}" if row.get("reason") and row.get("status") != "PASS" else ""
-        lines.append(f"{row['status']:>12}  {row['name']}: {measured}{unit} (target {row['comparison']} "
-                     f"{row['target']:g}){why}")
+        lines.append(
+            f"{row['status']:>12}  {row['name']}: {measured}{unit} (target {row['comparison']} "
+            f"{row['target']:g}){why}"
+        )
     return lines
 
 
@@ -44,31 +47,44 @@ def readme(run_dir: Path, *, command: str, commit: str, gpus: list[str]) -> str:
     rows = ["| criterion | target | measured | status |", "|---|---|---|---|"]
     for row in summary.get("criteria", []):
         measured = "–" if row.get("measured") is None else f"{row['measured']:.4g}"
-        status = row["status"] + (f" ({row['reason']})" if row.get("reason") and row["status"] != "PASS" else "")
-        rows.append(f"| {row['name']} | {row['comparison']} {row['target']:g} {row.get('unit') or ''} | "
-                    f"{measured} | {status} |")
-    times = ", ".join(f"{stem} {entry['seconds']:.0f} s ({entry['status']})"
-                      for stem, entry in suite.get("notebooks", {}).items() if entry.get("seconds") is not None)
+        status = row["status"] + (
+            f" ({row['reason']})" if row.get("reason") and row["status"] != "PASS" else ""
+        )
+        rows.append(
+            f"| {row['name']} | {row['comparison']} {row['target']:g} {row.get('unit') or ''} | "
+            f"{measured} | {status} |"
+        )
+    times = ", ".join(
+        f"{stem} {entry['seconds']:.0f} s ({entry['status']})"
+        for stem, entry in suite.get("notebooks", {}).items()
+        if entry.get("seconds") is not None
+    )
     parts = {e["earlier_call"] for e in suite.get("notebooks", {}).values() if e.get("earlier_call")}
-    total = (f"total {suite.get('seconds', 0):.0f} s" if not parts else  # a run in parts: the last part's wall is not the total
-             f"{len(parts) + 1} calls, notebooks {sum(e.get('seconds') or 0 for e in suite['notebooks'].values()):.0f} s")
-    return "\n".join([
-        f"# Suite run `{summary.get('params_name')}` on {len(gpus)} GPU(s): verdict **{summary.get('verdict')}**",
-        "",
-        f"- commit: {commit}",
-        f"- command: `{command}`",
-        f"- GPUs: {'; '.join(gpus) or 'none (CPU)'}",
-        f"- notebooks: {times}; {total}",
-        "- files: the suite's own output, copied unchanged by `perfkit publish`: executed notebooks as HTML "
-        "(figures inside), summary.json, suite.json, sample.json and each notebook's JSON records. Left out: "
-        "runs/ (shards, telemetry), the sample FASTA, PNGs (inside the HTML), the executed .ipynb.",
-        "- weights: seeded random for every model the suite runs (the nucleotide model and the classifier "
-        "always; ESM-2 unless the params set embed.weights). Vectors and calls mean nothing biologically; the "
-        "performance figures stand. Each notebook's HTML opens with the same banner.",
-        "",
-        *rows,
-        "",
-    ])
+    total = (
+        f"total {suite.get('seconds', 0):.0f} s"
+        if not parts
+        # a run in parts: the last part's wall is not the total
+        else f"{len(parts) + 1} calls, notebooks {sum(e.get('seconds') or 0 for e in suite['notebooks'].values()):.0f} s"
+    )
+    return "\n".join(
+        [
+            f"# Suite run `{summary.get('params_name')}` on {len(gpus)} GPU(s): verdict **{summary.get('verdict')}**",
+            "",
+            f"- commit: {commit}",
+            f"- command: `{command}`",
+            f"- GPUs: {'; '.join(gpus) or 'none (CPU)'}",
+            f"- notebooks: {times}; {total}",
+            "- files: the suite's own output, copied unchanged by `perfkit publish`: executed notebooks as HTML "
+            "(figures inside), summary.json, suite.json, sample.json and each notebook's JSON records. Left out: "
+            "runs/ (shards, telemetry), the sample FASTA, PNGs (inside the HTML), the executed .ipynb.",
+            "- weights: seeded random for every model the suite runs (the nucleotide model and the classifier "
+            "always; ESM-2 unless the params set embed.weights). Vectors and calls mean nothing biologically; the "
+            "performance figures stand. Each notebook's HTML opens with the same banner.",
+            "",
+            *rows,
+            "",
+        ]
+    )
 
 
 def publish(run_dir, dest, *, command: str, commit: str | None = None) -> dict:
@@ -77,8 +93,10 @@ def publish(run_dir, dest, *, command: str, commit: str | None = None) -> dict:
 
     run_dir, dest = Path(run_dir), Path(dest)
     if not (run_dir / "summary.json").exists():
-        raise UserError(f"{run_dir} has no summary.json: not a finished suite run",
-                        "pass the --out folder of a `perfkit suite` run whose 06_summary completed")
+        raise UserError(
+            f"{run_dir} has no summary.json: not a finished suite run",
+            "pass the --out folder of a `perfkit suite` run whose 06_summary completed",
+        )
     if dest.exists() and any(dest.iterdir()):
         raise UserError(f"{dest} already holds files", "publish into a new folder")
     suite = json.loads((run_dir / "suite.json").read_text()) if (run_dir / "suite.json").exists() else {}

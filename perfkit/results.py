@@ -4,6 +4,7 @@
 JSON files (summary.json, metrics.json) keep their keys: each type writes itself with `to_json()` and reads
 itself back with `from_json()`, which tolerates keys that older files lack (they read as None).
 """
+
 from __future__ import annotations
 
 import json
@@ -116,9 +117,14 @@ class RunSummary:
     @classmethod
     def from_json(cls, data: Mapping) -> RunSummary:
         data = dict(data)
-        return cls(stage=data.get("stage"), throughput=Throughput.from_json(data.get("throughput")),
-                   per_rank={int(r): RankThroughput.from_json(v) for r, v in (data.get("per_rank") or {}).items()},
-                   gpu=data.get("gpu") or {}, config=data.get("config") or {}, data=data)
+        return cls(
+            stage=data.get("stage"),
+            throughput=Throughput.from_json(data.get("throughput")),
+            per_rank={int(r): RankThroughput.from_json(v) for r, v in (data.get("per_rank") or {}).items()},
+            gpu=data.get("gpu") or {},
+            config=data.get("config") or {},
+            data=data,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> RunSummary:

@@ -49,7 +49,9 @@ _HOST_FIELDS = {
     "memory_used (GiB)": "host_memory_used_gib",
 }
 # '<scope>/<metric (unit)>/<stat>' once the '<tag>/' prefix is removed
-_KEY = re.compile(r"^(?P<scope>host|cuda:\d+ \(gpu:[^/]+\)|gpu:[^/]+)/(?P<metric>[^/]+)/(?P<stat>mean|min|max|last)$")
+_KEY = re.compile(
+    r"^(?P<scope>host|cuda:\d+ \(gpu:[^/]+\)|gpu:[^/]+)/(?P<metric>[^/]+)/(?P<stat>mean|min|max|last)$"
+)
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
 
 
@@ -78,8 +80,10 @@ def physical_gpu_index(cuda_index: int, env: Mapping[str, str] = os.environ) -> 
     (NVML order); with a driver, `GpuSampler` cross-checks against nvitop's own mapping.
     """
     if isinstance(cuda_index, bool) or not isinstance(cuda_index, int) or cuda_index < 0:
-        raise UserError(f"CUDA index {cuda_index!r} is not a non-negative integer",
-                        "pass the rank's local CUDA ordinal (0, 1, ...)")
+        raise UserError(
+            f"CUDA index {cuda_index!r} is not a non-negative integer",
+            "pass the rank's local CUDA ordinal (0, 1, ...)",
+        )
     raw = env.get("CUDA_VISIBLE_DEVICES")
     if raw is None:
         return cuda_index
@@ -134,7 +138,9 @@ def open_nvml_device(physical: int | str):
         return None
 
 
-def parse_collector_metrics(metrics: Mapping[str, float], tag: str, stat: str = "last") -> dict[str, dict[str, float]]:
+def parse_collector_metrics(
+    metrics: Mapping[str, float], tag: str, stat: str = "last"
+) -> dict[str, dict[str, float]]:
     """{'host': {...}, '<gpu scope>': {...}} from nvitop's '<tag>/<scope>/<metric>/<stat>' keys.
 
     Per-process keys ('pid:...') and non-finite values are dropped.
@@ -144,7 +150,7 @@ def parse_collector_metrics(metrics: Mapping[str, float], tag: str, stat: str = 
     for key, value in metrics.items():
         if not key.startswith(prefix):
             continue
-        match = _KEY.match(key[len(prefix):])
+        match = _KEY.match(key[len(prefix) :])
         if match is None or match["stat"] != stat:
             continue
         try:
@@ -176,8 +182,10 @@ class GpuSampler:
         warn: bool = True,
     ):
         if not (isinstance(interval_s, (int, float)) and interval_s > 0):
-            raise UserError(f"sampling interval {interval_s!r} is not a positive number of seconds",
-                            "pass interval_s > 0 (NVML utilisation needs >= 1 s to mean much)")
+            raise UserError(
+                f"sampling interval {interval_s!r} is not a positive number of seconds",
+                "pass interval_s > 0 (NVML utilisation needs >= 1 s to mean much)",
+            )
         env = os.environ if env is None else env
         self.interval_s = float(interval_s)
         self.tag = tag
@@ -191,7 +199,12 @@ class GpuSampler:
         self.source = "nvml" if self.device is not None else "host-only"
         self.note = self._make_note()
         if self.source == "host-only" and warn:  # a run on the CPU expects no GPU: nothing to warn about
-            log.warning("GPU sampler (cuda:%s -> physical %s): %s", self.cuda_index, self.physical_index, NO_DRIVER_NOTE)
+            log.warning(
+                "GPU sampler (cuda:%s -> physical %s): %s",
+                self.cuda_index,
+                self.physical_index,
+                NO_DRIVER_NOTE,
+            )
 
         self._samples: list[dict] = []
         self._lock = threading.Lock()
@@ -205,9 +218,14 @@ class GpuSampler:
             return
         nvitop_index = nvitop_cuda_mapping(self.cuda_index)
         if nvitop_index is not None and nvitop_index != self.physical_index:
-            log.warning("CUDA cuda:%s is physical GPU %s per the CUDA driver, not %s per "
-                        "CUDA_VISIBLE_DEVICES (set CUDA_DEVICE_ORDER=PCI_BUS_ID); sampling %s",
-                        self.cuda_index, nvitop_index, self.physical_index, nvitop_index)
+            log.warning(
+                "CUDA cuda:%s is physical GPU %s per the CUDA driver, not %s per "
+                "CUDA_VISIBLE_DEVICES (set CUDA_DEVICE_ORDER=PCI_BUS_ID); sampling %s",
+                self.cuda_index,
+                nvitop_index,
+                self.physical_index,
+                nvitop_index,
+            )
             self.physical_index = nvitop_index
 
     def _make_note(self) -> str:
@@ -224,7 +242,9 @@ class GpuSampler:
 
         devices = [self.device] if self.device is not None else []
         with quiet_nvml_logger():
-            self._collector = ResourceMetricCollector(devices=devices, root_pids=set(), interval=self.interval_s)
+            self._collector = ResourceMetricCollector(
+                devices=devices, root_pids=set(), interval=self.interval_s
+            )
         self._thread = threading.Thread(target=self._run, name=f"gpu-sampler-{self.tag}", daemon=True)
         self._thread.start()
         return self
@@ -313,8 +333,11 @@ class GpuSampler:
     def summary(self, since: float | None = None, until: float | None = None) -> dict:
         """Counts, interval, per-device util stats (absent when not measured) and a note. `since`/`until`
         (time.time() seconds): only the samples taken in that interval, e.g. a run's steady state."""
-        samples = [s for s in self.samples() if (since is None or s["timestamp"] >= since)
-                   and (until is None or s["timestamp"] <= until)]
+        samples = [
+            s
+            for s in self.samples()
+            if (since is None or s["timestamp"] >= since) and (until is None or s["timestamp"] <= until)
+        ]
         result: dict[str, Any] = {
             "tag": self.tag,
             "source": self.source,
@@ -330,14 +353,19 @@ class GpuSampler:
             result["host_cpu_percent"] = describe(host_cpu)
         util = [s["gpu_utilization_percent"] for s in samples if "gpu_utilization_percent" in s]
         if self.source == "nvml" and util:
-            result["devices"][str(self.physical_index)] = {"gpu_utilization_percent": describe(util), "measured": True}
+            result["devices"][str(self.physical_index)] = {
+                "gpu_utilization_percent": describe(util),
+                "measured": True,
+            }
             result["gpu_utilization_percent"] = {**describe(util), "measured": True}
         else:
             # the not-measured marker that perfkit.criteria understands
             reason = self.note
             if self.source == "nvml" and since is not None:
-                reason = (f"no NVML sample inside the steady state ({max((until or since) - since, 0):.1f} s; one "
-                          f"sample every {self.interval_s:g} s)")
+                reason = (
+                    f"no NVML sample inside the steady state ({max((until or since) - since, 0):.1f} s; one "
+                    f"sample every {self.interval_s:g} s)"
+                )
             result["gpu_utilization_percent"] = {"value": None, "measured": False, "reason": reason}
         if since is not None:
             result["interval"] = {"since": since, "until": until, "scope": "steady state"}

@@ -23,6 +23,7 @@ Schema `perfkit.batch/1` (kind = "batch"):
 Kind "checkpoint": run_id, rank, t_s, sequences_done, write_s, bytes, path.
 Kind "stage": run_id, rank, stage, start_s, end_s, seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,24 @@ from perfkit.errors import UserError
 SCHEMA = "perfkit.batch/1"
 
 BATCH_FIELDS = (
-    "schema", "kind", "run_id", "rank", "stage", "batch", "t_arrive_s", "loader_wait_s", "queue_depth",
-    "host_s", "device_s", "device_start_s", "sequences", "real_tokens", "slot_tokens", "budget_tokens",
-    "packing_efficiency", "padding_waste",
+    "schema",
+    "kind",
+    "run_id",
+    "rank",
+    "stage",
+    "batch",
+    "t_arrive_s",
+    "loader_wait_s",
+    "queue_depth",
+    "host_s",
+    "device_s",
+    "device_start_s",
+    "sequences",
+    "real_tokens",
+    "slot_tokens",
+    "budget_tokens",
+    "packing_efficiency",
+    "padding_waste",
 )
 
 
@@ -76,7 +92,9 @@ class JsonlWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", encoding="utf-8")
         except OSError as err:
-            raise UserError(f"cannot write telemetry to {self.path}: {err.strerror}", "choose a writable output folder") from err
+            raise UserError(
+                f"cannot write telemetry to {self.path}: {err.strerror}", "choose a writable output folder"
+            ) from err
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._flush_every_s = flush_every_s
         self.lines = 0
@@ -108,7 +126,9 @@ class JsonlWriter:
 class Telemetry:
     """The run's recorder: batch records, checkpoints, stages -> `telemetry.jsonl`."""
 
-    def __init__(self, path: str | Path, run_id: str = "run", rank: int = 0, clock_start: float | None = None):
+    def __init__(
+        self, path: str | Path, run_id: str = "run", rank: int = 0, clock_start: float | None = None
+    ):
         self.run_id, self.rank = run_id, rank
         self.t0 = time.perf_counter() if clock_start is None else clock_start
         self.writer = JsonlWriter(path)
@@ -119,17 +139,40 @@ class Telemetry:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def batch(self, *, stage: str, t_arrive_s: float, loader_wait_s: float, host_s: float, span=None,
-              sequences: int, real_tokens: int, slot_tokens: int, budget_tokens: int,
-              queue_depth: int | None = None, clock_start: float | None = None) -> None:
+    def batch(
+        self,
+        *,
+        stage: str,
+        t_arrive_s: float,
+        loader_wait_s: float,
+        host_s: float,
+        span=None,
+        sequences: int,
+        real_tokens: int,
+        slot_tokens: int,
+        budget_tokens: int,
+        queue_depth: int | None = None,
+        clock_start: float | None = None,
+    ) -> None:
         """`clock_start`: the perf_counter origin of t_arrive_s, to put the span's device start on its clock."""
         index = self._batch_index.get(stage, 0)
         self._batch_index[stage] = index + 1
         record = {
-            "schema": SCHEMA, "kind": "batch", "run_id": self.run_id, "rank": self.rank, "stage": stage,
-            "batch": index, "t_arrive_s": t_arrive_s, "loader_wait_s": loader_wait_s,
-            "queue_depth": queue_depth, "host_s": host_s, "device_s": None, "device_start_s": None,
-            "sequences": int(sequences), "real_tokens": int(real_tokens), "slot_tokens": int(slot_tokens),
+            "schema": SCHEMA,
+            "kind": "batch",
+            "run_id": self.run_id,
+            "rank": self.rank,
+            "stage": stage,
+            "batch": index,
+            "t_arrive_s": t_arrive_s,
+            "loader_wait_s": loader_wait_s,
+            "queue_depth": queue_depth,
+            "host_s": host_s,
+            "device_s": None,
+            "device_start_s": None,
+            "sequences": int(sequences),
+            "real_tokens": int(real_tokens),
+            "slot_tokens": int(slot_tokens),
             "budget_tokens": int(budget_tokens),
             "packing_efficiency": real_tokens / budget_tokens if budget_tokens else None,
             "padding_waste": (slot_tokens - real_tokens) / slot_tokens if slot_tokens else 0.0,
@@ -153,9 +196,19 @@ class Telemetry:
             self._pending.popleft()
 
     def checkpoint(self, *, sequences_done: int, write_s: float, nbytes: int, path: str) -> None:
-        self.writer.write({"schema": SCHEMA, "kind": "checkpoint", "run_id": self.run_id, "rank": self.rank,
-                           "t_s": self.now(), "sequences_done": sequences_done, "write_s": write_s,
-                           "bytes": nbytes, "path": os.fspath(path)})
+        self.writer.write(
+            {
+                "schema": SCHEMA,
+                "kind": "checkpoint",
+                "run_id": self.run_id,
+                "rank": self.rank,
+                "t_s": self.now(),
+                "sequences_done": sequences_done,
+                "write_s": write_s,
+                "bytes": nbytes,
+                "path": os.fspath(path),
+            }
+        )
 
     def stage(self, name: str):
         return _StageTimer(self, name)
@@ -164,8 +217,18 @@ class Telemetry:
         """A stage done in interleaved pieces (e.g. chunk by chunk with another stage): `seconds` is their
         summed time; start_s/end_s bound the pieces and may overlap another stage's (never use end - start)."""
         self.stages[name] = self.stages.get(name, 0.0) + seconds
-        self.writer.write({"schema": SCHEMA, "kind": "stage", "run_id": self.run_id, "rank": self.rank,
-                           "stage": name, "start_s": start_s, "end_s": end_s, "seconds": seconds})
+        self.writer.write(
+            {
+                "schema": SCHEMA,
+                "kind": "stage",
+                "run_id": self.run_id,
+                "rank": self.rank,
+                "stage": name,
+                "start_s": start_s,
+                "end_s": end_s,
+                "seconds": seconds,
+            }
+        )
 
     def close(self) -> None:
         self._emit_resolved(wait=True)
@@ -184,6 +247,16 @@ class _StageTimer:
         end = self.telemetry.now()
         tel = self.telemetry
         tel.stages[self.name] = tel.stages.get(self.name, 0.0) + end - self.start
-        tel.writer.write({"schema": SCHEMA, "kind": "stage", "run_id": tel.run_id, "rank": tel.rank,
-                          "stage": self.name, "start_s": self.start, "end_s": end, "seconds": end - self.start})
+        tel.writer.write(
+            {
+                "schema": SCHEMA,
+                "kind": "stage",
+                "run_id": tel.run_id,
+                "rank": tel.rank,
+                "stage": self.name,
+                "start_s": self.start,
+                "end_s": end,
+                "seconds": end - self.start,
+            }
+        )
         return False

@@ -5,6 +5,7 @@
 and one verdict (`perfkit.criteria`). The run folder layout is the suite's (`perfkit.suite`), which
 this module reads but never imports.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,16 @@ def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
     for stem in stems:
         executed = run_dir / f"{stem}.ipynb"
         metrics = run_dir / stem / "metrics.json"
-        entry = {"status": "missing", "error": f"{stem} was not run (no {executed.name}, no {stem}/metrics.json)",
-                 "records": {}, "from": None}
+        entry = {
+            "status": "missing",
+            "error": f"{stem} was not run (no {executed.name}, no {stem}/metrics.json)",
+            "records": {},
+            "from": None,
+        }
         if suite.get(stem, {}).get("status") == "failed":
-            entry.update(status="failed", error=suite[stem].get("error") or "failed", **{"from": "suite.json"})
+            entry.update(
+                status="failed", error=suite[stem].get("error") or "failed", **{"from": "suite.json"}
+            )
         elif suite.get(stem, {}).get("status") == "skipped":
             entry.update(error=f"{stem} was skipped in this suite run")
         elif executed.exists():
@@ -54,15 +61,26 @@ def collect_run(run_dir: str | Path, stems=MEASURING_NOTEBOOKS) -> dict:
             if status["failed"]:
                 entry.update(status="failed", error=status["error"], **{"from": executed.name})
             elif metrics.exists():
-                entry.update(status="complete", error=None, records=json.loads(metrics.read_text()).get("records", {}),
-                             **{"from": f"{stem}/metrics.json"})
+                entry.update(
+                    status="complete",
+                    error=None,
+                    records=json.loads(metrics.read_text()).get("records", {}),
+                    **{"from": f"{stem}/metrics.json"},
+                )
             else:
-                entry.update(status="failed", error=f"{stem}.ipynb did not reach its end (no metrics.json)",
-                             **{"from": executed.name})
+                entry.update(
+                    status="failed",
+                    error=f"{stem}.ipynb did not reach its end (no metrics.json)",
+                    **{"from": executed.name},
+                )
         elif metrics.exists():
             data = json.loads(metrics.read_text())
-            entry.update(status="complete" if data.get("status") == "complete" else "failed", error=None,
-                         records=data.get("records", {}), **{"from": f"{stem}/metrics.json"})
+            entry.update(
+                status="complete" if data.get("status") == "complete" else "failed",
+                error=None,
+                records=data.get("records", {}),
+                **{"from": f"{stem}/metrics.json"},
+            )
         out[stem] = entry
     return out
 
@@ -74,10 +92,17 @@ def metric_spread(records: dict, metric: str) -> dict | None:
     None otherwise."""
     found = records.get(f"{metric}_spread")
     if isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in ("min", "max")):
-        return {"min": float(found["min"]), "max": float(found["max"]),
-                "repeats": int(found.get("repeats") or len(found.get("values") or ()))}
+        return {
+            "min": float(found["min"]),
+            "max": float(found["max"]),
+            "repeats": int(found.get("repeats") or len(found.get("values") or ())),
+        }
     interval = records.get(f"{metric}_ci95")
-    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
+    if (
+        isinstance(interval, (list, tuple))
+        and len(interval) == 2
+        and all(isinstance(v, (int, float)) for v in interval)
+    ):
         return {"min": float(interval[0]), "max": float(interval[1]), "interval": "95 % CI"}
     return None
 
@@ -96,14 +121,43 @@ def evaluate_run(run_dir: str | Path, params) -> dict:
     for rule in rules:
         nb = notebooks[rule.source]
         if nb["status"] != "complete":
-            row = {**crit.evaluate(rule, {}, measurable=False), "status": crit.FAIL,
-                   "reason": f"source notebook {rule.source} {nb['status']}: {nb['error']}"}
+            row = {
+                **crit.evaluate(rule, {}, measurable=False),
+                "status": crit.FAIL,
+                "reason": f"source notebook {rule.source} {nb['status']}: {nb['error']}",
+            }
         else:
             row = crit.evaluate(rule, nb["records"])
-        rows.append({**{k: row[k] for k in ("name", "metric", "target", "comparison", "measured", "unit", "margin",
-                                            "relative_margin", "status", "source", "reason", "description")},
-                     "spread": metric_spread(nb.get("records") or {}, rule.metric)})
+        rows.append(
+            {
+                **{
+                    k: row[k]
+                    for k in (
+                        "name",
+                        "metric",
+                        "target",
+                        "comparison",
+                        "measured",
+                        "unit",
+                        "margin",
+                        "relative_margin",
+                        "status",
+                        "source",
+                        "reason",
+                        "description",
+                    )
+                },
+                "spread": metric_spread(nb.get("records") or {}, rule.metric),
+            }
+        )
     verdict = crit.PASS if rows and all(r["status"] == crit.PASS for r in rows) else crit.FAIL
-    return {"schema": SUMMARY_SCHEMA, "verdict": verdict, "criteria": rows, "counts": crit.count_by_status(rows),
-            "notebooks": {k: {"status": v["status"], "error": v["error"], "from": v["from"]} for k, v in notebooks.items()},
-            "params_name": params.name}
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "verdict": verdict,
+        "criteria": rows,
+        "counts": crit.count_by_status(rows),
+        "notebooks": {
+            k: {"status": v["status"], "error": v["error"], "from": v["from"]} for k, v in notebooks.items()
+        },
+        "params_name": params.name,
+    }

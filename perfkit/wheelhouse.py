@@ -6,6 +6,7 @@ Python (default cp312) and manylinux x86_64, plus a wheel of perfkit itself. On 
 node: `pip install --no-index --find-links wheelhouse perfkit` (torch comes from the
 node's own CUDA build). `--skip` drops requirements the node already has.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,14 @@ from pathlib import Path
 
 from perfkit.errors import UserError
 
-DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                     "manylinux2014_x86_64", "manylinux1_x86_64", "any")
+DEFAULT_PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+    "any",
+)
 NEVER = {"torch"}  # the node's CUDA build of torch stays
 
 
@@ -44,16 +51,34 @@ def canonical(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def build_wheelhouse(out: Path, *, python_version: str = "3.12", platforms=None, skip=(), extras=("test", "fp8")) -> list[Path]:
+def build_wheelhouse(
+    out: Path, *, python_version: str = "3.12", platforms=None, skip=(), extras=("test", "fp8")
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     skip = {canonical(s) for s in skip}
     requirements = [r for r in project_requirements(extras) if canonical(r) not in skip]
     platform_args = [a for p in (platforms or DEFAULT_PLATFORMS) for a in ("--platform", p)]
-    download = [sys.executable, "-m", "pip", "download", "--dest", str(out), "--only-binary=:all:",
-                "--python-version", python_version, "--implementation", "cp", *platform_args, *requirements]
+    download = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--dest",
+        str(out),
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *platform_args,
+        *requirements,
+    ]
     _run(download, "downloading wheels")
     project_root = Path(__file__).resolve().parent.parent
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(project_root)], "building the perfkit wheel")
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(project_root)],
+        "building the perfkit wheel",
+    )
     removed = []
     for wheel in out.glob("*.whl"):
         if canonical(wheel.name.split("-")[0]) in skip | NEVER:
@@ -65,9 +90,13 @@ def build_wheelhouse(out: Path, *, python_version: str = "3.12", platforms=None,
         f"  python{python_version} -m pip install --no-index --find-links {out.name} perfkit\n"
         "or, into a separate folder without touching the node's packages:\n"
         f"  python{python_version} -m pip install --no-index --no-deps --target /tmp/site {out.name}/*.whl\n"
-        "  export PYTHONPATH=/tmp/site\n")
+        "  export PYTHONPATH=/tmp/site\n"
+    )
     size = sum(w.stat().st_size for w in wheels) / 2**20
-    print(f"{len(wheels)} wheels, {size:.1f} MiB in {out}" + (f" (dropped {len(removed)} the node has)" if removed else ""))
+    print(
+        f"{len(wheels)} wheels, {size:.1f} MiB in {out}"
+        + (f" (dropped {len(removed)} the node has)" if removed else "")
+    )
     return wheels
 
 

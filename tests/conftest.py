@@ -10,7 +10,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"
 
-SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+SENSE_CODONS = [
+    a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")
+]
 
 
 def orf_fasta(path: Path, reads: int, seed: int = 0, min_codons: int = 15, max_codons: int = 60) -> Path:
@@ -68,4 +70,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("outputs-nbval"))
     # the notebooks first, then the slow tests, then the rest (stable: a notebook's cells keep their order), so
     # that the long ones start early and both workers finish together
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("notebooks/") else 1 if item.get_closest_marker("slow") else 2)
+    items.sort(
+        key=lambda item: (
+            0 if item.nodeid.startswith("notebooks/") else 1 if item.get_closest_marker("slow") else 2
+        )
+    )

@@ -22,12 +22,17 @@ from perfkit.workload.classifier import (
 
 # columns: p_other, p_virus
 FRAME_IDS = ["r1_F1", "r1_R2", "r2_F2", "r2_F3", "r3_R1", "r1_chunk_2_F1"]
-PROBS = np.array([
-    [0.9, 0.1], [0.3, 0.7],    # r1: max virus 0.7 >= max other 0.9? no -> other
-    [0.6, 0.4], [0.4, 0.6],    # r2: tie 0.6 vs 0.6 -> virus (the >= rule)
-    [0.2, 0.8],                # r3: virus
-    [0.55, 0.45],              # chunk 2 of r1 is its own read: other
-], dtype=np.float32)
+PROBS = np.array(
+    [
+        [0.9, 0.1],
+        [0.3, 0.7],  # r1: max virus 0.7 >= max other 0.9? no -> other
+        [0.6, 0.4],
+        [0.4, 0.6],  # r2: tie 0.6 vs 0.6 -> virus (the >= rule)
+        [0.2, 0.8],  # r3: virus
+        [0.55, 0.45],  # chunk 2 of r1 is its own read: other
+    ],
+    dtype=np.float32,
+)
 
 
 def test_consensus_by_hand():
@@ -36,7 +41,9 @@ def test_consensus_by_hand():
     rows = table.set_index("read_id")
     assert list(rows.index) == ["r1", "r2", "r3", "r1_chunk_2"]  # first-seen order
     assert rows.loc["r1", "prediction"] == "other" and rows.loc["r1", "frames"] == 2
-    assert rows.loc["r1", "max_virus"] == pytest.approx(0.7) and rows.loc["r1", "max_other"] == pytest.approx(0.9)
+    assert rows.loc["r1", "max_virus"] == pytest.approx(0.7) and rows.loc["r1", "max_other"] == pytest.approx(
+        0.9
+    )
     assert rows.loc["r2", "prediction"] == "virus"  # tie
     assert rows.loc["r3", "prediction"] == "virus"
     assert rows.loc["r1_chunk_2", "prediction"] == "other"
@@ -115,7 +122,9 @@ def test_state_dict_round_trip_and_hidden_mismatch(tmp_path):
     assert loaded_info["weights_sha256"] != info["weights_sha256"]  # running_mean changed
     features = np.random.default_rng(1).normal(size=(20, FEATURE_DIM)).astype(np.float32)
     assert np.array_equal(predict_frames(model, features), predict_frames(loaded, features))
-    with pytest.raises(UserError, match=r"layer fc1\.weight expected \(300, 3328\), found \(32, 3328\).*hidden=32"):
+    with pytest.raises(
+        UserError, match=r"layer fc1\.weight expected \(300, 3328\), found \(32, 3328\).*hidden=32"
+    ):
         load_classifier(path, hidden=300)
     with pytest.raises(UserError, match="not found"):
         load_classifier(tmp_path / "missing.pt", hidden=32)
@@ -128,8 +137,10 @@ def test_csvs_written_with_columns_and_counts(tmp_path):
     table = consensus(FRAME_IDS, PROBS, all_read_ids=["r0", "r1", "r2", "r3", "r1_chunk_2"])
     written = write_predictions(tmp_path / "out", FRAME_IDS, PROBS, table)
     assert written["frames"] == 6 and written["reads"] == 5
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
-        ["predictions_per_frame.csv", "predictions_per_read.csv"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "predictions_per_frame.csv",
+        "predictions_per_read.csv",
+    ]  # no temp files left
     frames, reads = read_predictions(tmp_path / "out")
     assert list(frames.columns) == ["frame_id", "read_id", "frame", "p_other", "p_virus"]
     assert list(frames["read_id"]) == ["r1", "r1", "r2", "r2", "r3", "r1_chunk_2"]
@@ -140,8 +151,12 @@ def test_csvs_written_with_columns_and_counts(tmp_path):
 
 
 def test_agreement_on_hand_made_tables():
-    a = pd.DataFrame({"read_id": ["r1", "r2", "r3", "r4"], "prediction": ["virus", "other", "virus", "other"]})
-    b = pd.DataFrame({"read_id": ["r1", "r2", "r3", "r5"], "prediction": ["virus", "virus", "virus", "other"]})
+    a = pd.DataFrame(
+        {"read_id": ["r1", "r2", "r3", "r4"], "prediction": ["virus", "other", "virus", "other"]}
+    )
+    b = pd.DataFrame(
+        {"read_id": ["r1", "r2", "r3", "r5"], "prediction": ["virus", "virus", "virus", "other"]}
+    )
     result = prediction_agreement(a, b)
     # union r1..r5: r1, r3 agree; r2 differs; r4 only in a, r5 only in b
     assert result["reads_union"] == 5 and result["same_prediction"] == 2
@@ -153,7 +168,9 @@ def test_agreement_on_hand_made_tables():
     frames_a = pd.DataFrame({"frame_id": ["r1_F1", "r1_F2", "r2_R1"], "p_virus": [0.9, 0.2, 0.5]})
     frames_b = pd.DataFrame({"frame_id": ["r2_R1", "r1_F1", "r3_F1"], "p_virus": [0.45, 0.6, 0.1]})
     result = prediction_agreement(a, b, frames_a, frames_b)
-    assert result["frames_common"] == 2 and result["frames_only_in_a"] == 1 and result["frames_only_in_b"] == 1
+    assert (
+        result["frames_common"] == 2 and result["frames_only_in_a"] == 1 and result["frames_only_in_b"] == 1
+    )
     assert result["max_abs_delta_p_virus"] == pytest.approx(0.3) and result["max_abs_delta_frame"] == "r1_F1"
     # read margins in a: r1 0.9 - 0.8 = 0.1, r2 0.5 - 0.5 = 0; both within 2 x 0.3; r2 is also a flip
     assert result["near_tie_reads"] == 2 and result["flipped_near_ties"] == 1
@@ -195,7 +212,10 @@ def test_consensus_by_key_refuses_ids_that_do_not_match_their_keys():
 
 def test_parts_put_side_by_side_on_the_device_equal_the_merged_block():
     rng = np.random.default_rng(2)
-    nt, protein = rng.normal(size=(30, 768)).astype(np.float32), rng.normal(size=(30, 2560)).astype(np.float32)
+    nt, protein = (
+        rng.normal(size=(30, 768)).astype(np.float32),
+        rng.normal(size=(30, 2560)).astype(np.float32),
+    )
     where_nt, where_protein = rng.permutation(30), rng.permutation(30)  # each block in its own storage order
     model, _ = load_classifier(hidden=16, seed=5)
     expected = predict_frames(model, merge_features(nt[where_nt], protein[where_protein]), batch_size=8)
@@ -212,13 +232,20 @@ def test_prediction_writer_in_chunks_equals_one_write(tmp_path):
     written = writer.close()
     assert (written["frames"], written["reads"], written["virus_reads"]) == (6, 4, 2)
     write_predictions(tmp_path / "once", FRAME_IDS, PROBS, consensus(FRAME_IDS, PROBS))
-    (frames_a, reads_a), (frames_b, reads_b) = read_predictions(tmp_path / "chunks"), read_predictions(tmp_path / "once")
+    (frames_a, reads_a), (frames_b, reads_b) = (
+        read_predictions(tmp_path / "chunks"),
+        read_predictions(tmp_path / "once"),
+    )
     pd.testing.assert_frame_equal(frames_a, frames_b)
     pd.testing.assert_frame_equal(reads_a, reads_b)
-    assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == ["predictions_per_frame.csv",
-                                                                       "predictions_per_read.csv"]
+    assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == [
+        "predictions_per_frame.csv",
+        "predictions_per_read.csv",
+    ]
     assert (tmp_path / "chunks" / "predictions_per_frame.csv").read_text().splitlines()[:2] == [
-        "frame_id,read_id,frame,p_other,p_virus", "r1_F1,r1,F1,0.9,0.1"]
+        "frame_id,read_id,frame,p_other,p_virus",
+        "r1_F1,r1,F1,0.9,0.1",
+    ]
 
 
 def test_prediction_writer_puts_reads_without_a_frame_in_read_order(tmp_path):
@@ -242,7 +269,9 @@ def test_agreement_leaves_out_reads_without_a_frame_on_both_sides():
     a = pd.DataFrame({"read_id": ["x", "y", "z"], "prediction": ["virus", "no_frames", "other"]})
     b = pd.DataFrame({"read_id": ["x", "y", "z"], "prediction": ["virus", "no_frames", "virus"]})
     result = prediction_agreement(a, b)
-    assert result["reads_union"] == 2 and result["agreement"] == 0.5 and result["reads_without_frames_both"] == 1
+    assert (
+        result["reads_union"] == 2 and result["agreement"] == 0.5 and result["reads_without_frames_both"] == 1
+    )
 
 
 def test_prediction_writer_quotes_ids_that_need_it_and_leaves_nothing_when_aborted(tmp_path):

@@ -1,4 +1,5 @@
 """perfkit.compare: two runs side by side, verdicts from noise, exit 1 on a criterion regression."""
+
 import json
 import subprocess
 import sys
@@ -15,8 +16,14 @@ PUBLISHED = ROOT / "outputs" / "reference"
 
 
 def criterion(name, measured, status, comparison=">=", metric=None):
-    return {"name": name, "metric": metric or name, "measured": measured, "status": status,
-            "comparison": comparison, "target": 1.0}
+    return {
+        "name": name,
+        "metric": metric or name,
+        "measured": measured,
+        "status": status,
+        "comparison": comparison,
+        "target": 1.0,
+    }
 
 
 def make_run(path: Path, criteria, records: dict, commit="abc") -> Path:
@@ -30,13 +37,37 @@ def make_run(path: Path, criteria, records: dict, commit="abc") -> Path:
 
 
 def test_verdicts_follow_direction_and_noise(tmp_path):
-    a = make_run(tmp_path / "a", [criterion("scaling", 1.96, "PASS"), criterion("hours", 0.5, "PASS", "<")],
-                 {"02_profiling": {"steady_tok_per_s": 100.0, "end_to_end_s": 30.0, "sequences": 1000,
-                                   "mfu": 0.60, "top_kernel": "gemm", "loader_wait_fraction": 0.01}})
-    b = make_run(tmp_path / "b", [criterion("scaling", 1.80, "FAIL"), criterion("hours", 0.40, "PASS", "<")],
-                 {"02_profiling": {"steady_tok_per_s": 103.0, "end_to_end_s": 36.0, "sequences": 2000,
-                                   "mfu": 0.70, "top_kernel": "flash", "loader_wait_fraction": 0.0102}})
-    rows = {(r.kind, r.figure): r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
+    a = make_run(
+        tmp_path / "a",
+        [criterion("scaling", 1.96, "PASS"), criterion("hours", 0.5, "PASS", "<")],
+        {
+            "02_profiling": {
+                "steady_tok_per_s": 100.0,
+                "end_to_end_s": 30.0,
+                "sequences": 1000,
+                "mfu": 0.60,
+                "top_kernel": "gemm",
+                "loader_wait_fraction": 0.01,
+            }
+        },
+    )
+    b = make_run(
+        tmp_path / "b",
+        [criterion("scaling", 1.80, "FAIL"), criterion("hours", 0.40, "PASS", "<")],
+        {
+            "02_profiling": {
+                "steady_tok_per_s": 103.0,
+                "end_to_end_s": 36.0,
+                "sequences": 2000,
+                "mfu": 0.70,
+                "top_kernel": "flash",
+                "loader_wait_fraction": 0.0102,
+            }
+        },
+    )
+    rows = {
+        (r.kind, r.figure): r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)
+    }
     assert rows[("criterion", "scaling")].verdict == "regressed"  # PASS -> FAIL
     assert rows[("criterion", "hours")].verdict == "improved"  # lower is better for "<"
     assert rows[("criterion", "hours")].change == pytest.approx(-0.2)
@@ -49,8 +80,12 @@ def test_verdicts_follow_direction_and_noise(tmp_path):
 
 
 def test_a_busy_share_is_judged_though_its_name_says_device(tmp_path):
-    a = make_run(tmp_path / "a", [], {"05_full_validation": {"device_busy_fraction": 0.95, "baseline_device_count": 1}})
-    b = make_run(tmp_path / "b", [], {"05_full_validation": {"device_busy_fraction": 0.60, "baseline_device_count": 2}})
+    a = make_run(
+        tmp_path / "a", [], {"05_full_validation": {"device_busy_fraction": 0.95, "baseline_device_count": 1}}
+    )
+    b = make_run(
+        tmp_path / "b", [], {"05_full_validation": {"device_busy_fraction": 0.60, "baseline_device_count": 2}}
+    )
     rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
     assert rows["device_busy_fraction"].verdict == "regressed"
     assert rows["baseline_device_count"].verdict == "changed"  # a setting: compared, never judged
@@ -60,20 +95,32 @@ def test_figures_recorded_by_one_run_only_are_named_not_dropped(tmp_path):
     a = make_run(tmp_path / "a", [], {"02_profiling": {"mfu": 0.6, "kernel_idle_share": 0.04}})
     b = make_run(tmp_path / "b", [], {"02_profiling": {"mfu": 0.6}, "04_tuning": {"best_tok_per_s": 9.0}})
     run_a, run_b = compare.load_run(a), compare.load_run(b)
-    assert compare.one_sided(run_a, run_b) == {"only in A": ["02_profiling/kernel_idle_share"],
-                                              "only in B": ["04_tuning/best_tok_per_s"]}
+    assert compare.one_sided(run_a, run_b) == {
+        "only in A": ["02_profiling/kernel_idle_share"],
+        "only in B": ["04_tuning/best_tok_per_s"],
+    }
     text = compare.render(run_a, run_b, compare.compare_runs(run_a, run_b))
-    assert "only in A (1): 02_profiling/kernel_idle_share" in text and "only in B (1): 04_tuning/best_tok_per_s" in text
+    assert (
+        "only in A (1): 02_profiling/kernel_idle_share" in text
+        and "only in B (1): 04_tuning/best_tok_per_s" in text
+    )
 
 
 def test_a_recorded_spread_widens_the_noise(tmp_path):
     spread = {"median": 1.90, "min": 1.70, "max": 2.10, "values": [1.7, 1.9, 2.1]}  # +-10.5 %
-    a = make_run(tmp_path / "a", [criterion("two_gpu_scaling", 1.90, "PASS")], {"03_scaling": {"factor": spread}})
-    b = make_run(tmp_path / "b", [criterion("two_gpu_scaling", 1.92, "PASS")],
-                 {"03_scaling": {"factor": {**spread, "median": 1.75}}})
+    a = make_run(
+        tmp_path / "a", [criterion("two_gpu_scaling", 1.90, "PASS")], {"03_scaling": {"factor": spread}}
+    )
+    b = make_run(
+        tmp_path / "b",
+        [criterion("two_gpu_scaling", 1.92, "PASS")],
+        {"03_scaling": {"factor": {**spread, "median": 1.75}}},
+    )
     rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
     factor = rows["factor"]
-    assert factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"  # the wider one
+    assert (
+        factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"
+    )  # the wider one
     assert factor.change == pytest.approx(1.75 / 1.90 - 1) and factor.verdict == "within noise"
     assert rows["two_gpu_scaling"].noise_source == "noise floor"
 
@@ -102,7 +149,9 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     assert "perfkit suite --out" in err[0] and "--noise" in err[1]
 
 
-@pytest.mark.skipif(not (PUBLISHED / "2026-11-28-h200-x1").exists(), reason="published reports not in this copy")
+@pytest.mark.skipif(
+    not (PUBLISHED / "2026-11-28-h200-x1").exists(), reason="published reports not in this copy"
+)
 def test_published_one_and_two_gpu_reports_give_a_readable_table(capsys):
     code = cli(["compare", str(PUBLISHED / "2026-11-28-h200-x1"), str(PUBLISHED / "2026-11-28-h200-x2")])
     out = capsys.readouterr().out
@@ -124,11 +173,30 @@ def test_two_smoke_runs_compare_without_a_regression(whole_tiny_suite, tmp_path)
     _, params, whole = whole_tiny_suite
     again = tmp_path / "again"
     shutil.copytree(whole, again)
-    subprocess.run([sys.executable, "-m", "perfkit", "suite", "--params", str(params), "--out", str(again),
-                    "--only", "02"], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perfkit",
+            "suite",
+            "--params",
+            str(params),
+            "--out",
+            str(again),
+            "--only",
+            "02",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     runs = [whole, again]
-    done = subprocess.run([sys.executable, "-m", "perfkit", "compare", *map(str, runs)], capture_output=True,
-                          text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "perfkit", "compare", *map(str, runs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr  # the same code twice: no criterion regressed
     assert "steady_tok_per_s" in done.stdout and "02_profiling" in done.stdout
     assert "no criterion regressed beyond noise" in done.stdout
@@ -147,10 +215,18 @@ def test_a_record_renamed_since_a_report_was_published_is_compared_under_its_new
 def test_a_repeated_figure_uses_its_recorded_min_max_as_noise(tmp_path):
     # 01 records the median speed-up and, beside it, `<name>_spread` over its interleaved rounds
     spread = {"median": 5.0, "min": 4.0, "max": 6.0, "values": [4.0, 5.0, 6.0], "repeats": 3}  # +-20 %
-    a = make_run(tmp_path / "a", [criterion("speedup_vs_v1", 5.0, "PASS", metric="speedup_chain_v2_over_v1")],
-                 {"01_baseline": {"speedup_chain_v2_over_v1": 5.0, "speedup_chain_v2_over_v1_spread": spread}})
-    b = make_run(tmp_path / "b", [criterion("speedup_vs_v1", 4.6, "PASS", metric="speedup_chain_v2_over_v1")],
-                 {"01_baseline": {"speedup_chain_v2_over_v1": 4.6}})
+    a = make_run(
+        tmp_path / "a",
+        [criterion("speedup_vs_v1", 5.0, "PASS", metric="speedup_chain_v2_over_v1")],
+        {"01_baseline": {"speedup_chain_v2_over_v1": 5.0, "speedup_chain_v2_over_v1_spread": spread}},
+    )
+    b = make_run(
+        tmp_path / "b",
+        [criterion("speedup_vs_v1", 4.6, "PASS", metric="speedup_chain_v2_over_v1")],
+        {"01_baseline": {"speedup_chain_v2_over_v1": 4.6}},
+    )
     rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
-    assert rows["speedup_vs_v1"].noise == pytest.approx(0.2) and rows["speedup_vs_v1"].verdict == "within noise"
+    assert (
+        rows["speedup_vs_v1"].noise == pytest.approx(0.2) and rows["speedup_vs_v1"].verdict == "within noise"
+    )
     assert rows["speedup_chain_v2_over_v1"].noise_source == "the runs' own spread"

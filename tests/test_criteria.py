@@ -3,8 +3,16 @@
 import pytest
 
 from perfkit.criteria import (
-    FAIL, NOT_MEASURED, PASS, Criterion, count_by_status, criteria_from_params, evaluate,
-    evaluate_all, lookup_metric, not_measured,
+    FAIL,
+    NOT_MEASURED,
+    PASS,
+    Criterion,
+    count_by_status,
+    criteria_from_params,
+    evaluate,
+    evaluate_all,
+    lookup_metric,
+    not_measured,
 )
 from perfkit.errors import UserError
 
@@ -99,12 +107,17 @@ def test_verdict_pass_only_if_all_pass():
     verdict, rows = evaluate_all(criteria, METRICS)
     assert verdict == PASS and [r["name"] for r in rows] == ["scaling", "wait"]
 
-    verdict, rows = evaluate_all(criteria + [crit("packing.token_utilisation", ">=", 0.9, "packing")], METRICS)
+    verdict, rows = evaluate_all(
+        criteria + [crit("packing.token_utilisation", ">=", 0.9, "packing")], METRICS
+    )
     assert verdict == FAIL and count_by_status(rows) == {PASS: 2, FAIL: 1, NOT_MEASURED: 0}
 
 
 def test_not_measured_makes_verdict_fail():
-    criteria = [crit("scaling.factor", ">=", 1.8, "scaling"), crit("gpu.gpu_utilization_percent.mean", ">=", 80, "util")]
+    criteria = [
+        crit("scaling.factor", ">=", 1.8, "scaling"),
+        crit("gpu.gpu_utilization_percent.mean", ">=", 80, "util"),
+    ]
     verdict, rows = evaluate_all(criteria, METRICS)
     assert verdict == FAIL and count_by_status(rows) == {PASS: 1, FAIL: 0, NOT_MEASURED: 1}
     verdict, rows = evaluate_all(criteria[:1], METRICS, unmeasurable=["scaling"])
@@ -117,10 +130,19 @@ def test_no_criteria_is_an_error():
 
 
 def test_criteria_from_params_builds_and_keeps_fields():
-    [c] = criteria_from_params([{
-        "name": "scaling", "target": 1.8, "comparison": ">=", "metric": "scaling.factor",
-        "unit": "x", "source": "03_scaling", "description": "2-GPU speedup",
-    }])
+    [c] = criteria_from_params(
+        [
+            {
+                "name": "scaling",
+                "target": 1.8,
+                "comparison": ">=",
+                "metric": "scaling.factor",
+                "unit": "x",
+                "source": "03_scaling",
+                "description": "2-GPU speedup",
+            }
+        ]
+    )
     assert c == Criterion("scaling", 1.8, ">=", "scaling.factor", "x", "03_scaling", "2-GPU speedup")
     row = evaluate(c, METRICS)
     assert (row["unit"], row["source"], row["target"]) == ("x", "03_scaling", 1.8)
@@ -129,9 +151,15 @@ def test_criteria_from_params_builds_and_keeps_fields():
 @pytest.mark.parametrize(
     "item, message",
     [
-        ({"name": "util", "target": 80, "comparison": "=>", "metric": "m"}, "'util': unknown comparison '=>'"),
+        (
+            {"name": "util", "target": 80, "comparison": "=>", "metric": "m"},
+            "'util': unknown comparison '=>'",
+        ),
         ({"name": "util", "target": 80, "comparison": ">="}, "lacks metric"),
-        ({"name": "util", "target": 80, "comparison": ">=", "metric": "m", "tagret": 1}, "unknown key(s) tagret"),
+        (
+            {"name": "util", "target": 80, "comparison": ">=", "metric": "m", "tagret": 1},
+            "unknown key(s) tagret",
+        ),
         ({"name": "util", "target": "high", "comparison": ">=", "metric": "m"}, "not a finite number"),
         ({"name": "ok", "target": True, "comparison": ">=", "metric": "m"}, "needs comparison '=='"),
     ],

@@ -2,6 +2,7 @@
 
 The same code path runs NCCL ranks on GPUs; only the backend and device differ.
 """
+
 import json
 import os
 import signal
@@ -18,15 +19,28 @@ import pytest
 from conftest import orf_fasta
 from perfkit.benchmarks.chaos import processes_of  # the chaos benchmark's own orphan count
 from perfkit.errors import UserError
-from perfkit import projection
+from perfkit import scaling_maths
 from perfkit.results import NotMeasured
 from perfkit.workload import distributed, node_view
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
 from perfkit.workload.store import read_embeddings
 
-FLAGS = ["--device", "cpu", "--precision", "fp32", "--token-budget", "512", "--num-workers", "0",
-         "--block-reads", "16", "--checkpoint-every", "40", "--no-progress"]
+FLAGS = [
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--token-budget",
+    "512",
+    "--num-workers",
+    "0",
+    "--block-reads",
+    "16",
+    "--checkpoint-every",
+    "40",
+    "--no-progress",
+]
 
 
 def _embed_cmd(fasta, out, *extra):
@@ -38,8 +52,13 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _embed(fasta, out, *extra, env=None, timeout=180):
-    return subprocess.run(_embed_cmd(fasta, out, *extra), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **ONE_THREAD, **(env or {})})
+    return subprocess.run(
+        _embed_cmd(fasta, out, *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **ONE_THREAD, **(env or {})},
+    )
 
 
 # the tests that read the reference runs run in one xdist worker, so that `runs` is built once (~40 s of CPU)
@@ -59,8 +78,17 @@ def runs(tmp_path_factory):
     fasta = orf_fasta(folder / "s.fa", 240, seed=1)
     done = _embed(fasta, folder / "n2", "--nproc", "2")  # the command line a user types
     assert done.returncode == 0, done.stderr
-    cfg = make_config(input=fasta, out_dir=folder / "n1", device="cpu", precision="fp32", token_budget=512,
-                      num_workers=0, block_reads=16, checkpoint_every_sequences=40, progress=False)
+    cfg = make_config(
+        input=fasta,
+        out_dir=folder / "n1",
+        device="cpu",
+        precision="fp32",
+        token_budget=512,
+        num_workers=0,
+        block_reads=16,
+        checkpoint_every_sequences=40,
+        progress=False,
+    )
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ.update(ONE_THREAD)
     try:
@@ -80,7 +108,9 @@ def test_two_ranks_give_the_output_of_one(runs):
     np.testing.assert_allclose(vectors_2, vectors_1, rtol=1e-5, atol=1e-6)
     shards = sorted(p.name[:10] for p in (folder / "n2" / "checkpoints").glob("shard-*.npz"))
     assert set(shards) == {"shard-r000", "shard-r001"}
-    assert (folder / "n2" / "telemetry.rank0.jsonl").stat().st_size and (folder / "n2" / "telemetry.rank1.jsonl").stat().st_size
+    assert (folder / "n2" / "telemetry.rank0.jsonl").stat().st_size and (
+        folder / "n2" / "telemetry.rank1.jsonl"
+    ).stat().st_size
 
 
 @REFERENCE_RUNS
@@ -94,7 +124,11 @@ def test_summary_keeps_every_rank_and_sums_throughput(runs):
     assert total["rank_imbalance"] >= 1.0
     assert sorted(summary["gpu"]) == ["0", "1"]  # each rank's sampler summary
     ranks = summary["distributed"]["ranks"]
-    assert sum(r["frames_translated"] for r in ranks.values()) == summary["run"]["frames_translated"] == count_frames(fasta)
+    assert (
+        sum(r["frames_translated"] for r in ranks.values())
+        == summary["run"]["frames_translated"]
+        == count_frames(fasta)
+    )
     plan = summary["distributed"]["plan"]
     assert sum(plan["planned_share"].values()) == pytest.approx(1.0)
     # a byte plan: the ranks' planned bytes are the whole file, each rank one contiguous run of blocks
@@ -108,7 +142,7 @@ def test_summary_keeps_every_rank_and_sums_throughput(runs):
 @REFERENCE_RUNS
 def test_scaling_figures(runs):
     _, _, summaries = runs
-    figures = projection.rank_scaling(summaries[1], summaries[2])
+    figures = scaling_maths.rank_scaling(summaries[1], summaries[2])
     single, multi = summaries[1]["throughput"], summaries[2]["throughput"]
     assert figures.factor == pytest.approx(multi["steady_tok_per_s"] / single["steady_tok_per_s"])
     assert figures.wall_factor == pytest.approx(single["wall_s"] / multi["wall_s"])
@@ -129,8 +163,23 @@ def test_each_rank_samples_its_own_physical_gpu():
 
 def test_more_gpus_than_visible_is_refused_before_work(small_fasta, tmp_path):
     out = tmp_path / "o"
-    result = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(small_fasta), "-o", str(out), "--gpus", "4",
-                             "--no-progress"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perfkit",
+            "embed",
+            str(small_fasta),
+            "-o",
+            str(out),
+            "--gpus",
+            "4",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: asked for 4 GPUs,") and "visible" in lines[0]
@@ -153,8 +202,13 @@ def test_a_failing_rank_fails_the_run_quickly(sample, tmp_path):
 def test_resume_after_killing_the_whole_launch(runs, tmp_path):
     fasta, folder, _ = runs
     out = tmp_path / "killed"
-    launcher = subprocess.Popen(_embed_cmd(fasta, out, "--nproc", "2"), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **ONE_THREAD})
+    launcher = subprocess.Popen(
+        _embed_cmd(fasta, out, "--nproc", "2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **ONE_THREAD},
+    )
     deadline = time.time() + 120
     while time.time() < deadline and launcher.poll() is None:
         if len(list((out / "checkpoints").glob("shard-*.npz"))) >= 2:
@@ -183,7 +237,9 @@ def test_launcher_compares_a_resume_with_the_precision_the_ranks_recorded(small_
     from perfkit.workload.outdir import prepare_out_dir
     from perfkit.workload.runner import check_before_work
 
-    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False)  # precision auto
+    cfg = make_config(
+        input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False
+    )  # precision auto
     prepare_out_dir(check_before_work(cfg))  # what rank 0 records: the resolved precision (fp32 on CPU)
     # the launcher compared "auto" with it and refused every resume of a run started without --precision
     assert distributed.check_launch(cfg.model_copy(update={"resume": True}), 2, gpus=False) == "cpu"
@@ -196,8 +252,9 @@ def test_contiguous_blocks_cut_at_equal_shares():
     assert [p.tolist() for p in plan] == [[0, 1, 2, 3, 4], [5, 6, 7]]  # 50 | 50
     plan = contiguous_blocks(np.ones(10, dtype=np.int64), 3)
     assert np.concatenate(plan).tolist() == list(range(10)) and [len(p) for p in plan] == [3, 4, 3]
-    assert [len(p) for p in contiguous_blocks(np.array([5]), 2)] == [0, 1] or \
-        [len(p) for p in contiguous_blocks(np.array([5]), 2)] == [1, 0]  # fewer blocks than ranks: one empty
+    assert [len(p) for p in contiguous_blocks(np.array([5]), 2)] == [0, 1] or [
+        len(p) for p in contiguous_blocks(np.array([5]), 2)
+    ] == [1, 0]  # fewer blocks than ranks: one empty
 
 
 def test_block_sizes_scan_matches_the_parser(tmp_path):
@@ -209,7 +266,9 @@ def test_block_sizes_scan_matches_the_parser(tmp_path):
 
     fasta = orf_fasta(tmp_path / "s.fa", 57, seed=3)
     for block_reads, max_reads in ((10, None), (7, 30), (100, None)):
-        sizes = block_sizes(fasta, block_reads=block_reads, max_reads=max_reads, scan_bytes=97)  # scan in pieces
+        sizes = block_sizes(
+            fasta, block_reads=block_reads, max_reads=max_reads, scan_bytes=97
+        )  # scan in pieces
         blocks = list(read_blocks(fasta, block_reads, max_reads))
         assert len(sizes) == len(blocks)
         text = fasta.read_bytes()
@@ -219,7 +278,8 @@ def test_block_sizes_scan_matches_the_parser(tmp_path):
     packed = tmp_path / "s.fa.gz"
     packed.write_bytes(gzip.compress(fasta.read_bytes()))
     assert block_sizes(packed, block_reads=10).tolist() == [
-        sum(len(s) for _, s in recs) for _, _, recs in read_blocks(fasta, 10)]
+        sum(len(s) for _, s in recs) for _, _, recs in read_blocks(fasta, 10)
+    ]
 
 
 def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_folder_locked(tmp_path):
@@ -240,7 +300,11 @@ def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_fold
     summary = json.loads((out / "summary.json").read_text())
     ranks = summary["distributed"]["ranks"]
     assert all(r["truncated_sequences"] > 0 for r in ranks.values())
-    assert summary["run"]["truncated_sequences"] == sum(r["truncated_sequences"] for r in ranks.values()) == expected.frames
+    assert (
+        summary["run"]["truncated_sequences"]
+        == sum(r["truncated_sequences"] for r in ranks.values())
+        == expected.frames
+    )
     listed = Path(summary["run"]["truncated_ids_file"]).read_text().split()
     assert listed == sorted(expected.ids) and len(listed) == expected.frames  # both ranks' ids, in one file
     assert summary["run"]["residues_dropped"] == expected.residues
@@ -249,18 +313,29 @@ def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_fold
 
     resumed = _embed(fasta, out, "--nproc", "2", "--params", str(params), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"nothing left to do: {count_frames(fasta, max_residues=20)} sequences already embedded" in resumed.stdout
+    assert (
+        f"nothing left to do: {count_frames(fasta, max_residues=20)} sequences already embedded"
+        in resumed.stdout
+    )
     ids, _ = read_embeddings(out / "embeddings.h5")
 
     other = tmp_path / "other.fa"
     other.write_text(fasta.read_text().replace(">read", ">renamed"))
     refused = _embed(other, out, "--nproc", "2", "--params", str(params), "--resume")
-    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: --resume with another input")
-    with lock.out_dir_lock(out):  # another run holds the folder: refused before torchrun starts, nothing written
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: --resume with another input"
+    )
+    with lock.out_dir_lock(
+        out
+    ):  # another run holds the folder: refused before torchrun starts, nothing written
         before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
         busy = _embed(fasta, out, "--nproc", "2", "--params", str(params), "--resume")
         assert busy.returncode == 2
-        assert busy.stderr.strip().splitlines()[-1].startswith(f"error: {out} is in use by another perfkit run (pid {os.getpid()}")
+        assert (
+            busy.stderr.strip()
+            .splitlines()[-1]
+            .startswith(f"error: {out} is in use by another perfkit run (pid {os.getpid()}")
+        )
         assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert read_embeddings(out / "embeddings.h5")[0] == ids
 
@@ -269,14 +344,23 @@ def test_killing_the_launchers_group_as_ranks_start_leaves_no_process(small_fast
     """Finding 3: ranks run in their own sessions; killed while importing torch (before the process group) they
     were orphaned. Each generation now dies with its parent (perfkit.lifeline)."""
     out = tmp_path / "orphan-check"
-    launcher = subprocess.Popen(_embed_cmd(small_fasta, out, "--nproc", "2"), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **ONE_THREAD})
+    launcher = subprocess.Popen(
+        _embed_cmd(small_fasta, out, "--nproc", "2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **ONE_THREAD},
+    )
     try:
         deadline = time.time() + 60
         ranks = []
         while time.time() < deadline and launcher.poll() is None:
             try:  # torchrun's agent and its two ranks
-                ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "perfkit" in " ".join(p.cmdline())]
+                ranks = [
+                    p
+                    for p in psutil.Process(launcher.pid).children(recursive=True)
+                    if "perfkit" in " ".join(p.cmdline())
+                ]
             except psutil.Error:
                 pass
             if len(ranks) >= 2:
@@ -319,14 +403,21 @@ def start_nodes(command_for, logs: Path, started: int = 2, env=None) -> list[sub
     nodes = []
     for node in range(started):
         with open(logs / f"node{node}.out", "w") as out, open(logs / f"node{node}.err", "w") as err:
-            nodes.append(subprocess.Popen(command_for(node, port), stdout=out, stderr=err,
-                                          env={**os.environ, **NODE_ENV, **(env or {})},
-                                          start_new_session=True))
+            nodes.append(
+                subprocess.Popen(
+                    command_for(node, port),
+                    stdout=out,
+                    stderr=err,
+                    env={**os.environ, **NODE_ENV, **(env or {})},
+                    start_new_session=True,
+                )
+            )
     return nodes
 
 
-def run_nodes(command_for, logs: Path, started: int = 2, env=None,
-              timeout: float = 150) -> list[tuple[int, str, str]]:
+def run_nodes(
+    command_for, logs: Path, started: int = 2, env=None, timeout: float = 150
+) -> list[tuple[int, str, str]]:
     """start_nodes, then each node's (exit code, stdout, stderr); none is left running."""
     nodes = start_nodes(command_for, logs, started, env)
     try:
@@ -337,8 +428,10 @@ def run_nodes(command_for, logs: Path, started: int = 2, env=None,
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
-    return [(node.returncode, (logs / f"node{i}.out").read_text(), (logs / f"node{i}.err").read_text())
-            for i, node in enumerate(nodes)]
+    return [
+        (node.returncode, (logs / f"node{i}.out").read_text(), (logs / f"node{i}.err").read_text())
+        for i, node in enumerate(nodes)
+    ]
 
 
 @REFERENCE_RUNS
@@ -379,8 +472,9 @@ def test_a_resume_on_two_nodes_continues_a_run_of_one_node(runs, tmp_path):
         assert newest, "the reference run wrote no shard for this rank"
         for shard in newest:
             shard.unlink()
-    done = run_nodes(lambda node, port: _embed_cmd(fasta, out, "--resume", *node_flags(node, port)),
-                     tmp_path / "logs")
+    done = run_nodes(
+        lambda node, port: _embed_cmd(fasta, out, "--resume", *node_flags(node, port)), tmp_path / "logs"
+    )
     assert [code for code, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
     ids, vectors = read_embeddings(out / "embeddings.h5")
     ref_ids, ref_vectors = read_embeddings(folder / "n2" / "embeddings.h5")
@@ -423,8 +517,12 @@ def test_a_killed_node_makes_the_other_fail_within_the_timeout(sample, tmp_path)
 def test_a_node_whose_peers_never_come_gives_up_after_the_rendezvous_timeout(small_fasta, tmp_path):
     out = tmp_path / "shared"
     start = time.monotonic()
-    done = run_nodes(lambda node, port: _embed_cmd(small_fasta, out, *node_flags(node, port)),  # node 0 of 2
-                     tmp_path / "logs", started=1, env={distributed.RDZV_TIMEOUT_ENV: "3"})
+    done = run_nodes(
+        lambda node, port: _embed_cmd(small_fasta, out, *node_flags(node, port)),  # node 0 of 2
+        tmp_path / "logs",
+        started=1,
+        env={distributed.RDZV_TIMEOUT_ENV: "3"},
+    )
     code, _, err = done[0]
     assert code != 0 and time.monotonic() - start < 40
     assert "RendezvousTimeoutError" in err
@@ -438,8 +536,10 @@ def test_a_node_that_reads_another_input_stops_every_node(sample, tmp_path):
     other = tmp_path / "other.fa"
     other.write_text(fasta.read_text().replace(">read1\n", ">read1x\n", 1))  # same reads, one byte more
     out = tmp_path / "shared"
-    done = run_nodes(lambda node, port: _embed_cmd(other if node == 1 else fasta, out,
-                                                   *node_flags(node, port)), tmp_path / "logs")
+    done = run_nodes(
+        lambda node, port: _embed_cmd(other if node == 1 else fasta, out, *node_flags(node, port)),
+        tmp_path / "logs",
+    )
     for code, _, err in done:
         assert code != 0
         lines = [line for line in err.splitlines() if line.startswith("error: node")]
@@ -453,8 +553,13 @@ def test_a_rank_that_sees_another_folder_input_or_settings_names_its_node(tmp_pa
     monkeypatch.setattr(node_view, "SHARED_CHECK_WAIT_S", 0.0)
     fasta = orf_fasta(tmp_path / "s.fa", 3)
     cfg = make_config(input=fasta, out_dir=tmp_path / "local-copy", device="cpu")
-    rank0 = {"token": "abc", "node": 0, "host": "gpu-a", "input": node_view.seen_input(fasta),
-             "result_fields": cfg.model_copy(update={"precision": "fp32"}).result_fields()}
+    rank0 = {
+        "token": "abc",
+        "node": 0,
+        "host": "gpu-a",
+        "input": node_view.seen_input(fasta),
+        "result_fields": cfg.model_copy(update={"precision": "fp32"}).result_fields(),
+    }
     info = distributed.RankInfo(rank=3, world=4, local_rank=1, node=1)
     problem, fix = node_view._what_differs(cfg, info, rank0, node_view.seen_input(fasta))
     assert problem.startswith("node 1 (") and "rank 3) does not see the output folder" in problem
@@ -472,8 +577,9 @@ def test_a_rank_that_sees_another_folder_input_or_settings_names_its_node(tmp_pa
     assert fix == "run the same command on every node; only --node-rank differs"
 
 
-def test_the_launchers_of_two_nodes_take_their_own_lock_and_another_run_is_refused(small_fasta, tmp_path,
-                                                                                   capsys):
+def test_the_launchers_of_two_nodes_take_their_own_lock_and_another_run_is_refused(
+    small_fasta, tmp_path, capsys
+):
     """Node 0's launcher holds the run's lock, node R's its own: one run's launchers never block each
     other, a second run is refused (writing nothing) at whichever node it starts."""
     from perfkit.cli import main
@@ -487,7 +593,8 @@ def test_the_launchers_of_two_nodes_take_their_own_lock_and_another_run_is_refus
         assert main([*args, *node_flags(0, 29500)]) == 2
         assert capsys.readouterr().err.strip() == (
             f"error: {out} is in use by another perfkit run ({holder}) — wait for that run to end, or "
-            "choose another --out folder")
+            "choose another --out folder"
+        )
         assert main([*args, *node_flags(1, 29500)]) == 2
         refused = capsys.readouterr().err.strip()
         assert refused.startswith(f"error: {out} is in use as node 1 by another perfkit run ({holder})")
@@ -499,22 +606,42 @@ def test_the_launchers_of_two_nodes_take_their_own_lock_and_another_run_is_refus
             pass
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--nproc", "1", "--nnodes", "2"],
-     "error: --nnodes 2: no --rdzv-endpoint — pass --rdzv-endpoint HOST:PORT"),
-    (["--nproc", "1", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"],
-     "error: --node-rank 2: must be 0 to --nnodes - 1 (1) — number the nodes 0 to N-1"),
-    (["--nproc", "1", "--node-rank", "1"], "error: --node-rank 1: must be 0 to --nnodes - 1 (0)"),
-    (["--nproc", "1", "--nnodes", "0"], "error: --nnodes 0: must be 1 or more"),
-    (["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", "node0"],
-     "error: --rdzv-endpoint node0: not HOST:PORT — "),
-    (["--nnodes", "2", "--rdzv-endpoint", "h:1"],
-     "error: --nnodes 2: the node flags place torchrun ranks, and no --gpus/--nproc asks for any — add "),
-    (["--rdzv-endpoint", "h:1"], "error: --rdzv-endpoint h:1: the node flags place torchrun ranks"),
-], ids=["no-endpoint", "node-rank-too-big", "node-rank-without-nnodes", "no-nodes", "endpoint-without-port",
-        "no-nproc", "endpoint-alone"])
-def test_node_flags_that_cannot_work_are_one_line_errors_before_anything_is_written(small_fasta, tmp_path,
-                                                                                  capsys, flags, message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--nproc", "1", "--nnodes", "2"],
+            "error: --nnodes 2: no --rdzv-endpoint — pass --rdzv-endpoint HOST:PORT",
+        ),
+        (
+            ["--nproc", "1", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"],
+            "error: --node-rank 2: must be 0 to --nnodes - 1 (1) — number the nodes 0 to N-1",
+        ),
+        (["--nproc", "1", "--node-rank", "1"], "error: --node-rank 1: must be 0 to --nnodes - 1 (0)"),
+        (["--nproc", "1", "--nnodes", "0"], "error: --nnodes 0: must be 1 or more"),
+        (
+            ["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", "node0"],
+            "error: --rdzv-endpoint node0: not HOST:PORT — ",
+        ),
+        (
+            ["--nnodes", "2", "--rdzv-endpoint", "h:1"],
+            "error: --nnodes 2: the node flags place torchrun ranks, and no --gpus/--nproc asks for any — add ",
+        ),
+        (["--rdzv-endpoint", "h:1"], "error: --rdzv-endpoint h:1: the node flags place torchrun ranks"),
+    ],
+    ids=[
+        "no-endpoint",
+        "node-rank-too-big",
+        "node-rank-without-nnodes",
+        "no-nodes",
+        "endpoint-without-port",
+        "no-nproc",
+        "endpoint-alone",
+    ],
+)
+def test_node_flags_that_cannot_work_are_one_line_errors_before_anything_is_written(
+    small_fasta, tmp_path, capsys, flags, message
+):
     from perfkit.cli import main
 
     out = tmp_path / "o"
@@ -527,8 +654,14 @@ def test_node_flags_that_cannot_work_are_one_line_errors_before_anything_is_writ
 def test_torchrun_command_for_one_and_for_several_nodes(tmp_path, monkeypatch):
     monkeypatch.setenv(distributed.RDZV_TIMEOUT_ENV, "42")
     one = distributed.torchrun_command(2, tmp_path / "rank_spec.json")
-    assert one[3:] == ["--standalone", "--nproc-per-node", "2", "-m", "perfkit.workload.rank",
-                       str(tmp_path / "rank_spec.json")]  # the ranks' settings: the spec, never a command line
+    assert one[3:] == [
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "perfkit.workload.rank",
+        str(tmp_path / "rank_spec.json"),
+    ]  # the ranks' settings: the spec, never a command line
     run_id = distributed.rendezvous_id("embed", tmp_path / "run")
     # every node derives it alike; another folder or command is another rendezvous
     assert run_id == distributed.rendezvous_id("embed", tmp_path / "x" / ".." / "run")
@@ -537,8 +670,18 @@ def test_torchrun_command_for_one_and_for_several_nodes(tmp_path, monkeypatch):
     for node, is_host in ((0, 1), (1, 0)):
         nodes = distributed.Nodes(2, node, "head:29500")
         command = distributed.torchrun_command(8, tmp_path / "rank_spec.json", nodes, run_id)
-        where = command[3:command.index("-m", 3)]
-        assert where == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29500",
-                         "--rdzv-id", run_id, "--rdzv-conf", f"join_timeout=42,is_host={is_host}",
-                         "--nproc-per-node", "8"]
-
+        where = command[3 : command.index("-m", 3)]
+        assert where == [
+            "--nnodes",
+            "2",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "head:29500",
+            "--rdzv-id",
+            run_id,
+            "--rdzv-conf",
+            f"join_timeout=42,is_host={is_host}",
+            "--nproc-per-node",
+            "8",
+        ]

@@ -103,7 +103,9 @@ def test_packed_inputs_pool_over_all_tokens(tokenizer, reads):
     p = dnabert.packed_inputs_nt(tokens, lengths)
     per_seq = np.bincount(p["seq_index"], weights=p["pool_weight"])
     np.testing.assert_allclose(per_seq, 1.0, rtol=1e-6)
-    np.testing.assert_allclose(p["pool_weight"][p["cu_seqlens"][:-1]], 1.0 / lengths, rtol=1e-6)  # [CLS] counts
+    np.testing.assert_allclose(
+        p["pool_weight"][p["cu_seqlens"][:-1]], 1.0 / lengths, rtol=1e-6
+    )  # [CLS] counts
     assert p["max_seqlen"] == lengths.max()
 
 
@@ -132,7 +134,9 @@ def test_padded_and_packed_agree_tiny(tokenizer, reads, kernel):
     candidate = model.forward_packed(**packed(tokenizer, seqs))
     assert relative_error(candidate, reference).max() <= 1e-4
     assert model.attention_calls == {
-        "flex_attention": int(kernel == "flex"), "sdpa_repadded": int(kernel == "sdpa_repadded"), "sdpa_padded": 1,
+        "flex_attention": int(kernel == "flex"),
+        "sdpa_repadded": int(kernel == "sdpa_repadded"),
+        "sdpa_padded": 1,
     }
 
 
@@ -166,7 +170,9 @@ def test_equivalence_gate_passes(tokenizer):
 
 def test_weight_names_round_trip(tokenizer, reads):
     source, _ = dnabert.build_model(config=TINY, seed=4)
-    hf = {"bert." + k: v for k, v in dnabert.our_to_dnabert2_names(source.state_dict()).items()}  # MaskedLM layout
+    hf = {
+        "bert." + k: v for k, v in dnabert.our_to_dnabert2_names(source.state_dict()).items()
+    }  # MaskedLM layout
     hf["cls.predictions.decoder.bias"] = torch.zeros(4096)  # heads are ignored
     target, _ = dnabert.build_model(config=TINY, seed=5)
     dnabert.load_dnabert2_state_dict(target, hf)
@@ -202,8 +208,14 @@ def test_build_model_from_folder(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_gate_on_cuda(kernel, precision, tokenizer):
     """Packed DNABERT-S on CUDA (both kernels) against the fp32 padded path, full size, same weights."""
-    result = dnabert.run_nt_equivalence(device="cuda", precision=precision, n=96, tokenizer=tokenizer,
-                                        packed_attention=kernel, token_budget=2048)
+    result = dnabert.run_nt_equivalence(
+        device="cuda",
+        precision=precision,
+        n=96,
+        tokenizer=tokenizer,
+        packed_attention=kernel,
+        token_budget=2048,
+    )
     print({k: result[k] for k in ("precision", "attention_path", "passed", "stats")})
     assert result["passed"], result
     assert result["attention_path"] == ("flex_attention" if kernel == "flex" else kernel)
@@ -216,7 +228,9 @@ def test_nt_weights_from_a_checkpoint_in_dnabert2s_own_tensor_names(tmp_path, su
 
     reference, _ = dnabert.build_model(seed=3, config=dnabert.DNABERT_MINI)
     theirs = {k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()}
-    assert any(name.startswith("encoder.layer.0.attention.self.Wqkv") for name in theirs)  # their names, not ours
+    assert any(
+        name.startswith("encoder.layer.0.attention.self.Wqkv") for name in theirs
+    )  # their names, not ours
     path = tmp_path / f"model.{suffix}"
     save_file(theirs, str(path)) if suffix == "safetensors" else torch.save(theirs, path)
     loaded, info = dnabert.build_model(path, config=dnabert.DNABERT_MINI)
@@ -243,12 +257,21 @@ def test_the_chain_takes_its_nucleotide_model_and_weights(tmp_path):
 
     reference, _ = dnabert.build_model(seed=5, config=dnabert.DNABERT_MINI)
     weights = tmp_path / "dnabert_mini.safetensors"
-    save_file({k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()},
-              str(weights))
+    save_file(
+        {k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()},
+        str(weights),
+    )
     fasta = tmp_path / "s.fa"
     write_synthetic_fasta(fasta, 40, profile="reads150", seed=1)
-    cfg = make_config(input=fasta, out_dir=tmp_path / "o", num_workers=0, token_budget=1024, nt_model="dnabert_mini",
-                      nt_weights=weights, progress=False)
+    cfg = make_config(
+        input=fasta,
+        out_dir=tmp_path / "o",
+        num_workers=0,
+        token_budget=1024,
+        nt_model="dnabert_mini",
+        nt_weights=weights,
+        progress=False,
+    )
     summary = run_predict(cfg, hidden=8)
     nucleotide = stage_summaries(cfg.out_dir)["nucleotide_embedding"]["run"]
     assert nucleotide["model"] == "dnabert_mini" and nucleotide["weights"]["path"] == str(weights)

@@ -1,4 +1,5 @@
 """perfkit.workload.encoders: one class per stage behind one interface."""
+
 import numpy as np
 import pytest
 
@@ -11,9 +12,15 @@ def test_each_model_gets_its_stages_encoder():
     protein, nucleotide = encoder_for("esm2_t6_8M"), encoder_for("dnabert_mini")
     assert type(protein) is Encoder and type(nucleotide) is NucleotideEncoder
     assert (protein.stage, protein.frame_field, protein.nucleotide) == ("protein_embedding", "protein", False)
-    assert (nucleotide.stage, nucleotide.frame_field, nucleotide.nucleotide) == ("nucleotide_embedding", "nucleotides",
-                                                                                 True)
-    assert set(NUCLEOTIDE_MODELS) == set(dnabert.CONFIGS) and set(known_models()) >= {"esm2_t36_3B", "dnabert_s"}
+    assert (nucleotide.stage, nucleotide.frame_field, nucleotide.nucleotide) == (
+        "nucleotide_embedding",
+        "nucleotides",
+        True,
+    )
+    assert set(NUCLEOTIDE_MODELS) == set(dnabert.CONFIGS) and set(known_models()) >= {
+        "esm2_t36_3B",
+        "dnabert_s",
+    }
     with pytest.raises(UserError, match="unknown model"):
         encoder_for("esm3")
 

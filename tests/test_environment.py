@@ -1,4 +1,5 @@
 """pyproject.toml and environment.yml declare the same dependencies with the same bounds."""
+
 import os
 import re
 import shutil
@@ -53,10 +54,12 @@ def test_drift_would_be_caught():
 # ---------------------------------------------------------------- provenance (perfkit/environment.py)
 
 
-
 def _git_repo(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"]):
+    for args in (
+        ["init", "-q"],
+        ["-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"],
+    ):
         subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
     return path
 
@@ -84,8 +87,13 @@ def test_git_dir_in_the_environment_does_not_redirect_the_commit(tmp_path, monke
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
     assert env_mod.git_commit(ours) == expected
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ours, capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")}).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=ours,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
+    ).stdout.strip()
     assert expected.split("+")[0] == head
     monkeypatch.setenv("PERFKIT_COMMIT", "abc123")  # stamped by whoever copied the tree (e.g. a GPU node)
     assert env_mod.git_commit(ours) == "abc123"
@@ -100,7 +108,10 @@ def test_package_hash_follows_the_code(tmp_path):
     assert first == env_mod.package_hash(package) and len(first) == 64
     (package / "sub" / "b.py").write_text("y = 3\n")
     assert env_mod.package_hash(package) != first
-    assert "package_sha256" in env_mod.environment() and env_mod.environment()["package_sha256"] == env_mod.package_hash()
+    assert (
+        "package_sha256" in env_mod.environment()
+        and env_mod.environment()["package_sha256"] == env_mod.package_hash()
+    )
 
 
 def test_the_build_stamp_gives_the_commit_and_whether_the_checkout_had_changes():
@@ -108,19 +119,28 @@ def test_the_build_stamp_gives_the_commit_and_whether_the_checkout_had_changes()
     assert clean == {"version": "0.1.dev57+g091ea8c", "commit": "091ea8c", "dirty": False}
     dirty = env_mod.build_stamp("0.1.dev57+g091ea8c.d20261202")
     assert dirty["commit"] == "091ea8c" and dirty["dirty"] is True
-    assert env_mod.build_stamp("0.1.0") == {"version": "0.1.0", "commit": None, "dirty": False}  # no git at build
+    assert env_mod.build_stamp("0.1.0") == {
+        "version": "0.1.0",
+        "commit": None,
+        "dirty": False,
+    }  # no git at build
 
 
 def test_an_installed_copy_outside_git_records_its_build_stamp(monkeypatch):
     monkeypatch.delenv("PERFKIT_COMMIT", raising=False)
     monkeypatch.setattr(env_mod, "git_commit", lambda start=None: None)  # as in a wheel in site-packages
-    monkeypatch.setattr(env_mod, "build_stamp", lambda version=None: {"version": "0.1.dev3+gabcdef1.d20261202",
-                                                                       "commit": "abcdef1", "dirty": True})
+    monkeypatch.setattr(
+        env_mod,
+        "build_stamp",
+        lambda version=None: {"version": "0.1.dev3+gabcdef1.d20261202", "commit": "abcdef1", "dirty": True},
+    )
     assert env_mod.recorded_commit() == ("abcdef1+dirty", "build stamp")
     env = env_mod.environment()
     assert env["commit"] == "abcdef1+dirty" and env["commit_source"] == "build stamp"
     # a live checkout wins; git_commit itself honours PERFKIT_COMMIT first, as the real one does
-    monkeypatch.setattr(env_mod, "git_commit", lambda start=None: os.environ.get("PERFKIT_COMMIT") or "f00+dirty")
+    monkeypatch.setattr(
+        env_mod, "git_commit", lambda start=None: os.environ.get("PERFKIT_COMMIT") or "f00+dirty"
+    )
     assert env_mod.recorded_commit() == ("f00+dirty", "git checkout")
     monkeypatch.setenv("PERFKIT_COMMIT", "c0ffee")
     assert env_mod.recorded_commit() == ("c0ffee", "PERFKIT_COMMIT")

@@ -87,8 +87,9 @@ def test_gate_on_cuda(model_name, precision):
 def test_gate_on_cuda_compiled():
     """`compile: true` (torch.compile per block, dynamic token counts) keeps the gate green."""
     proteins = default_proteins(n=48, seed=5, min_len=10, max_len=300)
-    result = run_equivalence_gate("esm2_t33_650M", proteins, device="cuda", precision="bf16", token_budget=4096,
-                                  compile=True)
+    result = run_equivalence_gate(
+        "esm2_t33_650M", proteins, device="cuda", precision="bf16", token_budget=4096, compile=True
+    )
     print(json.dumps({k: result[k] for k in ("model_name", "precision", "compiled", "passed", "stats")}))
     assert result["compiled"] and result["passed"], result
     assert result["attention_path"] == "varlen_attn"

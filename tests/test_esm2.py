@@ -11,6 +11,7 @@ from perfkit.workload.equivalence import default_proteins
 
 esm = pytest.importorskip("esm")
 
+
 def relative_error(a, b):
     return np.linalg.norm(np.asarray(a) - np.asarray(b), axis=1) / np.linalg.norm(np.asarray(b), axis=1)
 
@@ -73,7 +74,11 @@ def test_alphabet_matches_fairesm():
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     assert esm2.ALPHABET_TOKENS == alphabet.all_toks
     assert (esm2.CLS_IDX, esm2.PAD_IDX, esm2.EOS_IDX, esm2.UNK_IDX, esm2.MASK_IDX) == (
-        alphabet.cls_idx, alphabet.padding_idx, alphabet.eos_idx, alphabet.unk_idx, alphabet.mask_idx,
+        alphabet.cls_idx,
+        alphabet.padding_idx,
+        alphabet.eos_idx,
+        alphabet.unk_idx,
+        alphabet.mask_idx,
     )
 
 
@@ -161,8 +166,13 @@ def test_attention_path_counters(proteins):
     model.forward_packed(**packed(proteins[:3]))
     _, _, tokens = esm.data.Alphabet.from_architecture("ESM-1b").get_batch_converter()([("a", "MKV")])
     model.forward_padded(tokens)
-    assert model.attention_calls == {"varlen_attn": 0, "mem_efficient_varlen": 0, "flex_attention": 0,
-                                     "sdpa_repadded": 2, "sdpa_padded": 1}
+    assert model.attention_calls == {
+        "varlen_attn": 0,
+        "mem_efficient_varlen": 0,
+        "flex_attention": 0,
+        "sdpa_repadded": 2,
+        "sdpa_padded": 1,
+    }
 
 
 def test_random_init_is_seeded_and_realistic():
@@ -196,7 +206,9 @@ def test_fairesm_checkpoint_file(tmp_path, fairesm_model, our_model, proteins):
 
 def test_hf_name_mapping_round_trip(tmp_path, fairesm_model, our_model, proteins):
     ref_model, _ = fairesm_model
-    fair_sd = {k: v for k, v in ref_model.state_dict().items() if not k.startswith(("lm_head", "contact_head"))}
+    fair_sd = {
+        k: v for k, v in ref_model.state_dict().items() if not k.startswith(("lm_head", "contact_head"))
+    }
     hf_sd = esm2_weights.fairesm_to_hf_names(fair_sd)
     assert "esm.encoder.layer.0.attention.self.query.weight" in hf_sd
     assert "esm.encoder.layer.5.intermediate.dense.bias" in hf_sd
@@ -219,9 +231,16 @@ def test_hf_name_mapping_round_trip(tmp_path, fairesm_model, our_model, proteins
     # a HF folder with pytorch_model.bin (safetensors may be absent here)
     folder = tmp_path / "esm2_t6_8M_UR50D"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(
-        {"num_hidden_layers": 6, "hidden_size": 320, "num_attention_heads": 20, "position_embedding_type": "rotary"}
-    ))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "num_hidden_layers": 6,
+                "hidden_size": 320,
+                "num_attention_heads": 20,
+                "position_embedding_type": "rotary",
+            }
+        )
+    )
     torch.save(hf_sd, folder / "pytorch_model.bin")
     model, info = esm2.build_model("esm2_t6_8M", weights=folder)
     assert info["source"] == "huggingface" and len(info["sha256"]) == 64
@@ -241,7 +260,9 @@ def test_bad_weights_are_user_errors(tmp_path):
     with pytest.raises(UserError):
         esm2.build_model("esm2_t6_8M", weights=junk)
     with pytest.raises(UserError, match="lack"):
-        esm2_weights.load_fairesm_state_dict(esm2.build_model("esm2_t6_8M")[0], {"embed_tokens.weight": torch.zeros(33, 320)})
+        esm2_weights.load_fairesm_state_dict(
+            esm2.build_model("esm2_t6_8M")[0], {"embed_tokens.weight": torch.zeros(33, 320)}
+        )
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA"):
             esm2.build_model("esm2_t6_8M", device="cuda")
@@ -268,8 +289,9 @@ def test_gpu_varlen_matches_fp32(dtype, proteins):
 # --- the protein stage's levers (kernels, shapes, weights under fair-esm names) ------------------------
 
 
-def test_every_packed_attention_kernel_that_runs_on_cpu_matches_fairesm(our_model, proteins, fairesm_model,
-                                                                       fairesm_embeddings):
+def test_every_packed_attention_kernel_that_runs_on_cpu_matches_fairesm(
+    our_model, proteins, fairesm_model, fairesm_embeddings
+):
     """flex (eager here) and the re-padded SDPA give fair-esm's vectors; the counters name the kernel that ran.
     Eager flex builds its block mask over the whole pack and is slow on a CPU: it takes 12 proteins across the
     length range, against fair-esm on the same 12; the re-padded SDPA takes them all."""
@@ -280,8 +302,10 @@ def test_every_packed_attention_kernel_that_runs_on_cpu_matches_fairesm(our_mode
         reps = model(tokens, repr_layers=[6])["representations"][6]
     some_reference = np.stack([reps[i, 1 : len(p) + 1].mean(0).numpy() for i, p in enumerate(some)])
     try:
-        for kernel, counter, chosen, reference in (("flex", "flex_attention", some, some_reference),
-                                                   ("sdpa_repadded", "sdpa_repadded", proteins, fairesm_embeddings[2])):
+        for kernel, counter, chosen, reference in (
+            ("flex", "flex_attention", some, some_reference),
+            ("sdpa_repadded", "sdpa_repadded", proteins, fairesm_embeddings[2]),
+        ):
             esm2.set_kernels(our_model, attention=kernel)
             before = our_model.attention_calls[counter]
             out = our_model.forward_packed(**packed(chosen)).numpy()
@@ -306,7 +330,9 @@ def test_gelu_epilogue_is_one_fused_call_and_matches_the_erf_path_on_cpu(our_mod
     try:
         esm2.set_kernels(our_model, gelu_epilogue=True)
         assert all(layer.gelu_epilogue for layer in our_model.layers)
-        torch.testing.assert_close(our_model.forward_packed(**packed(proteins[:5])), plain, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            our_model.forward_packed(**packed(proteins[:5])), plain, rtol=1e-4, atol=1e-5
+        )
     finally:
         esm2.set_kernels(our_model, gelu_epilogue=False)
 
@@ -352,8 +378,11 @@ def test_pad_packed_gives_fixed_shapes_and_the_same_vectors(our_model, proteins)
 
 def test_fairesm_state_dict_is_the_inverse_of_loading(fairesm_model, our_model):
     exported = esm2_weights.fairesm_state_dict(our_model)
-    original = {k: v for k, v in fairesm_model[0].state_dict().items()
-                if not k.startswith(("lm_head.", "contact_head.")) and not k.endswith("inv_freq")}
+    original = {
+        k: v
+        for k, v in fairesm_model[0].state_dict().items()
+        if not k.startswith(("lm_head.", "contact_head.")) and not k.endswith("inv_freq")
+    }
     assert exported.keys() == original.keys()
     assert all(torch.equal(exported[k], original[k]) for k in original)
 

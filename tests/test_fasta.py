@@ -67,22 +67,25 @@ def test_write_is_atomic(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("", None, "no FASTA records"),
-    ("\n\n", None, "no FASTA records"),
-    ("ACGT\n>r1\nACGT\n", 1, "before the first"),
-    (">r1\nACGT\n>\nACGT\n", 3, "empty record id"),
-    (">r1\nACGT\n> desc\nACGT\n", 3, "empty record id"),
-    (">r1\nACGT\n>r2\nAC\n>r1\nGG\n", 5, "duplicate record id 'r1'"),
-    (">r1\nACGT\nACJT\n", 3, "'J' is not an IUPAC"),
-    (">r1\nAC-GT\n", 2, "gap character '-'"),
-    (">r1\nACGT\n>r2\n>r3\nAC\n", 3, "'r2' has an empty sequence"),
-    (">r1\nACGT\n>r2\n", 3, "'r2' has an empty sequence"),
-    (b">r1\nAC\x00GT\n", 2, "binary data"),
-    (b">r1\nAC\xc3\xa9GT\n", 2, "binary data"),
-    (b">r\xe91\nACGT\n", 1, "non-ASCII"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", 1, "binary data"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("", None, "no FASTA records"),
+        ("\n\n", None, "no FASTA records"),
+        ("ACGT\n>r1\nACGT\n", 1, "before the first"),
+        (">r1\nACGT\n>\nACGT\n", 3, "empty record id"),
+        (">r1\nACGT\n> desc\nACGT\n", 3, "empty record id"),
+        (">r1\nACGT\n>r2\nAC\n>r1\nGG\n", 5, "duplicate record id 'r1'"),
+        (">r1\nACGT\nACJT\n", 3, "'J' is not an IUPAC"),
+        (">r1\nAC-GT\n", 2, "gap character '-'"),
+        (">r1\nACGT\n>r2\n>r3\nAC\n", 3, "'r2' has an empty sequence"),
+        (">r1\nACGT\n>r2\n", 3, "'r2' has an empty sequence"),
+        (b">r1\nAC\x00GT\n", 2, "binary data"),
+        (b">r1\nAC\xc3\xa9GT\n", 2, "binary data"),
+        (b">r\xe91\nACGT\n", 1, "non-ASCII"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", 1, "binary data"),
+    ],
+)
 def test_errors_name_file_and_line(tmp_path, text, line, words):
     path = write(tmp_path, text)
     message = error_of(path)

@@ -1,5 +1,6 @@
 """The kit (every module directly in perfkit/ and in perfkit/benchmarks/) imports nothing from the workload
 (perfkit.workload) or the notebook suite (perfkit.suite), at module level or inside functions."""
+
 import ast
 from pathlib import Path
 
@@ -39,13 +40,24 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def forbidden_imports(path: Path) -> set[str]:
-    return {top for top in FORBIDDEN for name in imported_modules(path)
-            if name == top or name.startswith(top + ".")}
+    return {
+        top
+        for top in FORBIDDEN
+        for name in imported_modules(path)
+        if name == top or name.startswith(top + ".")
+    }
 
 
 def test_kit_modules_are_found():
     names = {str(p.relative_to(PACKAGE)) for p in KIT}
-    assert {"criteria.py", "projection.py", "verdict.py", "records.py", "plots.py", "benchmarks/packing.py"} <= names
+    assert {
+        "criteria.py",
+        "projection.py",
+        "verdict.py",
+        "records.py",
+        "plots.py",
+        "benchmarks/packing.py",
+    } <= names
     assert not any(n.startswith(("workload/", "suite/")) for n in names)
 
 

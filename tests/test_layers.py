@@ -1,4 +1,5 @@
 """perfkit.workload.layers: the model build both encoders share."""
+
 import pytest
 import torch
 
@@ -10,7 +11,11 @@ from perfkit.workload.layers import empty_model_on
 def test_a_host_build_equals_the_meta_build_once_initialised(family, name):
     # on CPU the model is built plainly (meta's first use costs ~2 s of imports); on a GPU through meta: after
     # the seeded init both must hold the same values, buffers included
-    make = (lambda: esm2.ESM2(esm2.get_config(name))) if family is esm2 else (lambda: dnabert.DNABERT(dnabert.CONFIGS[name]))
+    make = (
+        (lambda: esm2.ESM2(esm2.get_config(name)))
+        if family is esm2
+        else (lambda: dnabert.DNABERT(dnabert.CONFIGS[name]))
+    )
     host = family.init_random_(empty_model_on(make, "cpu", torch.float32), 3)
     with torch.device("meta"):
         meta = make()

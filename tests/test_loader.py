@@ -61,7 +61,9 @@ def test_a_block_beyond_the_plan_fails_the_run(small_fasta):
     frames = PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=Shard((0,), planned_blocks=1))
     with pytest.raises(RuntimeError, match="more than the 1 blocks"):
         list(frames)
-    assert list(PackedFrames(small_fasta, token_budget=4096, block_reads=10**6, shard=Shard((0,), planned_blocks=1)))
+    assert list(
+        PackedFrames(small_fasta, token_budget=4096, block_reads=10**6, shard=Shard((0,), planned_blocks=1))
+    )
 
 
 def _spy_ranges(monkeypatch):
@@ -96,7 +98,9 @@ def test_each_worker_parses_only_its_own_blocks(small_fasta, monkeypatch):
     seen = {}
     for worker in range(3):
         ranges.clear()
-        got = list(PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=shard)._my_blocks(worker, 3))
+        got = list(
+            PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=shard)._my_blocks(worker, 3)
+        )
         mine = rank_blocks[worker::3]
         assert [block for block, _, _ in got] == list(mine)
         assert ranges == [(int(offsets[b]), int(offsets[b + 1])) for b in mine]  # its own bytes only
@@ -133,7 +137,9 @@ def test_a_changed_input_is_caught_by_its_byte_ranges(small_fasta):
 
     offsets = block_offsets(small_fasta, block_reads=4)
     small_fasta.write_bytes(small_fasta.read_bytes()[: int(offsets[-2]) + 10])  # cut inside the last block
-    frames = PackedFrames(small_fasta, token_budget=4096, block_reads=4, shard=Shard(offsets=tuple(offsets.tolist())))
+    frames = PackedFrames(
+        small_fasta, token_budget=4096, block_reads=4, shard=Shard(offsets=tuple(offsets.tolist()))
+    )
     with pytest.raises(UserError, match="shorter than when its blocks were planned"):
         list(frames._my_blocks(0, 1))
 

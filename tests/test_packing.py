@@ -93,7 +93,9 @@ def test_padded_batches_respect_budget_and_report_waste():
     assert efficiency(out)["packing_efficiency"] == pytest.approx(28 / 40)
 
 
-@pytest.mark.parametrize("kwargs", [{"budget": 0}, {"budget": 10, "buffer_size": 0}, {"budget": 10, "layout": "x"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"budget": 0}, {"budget": 10, "buffer_size": 0}, {"budget": 10, "layout": "x"}]
+)
 def test_bad_settings_are_user_errors(kwargs):
     with pytest.raises(UserError):
         TokenBudgetPacker(**kwargs)

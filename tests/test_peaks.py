@@ -1,4 +1,5 @@
 """perfkit.peaks: data-sheet dense peaks by GPU name and precision."""
+
 from perfkit.peaks import spec_peak_flops
 
 

@@ -1,4 +1,5 @@
 """The whole chain on CPU: both embedding stages through the same runner, classifier, consensus."""
+
 import json
 import os
 import re
@@ -20,7 +21,9 @@ from perfkit.workload.store import read_shards
 
 # the chain's logic does not depend on the nucleotide model's size: its 2-layer config runs the same code in a
 # fraction of DNABERT-S's CPU time (test_dnabert checks DNABERT-S itself)
-FAST = dict(precision="fp32", device="cpu", progress=False, token_budget=1024, num_workers=0, nt_model="dnabert_mini")
+FAST = dict(
+    precision="fp32", device="cpu", progress=False, token_budget=1024, num_workers=0, nt_model="dnabert_mini"
+)
 NT_DIM = DNABERT_MINI.embed_dim  # the nucleotide vectors' width (DNABERT-S: 768)
 
 
@@ -41,9 +44,17 @@ def test_predict_chain_counts_and_outputs(tmp_path):
     summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "run", **FAST), hidden=32)
     frames = count_frames(fasta)
     assert summary["counts"]["frames"] == frames
-    assert list(summary["stages_s"]) == ["planning", "nucleotide_embedding", "protein_embedding", "merge",
-                                         "classifier", "consensus"]
-    assert all(v >= 0 for v in summary["stages_s"].values()) and summary["stages_s"]["planning"] < 0.1  # 1 process: no plan
+    assert list(summary["stages_s"]) == [
+        "planning",
+        "nucleotide_embedding",
+        "protein_embedding",
+        "merge",
+        "classifier",
+        "consensus",
+    ]
+    assert (
+        all(v >= 0 for v in summary["stages_s"].values()) and summary["stages_s"]["planning"] < 0.1
+    )  # 1 process: no plan
     assert summary["bottleneck_stage"] in summary["stages_s"]
     # the stages' checked shards are the output: nobody rereads and rewrites every vector into one file
     assert not list((tmp_path / "run").glob("*/embeddings.h5"))
@@ -90,8 +101,12 @@ def test_reads_without_a_frame_are_counted_and_called_no_frames_in_place(tmp_pat
     assert per_read.loc[per_read["prediction"] == "no_frames", "read_id"].tolist() == frameless
     stage = summary["stage_runs"]["protein_embedding"]
     assert stage["sequences"] == counts["frames"]
-    many = run_predict(make_config(input=fasta, out_dir=tmp_path / "two", block_reads=4, **FAST), hidden=16,
-                       nproc=2, gpus=False)
+    many = run_predict(
+        make_config(input=fasta, out_dir=tmp_path / "two", block_reads=4, **FAST),
+        hidden=16,
+        nproc=2,
+        gpus=False,
+    )
     assert many["counts"] == counts  # the ranks split the reads; the counts and the rows do not change
     two = pd.read_csv(tmp_path / "two" / "predictions_per_read.csv", keep_default_na=False)
     assert two[["read_id", "frames", "prediction"]].equals(per_read[["read_id", "frames", "prediction"]])
@@ -102,8 +117,16 @@ def test_v1_nucleotide_stage_matches_v2_in_fp32(small_fasta, tmp_path):
     from perfkit.workload.runner import run_embed
     from perfkit.workload.store import read_embeddings
 
-    v1 = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v1", model="dnabert_mini", mode="v1",
-                               v1_nt_batch_sequences=3, **FAST))
+    v1 = run_embed(
+        make_config(
+            input=small_fasta,
+            out_dir=tmp_path / "v1",
+            model="dnabert_mini",
+            mode="v1",
+            v1_nt_batch_sequences=3,
+            **FAST,
+        )
+    )
     run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v2", model="dnabert_mini", **FAST))
     ids1, vec1 = read_embeddings(tmp_path / "v1" / "embeddings.h5")
     ids2, vec2 = read_embeddings(tmp_path / "v2" / "embeddings.h5")
@@ -120,7 +143,9 @@ def test_v1_and_v2_chains_agree_with_the_same_weights(tmp_path):
 
     fasta = orf_fasta(tmp_path / "s.fa", 30, seed=9)
     v1 = run_predict(make_config(input=fasta, out_dir=tmp_path / "v1", mode="v1", **FAST), hidden=32)
-    v2 = run_predict(make_config(input=fasta, out_dir=tmp_path / "v2", random_init="fair-esm", **FAST), hidden=32)
+    v2 = run_predict(
+        make_config(input=fasta, out_dir=tmp_path / "v2", random_init="fair-esm", **FAST), hidden=32
+    )
     assert v1["mode"] == "v1" and v2["mode"] == "v2"
     assert v1["stage_runs"]["protein_embedding"]["sequences"] == v2["counts"]["frames"]
     agreement = compare_runs(tmp_path / "v1", tmp_path / "v2")
@@ -152,9 +177,13 @@ def test_v1_and_v2_chains_agree_on_cuda(tmp_path):
     # a model whose random-weight embeddings differ between sequences well above bf16 noise (the tiny
     # t6_8M's do not: its calls sit within bf16 noise of the tie and a few percent flip)
     gpu = dict(model="esm2_t33_650M", device="cuda", progress=False, token_budget=4096, num_workers=1)
-    run_predict(make_config(input=fasta, out_dir=tmp_path / "v1", mode="v1", precision="fp32", **gpu), hidden=512)
-    v2 = run_predict(make_config(input=fasta, out_dir=tmp_path / "v2", random_init="fair-esm", precision="bf16",
-                                 **gpu), hidden=512)
+    run_predict(
+        make_config(input=fasta, out_dir=tmp_path / "v1", mode="v1", precision="fp32", **gpu), hidden=512
+    )
+    v2 = run_predict(
+        make_config(input=fasta, out_dir=tmp_path / "v2", random_init="fair-esm", precision="bf16", **gpu),
+        hidden=512,
+    )
     agreement = compare_runs(tmp_path / "v1", tmp_path / "v2")
     print(agreement)
     assert agreement["same_classifier"] and agreement["agreement"] >= 0.99
@@ -170,8 +199,11 @@ def test_predict_resumes_an_interrupted_chain(tmp_path):
     small = {**FAST, "token_budget": 256}  # several batches; the same batching on every run
     fasta = orf_fasta(tmp_path / "s.fa", 60, seed=4)
     fresh = run_predict(make_config(input=fasta, out_dir=tmp_path / "fresh", **small), hidden=32)
-    stage = check_before_work(make_config(input=fasta, out_dir=tmp_path / "chain" / "protein",
-                                          checkpoint_every_sequences=8, **small))
+    stage = check_before_work(
+        make_config(
+            input=fasta, out_dir=tmp_path / "chain" / "protein", checkpoint_every_sequences=8, **small
+        )
+    )
     prepare_out_dir(stage)
 
     def stop(batch_index):
@@ -182,9 +214,13 @@ def test_predict_resumes_an_interrupted_chain(tmp_path):
         embed_share(stage, np.empty(0, np.int64), on_batch=stop)
     assert list((tmp_path / "chain" / "protein" / "checkpoints").glob("shard-*"))
     assert not (tmp_path / "chain" / "protein" / "embeddings.h5").exists()
-    with pytest.raises(UserError, match="resume"):  # the stage folder holds results: never overwritten silently
+    with pytest.raises(
+        UserError, match="resume"
+    ):  # the stage folder holds results: never overwritten silently
         run_predict(make_config(input=fasta, out_dir=tmp_path / "chain", **small), hidden=32)
-    resumed = run_predict(make_config(input=fasta, out_dir=tmp_path / "chain", resume=True, **small), hidden=32)
+    resumed = run_predict(
+        make_config(input=fasta, out_dir=tmp_path / "chain", resume=True, **small), hidden=32
+    )
     assert resumed["counts"] == fresh["counts"]
     a = pd.read_csv(tmp_path / "fresh" / "predictions_per_frame.csv")
     b = pd.read_csv(tmp_path / "chain" / "predictions_per_frame.csv")
@@ -201,8 +237,15 @@ def test_merge_and_classify_in_chunks_equals_all_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "MERGE_CHUNK_ROWS", 7)
     monkeypatch.setattr(predict, "SHARDS_CACHED", 1)  # shards are reread when a chunk needs them again
     fasta = orf_fasta(tmp_path / "s.fa", 25, seed=6)
-    summary = run_predict(make_config(input=fasta, out_dir=tmp_path / "run", checkpoint_every_sequences=5,
-                                      **{**FAST, "token_budget": 128}), hidden=16)
+    summary = run_predict(
+        make_config(
+            input=fasta,
+            out_dir=tmp_path / "run",
+            checkpoint_every_sequences=5,
+            **{**FAST, "token_budget": 128},
+        ),
+        hidden=16,
+    )
     assert len(list((tmp_path / "run" / "protein" / "checkpoints").glob("shard-*"))) > 3
     _, ids, nt = read_shards(tmp_path / "run" / "nucleotide")
     _, _, protein = read_shards(tmp_path / "run" / "protein")
@@ -231,12 +274,20 @@ def test_chain_in_two_ranks_equals_one_process(tmp_path):
     """One torchrun launch of 2 CPU ranks (gloo): contiguous plan, both stages, per-rank scoring,
     joined predictions: the same frames, order and calls as the 1-process chain."""
     fasta = orf_fasta(tmp_path / "s.fa", 90, seed=8)
-    settings = {**FAST, "block_reads": 8, "max_reads": 85, "token_budget": 512}  # 11 blocks, the last of 5 reads
+    settings = {
+        **FAST,
+        "block_reads": 8,
+        "max_reads": 85,
+        "token_budget": 512,
+    }  # 11 blocks, the last of 5 reads
     one = run_predict(make_config(input=fasta, out_dir=tmp_path / "one", **settings), hidden=16)
     two = run_predict(make_config(input=fasta, out_dir=tmp_path / "two", **settings), hidden=16, nproc=2)
     assert two["ranks"] == 2 and two["counts"] == one["counts"]
     assert one["counts"]["frames"] == count_frames(fasta, max_reads=85)
-    assert two["plan"]["blocks"] == 11 and sum(r["frames"] for r in two["score_ranks"]) == one["counts"]["frames"]
+    assert (
+        two["plan"]["blocks"] == 11
+        and sum(r["frames"] for r in two["score_ranks"]) == one["counts"]["frames"]
+    )
     assert all(r["frames"] > 0 for r in two["score_ranks"])  # both ranks scored their own reads
     assert two["stages_s"]["planning"] > 0 and two["stage_throughput"]["protein_embedding"]["ranks"] == 2
     # torchrun's start and the ranks' set-up are outside every span: the launching process adds them
@@ -255,9 +306,23 @@ def test_chain_in_two_ranks_equals_one_process(tmp_path):
     assert np.abs(frames_a["p_virus"] - frames_b["p_virus"]).max() < 1e-4
 
 
-
-PREDICT_FLAGS = ["--precision", "fp32", "--device", "cpu", "--no-progress", "--token-budget", "1024",
-                 "--num-workers", "0", "--block-reads", "4", "--hidden", "16", "--nt-model", "dnabert_mini"]
+PREDICT_FLAGS = [
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--token-budget",
+    "1024",
+    "--num-workers",
+    "0",
+    "--block-reads",
+    "4",
+    "--hidden",
+    "16",
+    "--nt-model",
+    "dnabert_mini",
+]
 
 
 def _predict_cmd(fasta, out, *extra):
@@ -272,8 +337,14 @@ def test_predict_on_two_nodes_equals_one_node_with_as_many_ranks(tmp_path):
     from test_distributed import NODE_ENV, node_flags, run_nodes  # the multi-node helpers of the embed tests
 
     fasta = orf_fasta(tmp_path / "s.fa", 24, seed=3)
-    one = subprocess.run(_predict_cmd(fasta, tmp_path / "one", "--nproc", "2"), capture_output=True,
-                         text=True, timeout=150, env={**os.environ, **NODE_ENV}, check=False)
+    one = subprocess.run(
+        _predict_cmd(fasta, tmp_path / "one", "--nproc", "2"),
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env={**os.environ, **NODE_ENV},
+        check=False,
+    )
     assert one.returncode == 0, one.stderr
     out = tmp_path / "two"
     done = run_nodes(lambda node, port: _predict_cmd(fasta, out, *node_flags(node, port)), tmp_path / "logs")
@@ -287,16 +358,25 @@ def test_predict_on_two_nodes_equals_one_node_with_as_many_ranks(tmp_path):
     assert summary["end_to_end_s"] == pytest.approx(sum(summary["stages_s"].values()))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--nproc", "1", "--nnodes", "3"], "error: --nnodes 3: no --rdzv-endpoint — "),
-    (["--gpus", "1", "--nnodes", "2", "--node-rank", "5", "--rdzv-endpoint", "h:29500"],
-     "error: --node-rank 5: must be"),
-    (["--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "h:29500"],
-     "error: --nnodes 2: the node flags place"),
-    (["--nproc", "1", "--rdzv-endpoint", "h:port"], "error: --rdzv-endpoint h:port: not HOST:PORT"),
-], ids=["no-endpoint", "node-rank-too-big", "no-nproc", "bad-endpoint"])
-def test_predict_node_flags_that_cannot_work_are_one_line_errors(small_fasta, tmp_path, capsys, flags,
-                                                                 message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--nproc", "1", "--nnodes", "3"], "error: --nnodes 3: no --rdzv-endpoint — "),
+        (
+            ["--gpus", "1", "--nnodes", "2", "--node-rank", "5", "--rdzv-endpoint", "h:29500"],
+            "error: --node-rank 5: must be",
+        ),
+        (
+            ["--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "h:29500"],
+            "error: --nnodes 2: the node flags place",
+        ),
+        (["--nproc", "1", "--rdzv-endpoint", "h:port"], "error: --rdzv-endpoint h:port: not HOST:PORT"),
+    ],
+    ids=["no-endpoint", "node-rank-too-big", "no-nproc", "bad-endpoint"],
+)
+def test_predict_node_flags_that_cannot_work_are_one_line_errors(
+    small_fasta, tmp_path, capsys, flags, message
+):
     from perfkit.cli import main
 
     out = tmp_path / "o"

@@ -1,4 +1,5 @@
 """perfkit.workload.profile: the gaps between kernels, and a CPU capture of either embedding stage."""
+
 import pytest
 
 from perfkit.results import NotMeasured
@@ -22,13 +23,22 @@ def test_device_time_ranks_kernels_only_and_never_counts_an_operator_and_its_ker
     from torch.autograd import DeviceType
 
     def event(key, device_type, self_us, count=1):
-        return SimpleNamespace(key=key, count=count, device_type=device_type, self_device_time_total=self_us,
-                               device_time_total=self_us, self_cpu_time_total=5.0, cpu_time_total=5.0)
+        return SimpleNamespace(
+            key=key,
+            count=count,
+            device_type=device_type,
+            self_device_time_total=self_us,
+            device_time_total=self_us,
+            self_cpu_time_total=5.0,
+            cpu_time_total=5.0,
+        )
 
-    events = [event("aten::addmm", DeviceType.CPU, 600.0),  # its kernel's 600 us, seen from the operator
-              event("nvjet_gemm_bias", DeviceType.CUDA, 600.0),
-              event("flash_fwd_kernel", DeviceType.CUDA, 200.0),
-              event("aten::gelu", DeviceType.CPU, 200.0)]
+    events = [
+        event("aten::addmm", DeviceType.CPU, 600.0),  # its kernel's 600 us, seen from the operator
+        event("nvjet_gemm_bias", DeviceType.CUDA, 600.0),
+        event("flash_fwd_kernel", DeviceType.CUDA, 200.0),
+        event("aten::gelu", DeviceType.CPU, 200.0),
+    ]
     table = top_ops(events, device_time=True, top=10)
     assert table["name"].tolist() == ["nvjet_gemm_bias", "flash_fwd_kernel"]
     assert table["share"].tolist() == pytest.approx([0.75, 0.25])
@@ -41,8 +51,15 @@ def test_no_kernels_is_not_measured_never_zero_idle():
 
 @pytest.mark.parametrize("model", ["esm2_t6_8M", "dnabert_mini"])
 def test_a_cpu_capture_of_either_stage(tmp_path, small_fasta, model):
-    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", model=model, device="cpu", precision="fp32",
-                      token_budget=512, num_workers=0)
+    cfg = make_config(
+        input=small_fasta,
+        out_dir=tmp_path / "o",
+        model=model,
+        device="cpu",
+        precision="fp32",
+        token_budget=512,
+        num_workers=0,
+    )
     result = profile_batches(cfg, batches=2, warmup=1, top=5)
     assert result["time_basis"] == "CPU" and result["batches"] == 2 and result["tokens"] > 0
     assert result["stage"] == ("nucleotide_embedding" if model.startswith("dnabert") else "protein_embedding")
@@ -57,8 +74,15 @@ def test_a_cuda_capture_ranks_kernels_and_measures_their_gaps(tmp_path, small_fa
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", model=model, device="cuda", precision="bf16",
-                      token_budget=2048, num_workers=0)
+    cfg = make_config(
+        input=small_fasta,
+        out_dir=tmp_path / "o",
+        model=model,
+        device="cuda",
+        precision="bf16",
+        token_budget=2048,
+        num_workers=0,
+    )
     result = profile_batches(cfg, batches=2, warmup=1, top=10)
     table = result["table"]
     assert result["time_basis"] == "device" and len(table) > 0

@@ -21,7 +21,9 @@ def test_postfix_shows_rates_and_is_rate_limited():
 
 def test_the_bar_can_count_reads_while_the_rates_count_sequences():
     out = io.StringIO()
-    bar = LiveProgress(total=40, unit="read", desc="protein_embedding: loading the model", file=out, disable=False)
+    bar = LiveProgress(
+        total=40, unit="read", desc="protein_embedding: loading the model", file=out, disable=False
+    )
     bar.set_description("protein_embedding")
     bar.update(0, 0, 0, advance=8)  # a worker's reads whose frames were all skipped or absent
     bar.update(sequences=30, real_tokens=900, budget_tokens=1000, advance=32)

@@ -1,6 +1,7 @@
 """README.md: every command in its shell blocks is either run here on CPU (the "Embedding a sample" block, in
 order, on a small sample) or, where it needs GPUs, hours or a server, checked: perfkit's own parser takes its
 flags, the files it names exist, a make target is in the Makefile."""
+
 import re
 import shlex
 import subprocess
@@ -60,7 +61,9 @@ def test_every_perfkit_command_parses_and_names_files_that_exist(line):
         if flag in argv and argv[argv.index(flag) + 1].startswith("params/"):
             assert (ROOT / argv[argv.index(flag) + 1]).exists(), line
     if argv[0] == "compare":
-        assert (ROOT / argv[1]).exists(), f"{argv[1]}: the README compares against a report that is not published"
+        assert (ROOT / argv[1]).exists(), (
+            f"{argv[1]}: the README compares against a report that is not published"
+        )
 
 
 def test_the_make_and_papermill_lines_name_targets_and_files_that_exist():
@@ -107,32 +110,48 @@ def shrunk(argv: list[str]) -> list[str]:
 @pytest.mark.slow
 def test_the_embedding_block_runs_in_order_on_cpu(tmp_path):
     block = next(b for b in BLOCKS if b[0].startswith("perfkit data synth"))
-    (tmp_path / "real.fa").write_text(">r1\nATGAAACCCGGGTTTAAACCCGGGTTTAAATAG\n>r2\nATGCCCAAAGGGTTTCCCAAAGGGTAA\n")
+    (tmp_path / "real.fa").write_text(
+        ">r1\nATGAAACCCGGGTTTAAACCCGGGTTTAAATAG\n>r2\nATGCCCAAAGGGTTTCCCAAAGGGTAA\n"
+    )
     ran = 0
     for line in block:
         argv = perfkit_argv(line)
         if "--gpus" in argv or "--nt-weights" in argv:  # GPUs; a DNABERT-S folder nobody has here
             continue
         if "--resume" in argv:  # resuming a finished run: nothing left, exit 0
-            argv = argv[:argv.index("--resume")] + ["--resume"]
-        result = subprocess.run([sys.executable, "-m", "perfkit", *shrunk(argv)], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=300)
+            argv = argv[: argv.index("--resume")] + ["--resume"]
+        result = subprocess.run(
+            [sys.executable, "-m", "perfkit", *shrunk(argv)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
         ran += 1
-    assert ran >= 8 and (tmp_path / "out" / "embeddings.h5").exists() and (tmp_path / "calls_cpu" / "summary.json").exists()
+    assert (
+        ran >= 8
+        and (tmp_path / "out" / "embeddings.h5").exists()
+        and (tmp_path / "calls_cpu" / "summary.json").exists()
+    )
 
 
 def test_the_six_frame_rules_the_readme_states_are_the_ones_translation_applies():
     from perfkit.workload.translate import translate_read
 
     rules = " ".join(README.split())
-    for rule in ("frames F1–F3 at offsets 0–2 of the read and R1–R3 of its reverse complement",
-                 "a codon with a non-ACGT base is skipped", "a frame with a stop codon anywhere is dropped whole",
-                 "proteins are cut to 1,022 residues"):
+    for rule in (
+        "frames F1–F3 at offsets 0–2 of the read and R1–R3 of its reverse complement",
+        "a codon with a non-ACGT base is skipped",
+        "a frame with a stop codon anywhere is dropped whole",
+        "proteins are cut to 1,022 residues",
+    ):
         assert rule in rules, rule
     # ATG GCC TAA: F1 holds a stop at its end and is dropped whole; the other frames keep their codons
     frames = {f.frame: f.protein for f in translate_read("r", "ATGGCCTAA")}
     assert frames == {"F2": "WP", "F3": "GL", "R1": "LGH", "R3": "RP"}  # F1 and R2 hold a stop
-    assert {f.frame for f in translate_read("r", "ATGNNNGCC")} >= {"F1"}  # the NNN codon is skipped, not a stop
+    assert {f.frame for f in translate_read("r", "ATGNNNGCC")} >= {
+        "F1"
+    }  # the NNN codon is skipped, not a stop
     assert translate_read("r", "ATGNNNGCC")[0].protein == "MA"
     assert max(len(f.protein) for f in translate_read("r", "GCT" * 2000)) == 1022

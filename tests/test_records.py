@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 
 from perfkit.records import (
-    FigureRecord, decode_value, notebook_status, read_records, read_run_folder, record,
-    record_figure, to_jsonable,
+    FigureRecord,
+    decode_value,
+    notebook_status,
+    read_records,
+    read_run_folder,
+    record,
+    record_figure,
+    to_jsonable,
 )
 
 RECORDING_CELLS = [
@@ -56,12 +62,22 @@ def run_folder(tmp_path_factory):
     src = tmp_path_factory.mktemp("src")
     out = tmp_path_factory.mktemp("run")
     write_notebook(src / "recording.ipynb", RECORDING_CELLS)
-    write_notebook(src / "failing.ipynb", ['record_me = 1', 'raise ValueError("boom")', 'after = 2'])
-    pm.execute_notebook(str(src / "recording.ipynb"), str(out / "recording.ipynb"),
-                        kernel_name="python3", progress_bar=False, cwd=str(out))
+    write_notebook(src / "failing.ipynb", ["record_me = 1", 'raise ValueError("boom")', "after = 2"])
+    pm.execute_notebook(
+        str(src / "recording.ipynb"),
+        str(out / "recording.ipynb"),
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(out),
+    )
     with pytest.raises(pm.PapermillExecutionError):
-        pm.execute_notebook(str(src / "failing.ipynb"), str(out / "failing.ipynb"),
-                            kernel_name="python3", progress_bar=False, cwd=str(out))
+        pm.execute_notebook(
+            str(src / "failing.ipynb"),
+            str(out / "failing.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(out),
+        )
     return out
 
 
@@ -95,7 +111,11 @@ def test_figure_is_stored_as_png(run_folder):
 
 
 def test_status_of_good_and_failing_notebooks(run_folder):
-    assert notebook_status(run_folder / "recording.ipynb") == {"executed": True, "failed": False, "error": None}
+    assert notebook_status(run_folder / "recording.ipynb") == {
+        "executed": True,
+        "failed": False,
+        "error": None,
+    }
     status = notebook_status(run_folder / "failing.ipynb")
     assert status["executed"] and status["failed"]
     assert status["error"] == "ValueError: boom"

@@ -1,4 +1,5 @@
 """End-to-end runs on CPU: v1 and v2 outputs, count conservation, resume after real SIGKILLs."""
+
 import os
 import signal
 import subprocess
@@ -25,14 +26,19 @@ def _h5(path):
 
 
 def test_v2_writes_complete_aligned_output(small_fasta, tmp_path):
-    summary = run_embed(make_config(input=small_fasta, out_dir=tmp_path / "v2", checkpoint_every_sequences=40, **FAST))
+    summary = run_embed(
+        make_config(input=small_fasta, out_dir=tmp_path / "v2", checkpoint_every_sequences=40, **FAST)
+    )
     ids, vectors, attrs = _h5(tmp_path / "v2" / "embeddings.h5")
     expected = count_frames(small_fasta)
     assert attrs["complete"] and len(ids) == expected == vectors.shape[0]
     assert vectors.shape[1] == 320 and vectors.dtype == np.float32
     assert len(set(ids)) == len(ids)
     # input order: read index, then frame F1..R3
-    order = [(int(i.split("_")[0][4:]), "FFFRRR".index(i[-2]) + int(i[-1]) - 1 + (3 if i[-2] == "R" else 0)) for i in ids]
+    order = [
+        (int(i.split("_")[0][4:]), "FFFRRR".index(i[-2]) + int(i[-1]) - 1 + (3 if i[-2] == "R" else 0))
+        for i in ids
+    ]
     assert order == sorted(order)
     assert summary["run"]["attention_path"]["sdpa_repadded"] > 0
     assert summary["run"]["alignment_check"]["passed"]
@@ -61,13 +67,33 @@ def test_rerun_without_resume_is_refused(small_fasta, tmp_path):
 def test_resume_with_other_model_is_refused(small_fasta, tmp_path):
     run_embed(make_config(input=small_fasta, out_dir=tmp_path / "o", max_seconds=0.01, **FAST))
     with pytest.raises(UserError, match="model"):
-        run_embed(make_config(input=small_fasta, out_dir=tmp_path / "o", resume=True, model="esm2_t12_35M", **FAST))
+        run_embed(
+            make_config(input=small_fasta, out_dir=tmp_path / "o", resume=True, model="esm2_t12_35M", **FAST)
+        )
 
 
 def _embed_cmd(fasta, out, *extra):
-    return [sys.executable, "-m", "perfkit", "embed", str(fasta), "-o", str(out), "--device", "cpu",
-            "--precision", "fp32", "--token-budget", "512", "--num-workers", "1", "--checkpoint-every", "40",
-            "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "perfkit",
+        "embed",
+        str(fasta),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--token-budget",
+        "512",
+        "--num-workers",
+        "1",
+        "--checkpoint-every",
+        "40",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +151,22 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.fa"
     bad.write_text("ACGT\n")
     out = tmp_path / "o"
-    result = subprocess.run([sys.executable, "-m", "perfkit", "embed", str(bad), "-o", str(out), "--device", "cpu",
-                             "--no-progress"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perfkit",
+            "embed",
+            str(bad),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.fa" in lines[0]
@@ -166,26 +206,40 @@ def test_nucleotide_knobs_apply_to_the_nucleotide_stage_only(small_fasta, tmp_pa
     with pytest.raises(UserError, match="nucleotide"):
         make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"token_budget": 0})
     with pytest.raises(UserError, match="nucleotide"):
-        make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5})  # not a stage knob
+        make_config(
+            input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5}
+        )  # not a stage knob
 
 
 def test_a_folder_in_use_is_refused_at_once_naming_the_holder(small_fasta, tmp_path):
     from perfkit.workload import lock
 
     out = tmp_path / "o"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from perfkit.workload.lock import out_dir_lock\n"
-                               f"with out_dir_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from perfkit.workload.lock import out_dir_lock\n"
+            f"with out_dir_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = sorted(p.name for p in out.iterdir())
-        with pytest.raises(UserError, match=rf"{out} is in use by another perfkit run \(pid {holder.pid} on "):
+        with pytest.raises(
+            UserError, match=rf"{out} is in use by another perfkit run \(pid {holder.pid} on "
+        ):
             run_embed(make_config(input=small_fasta, out_dir=out, **FAST))
         assert sorted(p.name for p in out.iterdir()) == before  # the refused run wrote nothing
     finally:
         holder.communicate("")
     assert not (out / lock.OWNER_NAME).exists()
-    run_embed(make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST))  # released when its holder ends
+    run_embed(
+        make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST)
+    )  # released when its holder ends
     with lock.out_dir_lock(out):  # held during a run: the run is refused; a run's own folder lock is released
         with pytest.raises(UserError, match="in use by another perfkit run"):
             run_embed(make_config(input=small_fasta, out_dir=out, resume=True, max_reads=5, **FAST))
@@ -198,7 +252,9 @@ def test_ranks_of_a_launcher_that_holds_the_lock_take_none(tmp_path):
     lock.mark_held(env, tmp_path / "chain")
     assert lock.held_by_launcher(tmp_path / "chain", env)
     assert lock.held_by_launcher(tmp_path / "chain" / "protein", env)  # the chain's stage folders
-    assert not lock.held_by_launcher(tmp_path / "other", env) and not lock.held_by_launcher(tmp_path / "chain", {})
+    assert not lock.held_by_launcher(tmp_path / "other", env) and not lock.held_by_launcher(
+        tmp_path / "chain", {}
+    )
     with lock.out_dir_lock(tmp_path / "chain"):  # the launcher's
         os.environ[lock.HELD_ENV] = env[lock.HELD_ENV]
         try:
@@ -228,7 +284,11 @@ def test_truncated_frames_are_counted_through_workers_and_warned_once(tmp_path, 
     assert (tmp_path / "o" / "truncated_sequences.txt").read_text().split() == sorted(expected.ids)
     assert run["max_residues"] == 1022
     warnings = [r.getMessage() for r in caplog.records if "max_residues" in r.getMessage()]
-    assert len(warnings) == 1 and "6 of" in warnings[0] and f"{expected.residues:,} residues dropped" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "6 of" in warnings[0]
+        and f"{expected.residues:,} residues dropped" in warnings[0]
+    )
 
 
 def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(tmp_path):
@@ -238,10 +298,24 @@ def test_protein_kernel_knobs_reach_the_model_and_keep_the_vectors(tmp_path):
     fasta = orf_fasta(tmp_path / "s.fa", 30)
     small_packs = {**FAST, "token_budget": 256}
     plain = run_embed(make_config(input=fasta, out_dir=tmp_path / "plain", **small_packs))
-    knobs = run_embed(make_config(input=fasta, out_dir=tmp_path / "knobs", attention="flex",
-                                  gelu_epilogue=True, residual_epilogue=True, **small_packs))
-    assert plain["run"]["attention_path"]["sdpa_repadded"] > 0 and plain["run"]["attention_path"]["flex_attention"] == 0
-    assert knobs["run"]["attention_path"]["flex_attention"] > 0 and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
+    knobs = run_embed(
+        make_config(
+            input=fasta,
+            out_dir=tmp_path / "knobs",
+            attention="flex",
+            gelu_epilogue=True,
+            residual_epilogue=True,
+            **small_packs,
+        )
+    )
+    assert (
+        plain["run"]["attention_path"]["sdpa_repadded"] > 0
+        and plain["run"]["attention_path"]["flex_attention"] == 0
+    )
+    assert (
+        knobs["run"]["attention_path"]["flex_attention"] > 0
+        and knobs["run"]["attention_path"]["sdpa_repadded"] == 0
+    )
     assert knobs["config"]["gelu_epilogue"] and knobs["config"]["residual_epilogue"]
     assert knobs["config"]["attention"] == "flex"
     ids_a, vectors_a, _ = _h5(tmp_path / "plain" / "embeddings.h5")
@@ -261,9 +335,25 @@ def test_steady_gpu_samples_nvml_from_the_steady_start_to_the_loop_end(monkeypat
 
     from perfkit.workload import runner
 
-    batches = pd.DataFrame([{"kind": "batch", "rank": 0, "stage": "embed", "batch": i, "t_arrive_s": 2.0 + i,
-                             "loader_wait_s": 0.5, "host_s": 0.0, "device_s": 0.4, "sequences": 1,
-                             "real_tokens": 10, "slot_tokens": 10, "budget_tokens": 10} for i in range(6)])
+    batches = pd.DataFrame(
+        [
+            {
+                "kind": "batch",
+                "rank": 0,
+                "stage": "embed",
+                "batch": i,
+                "t_arrive_s": 2.0 + i,
+                "loader_wait_s": 0.5,
+                "host_s": 0.0,
+                "device_s": 0.4,
+                "sequences": 1,
+                "real_tokens": 10,
+                "slot_tokens": 10,
+                "budget_tokens": 10,
+            }
+            for i in range(6)
+        ]
+    )
     monkeypatch.setattr(runner.aggregate, "read_telemetry", lambda path: batches)
     asked = {}
 
@@ -272,8 +362,13 @@ def test_steady_gpu_samples_nvml_from_the_steady_start_to_the_loop_end(monkeypat
             asked.update(since=since, until=until)
             return {}
 
-    run = SimpleNamespace(telemetry=SimpleNamespace(writer=SimpleNamespace(path="unused")), stage="embed",
-                          cfg=SimpleNamespace(warmup_batches=2), loop_epoch=1000.0, sampler=Sampler())
+    run = SimpleNamespace(
+        telemetry=SimpleNamespace(writer=SimpleNamespace(path="unused")),
+        stage="embed",
+        cfg=SimpleNamespace(warmup_batches=2),
+        loop_epoch=1000.0,
+        sampler=Sampler(),
+    )
     runner.steady_gpu(SimpleNamespace(run=run, wall_s=9.0))
     # third batch (index 2) arrives at 4.0 after 0.5 s of loader wait: its request at 3.5 starts the steady state
     assert asked == {"since": 1003.5, "until": 1009.0}
@@ -291,7 +386,9 @@ def test_multi_kernel_holds_for_the_compiled_protein_stage_only(small_fasta, tmp
     assert takes_multi_kernel(cfg, encoder_for("esm2_t6_8M"), compiled=True)
     assert not takes_multi_kernel(cfg, encoder_for("dnabert_mini"), compiled=True)
     assert not takes_multi_kernel(cfg, encoder_for("esm2_t6_8M"), compiled=False)
-    assert not takes_multi_kernel(cfg.model_copy(update={"multi_kernel": False}), encoder_for("esm2_t6_8M"), True)
+    assert not takes_multi_kernel(
+        cfg.model_copy(update={"multi_kernel": False}), encoder_for("esm2_t6_8M"), True
+    )
     before = torch._inductor.config.triton.multi_kernel
     with inductor_settings(True):
         assert torch._inductor.config.triton.multi_kernel == 1
@@ -306,8 +403,13 @@ def test_the_kernel_knobs_reach_the_model_through_one_setter(small_fasta, tmp_pa
     from perfkit.workload.encoders import encoder_for
     from perfkit.workload.runner import set_model_kernels
 
-    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", attention="flex", gelu_epilogue=True,
-                      residual_epilogue=True)
+    cfg = make_config(
+        input=small_fasta,
+        out_dir=tmp_path / "o",
+        attention="flex",
+        gelu_epilogue=True,
+        residual_epilogue=True,
+    )
     model, _ = esm2.build_model("esm2_t6_8M")
     set_model_kernels(model, cfg, encoder_for("esm2_t6_8M"))
     assert model.packed_attention == "flex" and model.residual_epilogue

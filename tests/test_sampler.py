@@ -18,8 +18,15 @@ try:
 except Exception:
     HAS_DRIVER = False
 
-GPU_FIELDS = {"gpu_utilization_percent", "memory_used_mib", "memory_utilization_percent",
-              "power_w", "sm_clock_mhz", "temperature_c", "memory_total_mib"}
+GPU_FIELDS = {
+    "gpu_utilization_percent",
+    "memory_used_mib",
+    "memory_utilization_percent",
+    "power_w",
+    "sm_clock_mhz",
+    "temperature_c",
+    "memory_total_mib",
+}
 
 
 # ---------------------------------------------------------------- pure mapping
@@ -162,10 +169,13 @@ def test_a_run_on_the_cpu_is_not_warned_about_a_missing_gpu(caplog):
     sampler_log = logging.getLogger("perfkit.sampler")
     sampler_log.disabled = False
     sampler_log.setLevel(logging.NOTSET)
-    quiet = GpuSampler(interval_s=1.0, cuda_index=0, tag="cpu-run", device_factory=lambda physical: None, env={},
-                       warn=False)
+    quiet = GpuSampler(
+        interval_s=1.0, cuda_index=0, tag="cpu-run", device_factory=lambda physical: None, env={}, warn=False
+    )
     assert quiet.source == "host-only" and not [r for r in caplog.records if r.name == "perfkit.sampler"]
-    assert quiet.summary()["gpu_utilization_percent"]["measured"] is False  # still NOT MEASURED in the summary
+    assert (
+        quiet.summary()["gpu_utilization_percent"]["measured"] is False
+    )  # still NOT MEASURED in the summary
     GpuSampler(interval_s=1.0, cuda_index=0, tag="gpu-run", device_factory=lambda physical: None, env={})
     assert len([r for r in caplog.records if r.name == "perfkit.sampler"]) == 1
 
@@ -183,8 +193,10 @@ def test_with_driver_reads_gpu_fields():
 def test_summary_over_an_interval_keeps_only_its_samples():
     # the steady state of a run: NVML samples taken before it (compilation) or after it do not count
     s = GpuSampler(cuda_index=0, device_factory=lambda index: object(), env={})
-    s._samples = [{"timestamp": t, "gpu_utilization_percent": u} for t, u in [(1.0, 5.0), (2.0, 90.0), (3.0, 80.0),
-                                                                             (4.0, 0.0)]]
+    s._samples = [
+        {"timestamp": t, "gpu_utilization_percent": u}
+        for t, u in [(1.0, 5.0), (2.0, 90.0), (3.0, 80.0), (4.0, 0.0)]
+    ]
     whole = s.summary()["gpu_utilization_percent"]
     steady = s.summary(since=1.5, until=3.5)
     assert whole["count"] == 4 and steady["gpu_utilization_percent"]["count"] == 2

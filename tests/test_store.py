@@ -1,4 +1,5 @@
 """Checkpoint shards as a run's output: the index, the checks, reading in key order."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,8 +14,12 @@ def write_shard(folder, rank, index, keys, ids, dim=4):
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     keys = np.asarray(keys, dtype=np.int64)
     vectors = np.stack([np.full(dim, k, dtype=np.float32) for k in keys])  # a vector says whose it is
-    np.savez(folder / "checkpoints" / f"shard-r{rank:03d}-{index:06d}.npz", keys=keys, ids=np.array(ids),
-             embeddings=vectors)
+    np.savez(
+        folder / "checkpoints" / f"shard-r{rank:03d}-{index:06d}.npz",
+        keys=keys,
+        ids=np.array(ids),
+        embeddings=vectors,
+    )
 
 
 def frame_id(read, key):
@@ -64,21 +69,28 @@ def test_read_shards_returns_every_key_in_order(tmp_path):
 
 # ---------------------------------------------------------------------------- the shard format and reading
 
+
 def store_shards(folder, rank, keys, *, every, dim=4):
     """Shards written the way a run writes them (CheckpointStore): ids and vectors that say whose they are."""
     keys = np.asarray(keys, dtype=np.int64)
     checkpoints = store.CheckpointStore(folder, rank=rank, every_sequences=every)
     for start in range(0, len(keys), every):
-        part = keys[start:start + every]
-        checkpoints.add(part, [frame_id(f"read{k // 6}", k) for k in part.tolist()],
-                        np.repeat(part[:, None].astype(np.float32), dim, axis=1))
+        part = keys[start : start + every]
+        checkpoints.add(
+            part,
+            [frame_id(f"read{k // 6}", k) for k in part.tolist()],
+            np.repeat(part[:, None].astype(np.float32), dim, axis=1),
+        )
     checkpoints.close()
     return sorted((folder / "checkpoints").glob("shard-*.npz"))
 
 
 def test_a_shard_round_trips_memory_mapped_and_names_its_key_range(tmp_path):
     paths = store_shards(tmp_path, 2, [13, 7, 8, 12], every=4)
-    assert [p.name for p in paths] == ["shard-r002-000000-k7-13.npz"] and shard_file.key_span(paths[0]) == (7, 13)
+    assert [p.name for p in paths] == ["shard-r002-000000-k7-13.npz"] and shard_file.key_span(paths[0]) == (
+        7,
+        13,
+    )
     shard = store.open_shard(paths[0])
     assert shard.keys.tolist() == [13, 7, 8, 12] and shard.ids.tolist()[0] == "read2_F2"
     assert shard.embeddings[:, 0].tolist() == [13.0, 7.0, 8.0, 12.0]
@@ -89,7 +101,10 @@ def test_a_shard_round_trips_memory_mapped_and_names_its_key_range(tmp_path):
     assert keys.tolist() == [7, 8, 12, 13] and ids == ["read1_F2", "read1_F3", "read2_F1", "read2_F2"]
     # the next shard of that rank gets the next number
     store_shards(tmp_path, 2, [30], every=1)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("shard-*"))[-1] == "shard-r002-000001-k30-30.npz"
+    assert (
+        sorted(p.name for p in (tmp_path / "checkpoints").glob("shard-*"))[-1]
+        == "shard-r002-000001-k30-30.npz"
+    )
 
 
 def test_fill_copies_each_shard_in_row_order_and_says_where_each_key_went(tmp_path, monkeypatch):
@@ -128,8 +143,11 @@ def test_a_rank_opens_only_the_shards_that_can_hold_its_keys(tmp_path, monkeypat
     monkeypatch.setattr(store, "open_shard", lambda path: opened.append(path.name) or real(path))
     index = store.ShardIndex(tmp_path, 60, 120)
     assert index.keys.tolist() == list(range(60, 120))
-    assert sorted(opened) == ["shard-r001-000000-k60-79.npz", "shard-r001-000001-k80-99.npz",
-                              "shard-r001-000002-k100-119.npz"]
+    assert sorted(opened) == [
+        "shard-r001-000000-k60-79.npz",
+        "shard-r001-000001-k80-99.npz",
+        "shard-r001-000002-k100-119.npz",
+    ]
     assert index.take(np.array([61, 118]), 2)[:, 0].tolist() == [61.0, 118.0]
     assert all(name.startswith("shard-r001") for name in opened)  # vectors too came from its own shards
 
@@ -175,7 +193,7 @@ def test_a_damaged_shard_is_set_aside_on_resume_and_refused_when_read(tmp_path, 
     if damage == "truncate_tail":
         data = data[:-1]
     elif damage == "truncate_half":
-        data = data[:len(data) // 2]
+        data = data[: len(data) // 2]
     elif damage == "flip_key":
         at = data.index(np.int64(15).tobytes(), start)  # inside the keys member: only its CRC can tell
         assert at < start + info.file_size
@@ -207,7 +225,6 @@ def test_a_kill_mid_write_leaves_no_shard_that_looks_complete(tmp_path, monkeypa
     assert store.completed_keys(tmp_path).tolist() == []
 
 
-
 def test_a_full_disk_is_one_user_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import errno
     import os
@@ -219,7 +236,9 @@ def test_a_full_disk_is_one_user_error_and_leaves_no_temp_file(tmp_path, monkeyp
 
     monkeypatch.setattr(store, "_write_shard", disk_full)
     checkpoints = store.CheckpointStore(tmp_path, every_sequences=2)
-    checkpoints.add(np.array([0, 1]), ["a_F1", "a_F2"], np.zeros((2, 4), np.float32))  # a write, in the thread
+    checkpoints.add(
+        np.array([0, 1]), ["a_F1", "a_F2"], np.zeros((2, 4), np.float32)
+    )  # a write, in the thread
     deadline = time.monotonic() + 10
     while checkpoints._error is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -233,7 +252,9 @@ def test_a_full_disk_is_one_user_error_and_leaves_no_temp_file(tmp_path, monkeyp
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # the half-written shard is gone
     assert not list((tmp_path / "checkpoints").glob(store.SHARD_GLOB))
 
+
 # ---------------------------------------------------------------------------- scoring a rank's reads from shards
+
 
 def chain_shards(folder, rank, keys, *, every, seed):
     """Both stages' shards of one rank, as the chain leaves them (protein: esm2_t6_8M, 320 wide)."""
@@ -242,9 +263,12 @@ def chain_shards(folder, rank, keys, *, every, seed):
     for stage, dim in (("nucleotide", 768), ("protein", 320)):
         checkpoints = store.CheckpointStore(folder / stage, rank=rank, every_sequences=every)
         for start in range(0, len(keys), every):
-            part = rng.permutation(keys[start:start + every])  # packing reorders frames
-            checkpoints.add(part, [frame_id(f"read{k // 6}", k) for k in part.tolist()],
-                            rng.standard_normal((len(part), dim), dtype=np.float32))
+            part = rng.permutation(keys[start : start + every])  # packing reorders frames
+            checkpoints.add(
+                part,
+                [frame_id(f"read{k // 6}", k) for k in part.tolist()],
+                rng.standard_normal((len(part), dim), dtype=np.float32),
+            )
         checkpoints.close()
 
 
@@ -306,8 +330,6 @@ def test_an_altered_shard_fails_its_checksum_on_resume_and_on_assembly(tmp_path,
     """Finding 7: a shard rewritten as a valid zip with other vectors was used silently (only the zip CRC,
     rewritten with it, was checked). Its blake2b manifest now sets it aside: recomputed on resume."""
     import logging
-
-
 
     writer = store.CheckpointStore(tmp_path, every_sequences=2)
     writer.add(np.array([0, 1]), ["r0_F1", "r0_F2"], np.ones((2, 3), np.float32))

@@ -1,4 +1,5 @@
 """perfkit.suite.baseline: a real tiny 01_baseline (CPU)."""
+
 import json
 
 import pandas as pd
@@ -20,7 +21,10 @@ def test_real_baseline(tiny):
     assert result["speedup_nt_v2_over_v1"] > 0
     assert "not measured" in table.loc["v1 fair-esm fp16", "note"]
     assert result["speedup_v2_over_v1"] > 0 and result["speedup_v2_over_v1_fp16"]["measured"] is False
-    assert table.loc["v2 packed fp32", "padding_waste"] == 0 and table.loc["v2 padded SDPA fp32", "padding_waste"] > 0
+    assert (
+        table.loc["v2 packed fp32", "padding_waste"] == 0
+        and table.loc["v2 padded SDPA fp32", "padding_waste"] > 0
+    )
     # every variant embedded the same reads (a read cap, no time cap), once per round
     runs = sorted((ctx.out / "runs").glob("*-r*"))
     assert len(runs) == 2 * 5 and table.loc["v2 packed fp32", "repeats"] == 2
@@ -33,20 +37,30 @@ def test_real_baseline(tiny):
     # the median of the rounds, and the min-max beside it
     spread = result["spreads"]["speedup_v2_over_v1"]
     assert spread["repeats"] == 2 and spread["min"] <= result["speedup_v2_over_v1"] <= spread["max"]
-    assert table.loc["v2 packed fp32", "tok_per_s_min"] <= table.loc["v2 packed fp32", "tok_per_s"] \
+    assert (
+        table.loc["v2 packed fp32", "tok_per_s_min"]
+        <= table.loc["v2 packed fp32", "tok_per_s"]
         <= table.loc["v2 packed fp32", "tok_per_s_max"]
+    )
     gate = baseline.run_equivalence(ctx, result["device"], result["precision"])
     chains = baseline.run_chains(ctx, result["device"], result["precision"])
     assert chains["agreement"] == 1.0 and chains["details"]["same_classifier"]  # fp32 on both sides
     assert set(chains["chains"]) == {"original", "refactored", "v2"} and chains["speedup"] > 0
-    assert all(side["no_steady_rate"] == [] for side in chains["chains"].values())  # each stage projected by its rate
+    assert all(
+        side["no_steady_rate"] == [] for side in chains["chains"].values()
+    )  # each stage projected by its rate
     sides = chains["chains"]
-    assert "get_batch_indices" in sides["original"]["batching"] and "file order" in sides["refactored"]["batching"]
+    assert (
+        "get_batch_indices" in sides["original"]["batching"]
+        and "file order" in sides["refactored"]["batching"]
+    )
     assert sides["refactored"]["precision"] == "fp32"  # fp16 is a GPU feature
     # each round's speed-up is its faster v1.0 chain over its v2 chain; the figure is their median
     rounds = json.loads((ctx.out / "chains.json").read_text())["rounds"]
-    per_round = [min(r[f]["projected_hours"] for f in ("original", "refactored")) / r["v2"]["projected_hours"]
-                 for r in rounds]
+    per_round = [
+        min(r[f]["projected_hours"] for f in ("original", "refactored")) / r["v2"]["projected_hours"]
+        for r in rounds
+    ]
     assert len(rounds) == 2 and chains["speedup_spread"]["repeats"] == 2
     assert chains["speedup"] == pytest.approx(sum(per_round) / 2)  # the median of two
     assert chains["speedup_spread"]["min"] == pytest.approx(min(per_round))

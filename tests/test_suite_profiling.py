@@ -1,4 +1,5 @@
 """perfkit.suite.profiling: a real tiny 02_profiling (CPU)."""
+
 import pytest
 
 from perfkit.suite import context, profiling
@@ -19,8 +20,14 @@ def test_real_profiling(tiny):
     headline = profiling.profiling_headline(result, profiler)
     assert headline["gpu_util_mean"]["measured"] is False  # CPU: not measured, never 0
     assert all(v["measured"] is False for v in headline["kernel_idle_share"].values())
-    assert result["stages"]["stage"].tolist() == ["planning", "nucleotide_embedding", "protein_embedding", "merge",
-                                                  "classifier", "consensus"]
+    assert result["stages"]["stage"].tolist() == [
+        "planning",
+        "nucleotide_embedding",
+        "protein_embedding",
+        "merge",
+        "classifier",
+        "consensus",
+    ]
     assert result["stages"]["share"].sum() == pytest.approx(1.0)
     assert headline["bottleneck_stage"] == result["stages"].set_index("stage")["seconds"].idxmax()
     assert result["chain"]["counts"]["frames"] == result["summary"]["throughput"]["sequences"]

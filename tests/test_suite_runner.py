@@ -1,4 +1,5 @@
 """perfkit.suite.runner: the whole smoke suite through papermill, and a failing notebook turning the verdict to FAIL."""
+
 import json
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def test_whole_smoke_suite(whole_tiny_suite):
     status = json.loads((out / "suite.json").read_text())
     assert rc == 0, status
     reads = TINY["sample"]["reads"]
-    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"]["reads"] == reads
+    assert (out / "sample.fa").exists() and json.loads((out / "sample.json").read_text())["stats"][
+        "reads"
+    ] == reads
     for stem in NOTEBOOKS:
         assert status["notebooks"][stem]["status"] == "complete"
         assert status["notebooks"][stem]["seconds"] > 0
@@ -79,8 +82,16 @@ def test_whole_smoke_suite(whole_tiny_suite):
     assert summary["verdict"] == "FAIL"  # CPU: GPU utilisation is NOT MEASURED, which never passes
     assert status["verdict"] == "FAIL"
     rows = {r["name"]: r for r in summary["criteria"]}
-    assert set(rows) == {"full_sample_time", "gpu_utilisation", "packing_efficiency", "two_gpu_scaling",
-                         "speedup_vs_v1", "equivalence_gate", "prediction_agreement", "nt_equivalence_gate"}
+    assert set(rows) == {
+        "full_sample_time",
+        "gpu_utilisation",
+        "packing_efficiency",
+        "two_gpu_scaling",
+        "speedup_vs_v1",
+        "equivalence_gate",
+        "prediction_agreement",
+        "nt_equivalence_gate",
+    }
     for row in rows.values():
         assert {"name", "target", "measured", "unit", "status", "source"} <= set(row)
         assert row["status"] in ("PASS", "FAIL", "NOT MEASURED")
@@ -120,7 +131,9 @@ def test_notebooks_name_the_perfkit_kernel_and_the_runner_falls_back_to_python3(
     for stem in NOTEBOOKS:
         notebook = nbformat.read(runner.NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
         assert notebook.metadata["kernelspec"]["name"] == runner.KERNEL_NAME == "perfkit"
-    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"perfkit": "/k/perfkit", "python3": "/k/p"})
+    monkeypatch.setattr(
+        KernelSpecManager, "find_kernel_specs", lambda self: {"perfkit": "/k/perfkit", "python3": "/k/p"}
+    )
     assert runner.kernel_name() == "perfkit"
     monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"python3": "/k/p"})
     assert runner.kernel_name() == "python3"
@@ -131,10 +144,16 @@ def test_a_suite_run_in_parts_keeps_the_earlier_parts_status(tmp_path):
     another commit or params file, or a notebook run again now, starts afresh."""
     params = tmp_path / "p.yaml"
     (tmp_path / "01_baseline.ipynb").write_text("{}")
-    earlier = {"params_file": str(params), "started": 1.0, "environment": {"commit": "abc"},
-               "notebooks": {"01_baseline": {"status": "complete", "seconds": 5.0, "error": None},
-                             "02_profiling": {"status": "complete", "seconds": 5.0, "error": None},
-                             "03_scaling": {"status": "skipped", "seconds": 0.0, "error": None}}}
+    earlier = {
+        "params_file": str(params),
+        "started": 1.0,
+        "environment": {"commit": "abc"},
+        "notebooks": {
+            "01_baseline": {"status": "complete", "seconds": 5.0, "error": None},
+            "02_profiling": {"status": "complete", "seconds": 5.0, "error": None},
+            "03_scaling": {"status": "skipped", "seconds": 0.0, "error": None},
+        },
+    }
     (tmp_path / "suite.json").write_text(json.dumps(earlier))
     kept = runner._earlier_statuses(tmp_path, params, "abc", skip=["03_scaling"])
     # 02 has no executed notebook in the folder: it is not claimed

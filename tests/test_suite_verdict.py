@@ -1,4 +1,5 @@
 """perfkit.suite.verdict: 06_summary's summary.json and criteria table."""
+
 import json
 
 from perfkit.suite import context
@@ -15,7 +16,12 @@ def test_write_summary_structure(tmp_path):
     assert data["verdict"] == result["verdict"] == "PASS"
     for row in data["criteria"]:
         assert {"name", "target", "measured", "unit", "status", "source"} <= set(row)
-    assert list(suite_verdict.criteria_table(result).columns)[:4] == ["name", "comparison", "target", "measured"]
+    assert list(suite_verdict.criteria_table(result).columns)[:4] == [
+        "name",
+        "comparison",
+        "target",
+        "measured",
+    ]
 
 
 def test_compare_to_shows_this_run_beside_an_earlier_one(tmp_path):
@@ -44,23 +50,72 @@ def test_compare_to_shows_this_run_beside_an_earlier_one(tmp_path):
 
 
 def test_the_criteria_table_reads_like_a_report():
-    result = {"verdict": "FAIL", "criteria": [
-        {"name": "full_sample_time", "comparison": "<", "target": 10.0, "measured": 0.41792100832301043, "unit": "h",
-         "relative_margin": 0.958, "status": "PASS", "source": "05_full_validation", "reason": None,
-         "description": "projected end-to-end time"},
-        {"name": "equivalence_gate", "comparison": "==", "target": 1.0, "measured": 1.0, "unit": "",
-         "relative_margin": -0.0, "status": "PASS", "source": "01_baseline", "reason": None, "description": "gate"},
-        {"name": "gpu_utilisation", "comparison": ">=", "target": 70.0, "measured": None, "unit": "%",
-         "relative_margin": None, "status": "NOT MEASURED", "source": "05_full_validation",
-         "reason": "no NVIDIA driver: NVML utilisation cannot be read on this machine " * 3, "description": "NVML"},
-        {"name": "two_gpu_scaling", "comparison": ">=", "target": 1.9, "measured": 1.37, "unit": "x",
-         "relative_margin": -0.279, "status": "FAIL", "source": "03_scaling", "reason": None, "description": "x"}]}
+    result = {
+        "verdict": "FAIL",
+        "criteria": [
+            {
+                "name": "full_sample_time",
+                "comparison": "<",
+                "target": 10.0,
+                "measured": 0.41792100832301043,
+                "unit": "h",
+                "relative_margin": 0.958,
+                "status": "PASS",
+                "source": "05_full_validation",
+                "reason": None,
+                "description": "projected end-to-end time",
+            },
+            {
+                "name": "equivalence_gate",
+                "comparison": "==",
+                "target": 1.0,
+                "measured": 1.0,
+                "unit": "",
+                "relative_margin": -0.0,
+                "status": "PASS",
+                "source": "01_baseline",
+                "reason": None,
+                "description": "gate",
+            },
+            {
+                "name": "gpu_utilisation",
+                "comparison": ">=",
+                "target": 70.0,
+                "measured": None,
+                "unit": "%",
+                "relative_margin": None,
+                "status": "NOT MEASURED",
+                "source": "05_full_validation",
+                "reason": "no NVIDIA driver: NVML utilisation cannot be read on this machine " * 3,
+                "description": "NVML",
+            },
+            {
+                "name": "two_gpu_scaling",
+                "comparison": ">=",
+                "target": 1.9,
+                "measured": 1.37,
+                "unit": "x",
+                "relative_margin": -0.279,
+                "status": "FAIL",
+                "source": "03_scaling",
+                "reason": None,
+                "description": "x",
+            },
+        ],
+    }
     table = suite_verdict.readable_criteria(result).set_index("criterion")
-    assert table.loc["full_sample_time", "measured"] == "0.4179 h" and table.loc["full_sample_time", "target"] == "< 10 h"
-    assert table.loc["equivalence_gate", "measured"] == "true" and table.loc["equivalence_gate", "margin"] == "—"
+    assert (
+        table.loc["full_sample_time", "measured"] == "0.4179 h"
+        and table.loc["full_sample_time", "target"] == "< 10 h"
+    )
+    assert (
+        table.loc["equivalence_gate", "measured"] == "true" and table.loc["equivalence_gate", "margin"] == "—"
+    )
     assert table.loc["two_gpu_scaling", "margin"] == "-27.9%" and "what it measures" in table.columns
     assert table.loc["gpu_utilisation", "reason"] == result["criteria"][2]["reason"]  # whole, never cut
-    assert suite_verdict.conclusion(result) == ("verdict FAIL: not every criterion passed; 2 PASS, "
-                                                "1 FAIL (two_gpu_scaling), 1 NOT MEASURED (gpu_utilisation)")
+    assert suite_verdict.conclusion(result) == (
+        "verdict FAIL: not every criterion passed; 2 PASS, "
+        "1 FAIL (two_gpu_scaling), 1 NOT MEASURED (gpu_utilisation)"
+    )
     html = suite_verdict.show_criteria(result).to_html()
     assert "pre-wrap" in html and result["criteria"][2]["reason"].strip() in html

@@ -1,4 +1,5 @@
 """perfkit.summary: the run's bottleneck verdict, launch-bound included."""
+
 import pandas as pd
 import pytest
 
@@ -7,14 +8,32 @@ from perfkit.summary import LAUNCH_BOUND_MFU, LAUNCH_BOUND_NVML_PERCENT, build_r
 
 def _busy_records(n=40, device=0.095):
     # one batch every 0.1 s, each 95 % of it busy by CUDA events: every window reads device-bound
-    return pd.DataFrame([{
-        "kind": "batch", "rank": 0, "stage": "embed", "batch": i, "t_arrive_s": 0.1 * i, "loader_wait_s": 0.0,
-        "host_s": 0.001, "device_s": device, "sequences": 10, "real_tokens": 100, "slot_tokens": 100,
-        "budget_tokens": 100, "queue_depth": None} for i in range(n)])
+    return pd.DataFrame(
+        [
+            {
+                "kind": "batch",
+                "rank": 0,
+                "stage": "embed",
+                "batch": i,
+                "t_arrive_s": 0.1 * i,
+                "loader_wait_s": 0.0,
+                "host_s": 0.001,
+                "device_s": device,
+                "sequences": 10,
+                "real_tokens": 100,
+                "slot_tokens": 100,
+                "budget_tokens": 100,
+                "queue_depth": None,
+            }
+            for i in range(n)
+        ]
+    )
 
 
 def _nvml(p50, mean=None):
-    return {"gpu_utilization_percent": {"mean": mean if mean is not None else p50, "p50": p50, "measured": True}}
+    return {
+        "gpu_utilization_percent": {"mean": mean if mean is not None else p50, "p50": p50, "measured": True}
+    }
 
 
 def summary(gpu, **kwargs):
@@ -37,7 +56,9 @@ def test_busy_by_both_stays_device_bound_and_the_median_decides():
 
 
 def test_without_nvml_the_events_verdict_stands():
-    not_measured = {"gpu_utilization_percent": {"value": None, "measured": False, "reason": "no NVIDIA driver"}}
+    not_measured = {
+        "gpu_utilization_percent": {"value": None, "measured": False, "reason": "no NVIDIA driver"}
+    }
     assert summary(not_measured)["bottleneck"]["verdict"] == "device-bound"
     assert summary(None)["bottleneck"]["verdict"] == "device-bound"
 

@@ -76,7 +76,9 @@ def test_profile_round_trip(reads150, tmp_path):
     assert second["mean_read_length"] == pytest.approx(first["mean_read_length"], abs=1)
     assert second["read_length_quantiles"] == first["read_length_quantiles"]
     assert second["share_with_frames"] == pytest.approx(first["share_with_frames"], abs=0.02)
-    assert second["frames_per_read_with_frames"] == pytest.approx(first["frames_per_read_with_frames"], abs=0.05)
+    assert second["frames_per_read_with_frames"] == pytest.approx(
+        first["frames_per_read_with_frames"], abs=0.05
+    )
     assert second["mean_protein_length"] == pytest.approx(first["mean_protein_length"], abs=1)
     assert second["n_read_share"] == pytest.approx(first["n_read_share"], abs=0.01)
 

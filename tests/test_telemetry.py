@@ -22,8 +22,18 @@ class ManualSpan:
 
 
 def _batch(tel, span, n):
-    tel.batch(stage="embed", t_arrive_s=float(n), loader_wait_s=0.01, host_s=0.002, span=span,
-              sequences=10, real_tokens=900, slot_tokens=1000, budget_tokens=1024, queue_depth=n)
+    tel.batch(
+        stage="embed",
+        t_arrive_s=float(n),
+        loader_wait_s=0.01,
+        host_s=0.002,
+        span=span,
+        sequences=10,
+        real_tokens=900,
+        slot_tokens=1000,
+        budget_tokens=1024,
+        queue_depth=n,
+    )
 
 
 def test_records_wait_for_their_device_time_then_land_in_jsonl(tmp_path):
@@ -66,8 +76,18 @@ def test_device_start_lands_on_the_arrival_clock(tmp_path):
     loop_t0 = time.perf_counter() - 5.0  # the loop began 5 s ago
     with timer.measure() as span:
         began = time.perf_counter() - loop_t0
-    tel.batch(stage="embed", t_arrive_s=4.9, loader_wait_s=0.0, host_s=0.1, span=span, sequences=1,
-              real_tokens=10, slot_tokens=10, budget_tokens=16, clock_start=loop_t0)
+    tel.batch(
+        stage="embed",
+        t_arrive_s=4.9,
+        loader_wait_s=0.0,
+        host_s=0.1,
+        span=span,
+        sequences=1,
+        real_tokens=10,
+        slot_tokens=10,
+        budget_tokens=16,
+        clock_start=loop_t0,
+    )
     _batch(tel, None, 1)  # no span: no device start
     tel.close()
     b = pd.read_json(path, lines=True).sort_values("batch")

@@ -5,7 +5,12 @@ import random
 import pytest
 
 from perfkit.workload.translate import (
-    CODON_TABLE, FRAME_INDEX, FRAMES, chunk_records, chunk_sequence, translate_read,
+    CODON_TABLE,
+    FRAME_INDEX,
+    FRAMES,
+    chunk_records,
+    chunk_sequence,
+    translate_read,
     translate_records,
 )
 
@@ -21,11 +26,11 @@ def reference_translate(seq, max_residues=1022):
     for name in FRAMES:
         strand = seq if name[0] == "F" else rc
         offset = int(name[1]) - 1
-        codons = [strand[i:i + 3] for i in range(offset, len(strand) - 2, 3)]
+        codons = [strand[i : i + 3] for i in range(offset, len(strand) - 2, 3)]
         codons = [c for c in codons if c in CODON_TABLE]  # drop codons with N
         protein = "".join(CODON_TABLE[c] for c in codons)
         if protein and "*" not in protein:
-            out[name] = (protein[:max_residues], "".join(codons)[:3 * max_residues])
+            out[name] = (protein[:max_residues], "".join(codons)[: 3 * max_residues])
     return out
 
 
@@ -37,7 +42,13 @@ def test_frame_constants():
 def test_hand_checked_six_frames():
     # ATG GCC AAA TTT GGG; reverse complement CCC AAA TTT GGC CAT
     assert proteins("r", "ATGGCCAAATTTGGG") == {
-        "F1": "MAKFG", "F2": "WPNL", "F3": "GQIW", "R1": "PKFGH", "R2": "PNLA", "R3": "QIWP"}
+        "F1": "MAKFG",
+        "F2": "WPNL",
+        "F3": "GQIW",
+        "R1": "PKFGH",
+        "R2": "PNLA",
+        "R3": "QIWP",
+    }
 
 
 def test_stop_anywhere_drops_the_frame():
@@ -50,8 +61,8 @@ def test_stop_anywhere_drops_the_frame():
 def test_codons_with_n_are_dropped_not_fatal():
     frames = {f.frame: f for f in translate_read("r", "ATGNCCAAAT")}
     assert frames["F1"].protein == "MK" and frames["F1"].nucleotides == "ATGAAA"
-    assert frames["F2"].protein == "PN"       # TGN dropped, CCA AAT
-    assert frames["R2"].protein == "FH"       # rc ATTTGGNCAT: TTT GGN CAT
+    assert frames["F2"].protein == "PN"  # TGN dropped, CCA AAT
+    assert frames["R2"].protein == "FH"  # rc ATTTGGNCAT: TTT GGN CAT
     assert "F1" not in proteins("r", "NNNNNN")  # nothing left -> dropped
     assert proteins("r", "NNNNNNNN") == {}
 
@@ -104,8 +115,9 @@ def test_matches_slow_reference_on_random_reads():
     assert got == want
     # single-read API agrees with the batched one
     rid, seq = records[10]
-    assert {f.id: (f.protein, f.nucleotides) for f in translate_read(rid, seq)} == \
-        {k: v for k, v in want.items() if k.startswith(rid + "_")}
+    assert {f.id: (f.protein, f.nucleotides) for f in translate_read(rid, seq)} == {
+        k: v for k, v in want.items() if k.startswith(rid + "_")
+    }
 
 
 def test_translate_records_order():
@@ -115,8 +127,8 @@ def test_translate_records_order():
 
 
 def test_chunk_sequence():
-    assert chunk_sequence("A" * 150, 300) == ["A" * 150]          # shorter: no chunking
-    assert chunk_sequence("A" * 300, 300) == ["A" * 300]          # exactly size: whole
+    assert chunk_sequence("A" * 150, 300) == ["A" * 150]  # shorter: no chunking
+    assert chunk_sequence("A" * 300, 300) == ["A" * 300]  # exactly size: whole
     assert chunk_sequence("A" * 700, 300) == ["A" * 300, "A" * 300, "A" * 100]
     assert chunk_sequence("A" * 602, 300) == ["A" * 300, "A" * 300]  # 2-base tail dropped
     assert chunk_sequence("A" * 603, 300) == ["A" * 300, "A" * 300, "AAA"]
@@ -128,9 +140,12 @@ def test_chunk_sequence():
 def test_chunk_records_ids():
     seq = "".join(random.Random(1).choice("ACGT") for _ in range(1100))
     out = list(chunk_records([("short", "ACGT"), ("long", seq)], 500))
-    assert out == [("short", "ACGT"), ("long_chunk_1", seq[:500]),
-                   ("long_chunk_2", seq[500:1000]), ("long_chunk_3", seq[1000:])]
-
+    assert out == [
+        ("short", "ACGT"),
+        ("long_chunk_1", seq[:500]),
+        ("long_chunk_2", seq[500:1000]),
+        ("long_chunk_3", seq[1000:]),
+    ]
 
 
 def test_truncation_is_counted_frames_and_residues():
@@ -145,6 +160,8 @@ def test_truncation_is_counted_frames_and_residues():
     none = Truncation()
     translate_batch([("short", short)], max_residues=1022, truncated=none)
     assert (none.frames, none.residues) == (0, 0)
-    small = Truncation()  # the cut is the knob's: with max_residues 2 the short read's F1 and R1 lose a residue
+    small = (
+        Truncation()
+    )  # the cut is the knob's: with max_residues 2 the short read's F1 and R1 lose a residue
     translate_batch([("short", short)], max_residues=2, truncated=small)
     assert (small.frames, small.residues) == (2, 2)

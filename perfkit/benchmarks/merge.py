@@ -11,6 +11,7 @@ paths wrote the same predictions. On CPU the current path's classifier step also
 side by side (a device op on CUDA): compare merge + classifier there.
 Run: python -m perfkit.benchmarks.merge [--frames 200000] [--device cuda]
 """
+
 import argparse
 import functools
 import json
@@ -41,7 +42,9 @@ def write_shards(folder: Path, frames: int, per_shard: int, seed: int = 0) -> np
     for stage, dim in (("nucleotide", clf.NT_DIM), ("protein", esm2.get_config(PROTEIN_MODEL).embed_dim)):
         checkpoints = Path(folder) / stage / "checkpoints"
         checkpoints.mkdir(parents=True)
-        pool = rng.standard_normal((per_shard * 2, dim), dtype=np.float32)  # rows drawn from it: quick to make
+        pool = rng.standard_normal(
+            (per_shard * 2, dim), dtype=np.float32
+        )  # rows drawn from it: quick to make
         for number, start in enumerate(range(0, len(keys), per_shard)):
             part = slice(start, start + per_shard)
             order = rng.permutation(len(keys[part]))  # packing reorders frames within a shard
@@ -52,6 +55,7 @@ def write_shards(folder: Path, frames: int, per_shard: int, seed: int = 0) -> np
 
 
 # ------------------------------------------------------------------ the previous path, frozen for comparison
+
 
 class OldIndex:
     def __init__(self, out_dir):
@@ -76,8 +80,11 @@ class OldIndex:
             pick = np.flatnonzero(self.shard[at] == number)
             values = read(self.paths[number])[field]
             if out is None:
-                out = (np.empty((len(keys), values.shape[1]), dtype=np.float32) if field == 2
-                       else np.empty(len(keys), dtype=object))
+                out = (
+                    np.empty((len(keys), values.shape[1]), dtype=np.float32)
+                    if field == 2
+                    else np.empty(len(keys), dtype=object)
+                )
             out[pick] = values[self.row[at[pick]]]
         return out
 
@@ -101,13 +108,15 @@ def old_score_reads(cfg, lo, hi, *, rank=0, hidden=512):
     ids = np.empty(len(keys), dtype=object)
     probs = np.empty((len(keys), 2), dtype=np.float32)
     for start in range(0, len(keys), 65_536):
-        chunk = keys[start:start + 65_536]
+        chunk = keys[start : start + 65_536]
         t = time.perf_counter()
-        ids[start:start + len(chunk)] = protein.take(chunk, 1, read)
-        features = clf.merge_features(nt.take(chunk, 2, read_nt), protein.take(chunk, 2, read), protein_dim=protein_dim)
+        ids[start : start + len(chunk)] = protein.take(chunk, 1, read)
+        features = clf.merge_features(
+            nt.take(chunk, 2, read_nt), protein.take(chunk, 2, read), protein_dim=protein_dim
+        )
         merge_s += time.perf_counter() - t
         t = time.perf_counter()
-        probs[start:start + len(chunk)] = clf.predict_frames(model, features, device=cfg.device)
+        probs[start : start + len(chunk)] = clf.predict_frames(model, features, device=cfg.device)
         classify_s += time.perf_counter() - t
     t = time.perf_counter()
     frame_ids = [str(i) for i in ids]
@@ -118,20 +127,30 @@ def old_score_reads(cfg, lo, hi, *, rank=0, hidden=512):
     frames["p_other"], frames["p_virus"] = probs[:, 0], probs[:, 1]
     frames.to_csv(folder / clf.FRAME_CSV, index=False)
     reads.to_csv(folder / clf.READ_CSV, index=False)
-    return {"merge_s": merge_s, "classify_s": classify_s, "consensus_s": time.perf_counter() - t, "frames": len(keys)}
+    return {
+        "merge_s": merge_s,
+        "classify_s": classify_s,
+        "consensus_s": time.perf_counter() - t,
+        "frames": len(keys),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
 
+
 def same_output(folder: Path) -> bool:
     new, old = folder / "parts" / "r000", folder / "old_parts" / "r000"
     for name in (clf.FRAME_CSV, clf.READ_CSV):
-        a, b = pd.read_csv(old / name, dtype={"frame_id": str, "read_id": str}), pd.read_csv(new / name, dtype={
-            "frame_id": str, "read_id": str})
+        a, b = (
+            pd.read_csv(old / name, dtype={"frame_id": str, "read_id": str}),
+            pd.read_csv(new / name, dtype={"frame_id": str, "read_id": str}),
+        )
         if a.columns.tolist() != b.columns.tolist() or a.iloc[:, 0].tolist() != b.iloc[:, 0].tolist():
             return False
         for column in a.columns[1:]:
-            if a[column].dtype.kind == "f" and not np.allclose(a[column], b[column], atol=1e-6, equal_nan=True):
+            if a[column].dtype.kind == "f" and not np.allclose(
+                a[column], b[column], atol=1e-6, equal_nan=True
+            ):
                 return False
             if a[column].dtype.kind != "f" and a[column].tolist() != b[column].tolist():
                 return False
@@ -150,8 +169,18 @@ def concurrent_ranks(cfg, keys, ranks: int, hidden: int, threads: int, repeats: 
 
     cuts = [0] + [int(keys[len(keys) * r // ranks] // 6 * 6) for r in range(1, ranks)] + [2**62]
     gpus = torch.cuda.device_count() if cfg.device.startswith("cuda") else 0
-    jobs = [(cfg.model_copy(update={"device": f"cuda:{r % gpus}" if gpus else cfg.device}), cuts[r], cuts[r + 1],
-             r, hidden, threads, shard_file.COPY_BY_READ) for r in range(ranks)]
+    jobs = [
+        (
+            cfg.model_copy(update={"device": f"cuda:{r % gpus}" if gpus else cfg.device}),
+            cuts[r],
+            cuts[r + 1],
+            r,
+            hidden,
+            threads,
+            shard_file.COPY_BY_READ,
+        )
+        for r in range(ranks)
+    ]
     runs = []
     with multiprocessing.get_context("spawn").Pool(ranks) as pool:
         pool.map(_rank_worker, jobs)  # warm-up: imports, allocators
@@ -159,9 +188,17 @@ def concurrent_ranks(cfg, keys, ranks: int, hidden: int, threads: int, repeats: 
             runs.append(pool.map(_rank_worker, jobs))
     slowest = [max(r["merge_s"] + r["classify_s"] + r["consensus_s"] for r in run) for run in runs]
     middle = runs[int(np.argsort(slowest)[len(slowest) // 2])]
-    return {"ranks": ranks, "slowest_total_s": statistics.median(slowest),
-            "per_rank": [{k: r[k] for k in ("device", "frames", "merge_s", "classify_s", "consensus_s",
-                                            "consensus_thread_s")} for r in middle]}
+    return {
+        "ranks": ranks,
+        "slowest_total_s": statistics.median(slowest),
+        "per_rank": [
+            {
+                k: r[k]
+                for k in ("device", "frames", "merge_s", "classify_s", "consensus_s", "consensus_thread_s")
+            }
+            for r in middle
+        ],
+    }
 
 
 def main():
@@ -172,13 +209,25 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", default=None, help="where to write the shards (default: a temp folder)")
-    parser.add_argument("--threads", type=int, default=predict.MERGE_THREADS,
-                        help="predict.MERGE_THREADS (default: its own choice)")
-    parser.add_argument("--ranks", type=int, default=0,
-                        help="also score that many shares at the same time, one process (and GPU) each")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=predict.MERGE_THREADS,
+        help="predict.MERGE_THREADS (default: its own choice)",
+    )
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=0,
+        help="also score that many shares at the same time, one process (and GPU) each",
+    )
     parser.add_argument("--ranks-threads", default="", help="e.g. 4,8: MERGE_THREADS of the concurrent ranks")
-    parser.add_argument("--sweep-threads", default="", help="e.g. 4,8,16: also time the current path with each")
-    parser.add_argument("--new-only", action="store_true", help="skip the previous path (no speed-up, no check)")
+    parser.add_argument(
+        "--sweep-threads", default="", help="e.g. 4,8,16: also time the current path with each"
+    )
+    parser.add_argument(
+        "--new-only", action="store_true", help="skip the previous path (no speed-up, no check)"
+    )
     parser.add_argument("--copy-by", choices=("read", "map"), default="read", help="shard_file.COPY_BY_READ")
     args = parser.parse_args()
     predict.MERGE_THREADS, shard_file.COPY_BY_READ = args.threads, args.copy_by == "read"
@@ -204,33 +253,52 @@ def main():
         for _ in range(args.repeats):
             for name, run in runs.items():
                 r = run()
-                times[name].append({k: r.get(k, 0.0) for k in ("merge_s", "classify_s", "consensus_s",
-                                                                 "consensus_thread_s")})
+                times[name].append(
+                    {k: r.get(k, 0.0) for k in ("merge_s", "classify_s", "consensus_s", "consensus_thread_s")}
+                )
                 threads = r.get("merge_threads", threads)  # the current path's, as it chose them
-        medians = {name: {k: statistics.median(x[k] for x in rows) for k in rows[0]} for name, rows in times.items()}
+        medians = {
+            name: {k: statistics.median(x[k] for x in rows) for k in rows[0]} for name, rows in times.items()
+        }
         for m in medians.values():  # the writer thread's time overlaps the others: not in the total
             m["total_s"] = m["merge_s"] + m["classify_s"] + m["consensus_s"]
         result = {
-            "frames": len(keys), "per_shard": args.per_shard, "dims": [clf.NT_DIM, esm2.get_config(PROTEIN_MODEL).embed_dim],
-            "device": args.device, "torch_threads": torch.get_num_threads(), "hidden": args.hidden,
-            "repeats": args.repeats, "merge_threads": threads, "copy_by": args.copy_by,
-            "shard_write_s": write_s, "seconds": medians,
+            "frames": len(keys),
+            "per_shard": args.per_shard,
+            "dims": [clf.NT_DIM, esm2.get_config(PROTEIN_MODEL).embed_dim],
+            "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "hidden": args.hidden,
+            "repeats": args.repeats,
+            "merge_threads": threads,
+            "copy_by": args.copy_by,
+            "shard_write_s": write_s,
+            "seconds": medians,
             "same_output": same,
-            "speedup": None if args.new_only else {k: medians["old_all"][k] / medians["new_all"][k] for k in STEPS},
-            "full_over_half": {p: {k: medians[f"{p}_all"][k] / medians[f"{p}_half"][k] for k in STEPS}
-                               for p in ("old", "new") if f"{p}_all" in medians},
+            "speedup": None
+            if args.new_only
+            else {k: medians["old_all"][k] / medians["new_all"][k] for k in STEPS},
+            "full_over_half": {
+                p: {k: medians[f"{p}_all"][k] / medians[f"{p}_half"][k] for k in STEPS}
+                for p in ("old", "new")
+                if f"{p}_all" in medians
+            },
         }
         if args.sweep_threads:
             sweep = {}
             for threads in [int(x) for x in args.sweep_threads.split(",")]:
                 predict.MERGE_THREADS = threads
                 sweep[threads] = statistics.median(
-                    predict.score_reads(cfg, 0, 2**62, hidden=args.hidden)["merge_s"] for _ in range(args.repeats))
+                    predict.score_reads(cfg, 0, 2**62, hidden=args.hidden)["merge_s"]
+                    for _ in range(args.repeats)
+                )
             predict.MERGE_THREADS = args.threads
             result["merge_s_by_threads"] = sweep
         if args.ranks:
             result["concurrent"] = {}
-            for threads in [int(x) for x in args.ranks_threads.split(",")] if args.ranks_threads else [args.threads]:
+            for threads in (
+                [int(x) for x in args.ranks_threads.split(",")] if args.ranks_threads else [args.threads]
+            ):
                 run = concurrent_ranks(cfg, keys, args.ranks, args.hidden, threads, args.repeats)
                 run["scaling_vs_one_process"] = medians["new_all"]["total_s"] / run["slowest_total_s"]
                 result["concurrent"][f"threads_{threads}"] = run

@@ -10,6 +10,7 @@
 The stage runs at the lower of the two. Run: python -m perfkit.benchmarks.nucleotide --device cuda
 [--reads 60000] [--budgets 16384 65536] [--workers 4 8 12] [--out result.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,12 @@ def loader_rate(fasta: Path, budget: int, workers: int, seconds: float) -> dict:
     from perfkit.workload.encoders import encoder_for
 
     offsets = block_offsets(fasta, block_reads=1024)
-    dataset = PackedFrames(fasta, token_budget=budget, encoder=encoder_for("dnabert_s"),
-                           shard=Shard(offsets=tuple(offsets.tolist())))
+    dataset = PackedFrames(
+        fasta,
+        token_budget=budget,
+        encoder=encoder_for("dnabert_s"),
+        shard=Shard(offsets=tuple(offsets.tolist())),
+    )
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)
     tokens, batches, first, start = 0, 0, None, time.perf_counter()
     for batch in loader:
@@ -86,9 +91,15 @@ def loader_rate(fasta: Path, budget: int, workers: int, seconds: float) -> dict:
         if time.perf_counter() - first > seconds:
             break
     elapsed = time.perf_counter() - (first or start)
-    return {"workers": workers, "token_budget": budget, "tok_per_s": tokens / elapsed if batches else None,
-            "batches_counted": batches, "seconds": elapsed, "startup_s": (first or start) - start,
-            "ran_out": time.perf_counter() - (first or start) <= seconds}
+    return {
+        "workers": workers,
+        "token_budget": budget,
+        "tok_per_s": tokens / elapsed if batches else None,
+        "batches_counted": batches,
+        "seconds": elapsed,
+        "startup_s": (first or start) - start,
+        "ran_out": time.perf_counter() - (first or start) <= seconds,
+    }
 
 
 def main(argv=None) -> dict:
@@ -110,8 +121,14 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     flops = dnabert.flops_per_token(dnabert.DNABERT_S)
-    result = {"benchmark": "nucleotide", "reads": args.reads, "flops_per_token": flops,
-              "spec_peak_flops": H200_SPEC_BF16_DENSE, "model": [], "loader": []}
+    result = {
+        "benchmark": "nucleotide",
+        "reads": args.reads,
+        "flops_per_token": flops,
+        "spec_peak_flops": H200_SPEC_BF16_DENSE,
+        "model": [],
+        "loader": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "reads.fa"
         write_synthetic_fasta(fasta, args.reads, "reads150", seed=3)
@@ -129,10 +146,17 @@ def main(argv=None) -> dict:
                         model.compile_blocks()
                     rates = time_model(model, batches, device, autocast=autocast, repeats=args.repeats)
                     rate = statistics.median(rates)
-                    row = {"variant": name, "token_budget": budget, "batches": len(batches),
-                           "tok_per_s_median": rate, "tok_per_s_min": min(rates), "tok_per_s_max": max(rates),
-                           "mfu_measured_peak": rate * flops / peak, "mfu_spec_peak": rate * flops / H200_SPEC_BF16_DENSE,
-                           "attention_calls": dict(model.attention_calls)}
+                    row = {
+                        "variant": name,
+                        "token_budget": budget,
+                        "batches": len(batches),
+                        "tok_per_s_median": rate,
+                        "tok_per_s_min": min(rates),
+                        "tok_per_s_max": max(rates),
+                        "mfu_measured_peak": rate * flops / peak,
+                        "mfu_spec_peak": rate * flops / H200_SPEC_BF16_DENSE,
+                        "attention_calls": dict(model.attention_calls),
+                    }
                     result["model"].append(row)
                     print(json.dumps(row), flush=True)
                     del model
@@ -143,9 +167,10 @@ def main(argv=None) -> dict:
             print(json.dumps(row), flush=True)
     result["definitions"] = {
         "tok_per_s": "real tokens of the passes / wall seconds, device synced at both ends; median of repeats "
-                     "after one warm-up pass",
+        "after one warm-up pass",
         "mfu": "tok/s x matmul FLOPs per token (2 per multiply-add of every Linear) / peak",
-        "loader": "real tokens of packed batches the DataLoader delivered / seconds after its first batch"}
+        "loader": "real tokens of packed batches the DataLoader delivered / seconds after its first batch",
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result

@@ -5,6 +5,7 @@ writer) + live progress bar + GPU sampler thread. Repeats alternate bare/instrum
 machine noise hits both; prints the median throughput ratio and its spread.
 Goal: <= 1 % throughput loss. Run: python -m perfkit.benchmarks.overhead [--device cuda] [--repeats 5]
 """
+
 import argparse
 import json
 import statistics
@@ -31,6 +32,7 @@ def make_step(device, size):
         for _ in range(4):
             x = torch.tanh(x @ w)
         return x
+
     return step
 
 
@@ -61,9 +63,18 @@ def instrumented(step, batches, device, folder):
         with timer.measure() as span:
             step()
         a = loader.last
-        tel.batch(stage="bench", t_arrive_s=a.t_arrive_s, loader_wait_s=a.wait_s, host_s=time.perf_counter() - host_start,
-                  span=span, sequences=300, real_tokens=16000, slot_tokens=16000, budget_tokens=16384,
-                  queue_depth=a.queue_depth)
+        tel.batch(
+            stage="bench",
+            t_arrive_s=a.t_arrive_s,
+            loader_wait_s=a.wait_s,
+            host_s=time.perf_counter() - host_start,
+            span=span,
+            sequences=300,
+            real_tokens=16000,
+            slot_tokens=16000,
+            budget_tokens=16384,
+            queue_depth=a.queue_depth,
+        )
         bar.update(300, 16000, 16384)
     sync(device)
     rate = batches / (time.perf_counter() - start)
@@ -78,7 +89,12 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--size", type=int, default=0, help="matrix size (default 4096 cuda, 512 cpu: ~20 ms steps, like a real batch)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="matrix size (default 4096 cuda, 512 cpu: ~20 ms steps, like a real batch)",
+    )
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -100,10 +116,16 @@ def main():
             inst_rates.append(i)
             ratios.append(i / b)
     step_ms = 1e3 / statistics.median(bare_rates)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "step_ms": step_ms, "repeats": args.repeats, "batches": args.batches,
-              "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-              "overhead_median_percent": 100 * (1 - statistics.median(ratios))}
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "step_ms": step_ms,
+        "repeats": args.repeats,
+        "batches": args.batches,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "overhead_median_percent": 100 * (1 - statistics.median(ratios)),
+    }
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -34,6 +34,7 @@ kernel-time breakdown of the runs named by --profile-runs.
 Run: python -m perfkit.benchmarks.protein_mfu --device cuda [--model esm2_t36_3B]
      [--runs compiled_varlen@16384 compiled_varlen@65536 ...] [--out result.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,23 +81,35 @@ VARIANTS = {
     "compiled_mem_efficient": Variant(attention="mem_efficient_varlen"),
     "gelu_epilogue_varlen": Variant(gelu_epilogue=True),
     "gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True),
-    "stack_gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True, whole_stack=True),
+    "stack_gelu_epilogue_mem_efficient": Variant(
+        attention="mem_efficient_varlen", gelu_epilogue=True, whole_stack=True
+    ),
     "stack_gelu_epilogue_varlen": Variant(gelu_epilogue=True, whole_stack=True),
-    "residual_gelu_epilogue_mem_efficient": Variant(attention="mem_efficient_varlen", gelu_epilogue=True,
-                                                    residual_epilogue=True),
-    "gelu_epilogue_mem_efficient_multikernel": Variant(attention="mem_efficient_varlen", gelu_epilogue=True,
-                                                       multi_kernel=True),
-    "residual_gelu_epilogue_mem_efficient_multikernel": Variant(attention="mem_efficient_varlen",
-                                                                gelu_epilogue=True, residual_epilogue=True,
-                                                                multi_kernel=True),
+    "residual_gelu_epilogue_mem_efficient": Variant(
+        attention="mem_efficient_varlen", gelu_epilogue=True, residual_epilogue=True
+    ),
+    "gelu_epilogue_mem_efficient_multikernel": Variant(
+        attention="mem_efficient_varlen", gelu_epilogue=True, multi_kernel=True
+    ),
+    "residual_gelu_epilogue_mem_efficient_multikernel": Variant(
+        attention="mem_efficient_varlen", gelu_epilogue=True, residual_epilogue=True, multi_kernel=True
+    ),
     "fp8_compiled_varlen": Variant(fp8=True),
     "fp8_static_autotune_varlen": Variant(static=True, mode="max-autotune-no-cudagraphs", fp8=True),
 }
 DEFAULT_RUNS = [
-    "compiled_varlen@16384", "compiled_varlen@32768", "compiled_varlen@65536", "compiled_varlen@131072",
-    "eager_varlen@16384", "compiled_sdpa_repadded@16384", "compiled_flex@16384",
-    "static_compiled_varlen@16384", "static_autotune_varlen@16384", "static_cudagraphs_varlen@16384",
-    "fp8_compiled_varlen@16384", "fp8_static_autotune_varlen@16384",
+    "compiled_varlen@16384",
+    "compiled_varlen@32768",
+    "compiled_varlen@65536",
+    "compiled_varlen@131072",
+    "eager_varlen@16384",
+    "compiled_sdpa_repadded@16384",
+    "compiled_flex@16384",
+    "static_compiled_varlen@16384",
+    "static_autotune_varlen@16384",
+    "static_cudagraphs_varlen@16384",
+    "fp8_compiled_varlen@16384",
+    "fp8_static_autotune_varlen@16384",
 ]
 INPUT_NAMES = ("tokens", "positions", "cu_seqlens", "seq_index", "pool_weight")
 
@@ -109,8 +122,10 @@ def user_error(message: str):
 def parse_run(spec: str) -> tuple[str, int]:
     name, _, budget = spec.partition("@")
     if name not in VARIANTS or not budget.isdigit():
-        user_error(f"--runs {spec}: write variant@token_budget, e.g. compiled_varlen@16384, with a variant among "
-                   f"{', '.join(VARIANTS)}")
+        user_error(
+            f"--runs {spec}: write variant@token_budget, e.g. compiled_varlen@16384, with a variant among "
+            f"{', '.join(VARIANTS)}"
+        )
     return name, int(budget)
 
 
@@ -123,8 +138,14 @@ def packed_batches(fasta: Path, model: str, budget: int, limit: int) -> list[dic
     for batch in PackedFrames(fasta, token_budget=budget, encoder=Encoder(model)):
         if batch.get("sequences"):
             arrays = {n: batch[n].numpy() for n in INPUT_NAMES}
-            batches.append({**arrays, "max_seqlen": batch["max_seqlen"], "real_tokens": batch["real_tokens"],
-                            "sequences": batch["sequences"]})
+            batches.append(
+                {
+                    **arrays,
+                    "max_seqlen": batch["max_seqlen"],
+                    "real_tokens": batch["real_tokens"],
+                    "sequences": batch["sequences"],
+                }
+            )
         if len(batches) == limit:
             break
     return batches
@@ -134,8 +155,11 @@ def static_shapes(batches: list[dict], budget: int) -> dict:
     """One (token_budget, max_seqs, max_seqlen) that every batch pads to."""
     max_seqlen = max(b["max_seqlen"] for b in batches)
     fillers = max(math.ceil((budget - b["real_tokens"]) / max_seqlen) for b in batches)
-    return {"token_budget": budget, "max_seqlen": max_seqlen,
-            "max_seqs": max(b["sequences"] for b in batches) + fillers}
+    return {
+        "token_budget": budget,
+        "max_seqlen": max_seqlen,
+        "max_seqs": max(b["sequences"] for b in batches) + fillers,
+    }
 
 
 def device_inputs(batches: list[dict], device, shapes: dict | None) -> list[dict]:
@@ -154,8 +178,12 @@ def build(model_name: str, variant: Variant, device, seed: int = 0):
     from perfkit.workload import esm2
 
     model, _ = esm2.build_model(model_name, seed=seed, device=device, dtype=torch.bfloat16)
-    esm2.set_kernels(model, attention=variant.attention, gelu_epilogue=variant.gelu_epilogue,
-                     residual_epilogue=variant.residual_epilogue)
+    esm2.set_kernels(
+        model,
+        attention=variant.attention,
+        gelu_epilogue=variant.gelu_epilogue,
+        residual_epilogue=variant.residual_epilogue,
+    )
     if variant.fp8:
         esm2.to_float8(model)
     if variant.compile:
@@ -203,8 +231,9 @@ def fairesm_reference(model, batch: dict, device) -> tuple[np.ndarray, np.ndarra
     return pooled, hidden_packed
 
 
-def gate_against(reference: tuple[np.ndarray, np.ndarray], model, gate_input: dict, sequences: int,
-                 hidden_rows: int) -> dict:
+def gate_against(
+    reference: tuple[np.ndarray, np.ndarray], model, gate_input: dict, sequences: int, hidden_rows: int
+) -> dict:
     """Pooled and hidden-state agreement with the fair-esm reference, on the gate's thresholds."""
     from perfkit.workload.equivalence import compare_embeddings
 
@@ -213,11 +242,17 @@ def gate_against(reference: tuple[np.ndarray, np.ndarray], model, gate_input: di
     hidden = hidden[:hidden_rows].float().cpu().numpy()
     pooled_stats = compare_embeddings(reference[0], pooled)
     hidden_stats = compare_embeddings(reference[1][:hidden_rows], hidden)
-    passed = (pooled_stats["min_cosine"] >= GATE_MIN_COSINE
-              and pooled_stats["max_relative_error"] <= GATE_MAX_RELATIVE_ERROR
-              and pooled_stats["reference_nondegenerate"])
-    return {"passed": bool(passed), "pooled": pooled_stats, "hidden": hidden_stats,
-            "thresholds": {"min_cosine": GATE_MIN_COSINE, "max_relative_error": GATE_MAX_RELATIVE_ERROR}}
+    passed = (
+        pooled_stats["min_cosine"] >= GATE_MIN_COSINE
+        and pooled_stats["max_relative_error"] <= GATE_MAX_RELATIVE_ERROR
+        and pooled_stats["reference_nondegenerate"]
+    )
+    return {
+        "passed": bool(passed),
+        "pooled": pooled_stats,
+        "hidden": hidden_stats,
+        "thresholds": {"min_cosine": GATE_MIN_COSINE, "max_relative_error": GATE_MAX_RELATIVE_ERROR},
+    }
 
 
 def gemm_ceiling(config, budget: int, device, seconds: float = 0.4) -> dict:
@@ -301,9 +336,13 @@ def kernel_breakdown(model, inputs: list[dict]) -> dict:
         if not micros or event.device_type != DeviceType.CUDA or "Command Buffer" in event.key:
             continue
         name = event.key.lower()
-        if "flex" in name or (not name.startswith("triton") and any(s in name for s in ("flash", "fmha", "attn"))):
+        if "flex" in name or (
+            not name.startswith("triton") and any(s in name for s in ("flash", "fmha", "attn"))
+        ):
             kind = "attention"
-        elif any(s in name for s in ("gemm", "cutlass", "xmma", "nvjet", "matmul")) or name.startswith("triton_tem"):
+        elif any(s in name for s in ("gemm", "cutlass", "xmma", "nvjet", "matmul")) or name.startswith(
+            "triton_tem"
+        ):
             kind = "matmul"
         elif name.startswith("triton"):  # inductor's fused norms, rotary, GELU, residuals
             kind = "fused_pointwise"
@@ -312,9 +351,13 @@ def kernel_breakdown(model, inputs: list[dict]) -> dict:
         kinds[kind] += micros
         top.append((micros, kind, event.key[:90]))
     gpu = sum(kinds.values())
-    return {"wall_s": wall, "gpu_kernel_s": gpu / 1e6, "gpu_kernel_share_of_wall": gpu / 1e6 / wall,
-            "share": {k: v / gpu for k, v in kinds.items()} if gpu else {},
-            "top_kernels": [{"us": m, "kind": k, "name": n} for m, k, n in sorted(top, reverse=True)[:12]]}
+    return {
+        "wall_s": wall,
+        "gpu_kernel_s": gpu / 1e6,
+        "gpu_kernel_share_of_wall": gpu / 1e6 / wall,
+        "share": {k: v / gpu for k, v in kinds.items()} if gpu else {},
+        "top_kernels": [{"us": m, "kind": k, "name": n} for m, k, n in sorted(top, reverse=True)[:12]],
+    }
 
 
 def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, peaks: dict) -> dict:
@@ -339,19 +382,36 @@ def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, pe
         build_s = time.perf_counter() - build_start
         rates, warmup_s = timed_passes(model, inputs, tokens, args.repeats)
         rate = statistics.median(rates)
-        row = {"run": f"{name}@{budget}", "variant": name, "token_budget": budget, **variant.__dict__,
-               "batches": len(batches), "tokens_per_pass": tokens, "repeats": len(rates),
-               "tok_per_s_median": rate, "tok_per_s_min": min(rates), "tok_per_s_max": max(rates),
-               "mfu_measured_peak": rate * flops / peaks["measured"], "mfu_spec_peak": rate * flops / peaks["spec"],
-               "build_s": build_s, "warmup_pass_s": warmup_s,
-               "static_shapes": shapes, "attention_calls": dict(model.attention_calls)}
+        row = {
+            "run": f"{name}@{budget}",
+            "variant": name,
+            "token_budget": budget,
+            **variant.__dict__,
+            "batches": len(batches),
+            "tokens_per_pass": tokens,
+            "repeats": len(rates),
+            "tok_per_s_median": rate,
+            "tok_per_s_min": min(rates),
+            "tok_per_s_max": max(rates),
+            "mfu_measured_peak": rate * flops / peaks["measured"],
+            "mfu_spec_peak": rate * flops / peaks["spec"],
+            "build_s": build_s,
+            "warmup_pass_s": warmup_s,
+            "static_shapes": shapes,
+            "attention_calls": dict(model.attention_calls),
+        }
         # the gate on the first batch's sequences: same static shape as the timed passes, no recompilation
         key = budget
         if key not in reference_cache:
-            reference_model = model if not variant.fp8 else build(args.model, Variant(compile=False), args.device,
-                                                                    seed=args.seed)
+            reference_model = (
+                model
+                if not variant.fp8
+                else build(args.model, Variant(compile=False), args.device, seed=args.seed)
+            )
             reference_cache[key] = fairesm_reference(reference_model, batches[0], args.device)
-        row["gate"] = gate_against(reference_cache[key], model, inputs[0], batches[0]["sequences"], args.hidden_rows)
+        row["gate"] = gate_against(
+            reference_cache[key], model, inputs[0], batches[0]["sequences"], args.hidden_rows
+        )
         if f"{name}@{budget}" in args.profile_runs:
             row["kernel_breakdown"] = kernel_breakdown(model, inputs[:3])
     del model, inputs
@@ -363,15 +423,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="esm2_t36_3B")
-    parser.add_argument("--reads", type=int, default=40_000, help="synthetic reads150 reads to pack batches from")
+    parser.add_argument(
+        "--reads", type=int, default=40_000, help="synthetic reads150 reads to pack batches from"
+    )
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="variant@token_budget ...")
     parser.add_argument("--tokens-per-pass", type=int, default=320_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden-rows", type=int, default=4096, help="token rows of the hidden-state comparison")
-    parser.add_argument("--profile-runs", nargs="*", default=["compiled_varlen@16384"],
-                        help="variant@token_budget runs to break down by kernel kind (none: --profile-runs)")
-    parser.add_argument("--norm-bench", action="store_true", help="also time the LayerNorm kernels at each budget")
+    parser.add_argument(
+        "--hidden-rows", type=int, default=4096, help="token rows of the hidden-state comparison"
+    )
+    parser.add_argument(
+        "--profile-runs",
+        nargs="*",
+        default=["compiled_varlen@16384"],
+        help="variant@token_budget runs to break down by kernel kind (none: --profile-runs)",
+    )
+    parser.add_argument(
+        "--norm-bench", action="store_true", help="also time the LayerNorm kernels at each budget"
+    )
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
@@ -385,21 +455,38 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     if device.type != "cuda":
-        user_error(f"--device {args.device}: this benchmark times GPU kernels; pass --device cuda on a GPU node")
+        user_error(
+            f"--device {args.device}: this benchmark times GPU kernels; pass --device cuda on a GPU node"
+        )
     config = esm2.get_config(args.model)
     device_name = torch.cuda.get_device_name(device)
-    peaks = {"measured": measure_peak_tflops(device) * 1e12, "spec": spec_peak_flops(device_name, "bf16") or float("nan")}
-    result = {"benchmark": "protein_mfu", "model": config.name, "device_name": device_name,
-              "torch": torch.__version__, "reads": args.reads, "flops_per_token": esm2.flops_per_token(config),
-              "measured_peak_flops": peaks["measured"], "spec_peak_flops": peaks["spec"], "runs": [],
-              "gemm_ceiling_tflops": {}}
+    peaks = {
+        "measured": measure_peak_tflops(device) * 1e12,
+        "spec": spec_peak_flops(device_name, "bf16") or float("nan"),
+    }
+    result = {
+        "benchmark": "protein_mfu",
+        "model": config.name,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "reads": args.reads,
+        "flops_per_token": esm2.flops_per_token(config),
+        "measured_peak_flops": peaks["measured"],
+        "spec_peak_flops": peaks["spec"],
+        "runs": [],
+        "gemm_ceiling_tflops": {},
+    }
     for budget in sorted({b for _, b in runs}):
         result["gemm_ceiling_tflops"][budget] = gemm_ceiling(config, budget, device)
-        print(json.dumps({"gemm_ceiling_tflops": {budget: result["gemm_ceiling_tflops"][budget]}}), flush=True)
+        print(
+            json.dumps({"gemm_ceiling_tflops": {budget: result["gemm_ceiling_tflops"][budget]}}), flush=True
+        )
         if args.norm_bench:
             result.setdefault("norm_kernels_gb_per_s", {})[budget] = norm_kernels(config, budget, device)
-            print(json.dumps({"norm_kernels_gb_per_s": {budget: result["norm_kernels_gb_per_s"][budget]}}),
-                  flush=True)
+            print(
+                json.dumps({"norm_kernels_gb_per_s": {budget: result["norm_kernels_gb_per_s"][budget]}}),
+                flush=True,
+            )
     reference_cache: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "reads.fa"
@@ -408,25 +495,33 @@ def main(argv=None) -> dict:
             try:
                 row = run_one(name, budget, fasta, args, reference_cache, peaks)
             except Exception as exc:  # a lever that does not run here is a result too
-                row = {"run": f"{name}@{budget}", "variant": name, "token_budget": budget,
-                       "error": f"{type(exc).__name__}: {exc}"[:400], "trace": traceback.format_exc()[-1500:]}
+                row = {
+                    "run": f"{name}@{budget}",
+                    "variant": name,
+                    "token_budget": budget,
+                    "error": f"{type(exc).__name__}: {exc}"[:400],
+                    "trace": traceback.format_exc()[-1500:],
+                }
                 torch.cuda.empty_cache()
             result["runs"].append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("kernel_breakdown", "trace")}), flush=True)
+            print(
+                json.dumps({k: v for k, v in row.items() if k not in ("kernel_breakdown", "trace")}),
+                flush=True,
+            )
             if args.out:  # written after every run: a command cut short keeps what it measured
                 Path(args.out).write_text(json.dumps(result, indent=2))
     result["definitions"] = {
         "tok_per_s": "real (unpadded) tokens of one pass over the batches / its wall seconds, device synced at both "
-                     "ends; median and min-max of `repeats` passes after one warm-up pass",
+        "ends; median and min-max of `repeats` passes after one warm-up pass",
         "mfu": "tok/s x matmul FLOPs per token (2 per multiply-add of every Linear: 24 d^2 per layer) / peak; "
-               "measured = a bf16 8192^3 matmul timed in this process, spec = the data sheet's dense bf16",
+        "measured = a bf16 8192^3 matmul timed in this process, spec = the data sheet's dense bf16",
         "gate": f"pooled (mean over residues) vectors of the first batch's sequences against fair-esm fp32 (TF32 "
-                f"off) with the same weights: pass = every row cosine >= {GATE_MIN_COSINE} and relative error "
-                f"<= {GATE_MAX_RELATIVE_ERROR}, reference non-degenerate; hidden = the same on per-token final "
-                "hidden states (first hidden_rows tokens)",
+        f"off) with the same weights: pass = every row cosine >= {GATE_MIN_COSINE} and relative error "
+        f"<= {GATE_MAX_RELATIVE_ERROR}, reference non-degenerate; hidden = the same on per-token final "
+        "hidden states (first hidden_rows tokens)",
         "gemm_ceiling_tflops": "F.linear at [budget, k] x [k, n] with bias, timed >= 0.4 s each, bf16",
         "norm_kernels_gb_per_s": "LayerNorm over [budget, D] bf16: (bytes read + bytes written) / seconds, >= 0.3 s "
-                                 "each",
+        "each",
     }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -5,13 +5,14 @@ CPU:     python -m perfkit.benchmarks.scaling --reads 2000 --model esm2_t6_8M --
 Both sides launch through torchrun (`perfkit embed --gpus/--nproc`), so the 1-rank side runs the
 same code path; each run embeds the whole sample (count and alignment checked).
 """
+
 import argparse
 import json
 import tempfile
 from pathlib import Path
 
 from perfkit.workload.config import make_config
-from perfkit.projection import rank_scaling
+from perfkit.scaling_maths import rank_scaling
 from perfkit.workload.distributed import run_multi
 from perfkit.workload.synth import write_synthetic_fasta
 
@@ -32,16 +33,37 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "sample.fa"
         write_synthetic_fasta(fasta, a.reads, profile="reads150", seed=1)
-        common = dict(input=fasta, model=a.model, token_budget=a.token_budget, num_workers=a.workers, progress=False,
-                      precision="bf16" if gpus else "fp32", checkpoint_every_sequences=50_000, window_s=5.0)
+        common = dict(
+            input=fasta,
+            model=a.model,
+            token_budget=a.token_budget,
+            num_workers=a.workers,
+            progress=False,
+            precision="bf16" if gpus else "fp32",
+            checkpoint_every_sequences=50_000,
+            window_s=5.0,
+        )
         single = run_multi(make_config(out_dir=Path(tmp) / "one", **common), 1, gpus=gpus)
         multi = run_multi(make_config(out_dir=Path(tmp) / "many", **common), n, gpus=gpus)
-    result = {"reads": a.reads, "model": a.model, "ranks": n, "scaling": rank_scaling(single, multi).to_json(),
-              "single": {k: single["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s")},
-              "multi": {k: multi["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s", "rank_imbalance")},
-              "gpu": {"single": single.get("gpu"), "multi": multi.get("gpu")},
-              "packing_efficiency": {"single": single["packing"]["efficiency"], "multi": multi["packing"]["efficiency"]},
-              "distributed": multi.get("distributed")}
+    result = {
+        "reads": a.reads,
+        "model": a.model,
+        "ranks": n,
+        "scaling": rank_scaling(single, multi).to_json(),
+        "single": {
+            k: single["throughput"][k] for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s")
+        },
+        "multi": {
+            k: multi["throughput"][k]
+            for k in ("sequences", "steady_tok_per_s", "tok_per_s", "wall_s", "rank_imbalance")
+        },
+        "gpu": {"single": single.get("gpu"), "multi": multi.get("gpu")},
+        "packing_efficiency": {
+            "single": single["packing"]["efficiency"],
+            "multi": multi["packing"]["efficiency"],
+        },
+        "distributed": multi.get("distributed"),
+    }
     print(json.dumps(result["scaling"], indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))

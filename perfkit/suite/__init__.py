@@ -11,7 +11,8 @@ Everything a notebook computes is reachable (and tested) from these modules:
     runner      `perfkit suite`: the notebooks through papermill into one run folder
 
 The maths that needs no knowledge of the models or notebooks is the kit's: `perfkit.projection`
-(projections, fits, GPU utilisation) and `perfkit.verdict` (a run folder's criteria verdict).
+(projections to the full sample), `perfkit.scaling_maths` (1-vs-N fits and factors), `perfkit.utilisation`
+(a chain's GPU utilisation) and `perfkit.verdict` (a run folder's criteria verdict).
 
 Run folder layout (`run_dir`):
     sample.fa, sample.json           the synthetic sample, made once per run folder

@@ -1,6 +1,7 @@
 """What every notebook starts with: `setup` (validates its parameters and the params file) returns a
 `Context` (params, output folder, the shared sample from `ensure_sample`); and the small helpers the
 notebook modules share."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,18 @@ from pydantic import ValidationError
 
 from perfkit import criteria as crit
 from perfkit.errors import UserError
-from perfkit.projection import _number, tokens_per_read
+from perfkit.projection import finite_number, tokens_per_read
 from perfkit.records import plain as _plain
 from perfkit.suite.params import NOTEBOOK_ARGS, NOTEBOOKS, NotebookArgs, SuiteParams, load_suite_params
 from perfkit.summary import write_json
 from perfkit.results import as_summary
 from perfkit.results import NotMeasured
 
+
 def nucleotide_model(params: SuiteParams) -> str:
     """The chain's nucleotide model: `embed.nt_model` of the params (dnabert_s; dnabert_mini in CPU smoke runs)."""
     return params.embed.get("nt_model", "dnabert_s")
+
 
 REPO = Path(__file__).resolve().parents[2]  # a source checkout: params/ and outputs/ beside perfkit/
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -72,9 +75,15 @@ class Context:
 
         for name, value in headline.items():
             records.record(name, value)
-        payload = {"notebook": self.notebook, "status": "complete", "params_file": str(self.params_file),
-                   "params_name": self.params.name, "seconds": time.time() - self.started,
-                   "records": {k: _plain(v) for k, v in headline.items()}, "details": _plain(details or {})}
+        payload = {
+            "notebook": self.notebook,
+            "status": "complete",
+            "params_file": str(self.params_file),
+            "params_name": self.params.name,
+            "seconds": time.time() - self.started,
+            "records": {k: _plain(v) for k, v in headline.items()},
+            "details": _plain(details or {}),
+        }
         write_json(self.path("metrics.json"), payload)
         _show(self.conclusion(payload["records"]))
         return payload
@@ -90,10 +99,14 @@ class Context:
         lines = [f"**Conclusion ({self.notebook})**, the criteria this notebook measures:"]
         for c in mine:
             row = crit.evaluate(c, records)
-            measured = "not measured" if row["measured"] is None else f"{row['measured']:.4g} {c.unit}".rstrip()
+            measured = (
+                "not measured" if row["measured"] is None else f"{row['measured']:.4g} {c.unit}".rstrip()
+            )
             why = f" — {row['reason']}" if row["reason"] else ""
-            lines.append(f"- {c.name}: {measured} (target {c.comparison} {c.target:g} {c.unit}".rstrip() +
-                         f"): **{row['status']}**{why}")
+            lines.append(
+                f"- {c.name}: {measured} (target {c.comparison} {c.target:g} {c.unit}".rstrip()
+                + f"): **{row['status']}**{why}"
+            )
         return "\n".join(lines)
 
 
@@ -108,24 +121,38 @@ def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **
     model = NOTEBOOK_ARGS.get(notebook, NotebookArgs)
     known = set(model.model_fields)
     if namespace is not None:
-        unknown = sorted(k for k, v in namespace.items()
-                         if not k.startswith("_") and k not in known and k not in _IPYTHON_NAMES
-                         and isinstance(v, (str, int, float, bool, list, dict, tuple, type(None))))
+        unknown = sorted(
+            k
+            for k, v in namespace.items()
+            if not k.startswith("_")
+            and k not in known
+            and k not in _IPYTHON_NAMES
+            and isinstance(v, (str, int, float, bool, list, dict, tuple, type(None)))
+        )
         if unknown:
-            raise UserError(f"{notebook}: unknown parameter(s) {', '.join(unknown)}",
-                            f"this notebook takes {', '.join(sorted(known))}")
+            raise UserError(
+                f"{notebook}: unknown parameter(s) {', '.join(unknown)}",
+                f"this notebook takes {', '.join(sorted(known))}",
+            )
     try:
-        parsed = model(params_file=None if params_file is None else str(params_file),
-                       run_dir=None if run_dir is None else str(run_dir), **args)
+        parsed = model(
+            params_file=None if params_file is None else str(params_file),
+            run_dir=None if run_dir is None else str(run_dir),
+            **args,
+        )
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "parameters"
-        raise UserError(f"{notebook}: parameter {where}: {first['msg']}",
-                        f"this notebook takes {', '.join(sorted(known))}") from None
+        raise UserError(
+            f"{notebook}: parameter {where}: {first['msg']}",
+            f"this notebook takes {', '.join(sorted(known))}",
+        ) from None
     default_params = REPO / "params" / "smoke.yaml"
     if parsed.params_file is None and not default_params.exists():
-        raise UserError(f"{notebook}: no params_file given and no {default_params} (not a source checkout)",
-                        "pass one: papermill ... -p params_file path/to/params.yaml")
+        raise UserError(
+            f"{notebook}: no params_file given and no {default_params} (not a source checkout)",
+            "pass one: papermill ... -p params_file path/to/params.yaml",
+        )
     params_path = Path(parsed.params_file or default_params).resolve()
     params = load_suite_params(params_path)
     root = Path(parsed.run_dir or REPO / "outputs" / "nbval").resolve()
@@ -134,7 +161,9 @@ def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **
         shutil.rmtree(ctx.out, ignore_errors=True)  # no stale metrics from an earlier run survive
         ensure_sample(params, root)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("perfkit.sampler").setLevel(logging.ERROR)  # not-measured GPU util is stated in the figures
+    logging.getLogger("perfkit.sampler").setLevel(
+        logging.ERROR
+    )  # not-measured GPU util is stated in the figures
     _show(random_weights_banner(params))
     return ctx
 
@@ -142,11 +171,14 @@ def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **
 def random_weights_banner(params: SuiteParams) -> str:
     """The banner every notebook (and so every report) starts with: which models run on seeded random
     weights. The suite's nucleotide model and classifier always do; ESM-2 unless `embed.weights` is set."""
-    parts = ([] if params.embed.get("weights") else [f"ESM-2 ({params.embed.get('model', 'esm2_t6_8M')})"]) + \
-        ["DNABERT-S", "the classifier"]
-    return (f"**Random weights** ({', '.join(parts)}: seeded random init). Vectors and per-read calls mean "
-            "nothing biologically; the performance figures (throughput, MFU, packing, scaling, time) stand, "
-            "since the work per token does not depend on the weights' values.")
+    parts = (
+        [] if params.embed.get("weights") else [f"ESM-2 ({params.embed.get('model', 'esm2_t6_8M')})"]
+    ) + ["DNABERT-S", "the classifier"]
+    return (
+        f"**Random weights** ({', '.join(parts)}: seeded random init). Vectors and per-read calls mean "
+        "nothing biologically; the performance figures (throughput, MFU, packing, scaling, time) stand, "
+        "since the work per token does not depend on the weights' values."
+    )
 
 
 def _show(markdown: str) -> None:
@@ -185,7 +217,9 @@ def ensure_sample(params: SuiteParams, run_dir: str | Path) -> tuple[Path, dict]
     if params.sample.path:
         stats = profile_fasta(fasta)["summary"]
     else:
-        stats = write_synthetic_fasta(fasta, params.sample.reads, profile=params.sample.profile, seed=params.sample.seed)
+        stats = write_synthetic_fasta(
+            fasta, params.sample.reads, profile=params.sample.profile, seed=params.sample.seed
+        )
     stats["tokens_per_read"] = tokens_per_read(stats)
     write_json(meta_path, {"spec": spec, "path": str(fasta), "stats": stats})
     return fasta, stats
@@ -203,7 +237,7 @@ def is_cuda(device: str) -> bool:
 
 def ratio(numerator, denominator, reason: str):
     """numerator / denominator, or the not-measured marker when either side is missing."""
-    numerator, denominator = _number(numerator), _number(denominator)
+    numerator, denominator = finite_number(numerator), finite_number(denominator)
     if numerator is None or not denominator:
         return crit.not_measured(reason)
     return numerator / denominator
@@ -219,24 +253,53 @@ def dominant_attention(summary: dict) -> str:
 
 def throughput_row(variant: str, summary: dict | None, *, note: str = "") -> dict:
     """One row of a throughput table; steady-state figures (warm-up batches excluded)."""
-    row = {"variant": variant, "measured": summary is not None, "model": None, "mode": None, "layout": None, "precision": None,
-           "device": None, "sequences": None, "batches": None, "seq_per_s": None, "tok_per_s": None,
-           "overall_tok_per_s": None, "token_utilisation": None, "padding_waste": None,
-           "device_busy_fraction": None, "mfu": None, "attention": None, "capped": None, "note": note}
+    row = {
+        "variant": variant,
+        "measured": summary is not None,
+        "model": None,
+        "mode": None,
+        "layout": None,
+        "precision": None,
+        "device": None,
+        "sequences": None,
+        "batches": None,
+        "seq_per_s": None,
+        "tok_per_s": None,
+        "overall_tok_per_s": None,
+        "token_utilisation": None,
+        "padding_waste": None,
+        "device_busy_fraction": None,
+        "mfu": None,
+        "attention": None,
+        "capped": None,
+        "note": note,
+    }
     if summary is None:
         return row
     t, run, config = as_summary(summary).throughput, summary.get("run", {}), summary.get("config", {})
-    v1_layout = ("padded (fair-esm batches)" if not str(config.get("model", "")).startswith("dnabert")
-                 else f"padded ({config.get('v1_nt_batch_sequences')} seq per batch, file order)")
-    row.update(model=run.get("model", config.get("model")), mode=run.get("mode", config.get("mode")),
-               layout=config.get("layout") if config.get("mode") == "v2" else v1_layout,
-               precision=run.get("precision", config.get("precision")), device=run.get("device", config.get("device")),
-               sequences=t.sequences, batches=t.batches, seq_per_s=t.steady_seq_per_s,
-               tok_per_s=t.steady_tok_per_s, overall_tok_per_s=t.tok_per_s,
-               token_utilisation=t.packing_efficiency, padding_waste=t.padding_waste,
-               device_busy_fraction=t.device_busy_fraction, mfu=summary.get("mfu"),
-               attention=dominant_attention(summary),
-               capped=run.get("capped"))
+    v1_layout = (
+        "padded (fair-esm batches)"
+        if not str(config.get("model", "")).startswith("dnabert")
+        else f"padded ({config.get('v1_nt_batch_sequences')} seq per batch, file order)"
+    )
+    row.update(
+        model=run.get("model", config.get("model")),
+        mode=run.get("mode", config.get("mode")),
+        layout=config.get("layout") if config.get("mode") == "v2" else v1_layout,
+        precision=run.get("precision", config.get("precision")),
+        device=run.get("device", config.get("device")),
+        sequences=t.sequences,
+        batches=t.batches,
+        seq_per_s=t.steady_seq_per_s,
+        tok_per_s=t.steady_tok_per_s,
+        overall_tok_per_s=t.tok_per_s,
+        token_utilisation=t.packing_efficiency,
+        padding_waste=t.padding_waste,
+        device_busy_fraction=t.device_busy_fraction,
+        mfu=summary.get("mfu"),
+        attention=dominant_attention(summary),
+        capped=run.get("capped"),
+    )
     return row
 
 

@@ -1,5 +1,6 @@
 """The suite's params schema (pydantic): `load_suite_params` validates a params file; `NotebookArgs`
 and `ScalingArgs` are the notebooks' papermill parameters."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,18 @@ from perfkit.params import load_params
 from perfkit.verdict import MEASURING_NOTEBOOKS, NOTEBOOKS  # noqa: F401 (NOTEBOOKS: the suite's order)
 
 # knobs a tuning sweep may vary (all are EmbedConfig fields that change speed, never results)
-TUNABLE = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "block_reads", "pin_memory",
-           "copy_stream", "allocator", "checkpoint_every_sequences", "checkpoint_every_seconds")
+TUNABLE = (
+    "num_workers",
+    "prefetch_factor",
+    "token_budget",
+    "buffer_size",
+    "block_reads",
+    "pin_memory",
+    "copy_stream",
+    "allocator",
+    "checkpoint_every_sequences",
+    "checkpoint_every_seconds",
+)
 # EmbedConfig fields the suite sets itself: not allowed in the params' `embed:` section
 SUITE_OWNED = ("input", "out_dir", "resume", "max_reads", "max_seconds", "mode", "layout", "progress")
 
@@ -26,7 +37,9 @@ class _Strict(BaseModel):
 
 class SampleParams(_Strict):
     reads: int = Field(2000, ge=1, description="synthetic reads to generate")
-    profile: str = Field("reads150", description="synthetic profile: reads150 | reads300 | contigs | PROFILE.json")
+    profile: str = Field(
+        "reads150", description="synthetic profile: reads150 | reads300 | contigs | PROFILE.json"
+    )
     seed: int = 0
     path: Optional[str] = Field(None, description="an existing FASTA instead (relative to the params file)")
 
@@ -46,13 +59,15 @@ class EquivalenceParams(_Strict):
 class ChainsParams(_Strict):
     """v1.0 and v2 as whole chains (perfkit predict) on the same first `reads` reads: the end-to-end speed-up
     (the seed's "over v1.0" criterion) and the prediction agreement."""
+
     reads: int = Field(200, ge=1)
     model: Optional[str] = None  # ESM-2 model of every chain; None: the embed model
     hidden: int = Field(512, ge=1)  # classifier hidden width (same seeded weights on every side)
     repeats: int = Field(1, ge=1)  # interleaved rounds (every form, then v2): the speed-up's median, min-max
     # the v1.0 forms: original = fp32, get_batch_indices; refactored = fp16 (CPU: fp32), file-order batches
-    forms: list[Literal["original", "refactored"]] = Field(default_factory=lambda: ["original", "refactored"],
-                                                           min_length=1)
+    forms: list[Literal["original", "refactored"]] = Field(
+        default_factory=lambda: ["original", "refactored"], min_length=1
+    )
     # one untimed v2 chain first, so that the timed one does not pay compilation; None: 1 block of reads on
     # GPUs, none on CPU (nothing compiles)
     warmup_reads: Optional[int] = Field(None, ge=0)
@@ -79,8 +94,11 @@ class BaselineParams(_Strict):
     def _embed_keys(cls, embed):
         owned = sorted(set(embed) & set(SUITE_OWNED))
         if owned:
-            raise ValueError(f"key(s) {', '.join(owned)} are set by the suite per variant, not in baseline.embed:")
+            raise ValueError(
+                f"key(s) {', '.join(owned)} are set by the suite per variant, not in baseline.embed:"
+            )
         return embed
+
     v1_fp16: bool = True  # also measure v1 in fp16 (GPU only)
     nucleotide: bool = True  # also v1 vs v2 of the nucleotide stage (DNABERT-S) and its packed-vs-padded gate
     nt_equivalence_reads: int = Field(64, ge=2)  # reads of the DNABERT-S gate
@@ -109,7 +127,9 @@ class ScalingParams(Caps):
     # (fit_reads): wall = fixed + per read x reads per side, projected to the full sample
     # the two chain sizes (reads) of each side, small then large; None: [max_reads / 2, max_reads]
     fit_reads: Optional[list[int]] = None
-    repeats: int = Field(1, ge=1)  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
+    repeats: int = Field(
+        1, ge=1
+    )  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
     # one untimed chain of N ranks before the timed rounds, so that no timed launch is the first to compile for
     # its GPU (a cold 2-rank launch measured 62 s where a warm one took 42 s on 2 x H200). None: on GPUs
     # 4 blocks per rank, on CPU none (nothing compiles); 0: no warm-up
@@ -127,8 +147,10 @@ class ScalingParams(Caps):
     @model_validator(mode="after")
     def _one_largest_size(self):
         if self.fit_reads and self.max_reads is not None and self.max_reads != self.fit_reads[1]:
-            raise ValueError(f"max_reads {self.max_reads} differs from the largest of fit_reads "
-                             f"{self.fit_reads[1]}: set one of them")
+            raise ValueError(
+                f"max_reads {self.max_reads} differs from the largest of fit_reads "
+                f"{self.fit_reads[1]}: set one of them"
+            )
         return self
 
 
@@ -221,13 +243,18 @@ def load_suite_params(params_file: str | Path, overrides: dict | None = None) ->
         raise UserError(f"{path}: {err.problem}", err.fix) from None
     for section in ("profiling", "scaling", "full_validation"):
         if getattr(params, section).max_seconds is not None:
-            raise UserError(f"{path}: {section}.max_seconds: this notebook runs the whole chain, which is capped "
-                            f"by reads", f"set {section}.max_reads instead")
+            raise UserError(
+                f"{path}: {section}.max_seconds: this notebook runs the whole chain, which is capped "
+                f"by reads",
+                f"set {section}.max_reads instead",
+            )
     rules = crit.criteria_from_params(params.criteria)
     for rule in rules:
         if rule.source not in MEASURING_NOTEBOOKS:
-            raise UserError(f"{path}: criterion {rule.name!r} has source {rule.source!r}",
-                            f"set source to one of {', '.join(MEASURING_NOTEBOOKS)}")
+            raise UserError(
+                f"{path}: criterion {rule.name!r} has source {rule.source!r}",
+                f"set source to one of {', '.join(MEASURING_NOTEBOOKS)}",
+            )
     return params
 
 

@@ -9,6 +9,7 @@
   06_summary sees the statuses of the notebooks before it;
 - the return code is non-zero when any notebook failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 SUITE_SCHEMA = "perfkit.suite/1"
 
 
-
-KERNEL_NAME = "perfkit"  # installed by `make venv`; unique, so another Jupyter's `python3` kernel is never taken
+KERNEL_NAME = (
+    "perfkit"  # installed by `make venv`; unique, so another Jupyter's `python3` kernel is never taken
+)
 FALLBACK_KERNEL = "python3"  # ipykernel's own: what a bare install (a GPU node's --target folder) has
 
 
@@ -32,6 +34,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else FALLBACK_KERNEL
+
 
 def select(only) -> list[str]:
     """Stems to run, in order; `only` names stems or their number prefixes ('01', '03_scaling'); 06 always."""
@@ -57,7 +60,9 @@ def export_html(notebook: Path, html: Path) -> None:
 
     logging.getLogger("traitlets").setLevel(logging.ERROR)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scrapbook's JSON scraps have no HTML form: nbconvert warns per scrap
+        warnings.simplefilter(
+            "ignore"
+        )  # scrapbook's JSON scraps have no HTML form: nbconvert warns per scrap
         body, _ = HTMLExporter().from_filename(str(notebook))
     html.write_text(body, encoding="utf-8")
 
@@ -72,10 +77,13 @@ def _earlier_statuses(out_dir: Path, params_path: Path, commit, skip) -> dict:
     same_code = (earlier.get("environment") or {}).get("commit") == commit and commit is not None
     if earlier.get("params_file") != str(params_path) or not same_code:
         return {}
-    return {stem: {**entry, "earlier_call": earlier.get("started")}
-            for stem, entry in (earlier.get("notebooks") or {}).items()
-            if stem not in skip and entry.get("status") in ("complete", "failed")
-            and (out_dir / f"{stem}.ipynb").exists()}
+    return {
+        stem: {**entry, "earlier_call": earlier.get("started")}
+        for stem, entry in (earlier.get("notebooks") or {}).items()
+        if stem not in skip
+        and entry.get("status") in ("complete", "failed")
+        and (out_dir / f"{stem}.ipynb").exists()
+    }
 
 
 def _one_line(err: BaseException) -> str:
@@ -85,8 +93,9 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) < 500 else text[:497] + "..."
 
 
-def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None,
-              notebook_dir: Path | None = None) -> int:
+def run_suite(
+    params_path, out_dir, only=None, *, parameters: dict | None = None, notebook_dir: Path | None = None
+) -> int:
     """Run the suite; 0 when every notebook that ran succeeded.
 
     `parameters`: extra papermill parameters per notebook stem, e.g. {"03_scaling": {"gpus": 2}}.
@@ -114,8 +123,15 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
     status.update(_earlier_statuses(out_dir, params_path, env.get("commit"), skip=stems))
 
     # what ran, recorded when it ran (a report published later must not take a later checkout's commit)
-    suite = {"schema": SUITE_SCHEMA, "params_file": str(params_path), "params_name": params.name,
-             "run_dir": str(out_dir), "notebooks": status, "started": started, "environment": env}
+    suite = {
+        "schema": SUITE_SCHEMA,
+        "params_file": str(params_path),
+        "params_name": params.name,
+        "run_dir": str(out_dir),
+        "notebooks": status,
+        "started": started,
+        "environment": env,
+    }
     write_json(out_dir / "suite.json", suite)
     for index, stem in enumerate(stems, 1):
         source = notebook_dir / f"{stem}.ipynb"
@@ -128,10 +144,19 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
         write_json(out_dir / "suite.json", suite)
         try:
             papermill.execute_notebook(
-                str(source), str(output),
-                parameters={"params_file": str(params_path), "run_dir": str(out_dir), **(parameters or {}).get(stem, {})},
-                kernel_name=kernel_name(), cwd=str(notebook_dir), progress_bar=False, log_output=False,
-                execution_timeout=params.notebook_timeout_s)
+                str(source),
+                str(output),
+                parameters={
+                    "params_file": str(params_path),
+                    "run_dir": str(out_dir),
+                    **(parameters or {}).get(stem, {}),
+                },
+                kernel_name=kernel_name(),
+                cwd=str(notebook_dir),
+                progress_bar=False,
+                log_output=False,
+                execution_timeout=params.notebook_timeout_s,
+            )
             entry["status"] = "complete"
         except Exception as err:  # papermill's PapermillExecutionError, a dead kernel, a timeout ...
             entry.update(status="failed", error=_one_line(err))
@@ -141,8 +166,11 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
                 export_html(output, out_dir / f"{stem}.html")
             except Exception as err:  # an unexportable notebook is reported, not fatal
                 entry["html_error"] = _one_line(err)
-        print(f"[{index}/{len(stems)}] {stem}: {entry['status']} in {entry['seconds']:.1f} s"
-              + (f" — {entry['error']}" if entry["error"] else ""), flush=True)
+        print(
+            f"[{index}/{len(stems)}] {stem}: {entry['status']} in {entry['seconds']:.1f} s"
+            + (f" — {entry['error']}" if entry["error"] else ""),
+            flush=True,
+        )
         write_json(out_dir / "suite.json", suite)
     suite["seconds"] = round(time.time() - started, 2)
     summary_path = out_dir / "summary.json"
@@ -152,9 +180,11 @@ def run_suite(params_path, out_dir, only=None, *, parameters: dict | None = None
         suite["verdict"] = summary.get("verdict")
     write_json(out_dir / "suite.json", suite)
     failed = [s for s, e in status.items() if e["status"] == "failed"]
-    print(f"perfkit suite: {len(stems) - len(failed)}/{len(stems)} notebooks complete in {suite['seconds']:.0f} s; "
-          f"verdict {suite.get('verdict', 'unknown')}" + (f"; failed: {', '.join(failed)}" if failed else ""),
-          flush=True)
+    print(
+        f"perfkit suite: {len(stems) - len(failed)}/{len(stems)} notebooks complete in {suite['seconds']:.0f} s; "
+        f"verdict {suite.get('verdict', 'unknown')}" + (f"; failed: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     if summary:  # the verdict's reasons on the terminal, not only in 06_summary.html
         from perfkit.publish import criteria_lines
 

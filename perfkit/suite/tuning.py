@@ -1,4 +1,5 @@
 """04_tuning: a sweep of the speed knobs (coordinate or grid), and the params file with the best ones."""
+
 from __future__ import annotations
 
 import itertools
@@ -83,9 +84,17 @@ def run_tuning(ctx: Context, measure=None) -> dict:
         errors = "; ".join(sorted({str(r.get("error")) for r in rows}))
         raise RuntimeError(f"every tuning run failed: {errors}")
     best_knobs = {k: best[k] for k in p.grid}
-    write_json(ctx.path("tuning.json"), {"rows": _plain(table), "best": best_knobs, "stop_reason": stop_reason})
-    return {"table": table, "best_config": best_knobs, "best_tok_per_s": best["tok_per_s"], "best": best,
-            "stop_reason": stop_reason or "all points measured", "knobs": list(p.grid)}
+    write_json(
+        ctx.path("tuning.json"), {"rows": _plain(table), "best": best_knobs, "stop_reason": stop_reason}
+    )
+    return {
+        "table": table,
+        "best_config": best_knobs,
+        "best_tok_per_s": best["tok_per_s"],
+        "best": best,
+        "stop_reason": stop_reason or "all points measured",
+        "knobs": list(p.grid),
+    }
 
 
 def measure_point(ctx: Context, knobs: dict, index: int) -> dict:
@@ -94,15 +103,37 @@ def measure_point(ctx: Context, knobs: dict, index: int) -> dict:
 
     p = ctx.params.tuning
     try:
-        summary = run_embed(ctx.embed_config(f"point-{index:02d}", mode="v2", layout="packed",
-                                             max_seconds=p.max_seconds, max_reads=p.max_reads, **knobs))
+        summary = run_embed(
+            ctx.embed_config(
+                f"point-{index:02d}",
+                mode="v2",
+                layout="packed",
+                max_seconds=p.max_seconds,
+                max_reads=p.max_reads,
+                **knobs,
+            )
+        )
     except Exception as err:  # a point that cannot run is a result of the sweep, not its end
-        return {"status": "error", "error": f"{type(err).__name__}: {err}", "tok_per_s": None, "seq_per_s": None,
-                "packing_efficiency": None, "device_busy_fraction": None, "loader_wait_fraction": None}
+        return {
+            "status": "error",
+            "error": f"{type(err).__name__}: {err}",
+            "tok_per_s": None,
+            "seq_per_s": None,
+            "packing_efficiency": None,
+            "device_busy_fraction": None,
+            "loader_wait_fraction": None,
+        }
     t = as_summary(summary).throughput
-    return {"status": "ok", "error": None, "tok_per_s": t.steady_tok_per_s, "seq_per_s": t.steady_seq_per_s,
-            "packing_efficiency": t.packing_efficiency, "device_busy_fraction": t.device_busy_fraction,
-            "loader_wait_fraction": t.loader_wait_fraction, "checkpoint_share": summary["checkpoint"]["share_of_wall"]}
+    return {
+        "status": "ok",
+        "error": None,
+        "tok_per_s": t.steady_tok_per_s,
+        "seq_per_s": t.steady_seq_per_s,
+        "packing_efficiency": t.packing_efficiency,
+        "device_busy_fraction": t.device_busy_fraction,
+        "loader_wait_fraction": t.loader_wait_fraction,
+        "checkpoint_share": summary["checkpoint"]["share_of_wall"],
+    }
 
 
 def write_best_params(ctx: Context, best_config: dict, path: Path | None = None) -> Path:
@@ -113,8 +144,10 @@ def write_best_params(ctx: Context, best_config: dict, path: Path | None = None)
     data = load_params(ctx.params_file)
     data["embed"] = {**(data.get("embed") or {}), **best_config}
     data["name"] = f"{data.get('name', 'params')}-tuned"
-    header = (f"# written by 04_tuning from {ctx.params_file}: embed knobs set to the best point of the sweep\n"
-              f"# ({', '.join(f'{k}={v}' for k, v in best_config.items())})\n")
+    header = (
+        f"# written by 04_tuning from {ctx.params_file}: embed knobs set to the best point of the sweep\n"
+        f"# ({', '.join(f'{k}={v}' for k, v in best_config.items())})\n"
+    )
     path.write_text(header + yaml.safe_dump(data, sort_keys=False))
     load_suite_params(path)  # still a valid params file
     return path
@@ -125,16 +158,26 @@ def tuning_figures(ctx: Context, result: dict) -> dict:
 
     p = ctx.params.tuning
     caps = ", ".join(f"{k}={v}" for k, v in (("max_seconds", p.max_seconds), ("max_reads", p.max_reads)) if v)
-    figs = {"tuning": plots.tuning_lines(
-        result["table"], result["knobs"], ctx.path("tuning.png"), best=result["best_config"],
-        title=f"Tuning sweep ({p.strategy}): steady tok/s per knob value, {len(result['table'])} runs",
-        caption=f"Each point is one capped v2 run ({caps or 'uncapped'}) on the same sample; y = steady-state "
-                f"tokens/s from its telemetry. Star = best run; stop: {result['stop_reason']}.")}
+    figs = {
+        "tuning": plots.tuning_lines(
+            result["table"],
+            result["knobs"],
+            ctx.path("tuning.png"),
+            best=result["best_config"],
+            title=f"Tuning sweep ({p.strategy}): steady tok/s per knob value, {len(result['table'])} runs",
+            caption=f"Each point is one capped v2 run ({caps or 'uncapped'}) on the same sample; y = steady-state "
+            f"tokens/s from its telemetry. Star = best run; stop: {result['stop_reason']}.",
+        )
+    }
     varied = [k for k in result["knobs"] if result["table"][k].astype(str).nunique() > 1]
     if len(varied) >= 2:
         figs["tuning_heatmap"] = plots.tuning_heatmap(
-            result["table"], varied[0], varied[1], ctx.path("tuning_heatmap.png"),
+            result["table"],
+            varied[0],
+            varied[1],
+            ctx.path("tuning_heatmap.png"),
             title=f"Steady tok/s over {varied[0]} x {varied[1]}",
             caption="Mean steady tokens/s of the runs at each pair of values (other knobs at whatever the sweep "
-                    "had them); blank = not run.")
+            "had them); blank = not run.",
+        )
     return figs

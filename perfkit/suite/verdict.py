@@ -1,5 +1,6 @@
 """06_summary: the run's verdict (`perfkit.verdict.evaluate_run`) written to summary.json, as a table and
 a figure."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,14 @@ def write_summary(ctx: Context) -> dict:
     result = evaluate_run(ctx.run_dir, ctx.params)
     result["params_file"] = str(ctx.params_file)
     write_json(ctx.run_dir / "summary.json", result)
-    write_json(ctx.path("metrics.json"), {"notebook": ctx.notebook, "status": "complete", "records":
-                                          {"verdict": result["verdict"], "counts": result["counts"]}})
+    write_json(
+        ctx.path("metrics.json"),
+        {
+            "notebook": ctx.notebook,
+            "status": "complete",
+            "records": {"verdict": result["verdict"], "counts": result["counts"]},
+        },
+    )
     return result
 
 
@@ -46,26 +53,44 @@ def readable_criteria(result: dict) -> pd.DataFrame:
         unit = c.get("unit") or ""
         gate = c.get("comparison") == "==" and isinstance(c.get("target"), (bool, int, float)) and unit == ""
         target = c.get("target")
-        target_text = ("true" if target else "false") if gate else f"{c.get('comparison')} {_shown(target, unit, False)}"
+        target_text = (
+            ("true" if target else "false")
+            if gate
+            else f"{c.get('comparison')} {_shown(target, unit, False)}"
+        )
         margin = c.get("relative_margin")
         spread = c.get("spread")
-        rows.append({"criterion": c["name"], "what it measures": c.get("description") or "",
-                     "target": target_text, "measured": _shown(c.get("measured"), unit, gate),
-                     "spread": "—" if not spread else (f"{_shown(spread['min'], '', False)}–"
-                                                       f"{_shown(spread['max'], unit, False)}, "
-                                                       + (spread["interval"] if spread.get("interval")
-                                                          else f"{spread['repeats']} repeats")),
-                     "margin": "—" if gate or margin is None else f"{margin:+.1%}", "status": c["status"],
-                     "source": c.get("source") or "", "reason": c.get("reason") or ""})
+        rows.append(
+            {
+                "criterion": c["name"],
+                "what it measures": c.get("description") or "",
+                "target": target_text,
+                "measured": _shown(c.get("measured"), unit, gate),
+                "spread": "—"
+                if not spread
+                else (
+                    f"{_shown(spread['min'], '', False)}–"
+                    f"{_shown(spread['max'], unit, False)}, "
+                    + (spread["interval"] if spread.get("interval") else f"{spread['repeats']} repeats")
+                ),
+                "margin": "—" if gate or margin is None else f"{margin:+.1%}",
+                "status": c["status"],
+                "source": c.get("source") or "",
+                "reason": c.get("reason") or "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def show_criteria(result: dict):
     """readable_criteria, styled: nothing cut off, the status coloured."""
     colours = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#757575"}
-    return (readable_criteria(result).style.hide(axis="index")
-            .map(lambda s: f"color: {colours.get(s, 'inherit')}; font-weight: bold", subset=["status"])
-            .set_properties(**{"white-space": "pre-wrap", "text-align": "left"}))
+    return (
+        readable_criteria(result)
+        .style.hide(axis="index")
+        .map(lambda s: f"color: {colours.get(s, 'inherit')}; font-weight: bold", subset=["status"])
+        .set_properties(**{"white-space": "pre-wrap", "text-align": "left"})
+    )
 
 
 def conclusion(result: dict) -> str:
@@ -73,9 +98,17 @@ def conclusion(result: dict) -> str:
     by_status: dict[str, list[str]] = {}
     for c in result["criteria"]:
         by_status.setdefault(c["status"], []).append(c["name"])
-    parts = [f"{len(names)} {status}" + ("" if status == "PASS" else f" ({', '.join(names)})")
-             for status, names in sorted(by_status.items(), key=lambda kv: ("PASS", "FAIL", "NOT MEASURED").index(kv[0])
-                                         if kv[0] in ("PASS", "FAIL", "NOT MEASURED") else 3)]
+    parts = [
+        f"{len(names)} {status}" + ("" if status == "PASS" else f" ({', '.join(names)})")
+        for status, names in sorted(
+            by_status.items(),
+            key=lambda kv: (
+                ("PASS", "FAIL", "NOT MEASURED").index(kv[0])
+                if kv[0] in ("PASS", "FAIL", "NOT MEASURED")
+                else 3
+            ),
+        )
+    ]
     why = "every criterion passed" if result["verdict"] == "PASS" else "not every criterion passed"
     return f"verdict {result['verdict']}: {why}; " + ", ".join(parts)
 
@@ -83,12 +116,16 @@ def conclusion(result: dict) -> str:
 def summary_figures(ctx: Context, result: dict) -> dict:
     from perfkit import plots
 
-    return {"criteria": plots.criteria_margins(
-        pd.DataFrame(result["criteria"]), ctx.path("criteria.png"),
-        title=f"Criteria of {ctx.params.name}: verdict {result['verdict']}",
-        caption="Relative margin = (measured - target) / |target| on the passing side (positive passes). "
-                "FAIL without a bar: source notebook missing or failed; NOT MEASURED: no measurement on this "
-                "hardware (counts as not passing).")}
+    return {
+        "criteria": plots.criteria_margins(
+            pd.DataFrame(result["criteria"]),
+            ctx.path("criteria.png"),
+            title=f"Criteria of {ctx.params.name}: verdict {result['verdict']}",
+            caption="Relative margin = (measured - target) / |target| on the passing side (positive passes). "
+            "FAIL without a bar: source notebook missing or failed; NOT MEASURED: no measurement on this "
+            "hardware (counts as not passing).",
+        )
+    }
 
 
 def comparison(ctx: Context, result: dict) -> pd.DataFrame | None:
@@ -104,6 +141,8 @@ def comparison(ctx: Context, result: dict) -> pd.DataFrame | None:
         raise UserError(f"compare_to: {err.problem}", err.fix) from None
     rows = compare.compare_runs(run_a, compare.load_run(ctx.run_dir))
     regressed = [r.figure for r in compare.regressions(rows)]
-    write_json(ctx.path("comparison.json"), {"a": str(earlier), "b": str(ctx.run_dir), "regressed": regressed,
-                                             "rows": [vars(r) for r in rows]})
+    write_json(
+        ctx.path("comparison.json"),
+        {"a": str(earlier), "b": str(ctx.run_dir), "regressed": regressed, "rows": [vars(r) for r in rows]},
+    )
     return compare.table(rows)

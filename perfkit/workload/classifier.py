@@ -19,6 +19,7 @@ Conventions:
   block and put side by side batch by batch on the device; reads are grouped by key
   (read index = key // 6), their ids only checked and written; CSVs are written by pyarrow.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,8 @@ from torch import nn
 from perfkit.errors import CheckFailed, UserError
 from perfkit.workload.translate import FRAMES
 
-NT_DIM = 768          # DNABERT-S
-PROTEIN_DIM = 2560    # ESM-2 3B
+NT_DIM = 768  # DNABERT-S
+PROTEIN_DIM = 2560  # ESM-2 3B
 FEATURE_DIM = NT_DIM + PROTEIN_DIM
 CLASSES = ("other", "virus")  # class index 0, 1
 NO_FRAMES = "no_frames"
@@ -51,6 +52,7 @@ FRAMES_PER_READ = len(FRAMES)  # key = read index x 6 + frame index
 
 # --- stage 7: merge ----------------------------------------------------------
 
+
 def align_by_ids(ids_a, vec_a, ids_b, vec_b) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Check that two (ids, vectors) sets describe the same frames in the same order.
 
@@ -60,8 +62,10 @@ def align_by_ids(ids_a, vec_a, ids_b, vec_b) -> tuple[list[str], np.ndarray, np.
     ids_a, ids_b = [str(i) for i in ids_a], [str(i) for i in ids_b]
     for name, ids, vec in (("a", ids_a, vec_a), ("b", ids_b, vec_b)):
         if len(ids) != len(vec):
-            raise UserError(f"set {name} has {len(ids)} ids but {len(vec)} vectors",
-                            "ids and vectors must come from the same file")
+            raise UserError(
+                f"set {name} has {len(ids)} ids but {len(vec)} vectors",
+                "ids and vectors must come from the same file",
+            )
         if len(set(ids)) != len(ids):
             duplicate = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
             raise UserError(f"set {name} holds id {duplicate!r} more than once", "rebuild its embeddings")
@@ -70,14 +74,17 @@ def align_by_ids(ids_a, vec_a, ids_b, vec_b) -> tuple[list[str], np.ndarray, np.
         first_a = ids_a[row] if row < len(ids_a) else "<end>"
         first_b = ids_b[row] if row < len(ids_b) else "<end>"
         only_a, only_b = len(set(ids_a) - set(ids_b)), len(set(ids_b) - set(ids_a))
-        raise UserError(f"ids differ first at row {row}: {first_a!r} vs {first_b!r} "
-                        f"({only_a} ids only in a, {only_b} only in b)",
-                        "embed both models from the same translated frames, in the same order")
+        raise UserError(
+            f"ids differ first at row {row}: {first_a!r} vs {first_b!r} "
+            f"({only_a} ids only in a, {only_b} only in b)",
+            "embed both models from the same translated frames, in the same order",
+        )
     return ids_a, vec_a, vec_b
 
 
-def merge_features(nt: np.ndarray, protein: np.ndarray, *, protein_dim: int = PROTEIN_DIM,
-                   nt_dim: int = NT_DIM) -> np.ndarray:
+def merge_features(
+    nt: np.ndarray, protein: np.ndarray, *, protein_dim: int = PROTEIN_DIM, nt_dim: int = NT_DIM
+) -> np.ndarray:
     """[n, 768] DNABERT-S + [n, 2560] ESM-2 3B -> [n, 3328] float32 (rows already aligned).
 
     `protein_dim` and `nt_dim` are the models' widths (2560 for ESM-2 3B, 768 for DNABERT-S; smaller models
@@ -85,15 +92,20 @@ def merge_features(nt: np.ndarray, protein: np.ndarray, *, protein_dim: int = PR
     """
     for name, array, dim in (("nucleotide", nt, nt_dim), ("protein", protein, protein_dim)):
         if np.ndim(array) != 2 or np.shape(array)[1] != dim:
-            raise UserError(f"{name} embeddings have shape {np.shape(array)}, expected [n, {dim}]",
-                            "check which model produced the file")
+            raise UserError(
+                f"{name} embeddings have shape {np.shape(array)}, expected [n, {dim}]",
+                "check which model produced the file",
+            )
     if len(nt) != len(protein):
-        raise UserError(f"{len(nt)} nucleotide rows but {len(protein)} protein rows",
-                        "both must hold the same frames; check them with align_by_ids")
+        raise UserError(
+            f"{len(nt)} nucleotide rows but {len(protein)} protein rows",
+            "both must hold the same frames; check them with align_by_ids",
+        )
     return np.concatenate((nt, protein), axis=1).astype(np.float32, copy=False)
 
 
 # --- stage 8: classifier -----------------------------------------------------
+
 
 class ViralClassifier(nn.Module):
     """Linear(in, h) -> BatchNorm1d -> ReLU -> Dropout -> Linear(h, 2); logits (0 = other, 1 = virus)."""
@@ -121,8 +133,14 @@ def weights_sha256(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
-def load_classifier(path: str | Path | None = None, *, hidden: int, in_dim: int = FEATURE_DIM,
-                    dropout: float = 0.5, seed: int = 0) -> tuple[ViralClassifier, dict]:
+def load_classifier(
+    path: str | Path | None = None,
+    *,
+    hidden: int,
+    in_dim: int = FEATURE_DIM,
+    dropout: float = 0.5,
+    seed: int = 0,
+) -> tuple[ViralClassifier, dict]:
     """(model in eval mode, info). Weights from a state_dict `.pt` file, or random from `seed`."""
     if path is None:
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
@@ -134,8 +152,14 @@ def load_classifier(path: str | Path | None = None, *, hidden: int, in_dim: int 
         model.load_state_dict(_read_state_dict(Path(path), model))
         source = str(path)
     model.eval()
-    info = {"source": source, "in_dim": in_dim, "hidden": hidden, "dropout": dropout,
-            "classes": list(CLASSES), "weights_sha256": weights_sha256(model.state_dict())}
+    info = {
+        "source": source,
+        "in_dim": in_dim,
+        "hidden": hidden,
+        "dropout": dropout,
+        "classes": list(CLASSES),
+        "weights_sha256": weights_sha256(model.state_dict()),
+    }
     return model, info
 
 
@@ -145,41 +169,52 @@ def _read_state_dict(path: Path, model: ViralClassifier) -> dict:
     except FileNotFoundError as err:
         raise UserError(f"classifier weights {path} not found", "check the path") from err
     except Exception as err:  # a pickled model object, a truncated file, not torch at all
-        raise UserError(f"cannot read classifier weights {path}: {err}",
-                        "save them with torch.save(model.state_dict(), path)") from err
+        raise UserError(
+            f"cannot read classifier weights {path}: {err}",
+            "save them with torch.save(model.state_dict(), path)",
+        ) from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a state_dict", "save it with torch.save(model.state_dict(), path)")
+        raise UserError(
+            f"{path} does not hold a state_dict", "save it with torch.save(model.state_dict(), path)"
+        )
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise UserError(f"classifier weights {path} have other layers: missing {missing}, unexpected {unexpected}",
-                        "expected fc1, bn1, fc2 of ViralClassifier")
+        raise UserError(
+            f"classifier weights {path} have other layers: missing {missing}, unexpected {unexpected}",
+            "expected fc1, bn1, fc2 of ViralClassifier",
+        )
     wrong = [name for name in expected if tuple(state[name].shape) != tuple(expected[name].shape)]
     if wrong:
         name = wrong[0]
         more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
         found_hidden, found_in = state["fc1.weight"].shape
-        raise UserError(f"classifier weights {path} do not fit in_dim={model.in_dim}, hidden={model.hidden}: "
-                        f"layer {name} expected {tuple(expected[name].shape)}, "
-                        f"found {tuple(state[name].shape)}{more}",
-                        f"these weights are in_dim={found_in}, hidden={found_hidden}; pass those")
+        raise UserError(
+            f"classifier weights {path} do not fit in_dim={model.in_dim}, hidden={model.hidden}: "
+            f"layer {name} expected {tuple(expected[name].shape)}, "
+            f"found {tuple(state[name].shape)}{more}",
+            f"these weights are in_dim={found_in}, hidden={found_hidden}; pass those",
+        )
     return state
 
 
-def predict_frames(model: nn.Module, features: np.ndarray, batch_size: int = 4096,
-                   device: str = "cpu") -> np.ndarray:
+def predict_frames(
+    model: nn.Module, features: np.ndarray, batch_size: int = 4096, device: str = "cpu"
+) -> np.ndarray:
     """Softmax probabilities [n, 2] float32 (p_other, p_virus), model in eval mode."""
     features = np.asarray(features, dtype=np.float32)
     in_dim = getattr(model, "in_dim", None)
     if features.ndim != 2 or (in_dim is not None and features.shape[1] != in_dim):
-        raise UserError(f"features have shape {features.shape}, the classifier expects [n, {in_dim}]",
-                        "merge nucleotide and protein embeddings first")
+        raise UserError(
+            f"features have shape {features.shape}, the classifier expects [n, {in_dim}]",
+            "merge nucleotide and protein embeddings first",
+        )
     model.eval().to(device)  # BatchNorm on running stats, dropout off
     out = np.empty((len(features), len(CLASSES)), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size])).to(device)
-            out[start:start + len(batch)] = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
+            batch = torch.from_numpy(np.ascontiguousarray(features[start : start + batch_size])).to(device)
+            out[start : start + len(batch)] = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
     return out
 
 
@@ -198,19 +233,28 @@ def launch_parts(model: nn.Module, parts, *, device: str = "cpu", batch_size: in
     wheres = [np.asarray(where, dtype=np.int64) for _, where in parts]
     in_dim, n = sum(b.shape[1] for b in blocks), len(wheres[0])
     if getattr(model, "in_dim", in_dim) != in_dim or any(len(w) != n for w in wheres):
-        raise UserError(f"features have {in_dim} columns for {[len(w) for w in wheres]} frames, the classifier "
-                        f"expects [n, {getattr(model, 'in_dim', None)}]", "merge nucleotide and protein embeddings first")
+        raise UserError(
+            f"features have {in_dim} columns for {[len(w) for w in wheres]} frames, the classifier "
+            f"expects [n, {getattr(model, 'in_dim', None)}]",
+            "merge nucleotide and protein embeddings first",
+        )
     model.eval().to(device)  # BatchNorm on running stats, dropout off
     cuda = torch.device(device).type == "cuda"
     with torch.inference_mode():
         # a copy from pageable memory would wait for the stream (the blocks' copies): `where` goes pinned too
-        on_device = [(b.to(device, non_blocking=True),
-                      (torch.from_numpy(w).pin_memory() if cuda else torch.from_numpy(w)).to(device, non_blocking=True))
-                     for b, w in zip(blocks, wheres)]
+        on_device = [
+            (
+                b.to(device, non_blocking=True),
+                (torch.from_numpy(w).pin_memory() if cuda else torch.from_numpy(w)).to(
+                    device, non_blocking=True
+                ),
+            )
+            for b, w in zip(blocks, wheres)
+        ]
         probs = torch.empty((n, len(CLASSES)), dtype=torch.float32, device=device)
         for start in range(0, n, batch_size):
-            x = torch.cat([b.index_select(0, w[start:start + batch_size]) for b, w in on_device], dim=1)
-            probs[start:start + len(x)] = torch.softmax(model(x).float(), dim=1)
+            x = torch.cat([b.index_select(0, w[start : start + batch_size]) for b, w in on_device], dim=1)
+            probs[start : start + len(x)] = torch.softmax(model(x).float(), dim=1)
         if not cuda:
             return lambda: probs.numpy()
         host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
@@ -221,6 +265,7 @@ def launch_parts(model: nn.Module, parts, *, device: str = "cpu", batch_size: in
     def result() -> np.ndarray:
         done.synchronize()
         return host.numpy()
+
     return result
 
 
@@ -231,17 +276,22 @@ def predict_parts(model: nn.Module, parts, *, device: str = "cpu", batch_size: i
 
 # --- stage 9: consensus --------------------------------------------------------
 
+
 def split_frame_ids(frame_ids) -> pd.DataFrame:
     """Columns frame_id, read_id, frame; UserError naming the first id without an _F1.._R3 suffix."""
     ids = pd.Series(np.asarray(frame_ids, dtype=str), dtype=object, name="frame_id")
     frame, read_id = ids.str[-2:], ids.str[:-3]  # every frame suffix is "_" + 2 characters
     bad = ~frame.isin(FRAMES) | (ids.str[-3:-2] != "_") | (read_id == "")
     if bad.any():
-        raise UserError(f"frame id {ids[bad].iloc[0]!r} does not end in _{'/_'.join(FRAMES)}",
-                        "use the ids of the translation step")
+        raise UserError(
+            f"frame id {ids[bad].iloc[0]!r} does not end in _{'/_'.join(FRAMES)}",
+            "use the ids of the translation step",
+        )
     if ids.duplicated().any():
-        raise UserError(f"frame id {ids[ids.duplicated()].iloc[0]!r} appears more than once",
-                        "each frame must be classified once")
+        raise UserError(
+            f"frame id {ids[ids.duplicated()].iloc[0]!r} appears more than once",
+            "each frame must be classified once",
+        )
     return pd.DataFrame({"frame_id": ids, "read_id": read_id, "frame": frame})
 
 
@@ -254,20 +304,26 @@ def consensus(frame_ids, probs: np.ndarray, all_read_ids=None) -> pd.DataFrame:
     probs = _check_probs(frame_ids, probs)
     frames = split_frame_ids(frame_ids)
     frames["p_other"], frames["p_virus"] = probs[:, 0], probs[:, 1]
-    table = (frames.groupby("read_id", sort=False)
-             .agg(frames=("frame", "size"), max_virus=("p_virus", "max"), max_other=("p_other", "max"))
-             .reset_index())
+    table = (
+        frames.groupby("read_id", sort=False)
+        .agg(frames=("frame", "size"), max_virus=("p_virus", "max"), max_other=("p_other", "max"))
+        .reset_index()
+    )
     table["prediction"] = np.where(table["max_virus"] >= table["max_other"], "virus", "other")
     if all_read_ids is None:
         return table
     every = pd.DataFrame({"read_id": np.asarray(all_read_ids, dtype=str)})
     if every["read_id"].duplicated().any():
-        raise UserError(f"read id {every['read_id'][every['read_id'].duplicated()].iloc[0]!r} "
-                        "is listed twice", "pass each read (or chunk) id once")
+        raise UserError(
+            f"read id {every['read_id'][every['read_id'].duplicated()].iloc[0]!r} is listed twice",
+            "pass each read (or chunk) id once",
+        )
     unknown = ~table["read_id"].isin(every["read_id"])
     if unknown.any():
-        raise UserError(f"frames of read {table['read_id'][unknown].iloc[0]!r} but that read is not listed",
-                        "for chunked reads pass the chunk ids")
+        raise UserError(
+            f"frames of read {table['read_id'][unknown].iloc[0]!r} but that read is not listed",
+            "for chunked reads pass the chunk ids",
+        )
     table = every.merge(table, on="read_id", how="left")
     table["frames"] = table["frames"].fillna(0).astype(int)
     table["prediction"] = table["prediction"].fillna(NO_FRAMES)
@@ -277,8 +333,10 @@ def consensus(frame_ids, probs: np.ndarray, all_read_ids=None) -> pd.DataFrame:
 def _check_probs(frame_ids, probs) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2 or probs.shape[1] != len(CLASSES) or len(probs) != len(frame_ids):
-        raise UserError(f"probabilities have shape {probs.shape} for {len(frame_ids)} frame ids",
-                        "expected [n, 2] (p_other, p_virus), one row per frame id")
+        raise UserError(
+            f"probabilities have shape {probs.shape} for {len(frame_ids)} frame ids",
+            "expected [n, 2] (p_other, p_virus), one row per frame id",
+        )
     if not np.isfinite(probs).all():
         raise UserError("probabilities hold NaN or inf", "check the classifier's precision and inputs")
     return probs
@@ -302,10 +360,14 @@ def frame_table(keys: np.ndarray, frame_ids, probs: np.ndarray) -> pa.Table:
     bad = pc.or_(pc.not_equal(suffix, expected), pc.equal(pc.utf8_length(read_id), 0))
     if len(ids) and pc.any(bad).as_py():
         first = pc.index(bad, True).as_py()
-        raise CheckFailed(f"alignment check failed: frame id {ids[first].as_py()!r} does not end in its key's "
-                           f"frame _{FRAMES[keys[first] % FRAMES_PER_READ]}")
-    return pa.table([ids, read_id, pc.utf8_slice_codeunits(ids, -2), pa.array(probs[:, 0]), pa.array(probs[:, 1])],
-                    names=list(FRAME_COLUMNS))
+        raise CheckFailed(
+            f"alignment check failed: frame id {ids[first].as_py()!r} does not end in its key's "
+            f"frame _{FRAMES[keys[first] % FRAMES_PER_READ]}"
+        )
+    return pa.table(
+        [ids, read_id, pc.utf8_slice_codeunits(ids, -2), pa.array(probs[:, 0]), pa.array(probs[:, 1])],
+        names=list(FRAME_COLUMNS),
+    )
 
 
 def consensus_by_key(keys: np.ndarray, frames: pa.Table) -> pa.Table:
@@ -314,9 +376,15 @@ def consensus_by_key(keys: np.ndarray, frames: pa.Table) -> pa.Table:
     must carry one read id (checked, vectorised)."""
     keys = np.asarray(keys, dtype=np.int64)
     if not len(keys):
-        return pa.table({"read_id": pa.array([], pa.string()), "frames": pa.array([], pa.int64()),
-                         "max_virus": pa.array([], pa.float32()), "max_other": pa.array([], pa.float32()),
-                         "prediction": pa.array([], pa.string())})
+        return pa.table(
+            {
+                "read_id": pa.array([], pa.string()),
+                "frames": pa.array([], pa.int64()),
+                "max_virus": pa.array([], pa.float32()),
+                "max_other": pa.array([], pa.float32()),
+                "prediction": pa.array([], pa.string()),
+            }
+        )
     if np.any(keys[1:] <= keys[:-1]):
         raise RuntimeError("consensus needs frames in ascending key order, each once")
     reads = keys // FRAMES_PER_READ
@@ -324,27 +392,47 @@ def consensus_by_key(keys: np.ndarray, frames: pa.Table) -> pa.Table:
     counts = np.diff(np.append(starts, len(keys)))
     read_ids = frames.column("read_id")
     first_id = read_ids.take(pa.array(starts))
-    if not pc.all(pc.equal(read_ids, first_id.take(pa.array(np.repeat(np.arange(len(starts)), counts))))).as_py():
-        raise CheckFailed("alignment check failed: the frames of one read (key // 6) carry different read ids")
+    if not pc.all(
+        pc.equal(read_ids, first_id.take(pa.array(np.repeat(np.arange(len(starts)), counts))))
+    ).as_py():
+        raise CheckFailed(
+            "alignment check failed: the frames of one read (key // 6) carry different read ids"
+        )
     max_virus = np.maximum.reduceat(frames.column("p_virus").to_numpy(), starts)
     max_other = np.maximum.reduceat(frames.column("p_other").to_numpy(), starts)
     prediction = np.where(max_virus >= max_other, CLASSES[1], CLASSES[0])  # a tie is 'virus'
-    return pa.table([first_id, pa.array(counts, pa.int64()), pa.array(max_virus), pa.array(max_other),
-                     pa.array(prediction, pa.string())], names=list(READ_COLUMNS))
+    return pa.table(
+        [
+            first_id,
+            pa.array(counts, pa.int64()),
+            pa.array(max_virus),
+            pa.array(max_other),
+            pa.array(prediction, pa.string()),
+        ],
+        names=list(READ_COLUMNS),
+    )
 
 
 def with_no_frame_rows(reads: pa.Table, read_index: np.ndarray, no_frame_index, no_frame_ids) -> pa.Table:
     """The consensus rows (of reads `read_index`, ascending) with a row for each read without a frame,
     all in read order: 0 frames, no scores, the call `no_frames`."""
     n = len(no_frame_ids)
-    extra = pa.table([pa.array(list(no_frame_ids), pa.string()), pa.array(np.zeros(n, np.int64)),
-                      pa.nulls(n, pa.float32()), pa.nulls(n, pa.float32()), pa.array([NO_FRAMES] * n, pa.string())],
-                     names=list(READ_COLUMNS))
+    extra = pa.table(
+        [
+            pa.array(list(no_frame_ids), pa.string()),
+            pa.array(np.zeros(n, np.int64)),
+            pa.nulls(n, pa.float32()),
+            pa.nulls(n, pa.float32()),
+            pa.array([NO_FRAMES] * n, pa.string()),
+        ],
+        names=list(READ_COLUMNS),
+    )
     order = np.argsort(np.concatenate([read_index, np.asarray(no_frame_index, np.int64)]), kind="stable")
     return pa.concat_tables([reads.cast(extra.schema), extra]).take(pa.array(order))
 
 
 # --- outputs -------------------------------------------------------------------
+
 
 def write_predictions(out_dir: str | Path, frame_ids, probs: np.ndarray, read_table: pd.DataFrame) -> dict:
     """predictions_per_frame.csv (frame_id, read_id, frame, p_other, p_virus) and
@@ -353,15 +441,21 @@ def write_predictions(out_dir: str | Path, frame_ids, probs: np.ndarray, read_ta
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create {out_dir}: {err.strerror}", "choose a writable output folder") from err
+        raise UserError(
+            f"cannot create {out_dir}: {err.strerror}", "choose a writable output folder"
+        ) from err
     probs = _check_probs(frame_ids, probs)
     frames = split_frame_ids(frame_ids)
     frames["p_other"], frames["p_virus"] = probs[:, 0], probs[:, 1]
     paths = {"frames": out_dir / FRAME_CSV, "reads": out_dir / READ_CSV}
     _write_csv(frames, paths["frames"])
     _write_csv(read_table, paths["reads"])
-    return {"frames_csv": str(paths["frames"]), "reads_csv": str(paths["reads"]),
-            "frames": len(frames), "reads": len(read_table)}
+    return {
+        "frames_csv": str(paths["frames"]),
+        "reads_csv": str(paths["reads"]),
+        "frames": len(frames),
+        "reads": len(read_table),
+    }
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
@@ -378,8 +472,13 @@ def csv_bytes(table: pa.Table, *, header: bool) -> pa.Buffer:
     text = [c for c, t in zip(table.columns, table.schema.types) if pa.types.is_string(t)]
     special = any(pc.any(pc.match_substring_regex(c, '[",\r\n]')).as_py() for c in text if len(c))
     sink = pa.BufferOutputStream()
-    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=header, quoting_header="none",
-                                                      quoting_style="needed" if special else "none"))
+    pa_csv.write_csv(
+        table,
+        sink,
+        pa_csv.WriteOptions(
+            include_header=header, quoting_header="none", quoting_style="needed" if special else "none"
+        ),
+    )
     return sink.getvalue()
 
 
@@ -394,7 +493,9 @@ class PredictionWriter:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot create {self.dir}: {err.strerror}", "choose a writable output folder") from err
+            raise UserError(
+                f"cannot create {self.dir}: {err.strerror}", "choose a writable output folder"
+            ) from err
         self.paths = {"frames": self.dir / FRAME_CSV, "reads": self.dir / READ_CSV}
         self._tmp = {kind: path.with_name(path.name + ".tmp") for kind, path in self.paths.items()}
         self._files = {kind: open(tmp, "wb") for kind, tmp in self._tmp.items()}
@@ -419,20 +520,26 @@ class PredictionWriter:
         reads = consensus_by_key(keys, frames)
         called = len(reads)
         if no_frame is not None and len(no_frame[0]):
-            reads = with_no_frame_rows(reads, np.unique(np.asarray(keys, np.int64) // FRAMES_PER_READ), *no_frame)
+            reads = with_no_frame_rows(
+                reads, np.unique(np.asarray(keys, np.int64) // FRAMES_PER_READ), *no_frame
+            )
         self._files["frames"].write(csv_bytes(frames, header=header))
         self._files["reads"].write(csv_bytes(reads, header=header))
         self.counts["frames"] += len(frames)
         self.counts["reads"] += called
         self.counts["no_frame_reads"] += len(reads) - called
-        self.counts["virus_reads"] += int(pc.sum(pc.equal(reads.column("prediction"), CLASSES[1])).as_py() or 0)
+        self.counts["virus_reads"] += int(
+            pc.sum(pc.equal(reads.column("prediction"), CLASSES[1])).as_py() or 0
+        )
         self.busy_s += time.perf_counter() - start
 
     def close(self) -> dict:
         """Wait for every chunk, then rename the temp files (an empty chunk list writes headers only)."""
         try:
             if self._first:
-                self.add(np.empty(0, np.int64), np.empty(0, dtype="U1"), np.empty((0, len(CLASSES)), np.float32))
+                self.add(
+                    np.empty(0, np.int64), np.empty(0, dtype="U1"), np.empty((0, len(CLASSES)), np.float32)
+                )
             while self._futures:
                 self._futures.popleft().result()
         except BaseException:
@@ -458,30 +565,42 @@ def read_predictions(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(frame table, read table) as written by write_predictions; ids stay strings."""
     out_dir = Path(out_dir)
     ids_as_text = {"frame_id": str, "read_id": str}
-    return (pd.read_csv(out_dir / FRAME_CSV, dtype=ids_as_text),
-            pd.read_csv(out_dir / READ_CSV, dtype=ids_as_text))
+    return (
+        pd.read_csv(out_dir / FRAME_CSV, dtype=ids_as_text),
+        pd.read_csv(out_dir / READ_CSV, dtype=ids_as_text),
+    )
 
 
 # --- comparing two runs ----------------------------------------------------------
 
-def prediction_agreement(table_a: pd.DataFrame, table_b: pd.DataFrame, frames_a: pd.DataFrame | None = None,
-                         frames_b: pd.DataFrame | None = None, info_a: dict | None = None,
-                         info_b: dict | None = None) -> dict:
+
+def prediction_agreement(
+    table_a: pd.DataFrame,
+    table_b: pd.DataFrame,
+    frames_a: pd.DataFrame | None = None,
+    frames_b: pd.DataFrame | None = None,
+    info_a: dict | None = None,
+    info_b: dict | None = None,
+) -> dict:
     """Share of reads with the same prediction in two runs, over the union of read ids
     (a read missing from one side counts as a disagreement). With frame tables, also the
     max |p_virus difference| over frames of both; with classifier infos, whether the
     weights are the same (agreement between different classifiers says little)."""
     a, b = _by_id(table_a, "read_id", "a"), _by_id(table_b, "read_id", "b")
-    both = pd.concat([a["prediction"].rename("prediction_a"), b["prediction"].rename("prediction_b")],
-                     axis=1, join="outer")
+    both = pd.concat(
+        [a["prediction"].rename("prediction_a"), b["prediction"].rename("prediction_b")], axis=1, join="outer"
+    )
     # a read without a frame on both sides was never classified: its matching 'no_frames' says nothing
     frameless = (both["prediction_a"] == NO_FRAMES) & (both["prediction_b"] == NO_FRAMES)
     both = both[~frameless]
-    same = (both["prediction_a"] == both["prediction_b"])  # NaN on one side -> False
+    same = both["prediction_a"] == both["prediction_b"]  # NaN on one side -> False
     result = {
-        "reads_a": len(a), "reads_b": len(b), "reads_union": len(both),
+        "reads_a": len(a),
+        "reads_b": len(b),
+        "reads_union": len(both),
         "reads_without_frames_both": int(frameless.sum()),
-        "only_in_a": int(both["prediction_b"].isna().sum()), "only_in_b": int(both["prediction_a"].isna().sum()),
+        "only_in_a": int(both["prediction_b"].isna().sum()),
+        "only_in_b": int(both["prediction_a"].isna().sum()),
         "same_prediction": int(same.sum()),
         "agreement": float(same.mean()) if len(both) else None,
         "virus_to_other": int(((both["prediction_a"] == "virus") & (both["prediction_b"] == "other")).sum()),
@@ -490,25 +609,36 @@ def prediction_agreement(table_a: pd.DataFrame, table_b: pd.DataFrame, frames_a:
     if frames_a is not None and frames_b is not None:
         fa, fb = _by_id(frames_a, "frame_id", "a"), _by_id(frames_b, "frame_id", "b")
         delta = (fa["p_virus"] - fb["p_virus"]).abs().dropna()  # index-aligned on frame id
-        result.update({
-            "frames_common": len(delta),
-            "frames_only_in_a": int((~fa.index.isin(fb.index)).sum()),
-            "frames_only_in_b": int((~fb.index.isin(fa.index)).sum()),
-            "max_abs_delta_p_virus": float(delta.max()) if len(delta) else None,
-            "max_abs_delta_frame": str(delta.idxmax()) if len(delta) else None,
-        })
+        result.update(
+            {
+                "frames_common": len(delta),
+                "frames_only_in_a": int((~fa.index.isin(fb.index)).sum()),
+                "frames_only_in_b": int((~fb.index.isin(fa.index)).sum()),
+                "max_abs_delta_p_virus": float(delta.max()) if len(delta) else None,
+                "max_abs_delta_frame": str(delta.idxmax()) if len(delta) else None,
+            }
+        )
         # near ties: reads whose call in run a is decided by less than the largest score change between
         # the runs (consensus margin = max p_virus - max p_other over the read's frames)
         margin = _read_margins(frames_a)
         if result["max_abs_delta_p_virus"] is not None:
             near = margin.abs() <= 2 * result["max_abs_delta_p_virus"]
             flipped = both.index[~same.to_numpy()]
-            result.update({"near_tie_reads": int(near.sum()),
-                           "flipped_near_ties": int(near.reindex(flipped).fillna(False).sum()),
-                           "median_abs_read_margin": float(margin.abs().median()) if len(margin) else None})
+            result.update(
+                {
+                    "near_tie_reads": int(near.sum()),
+                    "flipped_near_ties": int(near.reindex(flipped).fillna(False).sum()),
+                    "median_abs_read_margin": float(margin.abs().median()) if len(margin) else None,
+                }
+            )
     if info_a is not None and info_b is not None:
-        result.update({"hidden_a": info_a.get("hidden"), "hidden_b": info_b.get("hidden"),
-                       "same_classifier": info_a.get("weights_sha256") == info_b.get("weights_sha256")})
+        result.update(
+            {
+                "hidden_a": info_a.get("hidden"),
+                "hidden_b": info_b.get("hidden"),
+                "same_classifier": info_a.get("weights_sha256") == info_b.get("weights_sha256"),
+            }
+        )
     return result
 
 
@@ -522,6 +652,8 @@ def _read_margins(frames: pd.DataFrame) -> pd.Series:
 def _by_id(table: pd.DataFrame, column: str, side: str) -> pd.DataFrame:
     ids = table[column].astype(str)
     if ids.duplicated().any():
-        raise UserError(f"table {side} lists {column} {ids[ids.duplicated()].iloc[0]!r} twice",
-                        "compare tables from write_predictions/consensus")
+        raise UserError(
+            f"table {side} lists {column} {ids[ids.duplicated()].iloc[0]!r} twice",
+            "compare tables from write_predictions/consensus",
+        )
     return table.set_index(ids)

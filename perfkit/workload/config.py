@@ -1,4 +1,5 @@
 """Every knob of an embedding run, validated (unknown or ill-typed keys are errors)."""
+
 from __future__ import annotations
 
 import difflib
@@ -53,7 +54,9 @@ class EmbedConfig(BaseModel):
     block_reads: int = Field(1024, ge=1)  # reads per worker work unit
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
-    compile: bool = False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
+    compile: bool = (
+        False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
+    )
     # ESM-2 with compile: "blocks" = one graph per block; "stack" = one graph over all layers (a block's last
     # residual add fuses with the next block's norm; ~40 s more compilation)
     compile_scope: Literal["blocks", "stack"] = "blocks"
@@ -87,7 +90,9 @@ class EmbedConfig(BaseModel):
     v1_batching: Literal["length_sorted", "file_order"] = "length_sorted"
     v1_toks_per_batch: int = Field(2048, ge=16)
     v1_file_sequences: int = Field(10_000, ge=1)  # v1 processed files of 10,000 translated sequences
-    v1_nt_batch_sequences: int = Field(1, ge=1)  # v1 nucleotide stage: padded batches of this many sequences (v1.0: 1)
+    v1_nt_batch_sequences: int = Field(
+        1, ge=1
+    )  # v1 nucleotide stage: padded batches of this many sequences (v1.0: 1)
     # input shaping
     chunk_bp: Optional[int] = None  # 300 / 500 bp chunking as the seed does; None = reads as they are
     max_residues: int = Field(1022, ge=1)
@@ -108,7 +113,9 @@ class EmbedConfig(BaseModel):
     window_s: float = Field(10.0, gt=0)
     peak_tflops: Optional[float] = None  # measured matmul peak for MFU; None = measure on CUDA
     progress: bool = True
-    verify_samples: int = Field(4, ge=0)  # sequences recomputed alone at the end to check id <-> vector alignment
+    verify_samples: int = Field(
+        4, ge=0
+    )  # sequences recomputed alone at the end to check id <-> vector alignment
 
     @field_validator("model")
     @classmethod
@@ -116,8 +123,10 @@ class EmbedConfig(BaseModel):
         from perfkit.workload.encoders import known_models
 
         if name not in known_models():
-            raise ValueError(f"unknown model {name!r}{_did_you_mean(name, known_models())}; known: "
-                             f"{', '.join(known_models())}")
+            raise ValueError(
+                f"unknown model {name!r}{_did_you_mean(name, known_models())}; known: "
+                f"{', '.join(known_models())}"
+            )
         return name
 
     @field_validator("nt_model")
@@ -126,8 +135,10 @@ class EmbedConfig(BaseModel):
         from perfkit.workload.encoders import NUCLEOTIDE_MODELS
 
         if name not in NUCLEOTIDE_MODELS:
-            raise ValueError(f"unknown nucleotide model {name!r}{_did_you_mean(name, NUCLEOTIDE_MODELS)}; known: "
-                             f"{', '.join(NUCLEOTIDE_MODELS)}")
+            raise ValueError(
+                f"unknown nucleotide model {name!r}{_did_you_mean(name, NUCLEOTIDE_MODELS)}; known: "
+                f"{', '.join(NUCLEOTIDE_MODELS)}"
+            )
         return name
 
     def for_stage(self) -> "EmbedConfig":
@@ -142,18 +153,36 @@ class EmbedConfig(BaseModel):
     def batch_rule(self, nucleotide: bool) -> str:
         """How a run of this config forms its batches, in words (recorded in every run summary)."""
         if self.mode == "v2":
-            return (f"{self.layout}: packs of <= {self.token_budget:,} tokens from length-sorted buffers of "
-                    f"{self.buffer_size:,} sequences")
+            return (
+                f"{self.layout}: packs of <= {self.token_budget:,} tokens from length-sorted buffers of "
+                f"{self.buffer_size:,} sequences"
+            )
         if nucleotide:
             return f"v1: padded batches of {self.v1_nt_batch_sequences} sequence(s) in file order"
         if self.v1_batching == "file_order":
             return f"v1 refactored: file order, a batch closed at {self.v1_toks_per_batch:,} raw residues"
-        return f"v1 original: fair-esm get_batch_indices(toks_per_batch={self.v1_toks_per_batch}), length-sorted"
+        return (
+            f"v1 original: fair-esm get_batch_indices(toks_per_batch={self.v1_toks_per_batch}), length-sorted"
+        )
 
     def result_fields(self) -> dict:
         """The settings that change the numbers: a resumed run must match them."""
-        return self.model_dump(mode="json", include={"model", "weights", "tokenizer", "seed", "random_init", "mode", "precision", "chunk_bp",
-                                                      "max_residues", "max_reads", "layout"})
+        return self.model_dump(
+            mode="json",
+            include={
+                "model",
+                "weights",
+                "tokenizer",
+                "seed",
+                "random_init",
+                "mode",
+                "precision",
+                "chunk_bp",
+                "max_residues",
+                "max_reads",
+                "layout",
+            },
+        )
 
 
 def _did_you_mean(typed: str, known) -> str:
@@ -171,11 +200,18 @@ def make_config(sources: dict[str, str] | None = None, **values) -> EmbedConfig:
 
 
 # pydantic's wording of the common failures, in ours
-PLAIN = {"greater_than_equal": "must be at least {ge}", "greater_than": "must be more than {gt}",
-         "less_than_equal": "must be at most {le}", "less_than": "must be less than {lt}",
-         "literal_error": "must be one of {expected}", "int_parsing": "must be a whole number",
-         "int_from_float": "must be a whole number", "float_parsing": "must be a number",
-         "bool_parsing": "must be true or false", "missing": "is required"}
+PLAIN = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "literal_error": "must be one of {expected}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "missing": "is required",
+}
 
 
 def plain_message(error: dict) -> str:
@@ -196,8 +232,12 @@ def config_error(err: ValidationError, sources: dict[str, str]) -> UserError:
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, list(EmbedConfig.model_fields), n=1)
         named = origin or f"setting {where}"
-        return UserError(f"unknown {named}", f"did you mean {close[0]}?" if close else
-                         "see params/README.md for the settings an embed: section takes")
+        return UserError(
+            f"unknown {named}",
+            f"did you mean {close[0]}?"
+            if close
+            else "see params/README.md for the settings an embed: section takes",
+        )
     message = plain_message(first)
     value = first.get("input")
     if origin and origin.startswith("-"):

@@ -17,6 +17,7 @@ frames its worker translated since its last batch, so the run can check
 frames translated = frames embedded at the end, and how many of them were cut to
 max_residues (and the residues dropped), so the run can report them.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -83,8 +84,10 @@ def read_blocks_at(path, blocks, offsets, block_reads: int):
     for block in blocks:
         records = list(read_fasta_range(path, offsets[block], offsets[block + 1]))
         if len(records) > block_reads:
-            raise RuntimeError(f"count check failed: block {block} holds {len(records)} reads, "
-                               f"the plan cut blocks of {block_reads}")
+            raise RuntimeError(
+                f"count check failed: block {block} holds {len(records)} reads, "
+                f"the plan cut blocks of {block_reads}"
+            )
         yield block, block * block_reads, records
 
 
@@ -105,14 +108,18 @@ def read_blocks(path, block_reads: int, max_reads: int | None = None, chunk_bp: 
         index += 1
 
 
-def translate_block(first_read: int, records, max_residues: int, field: str = "protein",
-                    truncated: Truncation | None = None):
+def translate_block(
+    first_read: int, records, max_residues: int, field: str = "protein", truncated: Truncation | None = None
+):
     """Keys, ids and `field` (protein or nucleotides) of every surviving frame of a block, in input order;
     frames cut to `max_residues` are counted into `truncated` when given."""
     frames = translate_batch(records, max_residues=max_residues, truncated=truncated)
     read_pos = {rid: first_read + i for i, (rid, _) in enumerate(records)}
-    keys = np.fromiter((read_pos[f.read_id] * FRAMES_PER_READ + f.frame_index for f in frames),
-                       dtype=np.int64, count=len(frames))
+    keys = np.fromiter(
+        (read_pos[f.read_id] * FRAMES_PER_READ + f.frame_index for f in frames),
+        dtype=np.int64,
+        count=len(frames),
+    )
     return keys, [f.id for f in frames], [getattr(f, field) for f in frames]
 
 
@@ -123,9 +130,11 @@ def check_fits(keys: np.ndarray, ids: list[str], lengths: np.ndarray, token_budg
     if len(too_long):
         first = int(too_long[0])
         need = int(np.asarray(lengths)[too_long].max())
-        raise UserError(f"frame {ids[first]} has {int(lengths[first])} tokens, more than the token budget "
-                        f"{token_budget} ({len(too_long)} such frame(s) in its block)",
-                        f"raise --token-budget (embed.token_budget) to at least {need}, or lower max_residues")
+        raise UserError(
+            f"frame {ids[first]} has {int(lengths[first])} tokens, more than the token budget "
+            f"{token_budget} ({len(too_long)} such frame(s) in its block)",
+            f"raise --token-budget (embed.token_budget) to at least {need}, or lower max_residues",
+        )
 
 
 def frameless_reads(first_read: int, records, keys: np.ndarray) -> list[tuple[int, str]]:
@@ -164,10 +173,21 @@ def read_frameless(out_dir, lo_read: int = 0, hi_read: int | None = None) -> tup
 class PackedFrames(IterableDataset):
     """Yields dicts of numpy arrays / tensors ready for `ESM2.forward_packed` (or padded batches)."""
 
-    def __init__(self, fasta, *, token_budget: int, buffer_size: int = 4096, layout: str = "packed",
-                 block_reads: int = 1024, max_reads: int | None = None, chunk_bp: int | None = None,
-                 max_residues: int = 1022, done_keys: np.ndarray | None = None, shard: Shard = Shard(),
-                 encoder: Encoder = Encoder("esm2_t6_8M")):
+    def __init__(
+        self,
+        fasta,
+        *,
+        token_budget: int,
+        buffer_size: int = 4096,
+        layout: str = "packed",
+        block_reads: int = 1024,
+        max_reads: int | None = None,
+        chunk_bp: int | None = None,
+        max_residues: int = 1022,
+        done_keys: np.ndarray | None = None,
+        shard: Shard = Shard(),
+        encoder: Encoder = Encoder("esm2_t6_8M"),
+    ):
         self.fasta = str(fasta)
         self.token_budget, self.buffer_size, self.layout = token_budget, buffer_size, layout
         self.block_reads, self.max_reads, self.chunk_bp = block_reads, max_reads, chunk_bp
@@ -184,20 +204,30 @@ class PackedFrames(IterableDataset):
 
     def _counts(self, translated: int, truncated: Truncation, reads: int, frameless: list) -> dict:
         """What a worker translated since its last batch: every batch carries these counts."""
-        return {"frames_translated": translated, **_truncation_fields(truncated), "reads_seen": reads,
-                "frameless_reads": frameless}
+        return {
+            "frames_translated": translated,
+            **_truncation_fields(truncated),
+            "reads_seen": reads,
+            "frameless_reads": frameless,
+        }
 
     def _batches(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        packer = TokenBudgetPacker(budget=self.token_budget, buffer_size=self.buffer_size, layout=self.layout,
-                                   on_oversize="error", pad_id=self.encoder.pad_id)
+        packer = TokenBudgetPacker(
+            budget=self.token_budget,
+            buffer_size=self.buffer_size,
+            layout=self.layout,
+            on_oversize="error",
+            pad_id=self.encoder.pad_id,
+        )
         ids_of: dict[int, str] = {}
         # since the last batch: each batch carries its worker's counts
         translated, truncated, reads, frameless = 0, Truncation(), 0, []
         for block, first_read, records in self._my_blocks(worker, workers):
-            keys, ids, sequences = translate_block(first_read, records, self.max_residues, self.encoder.frame_field,
-                                                   truncated)
+            keys, ids, sequences = translate_block(
+                first_read, records, self.max_residues, self.encoder.frame_field, truncated
+            )
             translated += len(keys)
             reads += len(records)
             frameless += frameless_reads(first_read, records, keys)
@@ -223,14 +253,19 @@ class PackedFrames(IterableDataset):
     def _my_blocks(self, worker: int, workers: int):
         """This worker's blocks: read at their byte offsets, or picked out of the whole parsed stream."""
         if self.shard.offsets is not None:
-            yield from read_blocks_at(self.fasta, self.shard.worker_blocks(worker, workers), self.shard.offsets,
-                                      self.block_reads)
+            yield from read_blocks_at(
+                self.fasta, self.shard.worker_blocks(worker, workers), self.shard.offsets, self.block_reads
+            )
             return
         positions = self.shard.positions()
-        for block, first_read, records in read_blocks(self.fasta, self.block_reads, self.max_reads, self.chunk_bp):
+        for block, first_read, records in read_blocks(
+            self.fasta, self.block_reads, self.max_reads, self.chunk_bp
+        ):
             if self.shard.planned_blocks is not None and block >= self.shard.planned_blocks:
-                raise RuntimeError(f"count check failed: the input holds more than the {self.shard.planned_blocks} "
-                                   "blocks the ranks were planned for; its reads would be embedded by no rank")
+                raise RuntimeError(
+                    f"count check failed: the input holds more than the {self.shard.planned_blocks} "
+                    "blocks the ranks were planned for; its reads would be embedded by no rank"
+                )
             position = block if positions is None else positions.get(block)
             if position is not None and position % workers == worker:
                 yield block, first_read, records
@@ -239,9 +274,16 @@ class PackedFrames(IterableDataset):
         ids = [ids_of.pop(k) for k in batch.keys.tolist()]
         if self.done_keys.size and np.isin(batch.keys, self.done_keys).all():
             return {**counts, "sequences": 0, "skipped": len(ids)}
-        out = {"keys": torch.from_numpy(batch.keys), "ids": ids, "sequences": batch.num_sequences,
-               "real_tokens": batch.real_tokens, "slot_tokens": batch.slot_tokens, "budget_tokens": batch.budget,
-               **counts, "lengths": torch.from_numpy(batch.lengths)}
+        out = {
+            "keys": torch.from_numpy(batch.keys),
+            "ids": ids,
+            "sequences": batch.num_sequences,
+            "real_tokens": batch.real_tokens,
+            "slot_tokens": batch.slot_tokens,
+            "budget_tokens": batch.budget,
+            **counts,
+            "lengths": torch.from_numpy(batch.lengths),
+        }
         if self.layout == "packed":
             arrays = self.encoder.packed_inputs(batch.tokens, batch.lengths)
             out["max_seqlen"] = int(arrays.pop("max_seqlen"))
@@ -253,14 +295,19 @@ class PackedFrames(IterableDataset):
 
 
 def _truncation_fields(truncated: Truncation) -> dict:
-    return {"truncated_sequences": truncated.frames, "residues_dropped": truncated.residues,
-            "truncated_ids": list(truncated.ids)}
+    return {
+        "truncated_sequences": truncated.frames,
+        "residues_dropped": truncated.residues,
+        "truncated_ids": list(truncated.ids),
+    }
 
 
 def count_frames(fasta, *, max_reads=None, chunk_bp=None, max_residues=1022, block_reads=4096) -> int:
     """Frames that survive translation: the count every run must reproduce at its end."""
-    return sum(len(translate_block(first, recs, max_residues)[0])
-               for _, first, recs in read_blocks(fasta, block_reads, max_reads, chunk_bp))
+    return sum(
+        len(translate_block(first, recs, max_residues)[0])
+        for _, first, recs in read_blocks(fasta, block_reads, max_reads, chunk_bp)
+    )
 
 
 def header_starts(part: np.ndarray, byte_before: int = ord("\n")) -> np.ndarray:
@@ -271,8 +318,9 @@ def header_starts(part: np.ndarray, byte_before: int = ord("\n")) -> np.ndarray:
     return at[before == ord("\n")]
 
 
-def block_offsets(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26
-                  ) -> np.ndarray | None:
+def block_offsets(
+    fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26
+) -> np.ndarray | None:
     """Byte offset of the first header of every block of `block_reads` reads, then the end of the last
     block (len = blocks + 1), from one vectorised scan for line-start '>' of a plain FASTA file. None when
     the input cannot be cut by bytes: gzipped input, or reads chunked into several records."""
@@ -285,7 +333,9 @@ def block_offsets(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, sca
     data = np.memmap(fasta, dtype=np.uint8, mode="r") if os.path.getsize(fasta) else np.empty(0, np.uint8)
     heads = []
     for start in range(0, len(data), scan_bytes):
-        heads.append(header_starts(data[start : start + scan_bytes], data[start - 1] if start else ord("\n")) + start)
+        heads.append(
+            header_starts(data[start : start + scan_bytes], data[start - 1] if start else ord("\n")) + start
+        )
     heads = np.concatenate(heads) if heads else np.empty(0, np.int64)
     reads = len(heads) if max_reads is None else min(len(heads), max_reads)
     check_unique_ids(fasta, data, heads[:reads])
@@ -328,17 +378,28 @@ def check_unique_ids(fasta, data: np.ndarray, heads: np.ndarray, rows: int = 1 <
         first, second = order[k], order[k + 1]
         a, b = (bytes(data[heads[i] + 1 : ends[i]]) for i in (first, second))
         if a == b:
-            raise UserError(f"{fasta}: duplicate record id {a.decode('ascii', 'replace')!r} (records "
-                            f"{min(first, second) + 1:,} and {max(first, second) + 1:,})", "make record ids unique")
+            raise UserError(
+                f"{fasta}: duplicate record id {a.decode('ascii', 'replace')!r} (records "
+                f"{min(first, second) + 1:,} and {max(first, second) + 1:,})",
+                "make record ids unique",
+            )
 
 
-def block_sizes(fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26) -> np.ndarray:
+def block_sizes(
+    fasta, *, block_reads: int, max_reads=None, chunk_bp=None, scan_bytes: int = 1 << 26
+) -> np.ndarray:
     """Size of every block of `block_reads` reads, for splitting work without translating: bytes from
     its first header to the next block's (a plain FASTA: `block_offsets`), or bases (gzipped input or
     chunked reads: the records are parsed)."""
-    offsets = block_offsets(fasta, block_reads=block_reads, max_reads=max_reads, chunk_bp=chunk_bp,
-                            scan_bytes=scan_bytes)
+    offsets = block_offsets(
+        fasta, block_reads=block_reads, max_reads=max_reads, chunk_bp=chunk_bp, scan_bytes=scan_bytes
+    )
     if offsets is not None:
         return np.diff(offsets)
-    return np.array([sum(len(seq) for _, seq in records)
-                     for _, _, records in read_blocks(fasta, block_reads, max_reads, chunk_bp)], dtype=np.int64)
+    return np.array(
+        [
+            sum(len(seq) for _, seq in records)
+            for _, _, records in read_blocks(fasta, block_reads, max_reads, chunk_bp)
+        ],
+        dtype=np.int64,
+    )

@@ -33,6 +33,7 @@ killed launch leaves no orphans. A node that dies is noticed by the others at th
 (at once when its connections close, else after PERFKIT_DIST_TIMEOUT_S): they keep the shards they
 wrote (a resume does not redo them) and exit non-zero, naming the run's nodes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,7 +58,13 @@ import torch.distributed as dist
 
 from perfkit import aggregate, lifeline
 from perfkit.environment import environment
-from perfkit.errors import CHECK_FAILED_FILE_ENV, CheckFailed, UserError, check_failed_in_ranks, report_check_failed
+from perfkit.errors import (
+    CHECK_FAILED_FILE_ENV,
+    CheckFailed,
+    UserError,
+    check_failed_in_ranks,
+    report_check_failed,
+)
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.workload import node_view, store
@@ -66,8 +73,17 @@ from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import Shard, block_offsets, block_sizes
 from perfkit.workload.lock import mark_held, out_dir_lock
 from perfkit.workload.outdir import check_out_dir, prepare_out_dir
-from perfkit.workload.runner import (Share, assemble_and_verify, spec_peak, check_before_work, embed_share,
-                                     run_result, steady_gpu, telemetry_name, warn_truncated)
+from perfkit.workload.runner import (
+    Share,
+    assemble_and_verify,
+    spec_peak,
+    check_before_work,
+    embed_share,
+    run_result,
+    steady_gpu,
+    telemetry_name,
+    warn_truncated,
+)
 from perfkit.workload.translate import Truncation
 
 log = logging.getLogger(__name__)
@@ -97,8 +113,12 @@ def torchrun_rank(env: Mapping[str, str] = os.environ) -> RankInfo | None:
     """This process's place in a torchrun launch, or None when not launched by torchrun."""
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
-    return RankInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])),
-                    int(env.get(NODE_RANK_ENV, env.get("GROUP_RANK", 0))))
+    return RankInfo(
+        int(env["RANK"]),
+        int(env["WORLD_SIZE"]),
+        int(env.get("LOCAL_RANK", env["RANK"])),
+        int(env.get(NODE_RANK_ENV, env.get("GROUP_RANK", 0))),
+    )
 
 
 @dataclass(frozen=True)
@@ -117,23 +137,29 @@ class Nodes:
     def check(self) -> None:
         """The flags' own problems, before anything runs: one-line UserErrors naming the flag as typed."""
         if self.nnodes < 1:
-            raise UserError(f"--nnodes {self.nnodes}: must be 1 or more",
-                            "pass the number of hosts of the run")
+            raise UserError(
+                f"--nnodes {self.nnodes}: must be 1 or more", "pass the number of hosts of the run"
+            )
         if not 0 <= self.node_rank < self.nnodes:
-            raise UserError(f"--node-rank {self.node_rank}: must be 0 to --nnodes - 1 ({self.nnodes - 1})",
-                            "number the nodes 0 to N-1 (node 0 where --rdzv-endpoint points) and pass "
-                            "--nnodes N on every node")
+            raise UserError(
+                f"--node-rank {self.node_rank}: must be 0 to --nnodes - 1 ({self.nnodes - 1})",
+                "number the nodes 0 to N-1 (node 0 where --rdzv-endpoint points) and pass "
+                "--nnodes N on every node",
+            )
         if self.rdzv_endpoint is None:
             if self.nnodes > 1:
-                raise UserError(f"--nnodes {self.nnodes}: no --rdzv-endpoint",
-                                "pass --rdzv-endpoint HOST:PORT, node 0's address and a free port, the same "
-                                "on every node")
+                raise UserError(
+                    f"--nnodes {self.nnodes}: no --rdzv-endpoint",
+                    "pass --rdzv-endpoint HOST:PORT, node 0's address and a free port, the same "
+                    "on every node",
+                )
             return
         host, _, port = self.rdzv_endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(f"--rdzv-endpoint {self.rdzv_endpoint}: not HOST:PORT",
-                            "pass node 0's host name or address and a free port, e.g. "
-                            "--rdzv-endpoint node0:29500")
+            raise UserError(
+                f"--rdzv-endpoint {self.rdzv_endpoint}: not HOST:PORT",
+                "pass node 0's host name or address and a free port, e.g. --rdzv-endpoint node0:29500",
+            )
 
     def describe(self, nproc: int) -> str:
         """The launch in words: '2-rank run', '2-node run (1 rank per node)'."""
@@ -157,6 +183,7 @@ def set_nccl_env(env) -> None:
 
 # ---------------------------------------------------------------------------- launching
 
+
 def torchrun_command(nproc: int, spec: Path, nodes: Nodes = ONE_NODE, rdzv_id: str = "") -> list[str]:
     """`python -m torch.distributed.run ... -m perfkit.workload.rank SPEC`: standalone on one node, else node
     `nodes.node_rank`'s part of a c10d rendezvous (`rdzv_id`: the same on every node, see rendezvous_id).
@@ -166,10 +193,28 @@ def torchrun_command(nproc: int, spec: Path, nodes: Nodes = ONE_NODE, rdzv_id: s
     else:
         # --node-rank is left out: with c10d torchrun ignores it (and says so); it decides who hosts the store
         conf = f"join_timeout={rendezvous_timeout_s()},is_host={int(nodes.node_rank == 0)}"
-        where = ["--nnodes", str(nodes.nnodes), "--rdzv-backend", "c10d",
-                 "--rdzv-endpoint", nodes.rdzv_endpoint, "--rdzv-id", rdzv_id, "--rdzv-conf", conf]
-    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc),
-            *rank_entry.ENTRY, str(spec)]
+        where = [
+            "--nnodes",
+            str(nodes.nnodes),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            nodes.rdzv_endpoint,
+            "--rdzv-id",
+            rdzv_id,
+            "--rdzv-conf",
+            conf,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        "--nproc-per-node",
+        str(nproc),
+        *rank_entry.ENTRY,
+        str(spec),
+    ]
 
 
 def rendezvous_id(command: str, out_dir) -> str:
@@ -193,48 +238,78 @@ def launch_env(out_dir, nodes: Nodes = ONE_NODE) -> dict[str, str]:
     return env
 
 
-def check_launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int | None = None,
-                 nodes: Nodes = ONE_NODE) -> str:
+def check_launch(
+    cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int | None = None, nodes: Nodes = ONE_NODE
+) -> str:
     """Every check that can fail before torchrun starts (writes nothing); returns the ranks' --device."""
     nodes.check()
     if torchrun_rank() is not None:
-        raise UserError("--gpus/--nproc given inside a torchrun launch", "drop --gpus/--nproc when calling torchrun yourself")
+        raise UserError(
+            "--gpus/--nproc given inside a torchrun launch",
+            "drop --gpus/--nproc when calling torchrun yourself",
+        )
     if nproc < 1:
         raise UserError(f"asked for {nproc} processes", "pass --gpus/--nproc 1 or more")
     if cfg.mode != "v2":
-        raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "drop --gpus/--nproc or use --mode v2")
+        raise UserError(
+            "v1 mode runs in one process, as VirNucPro v1.0 did", "drop --gpus/--nproc or use --mode v2"
+        )
     if gpus:
         visible = torch.cuda.device_count() if visible_gpus is None else visible_gpus
         if nproc > visible:
-            raise UserError(f"asked for {nproc} GPUs, {visible} visible",
-                            f"pass --gpus {visible} or fewer, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
-                            if visible else "run on a GPU node, or use --nproc N for CPU processes")
+            raise UserError(
+                f"asked for {nproc} GPUs, {visible} visible",
+                f"pass --gpus {visible} or fewer, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+                if visible
+                else "run on a GPU node, or use --nproc N for CPU processes",
+            )
         if cfg.device not in ("auto", "cuda"):
-            raise UserError(f"--gpus runs one rank per GPU (cuda:LOCAL_RANK); --device {cfg.device} pins one",
-                            "drop --device or pass --device cuda")
+            raise UserError(
+                f"--gpus runs one rank per GPU (cuda:LOCAL_RANK); --device {cfg.device} pins one",
+                "drop --device or pass --device cuda",
+            )
         device = "cuda"
     else:
         if cfg.device not in ("auto", "cpu"):
-            raise UserError(f"--nproc runs CPU processes (gloo), not --device {cfg.device}", "use --gpus N for GPUs")
+            raise UserError(
+                f"--nproc runs CPU processes (gloo), not --device {cfg.device}", "use --gpus N for GPUs"
+            )
         device = "cpu"
     # the folder's checks compare with what the ranks record: the resolved precision ("auto" is never recorded)
     check_out_dir(check_before_work(cfg.model_copy(update={"device": device})))
     return device
 
 
-def launch(cfg: EmbedConfig, nproc: int, *, gpus: bool, nodes: Nodes = ONE_NODE, verbose: bool = False) -> int:
+def launch(
+    cfg: EmbedConfig, nproc: int, *, gpus: bool, nodes: Nodes = ONE_NODE, verbose: bool = False
+) -> int:
     """Run `perfkit embed`'s work in `nproc` ranks under torchrun (on this node, or as node `nodes.node_rank`
     of several), the ranks' output shown as it comes; its exit code."""
     device = check_launch(cfg, nproc, gpus=gpus, nodes=nodes)
     # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
     with out_dir_lock(cfg.out_dir, nodes.node_rank):
-        code, _, _ = torchrun("embed", cfg.model_copy(update={"device": device}), nproc, nodes,
-                              env=launch_env(cfg.out_dir, nodes), verbose=verbose)
+        code, _, _ = torchrun(
+            "embed",
+            cfg.model_copy(update={"device": device}),
+            nproc,
+            nodes,
+            env=launch_env(cfg.out_dir, nodes),
+            verbose=verbose,
+        )
         return code
 
 
-def torchrun(command: str, cfg: EmbedConfig, nproc: int, nodes: Nodes = ONE_NODE, *, env: Mapping[str, str],
-             capture: bool = False, timeout_s: float | None = None, **extra) -> tuple[int, str, float]:
+def torchrun(
+    command: str,
+    cfg: EmbedConfig,
+    nproc: int,
+    nodes: Nodes = ONE_NODE,
+    *,
+    env: Mapping[str, str],
+    capture: bool = False,
+    timeout_s: float | None = None,
+    **extra,
+) -> tuple[int, str, float]:
     """torchrun with `nproc` ranks running `command` (embed | predict) on `cfg`, handed to them as data
     (rank.write_spec, with `extra`); a rank's failed check is raised as CheckFailed. -> (exit code, stderr
     when `capture`, wall seconds)."""
@@ -244,8 +319,14 @@ def torchrun(command: str, cfg: EmbedConfig, nproc: int, nodes: Nodes = ONE_NODE
         line = torchrun_command(nproc, spec, nodes, rendezvous_id(command, cfg.out_dir))
         log.info("launching: %s", " ".join(line))
         start = time.perf_counter()
-        done = subprocess.run(line, env=env, capture_output=capture, text=True, timeout=timeout_s,
-                              preexec_fn=dies_with_this_process())
+        done = subprocess.run(
+            line,
+            env=env,
+            capture_output=capture,
+            text=True,
+            timeout=timeout_s,
+            preexec_fn=dies_with_this_process(),
+        )
         wall = time.perf_counter() - start
         raise_check_failed(done.returncode, env[CHECK_FAILED_FILE_ENV])
     return done.returncode, done.stderr or "", wall
@@ -268,8 +349,14 @@ def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | No
     run's summary.json. RuntimeError with the ranks' stderr tail if it fails."""
     device = check_launch(cfg, nproc, gpus=gpus)
     with out_dir_lock(cfg.out_dir):
-        code, stderr, _ = torchrun("embed", cfg.model_copy(update={"device": device}), nproc,
-                                   env=launch_env(cfg.out_dir), capture=True, timeout_s=timeout_s)
+        code, stderr, _ = torchrun(
+            "embed",
+            cfg.model_copy(update={"device": device}),
+            nproc,
+            env=launch_env(cfg.out_dir),
+            capture=True,
+            timeout_s=timeout_s,
+        )
     if code != 0:
         raise RuntimeError(f"{nproc}-rank run failed (exit {code}):\n" + tail(stderr))
     return json.loads((cfg.out_dir / "summary.json").read_text())
@@ -280,6 +367,7 @@ def tail(stderr: str, lines: int = 25) -> str:
 
 
 # ---------------------------------------------------------------------------- planning
+
 
 def contiguous_blocks(weights: np.ndarray, world: int) -> list[np.ndarray]:
     """Consecutive runs of blocks, one per rank, cut where the running weight is nearest k/world of the
@@ -305,22 +393,39 @@ class Plan:
     offsets: np.ndarray | None  # data.block_offsets: each block's byte range; None = parse the stream
 
     def shard(self, rank: int) -> Shard:
-        return Shard(tuple(self.blocks[rank].tolist()), planned_blocks=self.info["blocks"],
-                     offsets=None if self.offsets is None else tuple(self.offsets.tolist()))
+        return Shard(
+            tuple(self.blocks[rank].tolist()),
+            planned_blocks=self.info["blocks"],
+            offsets=None if self.offsets is None else tuple(self.offsets.tolist()),
+        )
 
 
 def byte_plan(cfg: EmbedConfig, world: int) -> Plan:
     """Contiguous runs of blocks of about equal bytes of FASTA (bases where the input cannot be cut by
     bytes), one per rank: no translation pass, and the same plan serves both embedding stages."""
     start = time.perf_counter()
-    offsets = block_offsets(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp)
-    sizes = (np.diff(offsets) if offsets is not None else
-             block_sizes(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp))
+    offsets = block_offsets(
+        cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp
+    )
+    sizes = (
+        np.diff(offsets)
+        if offsets is not None
+        else block_sizes(
+            cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp
+        )
+    )
     blocks = contiguous_blocks(sizes, world)
-    info = plan_summary(sizes, blocks, balance="contiguous runs of blocks, cut at equal shares",
-                        weight="bytes of FASTA per block (bases for gzipped or chunked input; no translation)")
-    info["worker_input"] = ("each DataLoader worker reads its own blocks' byte ranges" if offsets is not None else
-                            "gzipped or chunked input: each worker parses the stream and skips other blocks")
+    info = plan_summary(
+        sizes,
+        blocks,
+        balance="contiguous runs of blocks, cut at equal shares",
+        weight="bytes of FASTA per block (bases for gzipped or chunked input; no translation)",
+    )
+    info["worker_input"] = (
+        "each DataLoader worker reads its own blocks' byte ranges"
+        if offsets is not None
+        else "gzipped or chunked input: each worker parses the stream and skips other blocks"
+    )
     info["plan_s"] = time.perf_counter() - start
     return Plan(blocks, info, offsets)
 
@@ -345,20 +450,38 @@ def plan_summary(weights: np.ndarray, plan: list[np.ndarray], *, balance: str, w
     planned = [int(weights[blocks].sum()) for blocks in plan]
     total = sum(planned)
     mean = total / len(planned) if planned else 0
-    return {"balance": balance, "weight": weight,
-            "blocks": int(len(weights)), "total_weight": total,
-            "planned_weight": {r: t for r, t in enumerate(planned)},
-            "planned_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
-            "planned_imbalance": max(planned) / mean if mean else None}
+    return {
+        "balance": balance,
+        "weight": weight,
+        "blocks": int(len(weights)),
+        "total_weight": total,
+        "planned_weight": {r: t for r, t in enumerate(planned)},
+        "planned_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
+        "planned_imbalance": max(planned) / mean if mean else None,
+    }
 
 
 # ---------------------------------------------------------------------------- in the rank
 
-def sampler_for_rank(local_rank: int, env: Mapping[str, str] | None = None, *, rank: int | None = None,
-                     interval_s: float = 1.0, device_factory: Callable | None = None, warn: bool = True) -> GpuSampler:
+
+def sampler_for_rank(
+    local_rank: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    rank: int | None = None,
+    interval_s: float = 1.0,
+    device_factory: Callable | None = None,
+    warn: bool = True,
+) -> GpuSampler:
     """The sampler of one rank: its own physical GPU, i.e. CUDA_VISIBLE_DEVICES[local_rank]."""
-    return GpuSampler(interval_s=interval_s, cuda_index=local_rank, env=env, device_factory=device_factory,
-                      tag=f"rank{local_rank if rank is None else rank}", warn=warn)
+    return GpuSampler(
+        interval_s=interval_s,
+        cuda_index=local_rank,
+        env=env,
+        device_factory=device_factory,
+        tag=f"rank{local_rank if rank is None else rank}",
+        warn=warn,
+    )
 
 
 def rank_device(device: str, local_rank: int, cuda_count: int) -> str:
@@ -366,14 +489,21 @@ def rank_device(device: str, local_rank: int, cuda_count: int) -> str:
     if device == "cpu":
         return "cpu"
     if device not in ("auto", "cuda"):
-        raise UserError(f"--device {device} pins one GPU; a torchrun rank uses cuda:LOCAL_RANK", "pass --device cuda or auto")
+        raise UserError(
+            f"--device {device} pins one GPU; a torchrun rank uses cuda:LOCAL_RANK",
+            "pass --device cuda or auto",
+        )
     if cuda_count == 0:
         if device == "auto":
             return "cpu"
-        raise UserError("device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu")
+        raise UserError(
+            "device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu"
+        )
     if local_rank >= cuda_count:
-        raise UserError(f"local rank {local_rank} has no GPU: {cuda_count} visible on {socket.gethostname()}",
-                        f"start at most {cuda_count} processes per node (--nproc-per-node)")
+        raise UserError(
+            f"local rank {local_rank} has no GPU: {cuda_count} visible on {socket.gethostname()}",
+            f"start at most {cuda_count} processes per node (--nproc-per-node)",
+        )
     return f"cuda:{local_rank}"
 
 
@@ -386,8 +516,11 @@ def fault_injection_hook(rank: int, env: Mapping[str, str] = os.environ):
 
     def fail(batch_index: int) -> None:
         if value.endswith(":check"):
-            raise CheckFailed(f"count check failed: fault injected by {FAIL_RANK_ENV}={value} after batch {batch_index}")
+            raise CheckFailed(
+                f"count check failed: fault injected by {FAIL_RANK_ENV}={value} after batch {batch_index}"
+            )
         raise RuntimeError(f"fault injected by {FAIL_RANK_ENV}={rank} after batch {batch_index}")
+
     return fail
 
 
@@ -402,7 +535,10 @@ def errors_named_by_rank(info: RankInfo):
     """A rank's errors as one line naming the rank (and its node); a failed check is left for the launcher."""
     try:
         yield
-    except (node_view.NodesDiffer, SystemExit):  # named already / a quiet exit (another rank of the node says why)
+    except (
+        node_view.NodesDiffer,
+        SystemExit,
+    ):  # named already / a quiet exit (another rank of the node says why)
         raise
     except UserError as err:
         raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None
@@ -414,21 +550,32 @@ def errors_named_by_rank(info: RankInfo):
 
 
 # what a collective raises when another rank's process or host is gone (gloo, NCCL, the c10d store)
-LOST_PEER_SIGNS = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "timed out",
-                   "timeout")
+LOST_PEER_SIGNS = (
+    "closed by peer",
+    "reset by peer",
+    "broken pipe",
+    "connection refused",
+    "timed out",
+    "timeout",
+)
 _run_nodes: dict[int, str] = {}  # node rank -> host of every rank, as the ranks told each other at start
 
 
 def failure_line(err: BaseException, info: RankInfo) -> str:
     """What a rank says when it fails; when the failure is a lost peer, which nodes the run had."""
-    line = (f"rank {info.rank} of {info.world} (node {info.node}, local rank {info.local_rank} on "
-            f"{socket.gethostname()}) failed: {type(err).__name__}: {err}")
-    lost = isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and
-                                              any(sign in str(err).lower() for sign in LOST_PEER_SIGNS))
+    line = (
+        f"rank {info.rank} of {info.world} (node {info.node}, local rank {info.local_rank} on "
+        f"{socket.gethostname()}) failed: {type(err).__name__}: {err}"
+    )
+    lost = isinstance(err, dist.DistError) or (
+        isinstance(err, RuntimeError) and any(sign in str(err).lower() for sign in LOST_PEER_SIGNS)
+    )
     if lost and len(_run_nodes) > 1:
         nodes = ", ".join(f"{node} on {host}" for node, host in sorted(_run_nodes.items()))
-        line += (f" — lost contact with another rank: a node of this run (nodes {nodes}) died, was stopped "
-                 "or lost the network; its own log says why; start every node again with --resume")
+        line += (
+            f" — lost contact with another rank: a node of this run (nodes {nodes}) died, was stopped "
+            "or lost the network; its own log says why; start every node again with --resume"
+        )
     return " ".join(line.split())
 
 
@@ -452,7 +599,9 @@ def rank_group(cfg: EmbedConfig, info: RankInfo):
     lifeline.die_with_parent()  # `python -m perfkit` set it already; again for ranks started another way
     device = rank_device(cfg.device, info.local_rank, torch.cuda.device_count())
     if cfg.mode != "v2":
-        raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "run without torchrun or use --mode v2")
+        raise UserError(
+            "v1 mode runs in one process, as VirNucPro v1.0 did", "run without torchrun or use --mode v2"
+        )
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(info.local_rank)
@@ -479,13 +628,25 @@ def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: Plan | None = 
         if plan is None:
             plan = shared_plan(cfg, info, group)
         if plan.info["blocks"] < 4 * info.world:
-            log.warning("only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
-                        plan.info["blocks"], info.world)
+            log.warning(
+                "only %d blocks for %d ranks: ranks cannot be balanced well; lower block_reads (--block-reads)",
+                plan.info["blocks"],
+                info.world,
+            )
         cuda = cfg.device.startswith("cuda")
-        sampler = sampler_for_rank(info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s,
-                                   warn=cuda)
-        share = embed_share(cfg, done_keys, rank=info.rank, world=info.world, local_rank=info.local_rank,
-                            shard=plan.shard(info.rank), sampler=sampler, on_batch=fault_injection_hook(info.rank))
+        sampler = sampler_for_rank(
+            info.local_rank if cuda else 0, rank=info.rank, interval_s=cfg.sample_interval_s, warn=cuda
+        )
+        share = embed_share(
+            cfg,
+            done_keys,
+            rank=info.rank,
+            world=info.world,
+            local_rank=info.local_rank,
+            shard=plan.shard(info.rank),
+            sampler=sampler,
+            on_batch=fault_injection_hook(info.rank),
+        )
         dist.barrier(group)  # every rank's shards are on disk
         reports = [None] * info.world if info.rank == 0 else None
         dist.gather_object(_report(share, info, plan.blocks[info.rank]), reports, dst=0, group=group)
@@ -494,7 +655,9 @@ def embed_in_ranks(cfg: EmbedConfig, info: RankInfo, group, plan: Plan | None = 
         return _finish_run(share, reports, plan.info)
 
 
-def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group, held: ExitStack) -> tuple[EmbedConfig, np.ndarray]:
+def _prepared_by_rank0(
+    cfg: EmbedConfig, info: RankInfo, group, held: ExitStack
+) -> tuple[EmbedConfig, np.ndarray]:
     """Rank 0 locks (into `held`), checks and prepares --out and reads a resumed run's keys; every rank gets
     the result or the error (a folder in use too: no rank waits for a rank 0 that gave up), then checks
     that it sees what rank 0 sees (check_same_view)."""
@@ -525,15 +688,26 @@ def _prepared_by_rank0(cfg: EmbedConfig, info: RankInfo, group, held: ExitStack)
 def _report(share: Share, info: RankInfo, blocks: np.ndarray) -> dict:
     """What rank 0 needs from each rank."""
     run = share.run
-    return {"rank": info.rank, "local_rank": info.local_rank, "node": info.node, "host": socket.gethostname(),
-            "device": str(run.device),
-            "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
-            "wall_s": share.wall_s, "capped": share.capped, "frames_translated": run.frames_translated,
-            "reads_seen": run.reads_seen, "reads_without_frames": len(run.frameless),
-            "truncated_sequences": run.truncated.frames, "residues_dropped": run.truncated.residues,
-            "truncated_ids": run.truncated.ids,
-            "blocks": len(blocks), "peak_flops": share.peak_flops, "gpu": steady_gpu(share),
-            "verify_pool": run.verify_pool}
+    return {
+        "rank": info.rank,
+        "local_rank": info.local_rank,
+        "node": info.node,
+        "host": socket.gethostname(),
+        "device": str(run.device),
+        "physical_gpu": run.sampler.physical_index if run.device.type == "cuda" else None,
+        "wall_s": share.wall_s,
+        "capped": share.capped,
+        "frames_translated": run.frames_translated,
+        "reads_seen": run.reads_seen,
+        "reads_without_frames": len(run.frameless),
+        "truncated_sequences": run.truncated.frames,
+        "residues_dropped": run.truncated.residues,
+        "truncated_ids": run.truncated.ids,
+        "blocks": len(blocks),
+        "peak_flops": share.peak_flops,
+        "gpu": steady_gpu(share),
+        "verify_pool": run.verify_pool,
+    }
 
 
 def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
@@ -541,8 +715,11 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
     run, cfg = share.run, share.run.cfg
     world = len(reports)
     frames = sum(r["frames_translated"] for r in reports)
-    truncated = Truncation(sum(r["truncated_sequences"] for r in reports), sum(r["residues_dropped"] for r in reports),
-                           [i for r in reports for i in r["truncated_ids"]])
+    truncated = Truncation(
+        sum(r["truncated_sequences"] for r in reports),
+        sum(r["residues_dropped"] for r in reports),
+        [i for r in reports for i in r["truncated_ids"]],
+    )
     capped = any(r["capped"] for r in reports)
     run.verify_pool = [item for r in reports for item in r["verify_pool"]]  # check rows written by every rank
     reads = (sum(r["reads_seen"] for r in reports), sum(r["reads_without_frames"] for r in reports))
@@ -550,25 +727,47 @@ def _finish_run(share: Share, reports: list[dict], plan: dict) -> dict:
     if not capped:
         result.update(assemble_and_verify(share, frames))
     records = aggregate.read_telemetry([cfg.out_dir / telemetry_name(r, world) for r in range(world)])
-    keys = ("node", "host", "local_rank", "device", "physical_gpu", "wall_s", "frames_translated",
-            "truncated_sequences", "blocks", "peak_flops")
+    keys = (
+        "node",
+        "host",
+        "local_rank",
+        "device",
+        "physical_gpu",
+        "wall_s",
+        "frames_translated",
+        "truncated_sequences",
+        "blocks",
+        "peak_flops",
+    )
     per_rank = {r["rank"]: {key: r[key] for key in keys} for r in reports}
     for rank, info in per_rank.items():
         info["planned_weight"] = plan["planned_weight"][rank]
         info["planned_share"] = plan["planned_share"][rank]
-    distributed = {"world": world, "nodes": len({(r["node"], r["host"]) for r in reports}),
-                   "launcher": "torchrun", "backend": dist.get_backend(),
-                   "nccl_env": {k: os.environ.get(k) for k in NCCL_ENV}, "plan": plan, "ranks": per_rank,
-                   "throughput_rule": "summed over ranks (never averaged); overall rates use the slowest rank's wall time",
-                   "imbalance_rule": "slowest rank's embedding wall time / mean over ranks"}
-    summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
-                                wall_s={r["rank"]: r["wall_s"] for r in reports}, stage=run.stage,
-                                warmup_batches=cfg.warmup_batches,
-                                flops_per_token=run.encoder.flops_per_token(),
-                                peak_flops={r["rank"]: r["peak_flops"] for r in reports},
-                                gpu={r["rank"]: r["gpu"] for r in reports}, window_s=cfg.window_s,
-                                spec_peak_flops=spec_peak(run.device, cfg.precision),
-                                extra={"run": result, "distributed": distributed})
+    distributed = {
+        "world": world,
+        "nodes": len({(r["node"], r["host"]) for r in reports}),
+        "launcher": "torchrun",
+        "backend": dist.get_backend(),
+        "nccl_env": {k: os.environ.get(k) for k in NCCL_ENV},
+        "plan": plan,
+        "ranks": per_rank,
+        "throughput_rule": "summed over ranks (never averaged); overall rates use the slowest rank's wall time",
+        "imbalance_rule": "slowest rank's embedding wall time / mean over ranks",
+    }
+    summary = build_run_summary(
+        records,
+        config=cfg.model_dump(mode="json"),
+        environment=environment(),
+        wall_s={r["rank"]: r["wall_s"] for r in reports},
+        stage=run.stage,
+        warmup_batches=cfg.warmup_batches,
+        flops_per_token=run.encoder.flops_per_token(),
+        peak_flops={r["rank"]: r["peak_flops"] for r in reports},
+        gpu={r["rank"]: r["gpu"] for r in reports},
+        window_s=cfg.window_s,
+        spec_peak_flops=spec_peak(run.device, cfg.precision),
+        extra={"run": result, "distributed": distributed},
+    )
     write_json(cfg.out_dir / "summary.json", summary)
     warn_truncated(result, run.stage)
     return summary

@@ -38,8 +38,14 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2, esm2_weights
-from perfkit.workload.layers import (empty_model_on, flex_block_mask, flex_packed_attention, init_normal_,
-                                     pool_segments, repadded_attention)
+from perfkit.workload.layers import (
+    empty_model_on,
+    flex_block_mask,
+    flex_packed_attention,
+    init_normal_,
+    pool_segments,
+    repadded_attention,
+)
 from perfkit.workload.equivalence import PRECISIONS, batches_by_tokens, compare_embeddings, gate, true_fp32
 
 # ----------------------------------------------------------------------------
@@ -88,6 +94,7 @@ def alibi_slopes(num_heads: int) -> list[float]:
     that sequence for the nearest lower power of two p, then every other slope of the
     2p sequence for the remaining heads (12 heads: 2^-1..2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5).
     """
+
     def geometric(n):
         return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
 
@@ -119,7 +126,10 @@ def train_tokenizer(n_reads: int = TRAINING_READS, seed: int = TRAINING_SEED, vo
         reads = [seq for _, seq in read_fasta(fasta)]
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=list("ACGTN"), show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=list("ACGTN"),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(reads, trainer)
     return tokenizer
@@ -137,7 +147,9 @@ def special_token_ids(tokenizer) -> dict:
     ids = {name: tokenizer.token_to_id(f"[{name.upper()}]") for name in ("cls", "sep", "pad")}
     missing = [f"[{name.upper()}]" for name, i in ids.items() if i is None]
     if missing:
-        raise UserError(f"tokenizer has no {', '.join(missing)} token", "pass a DNABERT-2 / DNABERT-S tokenizer.json")
+        raise UserError(
+            f"tokenizer has no {', '.join(missing)} token", "pass a DNABERT-2 / DNABERT-S tokenizer.json"
+        )
     return ids
 
 
@@ -250,8 +262,9 @@ def flex_alibi_attention(q, k, v, slopes, block_mask, compiled: bool, inside_com
         # within one sequence the packed index distance is the position distance
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
-    return flex_packed_attention(q, k, v, block_mask, score_mod=alibi, compiled=compiled,
-                                 inside_compiled=inside_compiled)
+    return flex_packed_attention(
+        q, k, v, block_mask, score_mod=alibi, compiled=compiled, inside_compiled=inside_compiled
+    )
 
 
 class Block(nn.Module):
@@ -337,7 +350,9 @@ class DNABERT(nn.Module):
         return "flex" if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else "sdpa_repadded"
 
     @torch.inference_mode()
-    def forward_packed(self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False):
+    def forward_packed(
+        self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False
+    ):
         """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
 
         flex: flex_attention, ALiBi score_mod + same-sequence block mask (compiled on CUDA, eager elsewhere).
@@ -353,8 +368,9 @@ class DNABERT(nn.Module):
             block_mask = flex_block_mask(seq_index, cu_seqlens)
 
             def attend(q, k, v):  # [N, H, hd]
-                return flex_alibi_attention(q, k, v, slopes, block_mask, compiled=x.is_cuda,
-                                            inside_compiled=self.blocks_compiled)
+                return flex_alibi_attention(
+                    q, k, v, slopes, block_mask, compiled=x.is_cuda, inside_compiled=self.blocks_compiled
+                )
 
             self.attention_calls["flex_attention"] += 1
         elif kernel == "sdpa_repadded":
@@ -364,8 +380,9 @@ class DNABERT(nn.Module):
             mask = alibi_mask(slopes, key_is_real, x.dtype)
 
             def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
-                return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
-                                          mask=mask)
+                return repadded_attention(
+                    q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen, mask=mask
+                )
 
             self.attention_calls["sdpa_repadded"] += 1
         else:
@@ -428,7 +445,9 @@ def dnabert2_to_our_names(state_dict: dict) -> dict:
             index, rest = bare.removeprefix("encoder.layer.").split(".", 1)
             module, part = rest.rsplit(".", 1)
             if module not in layer_map:
-                raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
+                raise UserError(
+                    f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint"
+                )
             out[f"layers.{index}.{layer_map[module]}.{part}"] = tensor
         else:
             raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
@@ -471,9 +490,17 @@ def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
     hf = json.loads(config_path.read_text())
     keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
     found = tuple(hf.get(k) for k in keys)
-    expected = (config.num_layers, config.embed_dim, config.attention_heads, config.ffn_dim, config.vocab_size)
+    expected = (
+        config.num_layers,
+        config.embed_dim,
+        config.attention_heads,
+        config.ffn_dim,
+        config.vocab_size,
+    )
     if any(f is not None and f != e for f, e in zip(found, expected)):
-        raise UserError(f"{folder} holds {dict(zip(keys, found))}, expected {expected}", "pass DNABERT-S weights")
+        raise UserError(
+            f"{folder} holds {dict(zip(keys, found))}, expected {expected}", "pass DNABERT-S weights"
+        )
     if (folder / "model.safetensors").exists():
         try:
             from safetensors.torch import load_file
@@ -483,7 +510,9 @@ def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
             return load_file(str(folder / "model.safetensors")), folder / "model.safetensors"
     bin_path = folder / "pytorch_model.bin"
     if not bin_path.exists():
-        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete DNABERT-S folder")
+        raise UserError(
+            f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete DNABERT-S folder"
+        )
     return torch.load(bin_path, map_location="cpu", weights_only=True), bin_path
 
 
@@ -492,19 +521,25 @@ def _read_weights(path: Path, config: DNABERTConfig) -> tuple[dict, Path]:
     if path.is_dir():
         return _read_hf_folder(path, config)
     if not path.exists():
-        raise UserError(f"nucleotide weights {path} do not exist",
-                        "pass a DNABERT-S HuggingFace folder, a .safetensors or a .bin file")
+        raise UserError(
+            f"nucleotide weights {path} do not exist",
+            "pass a DNABERT-S HuggingFace folder, a .safetensors or a .bin file",
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path)), path
     if path.suffix in (".bin", ".pt", ".pth"):
         return torch.load(path, map_location="cpu", weights_only=True), path
-    raise UserError(f"nucleotide weights {path}: unknown file type {path.suffix or '(none)'}",
-                    "pass a HuggingFace folder, a .safetensors or a .bin file")
+    raise UserError(
+        f"nucleotide weights {path}: unknown file type {path.suffix or '(none)'}",
+        "pass a HuggingFace folder, a .safetensors or a .bin file",
+    )
 
 
-def build_model(weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S):
+def build_model(
+    weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S
+):
     """-> (DNABERT in eval mode on `device`/`dtype`, weights_info dict).
 
     weights: None (seeded random init), a HuggingFace folder of DNABERT-S / DNABERT-2-117M, or one
@@ -538,7 +573,10 @@ def default_reads(n: int = 64, seed: int = 0, min_len: int = 60, max_len: int = 
     rng = np.random.default_rng(seed)
     letters = np.array(list("ACGTN"))
     weights = [0.249, 0.249, 0.249, 0.249, 0.004]
-    return ["".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights)) for _ in range(n)]
+    return [
+        "".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights))
+        for _ in range(n)
+    ]
 
 
 def run_nt_equivalence(
@@ -568,31 +606,40 @@ def run_nt_equivalence(
 
     model, _ = build_model(seed=seed, device=device, dtype=torch.float32, config=config)
     with true_fp32():
-        reference = np.concatenate([
-            model.forward_padded(torch.from_numpy(pad_batch(*spans(b), pad_id)).to(device), pad_id).cpu().numpy()
-            for b in batches
-        ])
+        reference = np.concatenate(
+            [
+                model.forward_padded(torch.from_numpy(pad_batch(*spans(b), pad_id)).to(device), pad_id)
+                .cpu()
+                .numpy()
+                for b in batches
+            ]
+        )
 
     model.to(PRECISIONS[precision])
     model.packed_attention = packed_attention
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
         model.compile_blocks()
-    candidate = np.concatenate([
-        model.forward_packed(**packed_to_torch(packed_inputs_nt(*spans(b)), device)).cpu().numpy() for b in batches
-    ])
+    candidate = np.concatenate(
+        [
+            model.forward_packed(**packed_to_torch(packed_inputs_nt(*spans(b)), device)).cpu().numpy()
+            for b in batches
+        ]
+    )
 
     result = gate(compare_embeddings(reference, candidate), precision)
     packed_calls = {k: v for k, v in model.attention_calls.items() if k != "sdpa_padded"}
-    result.update({
-        "model_name": config.name,
-        "device": str(device),
-        "num_reads": len(reads),
-        "num_tokens": int(lengths.sum()),
-        "tokens_per_base": tokens_per_base(tokenizer, reads),
-        "seed": seed,
-        "attention_calls": dict(model.attention_calls),
-        "attention_path": max(packed_calls, key=packed_calls.get),
-        "compiled": compiled,
-    })
+    result.update(
+        {
+            "model_name": config.name,
+            "device": str(device),
+            "num_reads": len(reads),
+            "num_tokens": int(lengths.sum()),
+            "tokens_per_base": tokens_per_base(tokenizer, reads),
+            "seed": seed,
+            "attention_calls": dict(model.attention_calls),
+            "attention_path": max(packed_calls, key=packed_calls.get),
+            "compiled": compiled,
+        }
+    )
     return result

@@ -4,6 +4,7 @@ The runner, the data path and the multi-process launcher ask an `Encoder` how to
 tokenise a frame, pack its inputs, build the model and count its FLOPs; nothing
 else in them depends on which model runs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,7 +34,9 @@ class Encoder:
     """ESM-2 on the frames' proteins (the protein stage)."""
 
     model: str
-    tokenizer: str | None = None  # nucleotide models only: a DNABERT-S tokenizer.json; None = the stand-in BPE
+    tokenizer: str | None = (
+        None  # nucleotide models only: a DNABERT-S tokenizer.json; None = the stand-in BPE
+    )
 
     nucleotide = False
     stage = PROTEIN_STAGE
@@ -78,7 +81,9 @@ class NucleotideEncoder(Encoder):
         return dnabert.packed_inputs_nt(tokens, lengths)
 
     def build(self, weights, seed: int, device, dtype):
-        return dnabert.build_model(weights, seed=seed, device=device, dtype=dtype, config=dnabert.CONFIGS[self.model])
+        return dnabert.build_model(
+            weights, seed=seed, device=device, dtype=dtype, config=dnabert.CONFIGS[self.model]
+        )
 
     def flops_per_token(self) -> float:
         return dnabert.flops_per_token(dnabert.CONFIGS[self.model])

@@ -87,7 +87,10 @@ def default_proteins(n: int = 64, seed: int = 0, min_len: int = 10, max_len: int
     rng = np.random.default_rng(seed)
     letters = np.array(list("ACDEFGHIKLMNPQRSTVWYX"))
     weights = np.r_[np.full(20, 0.995 / 20), 0.005]
-    return ["".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights)) for _ in range(n)]
+    return [
+        "".join(rng.choice(letters, size=int(rng.integers(min_len, max_len + 1)), p=weights))
+        for _ in range(n)
+    ]
 
 
 def batches_by_tokens(lengths: list[int], token_budget: int) -> list[list[int]]:
@@ -122,14 +125,23 @@ def fairesm_reference_model(model, device):
     config = model.config
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     with torch.device("meta"):
-        reference = esm.model.esm2.ESM2(config.num_layers, config.embed_dim, config.attention_heads,
-                                        alphabet=alphabet, token_dropout=config.token_dropout)
+        reference = esm.model.esm2.ESM2(
+            config.num_layers,
+            config.embed_dim,
+            config.attention_heads,
+            alphabet=alphabet,
+            token_dropout=config.token_dropout,
+        )
     reference = reference.to_empty(device=device).eval()
     weights = {name: tensor.float() for name, tensor in esm2_weights.fairesm_state_dict(model).items()}
     missing, unexpected = reference.load_state_dict(weights, strict=False)
-    if unexpected or any(not name.startswith(("lm_head.", "contact_head.")) and not name.endswith("inv_freq")
-                         for name in missing):
-        raise RuntimeError(f"fair-esm reference: weights missing {missing[:3]} or unexpected {unexpected[:3]}")
+    if unexpected or any(
+        not name.startswith(("lm_head.", "contact_head.")) and not name.endswith("inv_freq")
+        for name in missing
+    ):
+        raise RuntimeError(
+            f"fair-esm reference: weights missing {missing[:3]} or unexpected {unexpected[:3]}"
+        )
     for module in reference.modules():
         if hasattr(module, "inv_freq"):
             dim = module.inv_freq.numel() * 2
@@ -190,7 +202,9 @@ def run_equivalence_gate(
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
+        raise UserError(
+            "CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'"
+        )
     config = esm2.get_config(model_name)
     proteins = default_proteins(seed=seed) if proteins is None else list(proteins)
 
@@ -205,7 +219,9 @@ def run_equivalence_gate(
 
     # the packed path at the precision under test: the fp32 weights rounded once, as a run's model is
     model = model.to(PRECISIONS[precision])
-    esm2.set_kernels(model, attention=attention, gelu_epilogue=gelu_epilogue, residual_epilogue=residual_epilogue)
+    esm2.set_kernels(
+        model, attention=attention, gelu_epilogue=gelu_epilogue, residual_epilogue=residual_epilogue
+    )
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
         model.compile_blocks(whole_stack=compile_scope == "stack")

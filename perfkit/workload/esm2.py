@@ -26,8 +26,14 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2_weights
-from perfkit.workload.layers import (empty_model_on, flex_block_mask, flex_packed_attention, init_normal_,
-                                     pool_segments, repadded_attention)
+from perfkit.workload.layers import (
+    empty_model_on,
+    flex_block_mask,
+    flex_packed_attention,
+    init_normal_,
+    pool_segments,
+    repadded_attention,
+)
 
 # ----------------------------------------------------------------------------
 # configs
@@ -160,19 +166,26 @@ def pad_packed(packed: dict, *, token_budget: int, max_seqs: int, max_seqlen: in
     fill = token_budget - real_tokens
     filler = [max_seqlen] * (fill // max_seqlen) + ([fill % max_seqlen] if fill % max_seqlen else [])
     if fill < 0 or packed["max_seqlen"] > max_seqlen or real_seqs + len(filler) > max_seqs:
-        raise ValueError(f"pack of {real_tokens} tokens / {real_seqs} sequences / longest {packed['max_seqlen']} "
-                         f"does not fit {token_budget} / {max_seqs} / {max_seqlen}")
+        raise ValueError(
+            f"pack of {real_tokens} tokens / {real_seqs} sequences / longest {packed['max_seqlen']} "
+            f"does not fit {token_budget} / {max_seqs} / {max_seqlen}"
+        )
     filler_lengths = np.asarray(filler, dtype=np.int64)
     filler_inputs = packed_inputs(np.full(fill, PAD_IDX, dtype=np.int64), filler_lengths)
     empty = max_seqs - real_seqs - filler_lengths.size
     return {
         "tokens": np.concatenate([tokens, filler_inputs["tokens"]]).astype(np.int64),
         "positions": np.concatenate([packed["positions"], filler_inputs["positions"]]).astype(np.int32),
-        "cu_seqlens": np.concatenate([cu, cu[-1] + filler_inputs["cu_seqlens"][1:],
-                                      np.full(empty, token_budget, dtype=np.int32)]).astype(np.int32),
+        "cu_seqlens": np.concatenate(
+            [cu, cu[-1] + filler_inputs["cu_seqlens"][1:], np.full(empty, token_budget, dtype=np.int32)]
+        ).astype(np.int32),
         "max_seqlen": max_seqlen,
-        "seq_index": np.concatenate([packed["seq_index"], real_seqs + filler_inputs["seq_index"]]).astype(np.int32),
-        "pool_weight": np.concatenate([packed["pool_weight"], np.zeros(fill, dtype=np.float32)]).astype(np.float32),
+        "seq_index": np.concatenate([packed["seq_index"], real_seqs + filler_inputs["seq_index"]]).astype(
+            np.int32
+        ),
+        "pool_weight": np.concatenate([packed["pool_weight"], np.zeros(fill, dtype=np.float32)]).astype(
+            np.float32
+        ),
     }
 
 
@@ -289,15 +302,24 @@ class ESM2(nn.Module):
         self.final_norm = nn.LayerNorm(config.embed_dim)  # fair-esm: emb_layer_norm_after
         self.scale = config.head_dim**-0.5
         # which attention kernel really ran, one count per forward call
-        self.attention_calls = {"varlen_attn": 0, "mem_efficient_varlen": 0, "flex_attention": 0, "sdpa_repadded": 0,
-                                "sdpa_padded": 0}
+        self.attention_calls = {
+            "varlen_attn": 0,
+            "mem_efficient_varlen": 0,
+            "flex_attention": 0,
+            "sdpa_repadded": 0,
+            "sdpa_padded": 0,
+        }
         # packed path kernel: "auto" = varlen_attn on CUDA fp16/bf16, else sdpa_repadded; or name one
         self.packed_attention = "auto"
         self.blocks_compiled = False
-        self.residual_epilogue = False  # the residual adds in out_proj's and fc2's GEMM epilogues (packed path)
+        self.residual_epilogue = (
+            False  # the residual adds in out_proj's and fc2's GEMM epilogues (packed path)
+        )
         self.run_layers = self._run_layers
 
-    def compile_blocks(self, mode: str | None = None, dynamic: bool = True, whole_stack: bool = False) -> "ESM2":
+    def compile_blocks(
+        self, mode: str | None = None, dynamic: bool = True, whole_stack: bool = False
+    ) -> "ESM2":
         """torch.compile each block (fuses norms, rotary, GELU, residuals); one graph for all blocks.
 
         dynamic=True: any token count, compiled once. dynamic=False with packs padded to fixed shapes
@@ -367,7 +389,9 @@ class ESM2(nn.Module):
         return torch.einsum("btd,bt->bd", x.float(), weights)
 
     @torch.inference_mode()
-    def forward_packed(self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False):
+    def forward_packed(
+        self, tokens, positions, cu_seqlens, max_seqlen, seq_index, pool_weight, return_hidden=False
+    ):
         """Packed tokens [N] -> pooled [B, D] float32 (and hidden [N, D] if return_hidden).
 
         varlen_attn: torch.nn.attention.varlen.varlen_attn (FlashAttention varlen), CUDA fp16/bf16.
@@ -397,23 +421,55 @@ class ESM2(nn.Module):
 
             def attend(q, k, v):  # [N, H, hd]; the cutlass kernel tiles 64 queries, flash's varlen 128
                 out = torch.ops.aten._efficient_attention_forward(
-                    q[None], k[None], v[None], None, cu, cu, max_seqlen, max_seqlen, 0.0, 0, False, scale=self.scale)
+                    q[None],
+                    k[None],
+                    v[None],
+                    None,
+                    cu,
+                    cu,
+                    max_seqlen,
+                    max_seqlen,
+                    0.0,
+                    0,
+                    False,
+                    scale=self.scale,
+                )
                 return out[0][0]
         elif kernel == "flex":
             block_mask = flex_block_mask(seq_index, cu_seqlens)
 
             def attend(q, k, v):  # [N, H, hd]
-                return flex_packed_attention(q, k, v, block_mask, scale=self.scale, compiled=x.is_cuda,
-                                             inside_compiled=self.blocks_compiled)
+                return flex_packed_attention(
+                    q,
+                    k,
+                    v,
+                    block_mask,
+                    scale=self.scale,
+                    compiled=x.is_cuda,
+                    inside_compiled=self.blocks_compiled,
+                )
         elif kernel == "sdpa_repadded":
             slot = seq_index * max_seqlen + positions.long()  # row in the padded [B*T] view
-            key_mask = (torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None])[:, None, None, :]
+            key_mask = (torch.arange(max_seqlen, device=x.device)[None, :] < lengths[:, None])[
+                :, None, None, :
+            ]
 
             def attend(q, k, v):  # [N, H, hd] -> padded [B, H, T, hd] -> SDPA -> [N, H, hd]
-                return repadded_attention(q, k, v, slot=slot, num_seqs=num_seqs, max_seqlen=max_seqlen,
-                                          mask=key_mask, scale=self.scale)
+                return repadded_attention(
+                    q,
+                    k,
+                    v,
+                    slot=slot,
+                    num_seqs=num_seqs,
+                    max_seqlen=max_seqlen,
+                    mask=key_mask,
+                    scale=self.scale,
+                )
         else:
-            raise UserError(f"unknown packed attention {kernel!r}", "use 'auto', 'varlen_attn', 'mem_efficient_varlen', 'flex' or 'sdpa_repadded'")
+            raise UserError(
+                f"unknown packed attention {kernel!r}",
+                "use 'auto', 'varlen_attn', 'mem_efficient_varlen', 'flex' or 'sdpa_repadded'",
+            )
         self.attention_calls["flex_attention" if kernel == "flex" else kernel] += 1
 
         x = self.final_norm(self.run_layers(x, cos, sin, attend))
@@ -436,12 +492,15 @@ def init_random_(model: ESM2, seed: int) -> ESM2:
 PACKED_ATTENTION = ("auto", "varlen_attn", "mem_efficient_varlen", "flex", "sdpa_repadded")
 
 
-def set_kernels(model: ESM2, *, attention: str = "auto", gelu_epilogue: bool = False,
-                residual_epilogue: bool = False) -> ESM2:
+def set_kernels(
+    model: ESM2, *, attention: str = "auto", gelu_epilogue: bool = False, residual_epilogue: bool = False
+) -> ESM2:
     """Which kernels the packed path runs: the attention kernel, fc1 + bias + GELU as one cuBLASLt call, and
     the residual adds inside out_proj's and fc2's GEMMs."""
     if attention not in PACKED_ATTENTION:
-        raise UserError(f"unknown packed attention {attention!r}", f"use one of {', '.join(PACKED_ATTENTION)}")
+        raise UserError(
+            f"unknown packed attention {attention!r}", f"use one of {', '.join(PACKED_ATTENTION)}"
+        )
     model.packed_attention = attention
     model.residual_epilogue = residual_epilogue
     for layer in model.layers:
@@ -455,9 +514,14 @@ def to_float8(model: ESM2) -> ESM2:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError as exc:
-        raise UserError(f"precision fp8 needs torchao ({exc})", "pip install torchao, or use precision bf16") from None
-    quantize_(model.layers, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-              filter_fn=lambda module, name: isinstance(module, nn.Linear))
+        raise UserError(
+            f"precision fp8 needs torchao ({exc})", "pip install torchao, or use precision bf16"
+        ) from None
+    quantize_(
+        model.layers,
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        filter_fn=lambda module, name: isinstance(module, nn.Linear),
+    )
     return model
 
 
@@ -475,7 +539,9 @@ def build_model(name: str, weights=None, seed: int = 0, device="cpu", dtype=torc
 
     path = Path(weights).expanduser()
     if not path.exists():
-        raise UserError(f"weights path {path} does not exist", "pass a fair-esm .pt file, a HF folder, or no weights")
+        raise UserError(
+            f"weights path {path} does not exist", "pass a fair-esm .pt file, a HF folder, or no weights"
+        )
     if path.is_dir():
         hf_state, files = esm2_weights.read_hf_folder(path, config)
         esm2_weights.load_fairesm_state_dict(model, esm2_weights.hf_to_fairesm_names(hf_state))

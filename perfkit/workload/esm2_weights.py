@@ -1,6 +1,7 @@
 """ESM-2 weights from the two formats users have, fair-esm checkpoints and HuggingFace folders, mapped onto
 esm2.ESM2's parameter names (one fused qkv per layer), and back (for the fair-esm reference in gates and
 benchmarks). Kept apart from the model so that esm2.py reads as the model alone."""
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,9 @@ def load_fairesm_state_dict(model: ESM2, state_dict: dict) -> ESM2:
     try:
         model.load_state_dict(ours, strict=True)
     except RuntimeError as exc:  # shape mismatch: other width than the model name says
-        raise UserError(f"weights do not fit {model.config.name}: {exc}", "pass the matching model name") from exc
+        raise UserError(
+            f"weights do not fit {model.config.name}: {exc}", "pass the matching model name"
+        ) from exc
     return model
 
 
@@ -67,8 +70,13 @@ def fairesm_state_dict(model: ESM2) -> dict:
         for i in range(model.config.num_layers):
             layer = f"layers.{i}."
             q, k, v = ours[f"{layer}qkv.{part}"].chunk(3, dim=0)
-            out.update({f"{layer}self_attn.q_proj.{part}": q, f"{layer}self_attn.k_proj.{part}": k,
-                        f"{layer}self_attn.v_proj.{part}": v})
+            out.update(
+                {
+                    f"{layer}self_attn.q_proj.{part}": q,
+                    f"{layer}self_attn.k_proj.{part}": k,
+                    f"{layer}self_attn.v_proj.{part}": v,
+                }
+            )
             out[f"{layer}self_attn.out_proj.{part}"] = ours[f"{layer}out_proj.{part}"]
             out[f"{layer}self_attn_layer_norm.{part}"] = ours[f"{layer}attn_norm.{part}"]
             out[f"{layer}final_layer_norm.{part}"] = ours[f"{layer}ffn_norm.{part}"]
@@ -114,10 +122,14 @@ def hf_to_fairesm_names(state_dict: dict) -> dict:
             index, rest = bare.removeprefix("encoder.layer.").split(".", 1)
             module, part = rest.rsplit(".", 1)
             if module not in layer_map:
-                raise UserError(f"unexpected tensor {name!r} in HF ESM weights", "pass an ESM-2 (rotary) checkpoint")
+                raise UserError(
+                    f"unexpected tensor {name!r} in HF ESM weights", "pass an ESM-2 (rotary) checkpoint"
+                )
             out[f"layers.{index}.{layer_map[module]}.{part}"] = tensor
         else:
-            raise UserError(f"unexpected tensor {name!r} in HF ESM weights", "pass an ESM-2 (rotary) checkpoint")
+            raise UserError(
+                f"unexpected tensor {name!r} in HF ESM weights", "pass an ESM-2 (rotary) checkpoint"
+            )
     return out
 
 
@@ -169,7 +181,9 @@ def read_fairesm_checkpoint(path: Path, config: ESM2Config) -> dict:
         try:
             data = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise UserError(f"cannot read weights file {path}: {exc}", "pass a fair-esm .pt checkpoint") from exc
+            raise UserError(
+                f"cannot read weights file {path}: {exc}", "pass a fair-esm .pt checkpoint"
+            ) from exc
     if isinstance(data, dict) and "model" in data:
         cfg = _cfg_get(data.get("cfg") or {}, "model") or {}
         _check_shape(
@@ -182,20 +196,28 @@ def read_fairesm_checkpoint(path: Path, config: ESM2Config) -> dict:
         return data["model"]
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
         return data  # a bare fair-esm state dict
-    raise UserError(f"{path} is not a fair-esm checkpoint", "pass esm2_*.pt as fair-esm saves it, or a HF folder")
+    raise UserError(
+        f"{path} is not a fair-esm checkpoint", "pass esm2_*.pt as fair-esm saves it, or a HF folder"
+    )
 
 
 def read_hf_folder(folder: Path, config: ESM2Config) -> tuple[dict, list[Path]]:
     config_path = folder / "config.json"
     if not config_path.exists():
-        raise UserError(f"{folder} has no config.json", "pass a HuggingFace ESM-2 folder or a fair-esm .pt file")
+        raise UserError(
+            f"{folder} has no config.json", "pass a HuggingFace ESM-2 folder or a fair-esm .pt file"
+        )
     hf = json.loads(config_path.read_text())
     if hf.get("position_embedding_type", "rotary") != "rotary" or hf.get("emb_layer_norm_before"):
         raise UserError(f"{folder} is not an ESM-2 model (no rotary embeddings)", "pass an ESM-2 checkpoint")
-    _check_shape(config, hf.get("num_hidden_layers"), hf.get("hidden_size"), hf.get("num_attention_heads"), str(folder))
+    _check_shape(
+        config, hf.get("num_hidden_layers"), hf.get("hidden_size"), hf.get("num_attention_heads"), str(folder)
+    )
 
     if (folder / "model.safetensors.index.json").exists():
-        files = sorted(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()))
+        files = sorted(
+            set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())
+        )
         files = [folder / f for f in files]
     elif (folder / "model.safetensors").exists():
         files = [folder / "model.safetensors"]
@@ -218,5 +240,7 @@ def read_hf_folder(folder: Path, config: ESM2Config) -> tuple[dict, list[Path]]:
             return sd, files
     bin_path = folder / "pytorch_model.bin"
     if not bin_path.exists():
-        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete HF ESM-2 folder")
+        raise UserError(
+            f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete HF ESM-2 folder"
+        )
     return torch.load(bin_path, map_location="cpu", weights_only=True), [bin_path]

@@ -50,20 +50,27 @@ def _lines(path) -> Iterator[tuple[int, bytes]]:
             for lineno, line in enumerate(f, start=1):
                 yield lineno, line.rstrip(b"\r\n")
         except (OSError, EOFError, zlib.error) as e:
-            raise UserError(f"{path}:{lineno + 1}: cannot read, corrupt or truncated data ({e})",
-                            "re-create or re-download the file") from None
+            raise UserError(
+                f"{path}:{lineno + 1}: cannot read, corrupt or truncated data ({e})",
+                "re-create or re-download the file",
+            ) from None
 
 
 def _bad_char_error(where: str, bad: bytes) -> UserError:
     c = bad[0]
     if c == 0 or c > 127:
-        return UserError(f"{where}: binary data (byte 0x{c:02x}), not a FASTA text file",
-                         "give a plain or gzipped FASTA file")
+        return UserError(
+            f"{where}: binary data (byte 0x{c:02x}), not a FASTA text file",
+            "give a plain or gzipped FASTA file",
+        )
     if bad[:1] in b"-.":
-        return UserError(f"{where}: gap character '{chr(c)}' (alignments are not supported)",
-                         "remove the gaps from the sequences")
-    return UserError(f"{where}: character {chr(c)!r} is not an IUPAC nucleotide code",
-                     "fix or remove that record")
+        return UserError(
+            f"{where}: gap character '{chr(c)}' (alignments are not supported)",
+            "remove the gaps from the sequences",
+        )
+    return UserError(
+        f"{where}: character {chr(c)!r} is not an IUPAC nucleotide code", "fix or remove that record"
+    )
 
 
 def read_fasta(path) -> Iterator[tuple[str, str]]:
@@ -82,8 +89,10 @@ def read_fasta_range(path, start: int, end: int) -> Iterator[tuple[str, str]]:
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})", "check the path and permissions") from None
     if len(data) != end - start:
-        raise UserError(f"{path}: shorter than when its blocks were planned (changed while running?)",
-                        "do not change the input during a run; run it again")
+        raise UserError(
+            f"{path}: shorter than when its blocks were planned (changed while running?)",
+            "do not change the input during a run; run it again",
+        )
     lines = ((n, line.rstrip(b"\r")) for n, line in enumerate(data.split(b"\n"), start=1))
     return _records(lines, path, lambda lineno: f"{path}: line {lineno} of the block at byte {start}", set())
 
@@ -94,8 +103,10 @@ def _records(lines, path, where, seen_ids: set) -> Iterator[tuple[str, str]]:
 
     def finish():
         if not parts:
-            raise UserError(f"{where(header_line)}: record {record_id!r} has an empty sequence",
-                            "remove that record or fix the truncated file")
+            raise UserError(
+                f"{where(header_line)}: record {record_id!r} has an empty sequence",
+                "remove that record or fix the truncated file",
+            )
         return record_id, b"".join(parts).translate(CANONICAL).decode("ascii")
 
     for lineno, line in lines:
@@ -103,15 +114,18 @@ def _records(lines, path, where, seen_ids: set) -> Iterator[tuple[str, str]]:
             if record_id is not None:
                 yield finish()
             if not line.isascii() or b"\0" in line:
-                raise UserError(f"{where(lineno)}: binary or non-ASCII bytes in header",
-                                "give a plain or gzipped FASTA file with ASCII headers")
+                raise UserError(
+                    f"{where(lineno)}: binary or non-ASCII bytes in header",
+                    "give a plain or gzipped FASTA file with ASCII headers",
+                )
             header = line[1:]
             if not header[:1].strip():  # nothing, or whitespace right after '>'
                 raise UserError(f"{where(lineno)}: empty record id after '>'", "give every record an id")
             record_id, header_line, parts = header.split(maxsplit=1)[0].decode("ascii"), lineno, []
             if record_id in seen_ids:
-                raise UserError(f"{where(lineno)}: duplicate record id {record_id!r}",
-                                "make record ids unique")
+                raise UserError(
+                    f"{where(lineno)}: duplicate record id {record_id!r}", "make record ids unique"
+                )
             seen_ids.add(record_id)
         elif line.strip():
             line = line.strip()
@@ -119,13 +133,17 @@ def _records(lines, path, where, seen_ids: set) -> Iterator[tuple[str, str]]:
             if bad:
                 raise _bad_char_error(where(lineno), bad)
             if record_id is None:
-                raise UserError(f"{where(lineno)}: sequence data before the first '>' header",
-                                "start the file with a '>id' header line")
+                raise UserError(
+                    f"{where(lineno)}: sequence data before the first '>' header",
+                    "start the file with a '>id' header line",
+                )
             parts.append(line)
 
     if record_id is None:
-        raise UserError(f"{path}: no FASTA records (empty file or no '>' header)",
-                        "give a FASTA file with at least one record")
+        raise UserError(
+            f"{path}: no FASTA records (empty file or no '>' header)",
+            "give a FASTA file with at least one record",
+        )
     yield finish()
 
 
@@ -143,7 +161,9 @@ def atomic_output(path):
     try:
         raw = open(tmp, "wb")
     except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror})", "check the directory exists and is writable") from None
+        raise UserError(
+            f"{path}: cannot write ({e.strerror})", "check the directory exists and is writable"
+        ) from None
     try:
         with raw:
             if path.endswith(".gz"):
@@ -165,7 +185,7 @@ def write_fasta(path, records: Iterable[tuple[str, str]], width: int = 80) -> in
     with atomic_output(path) as f:
         for record_id, seq in records:
             if width and len(seq) > width:
-                seq = "\n".join(seq[i:i + width] for i in range(0, len(seq), width))
+                seq = "\n".join(seq[i : i + width] for i in range(0, len(seq), width))
             f.write(f">{record_id}\n{seq}\n".encode("ascii"))
             n += 1
     return n

@@ -1,4 +1,5 @@
 """Pieces both encoders (ESM-2, DNABERT-S) share: re-padded attention, segment pooling, random init."""
+
 from __future__ import annotations
 
 import functools
@@ -14,7 +15,9 @@ def empty_model_on(factory, device, dtype) -> nn.Module:
 
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'")
+        raise UserError(
+            "CUDA was asked for but no CUDA device is available", "run on a GPU node or pass device='cpu'"
+        )
     if device.type == "cpu":
         # on the host a plain build costs less than meta's first use, which imports torch._dynamo (~2 s per
         # process, most of a CPU smoke run); the caller's init or weights overwrite every value either way
@@ -30,6 +33,7 @@ def repadded_attention(q, k, v, *, slot, num_seqs: int, max_seqlen: int, mask, s
     `slot` is each token's row in the padded [B*T] view (seq_index * T + position); `mask` is
     SDPA's attn_mask for the padded view (bool: True = attend, or an additive float bias).
     """
+
     def pad(t):
         out = t.new_zeros(num_seqs * max_seqlen, *t.shape[1:]).index_copy_(0, slot, t)
         return out.view(num_seqs, max_seqlen, *t.shape[1:]).transpose(1, 2)
@@ -67,7 +71,9 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-FLEX_BLOCK = 128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
+FLEX_BLOCK = (
+    128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
+)
 
 
 def flex_block_mask(seq_index, cu_seqlens):
@@ -94,13 +100,19 @@ def flex_block_mask(seq_index, cu_seqlens):
     def same_sequence(b, h, q_idx, kv_idx):
         return seq_index[q_idx] == seq_index[kv_idx]
 
-    return BlockMask.from_kv_blocks(counts.to(torch.int32)[None, None], indices.to(torch.int32)[None, None],
-                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_sequence, seq_lengths=(n, n),
-                                    compute_q_blocks=False)
+    return BlockMask.from_kv_blocks(
+        counts.to(torch.int32)[None, None],
+        indices.to(torch.int32)[None, None],
+        BLOCK_SIZE=FLEX_BLOCK,
+        mask_mod=same_sequence,
+        seq_lengths=(n, n),
+        compute_q_blocks=False,
+    )
 
 
-def flex_packed_attention(q, k, v, block_mask, *, scale=None, score_mod=None, compiled: bool,
-                          inside_compiled: bool = False):
+def flex_packed_attention(
+    q, k, v, block_mask, *, scale=None, score_mod=None, compiled: bool, inside_compiled: bool = False
+):
     """Packed [N, H, hd] attention under `block_mask` (see flex_block_mask), scores changed by `score_mod`
     (flex's signature: score, b, h, q_idx, kv_idx) if given.
 

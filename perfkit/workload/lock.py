@@ -15,6 +15,7 @@ launchers of one run never wait for each other, while a second run on the folder
 node it starts (node 0 by the run's lock, node R by node R's). Rank 0 may be on any node (torchrun's
 rendezvous orders the nodes itself); every launcher tells its ranks that the launch holds the folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,10 +85,14 @@ def out_dir_lock(folder: str | Path, node_rank: int = 0):
         lock.acquire()
     except Timeout:
         node = f" as node {node_rank}" if node_rank else ""
-        raise UserError(f"{folder} is in use{node} by another perfkit run ({holder(folder, node_rank)})",
-                        "wait for that run to end, or choose another --out folder") from None
+        raise UserError(
+            f"{folder} is in use{node} by another perfkit run ({holder(folder, node_rank)})",
+            "wait for that run to end, or choose another --out folder",
+        ) from None
     except OSError as err:
-        raise UserError(f"output folder {folder} is not writable ({err.strerror})", "choose a writable --out folder") from None
+        raise UserError(
+            f"output folder {folder} is not writable ({err.strerror})", "choose a writable --out folder"
+        ) from None
     owner = folder / owner_name
     try:
         try:

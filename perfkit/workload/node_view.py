@@ -1,6 +1,7 @@
 """A run of several nodes checks at start that every rank sees what rank 0 sees: the same --out folder, the
 same input (size and sha256), the same settings that change results. The first difference stops every rank
 with one line naming the node."""
+
 from __future__ import annotations
 
 import functools
@@ -36,8 +37,13 @@ def rank0_view(cfg: EmbedConfig, info: RankInfo) -> dict:
     token = secrets.token_hex(16)
     (cfg.out_dir / SHARED_CHECK_NAME).write_text(token)
     recorded = json.loads((cfg.out_dir / "run_config.json").read_text())["input"]
-    return {"token": token, "input": {"size": recorded["size"], "sha256": recorded["sha256"]},
-            "result_fields": cfg.result_fields(), "node": info.node, "host": socket.gethostname()}
+    return {
+        "token": token,
+        "input": {"size": recorded["size"], "sha256": recorded["sha256"]},
+        "result_fields": cfg.result_fields(),
+        "node": info.node,
+        "host": socket.gethostname(),
+    }
 
 
 def seen_input(path) -> dict:
@@ -56,8 +62,9 @@ def _identity(path: str, size: int, mtime_ns: int) -> dict:
     return {"size": identity["size"], "sha256": identity["sha256"]}
 
 
-def check_same_view(cfg: EmbedConfig, info: RankInfo, group, rank0: dict, input_seen: dict | None,
-                    run_nodes: dict) -> None:
+def check_same_view(
+    cfg: EmbedConfig, info: RankInfo, group, rank0: dict, input_seen: dict | None, run_nodes: dict
+) -> None:
     """Every rank must see rank 0's --out folder (else its shards land where rank 0 never assembles them), the
     same input (else it embeds other reads under the same keys) and run with the same settings that change
     results (a node given another command line). The first difference stops every rank; each node's local
@@ -93,23 +100,35 @@ def _what_differs(cfg: EmbedConfig, info: RankInfo, rank0: dict, input_seen: dic
         time.sleep(0.5)
     if token != rank0["token"]:
         there = "no such folder there" if not shared.parent.is_dir() else "the folder there is another one"
-        return (f"{where} does not see the output folder {cfg.out_dir} that rank 0 on {theirs} prepared "
-                f"({there})", "give every node the same --out, a folder on a file system they all share")
+        return (
+            f"{where} does not see the output folder {cfg.out_dir} that rank 0 on {theirs} prepared "
+            f"({there})",
+            "give every node the same --out, a folder on a file system they all share",
+        )
     if "error" in input_seen:
-        return (f"{where} cannot read the input {cfg.input}: {input_seen['error']}",
-                "give every node the same input file, e.g. on the shared file system")
+        return (
+            f"{where} cannot read the input {cfg.input}: {input_seen['error']}",
+            "give every node the same input file, e.g. on the shared file system",
+        )
     mine, ref = input_seen, rank0["input"]
     if (mine["size"], mine["sha256"]) != (ref["size"], ref["sha256"]):
-        problem = (f"{where} sees another input than rank 0 on {theirs}: {cfg.input} is "
-                   f"{mine['size']:,} bytes, sha256 {mine['sha256'][:12]}…, "
-                   f"rank 0's is {ref['size']:,} bytes, sha256 {ref['sha256'][:12]}…")
+        problem = (
+            f"{where} sees another input than rank 0 on {theirs}: {cfg.input} is "
+            f"{mine['size']:,} bytes, sha256 {mine['sha256'][:12]}…, "
+            f"rank 0's is {ref['size']:,} bytes, sha256 {ref['sha256'][:12]}…"
+        )
         return problem, "give every node the same input file, e.g. on the shared file system"
     mine = cfg.result_fields()
     if cfg.precision == "auto":  # rank 0 resolved it for all
         mine["precision"] = rank0["result_fields"]["precision"]
-    changed = [f"{key} {mine[key]} (rank 0: {rank0['result_fields'].get(key)})" for key in sorted(mine)
-               if mine[key] != rank0["result_fields"].get(key)]
+    changed = [
+        f"{key} {mine[key]} (rank 0: {rank0['result_fields'].get(key)})"
+        for key in sorted(mine)
+        if mine[key] != rank0["result_fields"].get(key)
+    ]
     if changed:
-        return (f"{where} runs with other settings than rank 0 on {theirs}: {', '.join(changed)}",
-                "run the same command on every node; only --node-rank differs")
+        return (
+            f"{where} runs with other settings than rank 0 on {theirs}: {', '.join(changed)}",
+            "run the same command on every node; only --node-rank differs",
+        )
     return None

@@ -17,6 +17,7 @@ parallel count the slowest rank. Counts are checked at every stage boundary: fra
 embedded (each stage), nucleotide frames = protein frames (per rank, key by key), frames merged =
 classified, reads called = reads with a frame.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,16 @@ PARTS = "parts"  # per-rank prediction files, joined by rank 0
 STAGES = {"nucleotide_embedding": "nucleotide", "protein_embedding": "protein"}  # stage -> its folder in OUT
 
 
-def run_predict(cfg: EmbedConfig, *, classifier_weights=None, hidden: int = 512, nproc: int = 1,
-                gpus: bool = False, launch: bool = False, nodes=None) -> dict | None:
+def run_predict(
+    cfg: EmbedConfig,
+    *,
+    classifier_weights=None,
+    hidden: int = 512,
+    nproc: int = 1,
+    gpus: bool = False,
+    launch: bool = False,
+    nodes=None,
+) -> dict | None:
     """`cfg` is the protein stage's config (its out_dir is the chain's folder); returns summary.json's content.
     v2 runs in ranks of one torchrun launch when `nproc` > 1, on `gpus`, or with `launch` (1 CPU process too:
     the same launch as N ranks, for a like-for-like comparison); otherwise in this process. `nodes`
@@ -79,17 +88,25 @@ def stage_configs(cfg: EmbedConfig) -> dict[str, EmbedConfig]:
     """Each embedding stage's config: its model, its folder in the chain's, its checked shards as output."""
     nucleotide = {"model": cfg.nt_model, "weights": cfg.nt_weights, "random_init": "perfkit"}
     protein = {"model": cfg.model, "weights": cfg.weights, "random_init": cfg.random_init}
-    return {stage: cfg.model_copy(update={**knobs, "out_dir": Path(cfg.out_dir) / STAGES[stage], "assemble": False})
-            for stage, knobs in (("nucleotide_embedding", nucleotide), ("protein_embedding", protein))}
+    return {
+        stage: cfg.model_copy(
+            update={**knobs, "out_dir": Path(cfg.out_dir) / STAGES[stage], "assemble": False}
+        )
+        for stage, knobs in (("nucleotide_embedding", nucleotide), ("protein_embedding", protein))
+    }
 
 
 def check_chain(cfg: EmbedConfig, nproc: int) -> None:
     if cfg.model not in esm2.CONFIGS:
-        raise UserError(f"predict's --model is the protein (ESM-2) model, got {cfg.model!r}",
-                        f"pass an ESM-2 model; the nucleotide stage's model is --nt-model (now {cfg.nt_model})")
+        raise UserError(
+            f"predict's --model is the protein (ESM-2) model, got {cfg.model!r}",
+            f"pass an ESM-2 model; the nucleotide stage's model is --nt-model (now {cfg.nt_model})",
+        )
     if cfg.max_seconds is not None:
-        raise UserError("predict cannot be capped by time: the two embedding stages would stop at different reads",
-                        "cap it by reads (max_reads / --max-reads)")
+        raise UserError(
+            "predict cannot be capped by time: the two embedding stages would stop at different reads",
+            "cap it by reads (max_reads / --max-reads)",
+        )
     if cfg.mode == "v1" and nproc > 1:
         raise UserError("v1 mode runs in one process, as VirNucPro v1.0 did", "drop --nproc or use --mode v2")
 
@@ -101,8 +118,12 @@ def predict_rank(cfg: EmbedConfig, info, *, classifier_weights=None, hidden: int
     with errors_named_by_rank(info):
         check_chain(cfg, info.world)
         with rank_group(cfg, info) as (device, group):
-            return run_chain(cfg.model_copy(update={"device": device}), Member(info, group),
-                             classifier_weights=classifier_weights, hidden=hidden)
+            return run_chain(
+                cfg.model_copy(update={"device": device}),
+                Member(info, group),
+                classifier_weights=classifier_weights,
+                hidden=hidden,
+            )
 
 
 @dataclass(frozen=True)
@@ -129,7 +150,9 @@ class Member:
 ALONE = Member()
 
 
-def run_chain(cfg: EmbedConfig, member: Member = ALONE, *, classifier_weights=None, hidden: int = 512) -> dict | None:
+def run_chain(
+    cfg: EmbedConfig, member: Member = ALONE, *, classifier_weights=None, hidden: int = 512
+) -> dict | None:
     """The chain in this process, alone or as one member of a launch, in four steps: plan, embed both stages,
     score (merge, classify, call), summarise. Rank 0 returns the summary, the other ranks None."""
     out = Path(cfg.out_dir)
@@ -156,7 +179,11 @@ class StageClock:
     def __init__(self, out: Path, mode: str):
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").unlink(missing_ok=True)  # no summary of an earlier chain survives a failed one
-        self.out, self.telemetry, self.started = out, Telemetry(out / "telemetry.jsonl", run_id=f"predict-{mode}"), {}
+        self.out, self.telemetry, self.started = (
+            out,
+            Telemetry(out / "telemetry.jsonl", run_id=f"predict-{mode}"),
+            {},
+        )
 
 
 def timed(clock: StageClock | None, name: str):
@@ -181,8 +208,11 @@ def embed_stages(cfg: EmbedConfig, member: Member, plan, clock) -> tuple[dict, i
     runs = {}
     for stage, stage_cfg in stage_configs(cfg).items():
         with timed(clock, stage):
-            runs[stage] = (embed_in_ranks(stage_cfg, member.info, member.group, plan) if member.info
-                           else run_embed(stage_cfg))
+            runs[stage] = (
+                embed_in_ranks(stage_cfg, member.info, member.group, plan)
+                if member.info
+                else run_embed(stage_cfg)
+            )
     if not member.lead:
         return runs, None
     counts = {stage: r["run"]["output"]["count"] for stage, r in runs.items()}
@@ -214,12 +244,22 @@ def score(cfg: EmbedConfig, member: Member, plan, clock, *, classifier_weights, 
     slowest = max(reports, key=lambda r: r["merge_s"] + r["classify_s"] + r["consensus_s"])
     for stage, key in (("merge", "merge_s"), ("classifier", "classify_s"), ("consensus", "consensus_s")):
         clock.started[stage] = start_unix
-        clock.telemetry.stage_total(stage, slowest[key] + (join_s if stage == "consensus" else 0.0), start, end)
+        clock.telemetry.stage_total(
+            stage, slowest[key] + (join_s if stage == "consensus" else 0.0), start, end
+        )
     return reports, written
 
 
-def summarise(cfg: EmbedConfig, member: Member, plan, runs: dict, frames: int, reports: list, written: dict,
-              clock: StageClock) -> dict:
+def summarise(
+    cfg: EmbedConfig,
+    member: Member,
+    plan,
+    runs: dict,
+    frames: int,
+    reports: list,
+    written: dict,
+    clock: StageClock,
+) -> dict:
     """The chain's count checks across its steps, then summary.json."""
     scored = sum(r["frames"] for r in reports)
     if scored != frames:
@@ -231,8 +271,10 @@ def summarise(cfg: EmbedConfig, member: Member, plan, runs: dict, frames: int, r
     protein_run = runs["protein_embedding"]["run"]
     input_reads = protein_run.get("input_reads")
     if not protein_run.get("capped") and input_reads is not None and input_reads != reads_called + no_frame:
-        raise CheckFailed(f"count check failed: {input_reads} input reads, {reads_called} called + {no_frame} "
-                          "without a frame")
+        raise CheckFailed(
+            f"count check failed: {input_reads} input reads, {reads_called} called + {no_frame} "
+            "without a frame"
+        )
     stages = dict(clock.telemetry.stages)
     embedding_s = stages["nucleotide_embedding"] + stages["protein_embedding"]
     summary = {
@@ -244,20 +286,27 @@ def summarise(cfg: EmbedConfig, member: Member, plan, runs: dict, frames: int, r
         "end_to_end_s": sum(stages.values()),
         "bottleneck_stage": max(stages, key=stages.get),
         "stage_share": {k: v / embedding_s for k, v in stages.items() if k.endswith("embedding")},
-        "counts": {"input_reads": input_reads, "reads_with_frames": reads_called, "reads_without_frames": no_frame,
-                   "frames": frames, "reads_called": reads_called,
-                   "virus_reads": sum(r["virus_reads"] for r in reports),
-                   # frames cut to max_residues (both stages cut the same frames)
-                   "truncated_sequences": protein_run["truncated_sequences"]},
+        "counts": {
+            "input_reads": input_reads,
+            "reads_with_frames": reads_called,
+            "reads_without_frames": no_frame,
+            "frames": frames,
+            "reads_called": reads_called,
+            "virus_reads": sum(r["virus_reads"] for r in reports),
+            # frames cut to max_residues (both stages cut the same frames)
+            "truncated_sequences": protein_run["truncated_sequences"],
+        },
         "stage_runs": {k: stage_run(r) for k, r in runs.items()},
-        "stage_throughput": {k: {"steady_tok_per_s": t.steady_tok_per_s, "seq_per_s": t.seq_per_s, "ranks": t.ranks}
-                             for k, t in ((k, as_summary(r).throughput) for k, r in runs.items())},
+        "stage_throughput": {
+            k: {"steady_tok_per_s": t.steady_tok_per_s, "seq_per_s": t.seq_per_s, "ranks": t.ranks}
+            for k, t in ((k, as_summary(r).throughput) for k, r in runs.items())
+        },
         "plan": plan.info if plan else None,
         "score_ranks": reports,
         "classifier": reports[0]["classifier"],
         "predictions": written,
         "note": "translation runs inside the embedding stages' DataLoader workers, overlapped with the model; "
-                "merge, classifier and consensus run in every rank on its own reads: each counts the slowest rank",
+        "merge, classifier and consensus run in every rank on its own reads: each counts the slowest rank",
         "environment": environment(),
     }
     write_json(clock.out / "summary.json", summary)
@@ -274,11 +323,15 @@ def key_range(blocks: np.ndarray, block_reads: int) -> tuple[int, int]:
 
 def stage_summaries(out_dir) -> dict:
     """Each embedding stage's summary.json of a finished chain in `out_dir`."""
-    return {stage: json.loads((Path(out_dir) / folder / "summary.json").read_text()) for stage, folder in STAGES.items()}
+    return {
+        stage: json.loads((Path(out_dir) / folder / "summary.json").read_text())
+        for stage, folder in STAGES.items()
+    }
 
 
-def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier_weights=None,
-                hidden: int = 512) -> dict:
+def score_reads(
+    cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier_weights=None, hidden: int = 512
+) -> dict:
     """Merge, classify and call the frames with keys in [lo, hi) (whole reads) from both stages' shards;
     writes OUT/parts/{frames,reads}.r{rank}.csv; returns counts and the time of each step.
 
@@ -292,26 +345,39 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
 
     out = Path(cfg.out_dir)
     t = time.perf_counter()
-    nt, protein = (store.ShardIndex(out / STAGES[stage], lo, hi, cache=SHARDS_CACHED)
-                   for stage in ("nucleotide_embedding", "protein_embedding"))
+    nt, protein = (
+        store.ShardIndex(out / STAGES[stage], lo, hi, cache=SHARDS_CACHED)
+        for stage in ("nucleotide_embedding", "protein_embedding")
+    )
     keys = protein.keys
     if not np.array_equal(keys, nt.keys):
-        raise CheckFailed(f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
-                           f"{len(keys)} protein frames, or different frames, in its reads")
+        raise CheckFailed(
+            f"count check failed in rank {rank}: {len(nt.keys)} nucleotide frames, "
+            f"{len(keys)} protein frames, or different frames, in its reads"
+        )
     protein_dim = esm2.get_config(cfg.model).embed_dim
     nt_dim = dnabert.CONFIGS[cfg.nt_model].embed_dim  # 768 for DNABERT-S
-    device = str(pick_device(cfg.device))  # the same rule on 1 and N processes (auto: the GPU when there is one)
-    model, info = clf.load_classifier(classifier_weights, hidden=hidden, in_dim=nt_dim + protein_dim, seed=cfg.seed)
+    device = str(
+        pick_device(cfg.device)
+    )  # the same rule on 1 and N processes (auto: the GPU when there is one)
+    model, info = clf.load_classifier(
+        classifier_weights, hidden=hidden, in_dim=nt_dim + protein_dim, seed=cfg.seed
+    )
     chunks = protein.read_chunks(MERGE_CHUNK_ROWS, len(FRAMES))
     rows = max((b - a for a, b in chunks), default=0)
     # reads without a frame in this rank's reads, each placed with the chunk whose reads it falls among
-    no_frame_index, no_frame_ids = read_frameless(out / STAGES["protein_embedding"], lo // len(FRAMES),
-                                                  None if hi >= np.iinfo(np.int64).max else -(-hi // len(FRAMES)))
+    no_frame_index, no_frame_ids = read_frameless(
+        out / STAGES["protein_embedding"],
+        lo // len(FRAMES),
+        None if hi >= np.iinfo(np.int64).max else -(-hi // len(FRAMES)),
+    )
     chunk_ends = [int(keys[b]) // len(FRAMES) if b < len(keys) else np.iinfo(np.int64).max for _, b in chunks]
     cuts = np.searchsorted(no_frame_index, chunk_ends) if chunks else np.empty(0, np.int64)
     # on CUDA chunk i fills one pair of blocks while chunk i - 1 is on the device (on CPU it runs in between)
-    buffers = [(clf.host_block(rows, nt_dim, device), clf.host_block(rows, protein_dim, device))
-               for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))]
+    buffers = [
+        (clf.host_block(rows, nt_dim, device), clf.host_block(rows, protein_dim, device))
+        for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))
+    ]
     writer = clf.PredictionWriter(out / PARTS / f"r{rank:03d}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = MERGE_THREADS or min(16, max(4, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 2))
@@ -326,7 +392,9 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
         classify_s += time.perf_counter() - t
         t = time.perf_counter()
         first = cuts[i - 1] if i else 0
-        writer.add(keys[a:b], ids, probs, no_frame=(no_frame_index[first:cuts[i]], no_frame_ids[first:cuts[i]]))
+        writer.add(
+            keys[a:b], ids, probs, no_frame=(no_frame_index[first : cuts[i]], no_frame_ids[first : cuts[i]])
+        )
         consensus_s += time.perf_counter() - t
 
     try:
@@ -334,13 +402,16 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
             for i, (a, b) in enumerate(chunks):
                 t = time.perf_counter()
                 nt_block, protein_block = buffers[i % len(buffers)]
-                where_nt = nt.fill(a, b, nt_block.numpy()[:b - a], pool=pool)
-                where_protein = protein.fill(a, b, protein_block.numpy()[:b - a], pool=pool)
+                where_nt = nt.fill(a, b, nt_block.numpy()[: b - a], pool=pool)
+                where_protein = protein.fill(a, b, protein_block.numpy()[: b - a], pool=pool)
                 ids = protein.ids_at(a, b)
                 merge_s += time.perf_counter() - t
                 t = time.perf_counter()
-                result = clf.launch_parts(model, [(nt_block[:b - a], where_nt), (protein_block[:b - a], where_protein)],
-                                          device=device)
+                result = clf.launch_parts(
+                    model,
+                    [(nt_block[: b - a], where_nt), (protein_block[: b - a], where_protein)],
+                    device=device,
+                )
                 classify_s += time.perf_counter() - t
                 if pending:
                     collect()  # after launching this chunk: the device works on it meanwhile
@@ -348,8 +419,12 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
             if pending:
                 collect()
             if not chunks and len(no_frame_ids):  # reads, none with a frame
-                writer.add(np.empty(0, np.int64), np.empty(0, dtype="U1"), np.empty((0, len(clf.CLASSES)), np.float32),
-                           no_frame=(no_frame_index, no_frame_ids))
+                writer.add(
+                    np.empty(0, np.int64),
+                    np.empty(0, dtype="U1"),
+                    np.empty((0, len(clf.CLASSES)), np.float32),
+                    no_frame=(no_frame_index, no_frame_ids),
+                )
         t = time.perf_counter()
         written = writer.close()
         consensus_s += time.perf_counter() - t
@@ -357,15 +432,29 @@ def score_reads(cfg: EmbedConfig, lo: int, hi: int, *, rank: int = 0, classifier
         writer.abort()
         raise
     if written["frames"] != len(keys):
-        raise CheckFailed(f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written")
+        raise CheckFailed(
+            f"count check failed in rank {rank}: {len(keys)} frames merged, {written['frames']} written"
+        )
     if written["no_frame_reads"] != len(no_frame_ids):
-        raise CheckFailed(f"count check failed in rank {rank}: {len(no_frame_ids)} reads without a frame, "
-                          f"{written['no_frame_reads']} written")
-    return {"rank": rank, "key_range": [int(lo), int(hi)], "device": device, "frames": len(keys),
-            "reads": written["reads"], "virus_reads": written["virus_reads"],
-            "no_frame_reads": written["no_frame_reads"],
-            "merge_s": merge_s, "classify_s": classify_s, "consensus_s": consensus_s,
-            "consensus_thread_s": writer.busy_s, "merge_threads": threads, "classifier": info}
+        raise CheckFailed(
+            f"count check failed in rank {rank}: {len(no_frame_ids)} reads without a frame, "
+            f"{written['no_frame_reads']} written"
+        )
+    return {
+        "rank": rank,
+        "key_range": [int(lo), int(hi)],
+        "device": device,
+        "frames": len(keys),
+        "reads": written["reads"],
+        "virus_reads": written["virus_reads"],
+        "no_frame_reads": written["no_frame_reads"],
+        "merge_s": merge_s,
+        "classify_s": classify_s,
+        "consensus_s": consensus_s,
+        "consensus_thread_s": writer.busy_s,
+        "merge_threads": threads,
+        "classifier": info,
+    }
 
 
 def _join_parts(out: Path, world: int) -> dict:
@@ -393,11 +482,17 @@ def _join_parts(out: Path, world: int) -> dict:
 def stage_run(summary: dict) -> dict:
     """What a projection needs from one embedding stage's summary."""
     t = as_summary(summary).throughput
-    return {"model": summary["config"]["model"], "sequences": t.sequences, "real_tokens": t.real_tokens,
-            "tokens_per_sequence": t.real_tokens / t.sequences if t.sequences else None,
-            "steady_tok_per_s": t.steady_tok_per_s, "wall_s": t.wall_s,
-            "model_load_s": float((summary.get("stages_s") or {}).get("model_load", 0.0)),
-            "ranks": t.ranks or 1, "weights": (summary.get("run") or {}).get("weights")}
+    return {
+        "model": summary["config"]["model"],
+        "sequences": t.sequences,
+        "real_tokens": t.real_tokens,
+        "tokens_per_sequence": t.real_tokens / t.sequences if t.sequences else None,
+        "steady_tok_per_s": t.steady_tok_per_s,
+        "wall_s": t.wall_s,
+        "model_load_s": float((summary.get("stages_s") or {}).get("model_load", 0.0)),
+        "ranks": t.ranks or 1,
+        "weights": (summary.get("run") or {}).get("weights"),
+    }
 
 
 def compare_runs(dir_a, dir_b) -> dict:
@@ -410,8 +505,9 @@ def compare_runs(dir_a, dir_b) -> dict:
     return clf.prediction_agreement(reads_a, reads_b, frames_a, frames_b, info[0], info[1])
 
 
-def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool,
-                  nodes=None) -> dict | None:
+def _launch_ranks(
+    cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int, gpus: bool, nodes=None
+) -> dict | None:
     """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank), on this node or as
     node `nodes.node_rank` of several; its summary (node 0's launcher), None (another node's)."""
     from perfkit.workload import distributed
@@ -423,11 +519,20 @@ def _launch_ranks(cfg: EmbedConfig, classifier_weights, hidden: int, nproc: int,
     # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
     with out_dir_lock(cfg.out_dir, nodes.node_rank):
         code, stderr, wall = distributed.torchrun(
-            "predict", cfg.model_copy(update={"device": device}), nproc, nodes, env=distributed.launch_env(cfg.out_dir, nodes),
-            capture=True, hidden=hidden, classifier=str(classifier_weights) if classifier_weights else None)
+            "predict",
+            cfg.model_copy(update={"device": device}),
+            nproc,
+            nodes,
+            env=distributed.launch_env(cfg.out_dir, nodes),
+            capture=True,
+            hidden=hidden,
+            classifier=str(classifier_weights) if classifier_weights else None,
+        )
         if code != 0:
-            raise RuntimeError(f"{nodes.describe(nproc)} of the chain (torchrun) failed (exit {code}):\n"
-                               + distributed.tail(stderr))
+            raise RuntimeError(
+                f"{nodes.describe(nproc)} of the chain (torchrun) failed (exit {code}):\n"
+                + distributed.tail(stderr)
+            )
         if nodes.node_rank != 0:  # node 0's launcher adds the launch to the summary, once
             return None
         return _launch_summary(Path(cfg.out_dir) / "summary.json", wall)
@@ -442,7 +547,9 @@ def _launch_summary(path: Path, wall: float) -> dict:
     summary["end_to_end_s"] += launch
     summary["bottleneck_stage"] = max(summary["stages_s"], key=summary["stages_s"].get)
     summary["launch_wall_s"] = wall
-    summary["note"] += ("; launch = the launching process's wall time of the torchrun command minus the chain's "
-                        "own spans (torchrun start, rank imports, process groups, exit)")
+    summary["note"] += (
+        "; launch = the launching process's wall time of the torchrun command minus the chain's "
+        "own spans (torchrun start, rank imports, process groups, exit)"
+    )
     write_json(path, summary)
     return summary

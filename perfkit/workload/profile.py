@@ -8,6 +8,7 @@ The kernel gaps show a launch-bound stage directly: CUDA events count a stream a
 first kernel of a batch to its last, while in between the device may sit idle waiting for the host
 to enqueue the next kernel.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -52,8 +53,14 @@ def top_ops(events, *, device_time: bool, top: int) -> pd.DataFrame:
             self_us = float(event.self_cpu_time_total or 0.0)
             total_us = float(event.cpu_time_total or 0.0)
         if self_us > 0:
-            rows.append({"name": event.key, "calls": int(event.count), "self_ms": self_us / 1e3,
-                         "total_ms": total_us / 1e3})
+            rows.append(
+                {
+                    "name": event.key,
+                    "calls": int(event.count),
+                    "self_ms": self_us / 1e3,
+                    "total_ms": total_us / 1e3,
+                }
+            )
     table = pd.DataFrame(rows, columns=["name", "calls", "self_ms", "total_ms"])
     total = table["self_ms"].sum()
     table["share"] = table["self_ms"] / total if total > 0 else 0.0
@@ -65,7 +72,9 @@ def kernel_gaps(kernels: list[tuple[float, float]]) -> dict:
     no kernel ran. Overlapping kernels (several streams) count once; the window runs from the first kernel's
     start to the last one's end."""
     if not kernels:
-        return not_measured("no device kernels in the capture (CPU run, or the profiler saw no CUDA activity)")
+        return not_measured(
+            "no device kernels in the capture (CPU run, or the profiler saw no CUDA activity)"
+        )
     spans = sorted(kernels)
     busy, gaps = 0.0, []
     start, end = spans[0]
@@ -79,19 +88,26 @@ def kernel_gaps(kernels: list[tuple[float, float]]) -> dict:
     busy += end - start
     window = max(e for _, e in spans) - spans[0][0]
     durations = sorted(e - s for s, e in spans)
-    return {"kernels": len(spans), "window_ms": window / 1e3, "kernel_ms": busy / 1e3,
-            "idle_share": 1.0 - busy / window if window > 0 else 0.0,
-            "median_kernel_us": float(durations[len(durations) // 2]),
-            "median_gap_us": float(sorted(gaps)[len(gaps) // 2]) if gaps else 0.0,
-            "definition": "idle share = time in the profiled window with no kernel running / the window (first "
-                          "kernel's start to last kernel's end); kernels on several streams count once"}
+    return {
+        "kernels": len(spans),
+        "window_ms": window / 1e3,
+        "kernel_ms": busy / 1e3,
+        "idle_share": 1.0 - busy / window if window > 0 else 0.0,
+        "median_kernel_us": float(durations[len(durations) // 2]),
+        "median_gap_us": float(sorted(gaps)[len(gaps) // 2]) if gaps else 0.0,
+        "definition": "idle share = time in the profiled window with no kernel running / the window (first "
+        "kernel's start to last kernel's end); kernels on several streams count once",
+    }
 
 
 def _device_kernels(prof) -> list[tuple[float, float]]:
     from torch.autograd import DeviceType
 
-    return [(float(e.time_range.start), float(e.time_range.end)) for e in prof.events()
-            if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start]
+    return [
+        (float(e.time_range.start), float(e.time_range.end))
+        for e in prof.events()
+        if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
+    ]
 
 
 def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top: int = 15) -> dict:
@@ -99,8 +115,13 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     from torch.profiler import ProfilerActivity, profile
 
     from perfkit.workload.data import PackedFrames
-    from perfkit.workload.runner import (inductor_settings, pick_device, run_autocast, set_model_kernels,
-                                         takes_multi_kernel)
+    from perfkit.workload.runner import (
+        inductor_settings,
+        pick_device,
+        run_autocast,
+        set_model_kernels,
+        takes_multi_kernel,
+    )
 
     cfg = cfg.for_stage()  # a nucleotide model runs with its stage's own knobs, as in the chain
     device = pick_device(cfg.device)
@@ -108,13 +129,23 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
     dtype = DTYPES[precision]
     encoder = encoder_for(cfg.model, cfg.tokenizer)
-    dataset = PackedFrames(cfg.input, token_budget=cfg.token_budget, buffer_size=cfg.buffer_size, layout="packed",
-                           block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                           max_residues=cfg.max_residues, encoder=encoder)
+    dataset = PackedFrames(
+        cfg.input,
+        token_budget=cfg.token_budget,
+        buffer_size=cfg.buffer_size,
+        layout="packed",
+        block_reads=cfg.block_reads,
+        max_reads=cfg.max_reads,
+        chunk_bp=cfg.chunk_bp,
+        max_residues=cfg.max_residues,
+        encoder=encoder,
+    )
     wanted = [b for b in islice((b for b in dataset if b.get("sequences")), warmup + batches)]
     if len(wanted) <= warmup:
-        raise UserError(f"the sample gives {len(wanted)} batch(es) at token budget {cfg.token_budget}: nothing to profile",
-                        "use a larger sample or a smaller token budget")
+        raise UserError(
+            f"the sample gives {len(wanted)} batch(es) at token budget {cfg.token_budget}: nothing to profile",
+            "use a larger sample or a smaller token budget",
+        )
     model, _ = encoder.build(cfg.weights, cfg.seed, device, dtype)
     set_model_kernels(model, cfg, encoder)  # the kernels the run takes (attention, fused epilogues)
     compiled = bool(cfg.compile and cuda and hasattr(model, "compile_blocks"))

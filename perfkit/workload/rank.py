@@ -4,6 +4,7 @@ The launcher hands its ranks the run's settings as data: the EmbedConfig it vali
 a JSON spec (with predict's classifier settings), which each rank validates back into the same EmbedConfig.
 No rank parses a command line or a params file again, so a rank runs exactly what its launcher checked.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,15 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if len(argv) != 1:
-            raise UserError("perfkit.workload.rank takes one argument, the launcher's spec file",
-                            "start runs with perfkit embed / predict --gpus N or --nproc N")
+            raise UserError(
+                "perfkit.workload.rank takes one argument, the launcher's spec file",
+                "start runs with perfkit embed / predict --gpus N or --nproc N",
+            )
         command, cfg, extra = read_spec(argv[0])
-        logging.basicConfig(level=logging.INFO if extra.get("verbose") else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if extra.get("verbose") else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         info = distributed.torchrun_rank()
         if info is None:
-            raise UserError("perfkit.workload.rank runs inside a torchrun launch",
-                            "start runs with perfkit embed / predict --gpus N or --nproc N")
+            raise UserError(
+                "perfkit.workload.rank runs inside a torchrun launch",
+                "start runs with perfkit embed / predict --gpus N or --nproc N",
+            )
         if command == "embed":
             distributed.rank_main(cfg, info)
         else:

@@ -5,6 +5,7 @@ OUTDIR/telemetry.jsonl and OUTDIR/summary.json, and both emit the same telemetry
 `run_embed` is the one-process run; `embed_share` is one process's part of it, which
 perfkit.workload.distributed also runs in every rank of a torchrun launch.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu")
+        raise UserError(
+            "device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu"
+        )
     return device
 
 
-def measure_peak_tflops(device: torch.device, dtype=torch.bfloat16, size: int = 8192, repeats: int = 10) -> float:
+def measure_peak_tflops(
+    device: torch.device, dtype=torch.bfloat16, size: int = 8192, repeats: int = 10
+) -> float:
     """bf16 matmul rate measured now, on this device: the MFU denominator."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -79,8 +84,17 @@ def telemetry_name(rank: int, world: int) -> str:
 class Run:
     """What both runners share: device, telemetry, sampler, progress, checkpoint store."""
 
-    def __init__(self, cfg: EmbedConfig, rank: int = 0, world: int = 1, local_rank: int = 0, *,
-                 shard: Shard = Shard(), sampler: GpuSampler | None = None, on_batch=None):
+    def __init__(
+        self,
+        cfg: EmbedConfig,
+        rank: int = 0,
+        world: int = 1,
+        local_rank: int = 0,
+        *,
+        shard: Shard = Shard(),
+        sampler: GpuSampler | None = None,
+        on_batch=None,
+    ):
         self.cfg, self.rank, self.world, self.shard = cfg, rank, world, shard
         self.encoder = encoder_for(cfg.model, cfg.tokenizer)
         self.stage = self.encoder.stage
@@ -90,24 +104,39 @@ class Run:
         self.device = pick_device(cfg.device, local_rank)
         self.dtype = DTYPES[cfg.precision]
         if self.device.type == "cpu" and cfg.precision != "fp32":
-            log.warning("precision %s on CPU is slow and not what the GPU runs; use fp32 on CPU", cfg.precision)
+            log.warning(
+                "precision %s on CPU is slow and not what the GPU runs; use fp32 on CPU", cfg.precision
+            )
         self.t0 = time.perf_counter()
         self.loop_t0, self.loop_epoch = self.t0, time.time()  # reset when the embedding loop starts
-        self.telemetry = Telemetry(cfg.out_dir / telemetry_name(rank, world), run_id=cfg.out_dir.name, rank=rank,
-                                   clock_start=self.t0)
-        self.sampler = sampler or GpuSampler(interval_s=cfg.sample_interval_s,
-                                             cuda_index=(self.device.index or 0) if self.device.type == "cuda" else 0,
-                                             tag=f"rank{rank}", warn=self.device.type == "cuda")
+        self.telemetry = Telemetry(
+            cfg.out_dir / telemetry_name(rank, world), run_id=cfg.out_dir.name, rank=rank, clock_start=self.t0
+        )
+        self.sampler = sampler or GpuSampler(
+            interval_s=cfg.sample_interval_s,
+            cuda_index=(self.device.index or 0) if self.device.type == "cuda" else 0,
+            tag=f"rank{rank}",
+            warn=self.device.type == "cuda",
+        )
         self.busy = DeviceBusyTimer(self.device)
-        self.store = store.CheckpointStore(cfg.out_dir, rank=rank, every_sequences=cfg.checkpoint_every_sequences,
-                                           every_seconds=cfg.checkpoint_every_seconds, telemetry=self.telemetry)
+        self.store = store.CheckpointStore(
+            cfg.out_dir,
+            rank=rank,
+            every_sequences=cfg.checkpoint_every_sequences,
+            every_seconds=cfg.checkpoint_every_seconds,
+            telemetry=self.telemetry,
+        )
         self.frames_translated = 0
         self.reads_seen = 0  # input reads this process translated (v2 and v1 alike)
         self.frameless: list[tuple[int, str]] = []  # (read index, id) of its reads that kept no frame
         self.truncated = Truncation()  # frames cut to max_residues, and the residues dropped
-        self.verify_pool: list[tuple[int, np.ndarray]] = []  # (key, tokens) of a few sequences, recomputed at the end
+        self.verify_pool: list[
+            tuple[int, np.ndarray]
+        ] = []  # (key, tokens) of a few sequences, recomputed at the end
 
-    def keep_for_verification(self, keys: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, batch_index: int):
+    def keep_for_verification(
+        self, keys: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, batch_index: int
+    ):
         if len(self.verify_pool) < self.cfg.verify_samples and batch_index % 7 == 0 and len(keys):
             self.verify_pool.append((int(keys[0]), tokens[: int(lengths[0])].copy()))
 
@@ -125,7 +154,9 @@ def check_before_work(cfg: EmbedConfig, local_rank: int = 0) -> EmbedConfig:
         raise UserError(f"input {cfg.input} does not exist", "pass the path of a FASTA file")
     cfg = resolve(cfg, local_rank)
     if cfg.random_init == "fair-esm" and encoder_for(cfg.model).nucleotide:
-        raise UserError(f"random_init fair-esm is for ESM-2 models, not {cfg.model}", "use random_init: perfkit")
+        raise UserError(
+            f"random_init fair-esm is for ESM-2 models, not {cfg.model}", "use random_init: perfkit"
+        )
     check_fasta_start(cfg.input)
     return cfg
 
@@ -138,8 +169,12 @@ def run_embed(cfg: EmbedConfig, done_keys=None) -> dict:
         prepare_out_dir(cfg)
         if done_keys is None:
             done_keys = store.completed_keys(cfg.out_dir) if cfg.resume else np.empty(0, np.int64)
-        offsets = block_offsets(cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp)
-        shard = Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))  # workers read their own bytes
+        offsets = block_offsets(
+            cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp
+        )
+        shard = (
+            Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))
+        )  # workers read their own bytes
         return _finish(embed_share(cfg, done_keys, shard=shard))
 
 
@@ -156,8 +191,17 @@ class Share:
     attention: dict
 
 
-def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, local_rank: int = 0,
-                shard: Shard = Shard(), sampler: GpuSampler | None = None, on_batch=None) -> Share:
+def embed_share(
+    cfg: EmbedConfig,
+    done_keys,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    local_rank: int = 0,
+    shard: Shard = Shard(),
+    sampler: GpuSampler | None = None,
+    on_batch=None,
+) -> Share:
     """Embed this process's blocks (`shard`) of a resolved config; checkpoints and telemetry are closed on return."""
     cfg = cfg.for_stage()
     run = Run(cfg, rank, world, local_rank, shard=shard, sampler=sampler, on_batch=on_batch)
@@ -166,15 +210,19 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
         peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_tflops(run.device) * 1e12
     name = f"{run.stage} {cfg.model}" + (f" rank{rank}" if world > 1 else "")
     # counts input reads (known before any frame is translated): a total, a percentage and an ETA
-    progress = LiveProgress(total=shard.reads(cfg.input, cfg.block_reads) if cfg.mode == "v2" else None,
-                            desc=f"{name}: loading the model", unit="read" if cfg.mode == "v2" else "frame",
-                            disable=not cfg.progress)
+    progress = LiveProgress(
+        total=shard.reads(cfg.input, cfg.block_reads) if cfg.mode == "v2" else None,
+        desc=f"{name}: loading the model",
+        unit="read" if cfg.mode == "v2" else "frame",
+        disable=not cfg.progress,
+    )
     batches = start_loader(run, done_keys) if cfg.mode == "v2" else None
     with run.telemetry.stage("model_load"):
         model, weights_info = build_model(run)
     run.sampler.start()
-    progress.set_description(f"{name}: first batch (compiling)" if cfg.compile and run.device.type == "cuda"
-                             else name)
+    progress.set_description(
+        f"{name}: first batch (compiling)" if cfg.compile and run.device.type == "cuda" else name
+    )
     loop_start = run.telemetry.now()
     # batch arrival times count from here, the clock of `wall`: steady-state rates (wall - first steady
     # arrival) must not count model loading and the peak-FLOPs probe as embedding time
@@ -205,26 +253,44 @@ def embed_share(cfg: EmbedConfig, done_keys, *, rank: int = 0, world: int = 1, l
     return Share(run, model, wall, capped, peak, weights_info, attention)
 
 
-def run_result(share: Share, frames_translated: int, capped: bool | None = None,
-               truncated: Truncation | None = None, reads: tuple[int, int] | None = None) -> dict:
+def run_result(
+    share: Share,
+    frames_translated: int,
+    capped: bool | None = None,
+    truncated: Truncation | None = None,
+    reads: tuple[int, int] | None = None,
+) -> dict:
     """The summary's `run` section, before the output is assembled. `truncated`: the run's frames cut to
     max_residues; `reads`: (input reads, reads without a frame) of the run (default: this process's)."""
     cfg = share.run.cfg
     truncated = share.run.truncated if truncated is None else truncated
     seen, frameless = reads if reads is not None else (share.run.reads_seen, len(share.run.frameless))
-    return {"capped": share.capped if capped is None else capped, "frames_translated": frames_translated,
-            # a capped run stopped early: its counts cover the reads it reached, not the input
-            "input_reads": seen, "reads_with_frames": seen - frameless, "reads_without_frames": frameless,
-            "reads_without_frames_file": FRAMELESS_FILE.format(rank="*") if frameless else None,
-            "truncated_sequences": truncated.frames, "residues_dropped": truncated.residues,
-            "truncated_ids_file": write_truncated_ids(cfg.out_dir, truncated.ids),
-            "max_residues": cfg.max_residues, "weights": share.weights_info,
-            "attention_path": share.attention, "model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
-            "device": str(share.run.device), "batch_rule": cfg.batch_rule(share.run.encoder.nucleotide),
-            "tf32": tf32_flags()}
+    return {
+        "capped": share.capped if capped is None else capped,
+        "frames_translated": frames_translated,
+        # a capped run stopped early: its counts cover the reads it reached, not the input
+        "input_reads": seen,
+        "reads_with_frames": seen - frameless,
+        "reads_without_frames": frameless,
+        "reads_without_frames_file": FRAMELESS_FILE.format(rank="*") if frameless else None,
+        "truncated_sequences": truncated.frames,
+        "residues_dropped": truncated.residues,
+        "truncated_ids_file": write_truncated_ids(cfg.out_dir, truncated.ids),
+        "max_residues": cfg.max_residues,
+        "weights": share.weights_info,
+        "attention_path": share.attention,
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "precision": cfg.precision,
+        "device": str(share.run.device),
+        "batch_rule": cfg.batch_rule(share.run.encoder.nucleotide),
+        "tf32": tf32_flags(),
+    }
 
 
 TRUNCATED_IDS = "truncated_sequences.txt"
+
+
 def write_truncated_ids(out_dir, ids) -> str | None:
     """OUT/truncated_sequences.txt: the ids of the frames cut to max_residues, one a line, sorted; None when
     there are none (an earlier run's list is removed)."""
@@ -241,10 +307,16 @@ def write_truncated_ids(out_dir, ids) -> str | None:
 def warn_truncated(result: dict, stage: str) -> None:
     """One warning line at the end of a run that cut frames to max_residues (silent otherwise)."""
     if result["truncated_sequences"]:
-        log.warning("%s: %s of %s frames were longer than max_residues=%d and were cut to it (%s residues dropped; "
-                    "ids in %s); split long reads with chunk_bp to embed them whole",
-                    stage, f"{result['truncated_sequences']:,}", f"{result['frames_translated']:,}",
-                    result["max_residues"], f"{result['residues_dropped']:,}", result["truncated_ids_file"])
+        log.warning(
+            "%s: %s of %s frames were longer than max_residues=%d and were cut to it (%s residues dropped; "
+            "ids in %s); split long reads with chunk_bp to embed them whole",
+            stage,
+            f"{result['truncated_sequences']:,}",
+            f"{result['frames_translated']:,}",
+            result["max_residues"],
+            f"{result['residues_dropped']:,}",
+            result["truncated_ids_file"],
+        )
 
 
 def assemble_and_verify(share: Share, frames_translated: int) -> dict:
@@ -255,10 +327,21 @@ def assemble_and_verify(share: Share, frames_translated: int) -> dict:
     if not cfg.assemble:
         output, index = store.check_shards(cfg.out_dir, expected_count=frames_translated, frame_names=FRAMES)
         output["check_s"] = time.perf_counter() - start
-        return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, index.vectors)}
-    output = store.assemble(cfg.out_dir, expected_count=frames_translated, frame_names=FRAMES,
-                            attrs={"model": cfg.model, "mode": cfg.mode, "precision": cfg.precision,
-                                   "weights": json.dumps(share.weights_info)})
+        return {
+            "output": output,
+            "alignment_check": verify_alignment(share.run, share.model, cfg, index.vectors),
+        }
+    output = store.assemble(
+        cfg.out_dir,
+        expected_count=frames_translated,
+        frame_names=FRAMES,
+        attrs={
+            "model": cfg.model,
+            "mode": cfg.mode,
+            "precision": cfg.precision,
+            "weights": json.dumps(share.weights_info),
+        },
+    )
     output["assemble_s"] = time.perf_counter() - start
     with h5py.File(cfg.out_dir / "embeddings.h5", "r") as h5:
         stored_keys = h5["keys"][:]
@@ -285,11 +368,20 @@ def _finish(share: Share) -> dict:
     result = run_result(share, run.frames_translated)
     if not share.capped:
         result.update(assemble_and_verify(share, run.frames_translated))
-    summary = build_run_summary(records, config=cfg.model_dump(mode="json"), environment=environment(),
-                                wall_s=share.wall_s, stage=run.stage, warmup_batches=cfg.warmup_batches,
-                                flops_per_token=run.encoder.flops_per_token(),
-                                peak_flops=share.peak_flops, gpu=steady_gpu(share), window_s=cfg.window_s,
-                                spec_peak_flops=spec_peak(run.device, cfg.precision), extra={"run": result})
+    summary = build_run_summary(
+        records,
+        config=cfg.model_dump(mode="json"),
+        environment=environment(),
+        wall_s=share.wall_s,
+        stage=run.stage,
+        warmup_batches=cfg.warmup_batches,
+        flops_per_token=run.encoder.flops_per_token(),
+        peak_flops=share.peak_flops,
+        gpu=steady_gpu(share),
+        window_s=cfg.window_s,
+        spec_peak_flops=spec_peak(run.device, cfg.precision),
+        extra={"run": result},
+    )
     write_json(cfg.out_dir / "summary.json", summary)
     warn_truncated(result, run.stage)
     return summary
@@ -325,16 +417,32 @@ class TimeCap:
 
 # ---------------------------------------------------------------------------- v2
 
+
 def start_loader(run: Run, done_keys):
     """The v2 batches, their DataLoader workers started: they read, translate and pack while the model is
     built (the first batch took ~3 s after a 4-6 s build, one after the other, in every rank of every launch)."""
     cfg = run.cfg
-    dataset = PackedFrames(cfg.input, token_budget=cfg.token_budget, buffer_size=cfg.buffer_size, layout=cfg.layout,
-                           block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp,
-                           max_residues=cfg.max_residues, done_keys=done_keys, shard=run.shard, encoder=run.encoder)
-    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
-                        prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
-                        pin_memory=cfg.pin_memory and run.device.type == "cuda", persistent_workers=False)
+    dataset = PackedFrames(
+        cfg.input,
+        token_budget=cfg.token_budget,
+        buffer_size=cfg.buffer_size,
+        layout=cfg.layout,
+        block_reads=cfg.block_reads,
+        max_reads=cfg.max_reads,
+        chunk_bp=cfg.chunk_bp,
+        max_residues=cfg.max_residues,
+        done_keys=done_keys,
+        shard=run.shard,
+        encoder=run.encoder,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
+        pin_memory=cfg.pin_memory and run.device.type == "cuda",
+        persistent_workers=False,
+    )
     return iter(loader)
 
 
@@ -362,25 +470,42 @@ def _loop_v2(run: Run, model, batches, progress) -> bool:
         run.frames_translated += batch["frames_translated"]
         run.reads_seen += batch.get("reads_seen", 0)
         run.frameless.extend(batch.get("frameless_reads") or ())
-        run.truncated.add(batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"])  # workers count
+        run.truncated.add(
+            batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"]
+        )  # workers count
         if batch["sequences"] == 0:
             progress.update(0, 0, 0, advance=batch.get("reads_seen", 0))
             continue
         host_start = time.perf_counter()
         keys, ids = batch["keys"].numpy(), batch["ids"]
-        run.keep_for_verification(keys, batch["tokens"].numpy().ravel(), batch["lengths"].numpy(), batch_index)
+        run.keep_for_verification(
+            keys, batch["tokens"].numpy().ravel(), batch["lengths"].numpy(), batch_index
+        )
         inputs = _to_device(batch, device, copy_stream, compute_stream, cfg.layout)
         with run.busy.measure() as span, autocast:
             pooled = forward(**inputs)
             vectors = _to_host(pooled, cuda)
         in_flight.append((_event(cuda), vectors, keys, ids))
         _drain(run, in_flight, wait=False)
-        run.telemetry.batch(stage=run.stage, t_arrive_s=arrival.t_arrive_s, loader_wait_s=arrival.wait_s,
-                            host_s=time.perf_counter() - host_start, span=span, sequences=batch["sequences"],
-                            real_tokens=batch["real_tokens"], slot_tokens=batch["slot_tokens"],
-                            budget_tokens=batch["budget_tokens"], queue_depth=arrival.queue_depth,
-                            clock_start=run.loop_t0)
-        progress.update(batch["sequences"], batch["real_tokens"], batch["budget_tokens"], advance=batch.get("reads_seen", 0))
+        run.telemetry.batch(
+            stage=run.stage,
+            t_arrive_s=arrival.t_arrive_s,
+            loader_wait_s=arrival.wait_s,
+            host_s=time.perf_counter() - host_start,
+            span=span,
+            sequences=batch["sequences"],
+            real_tokens=batch["real_tokens"],
+            slot_tokens=batch["slot_tokens"],
+            budget_tokens=batch["budget_tokens"],
+            queue_depth=arrival.queue_depth,
+            clock_start=run.loop_t0,
+        )
+        progress.update(
+            batch["sequences"],
+            batch["real_tokens"],
+            batch["budget_tokens"],
+            advance=batch.get("reads_seen", 0),
+        )
         if batch_index == 0 and cfg.compile and device.type == "cuda":
             progress.set_description(progress.bar.desc.split(":")[0])  # compiled: the stage's own name again
         if run.on_batch is not None:
@@ -406,7 +531,11 @@ def run_autocast(device: torch.device, dtype, encoder):
 
 
 def _to_device(batch: dict, device, copy_stream, compute_stream, layout: str) -> dict:
-    names = ("tokens", "positions", "cu_seqlens", "seq_index", "pool_weight") if layout == "packed" else ("tokens",)
+    names = (
+        ("tokens", "positions", "cu_seqlens", "seq_index", "pool_weight")
+        if layout == "packed"
+        else ("tokens",)
+    )
     if device.type != "cuda":
         out = {n: batch[n] for n in names}
     else:
@@ -415,7 +544,9 @@ def _to_device(batch: dict, device, copy_stream, compute_stream, layout: str) ->
         if copy_stream is not None:
             compute_stream.wait_stream(copy_stream)
             for t in out.values():
-                t.record_stream(compute_stream)  # memory made on the copy stream is used on the compute stream
+                t.record_stream(
+                    compute_stream
+                )  # memory made on the copy stream is used on the compute stream
     if layout == "packed":
         out["max_seqlen"] = batch["max_seqlen"]
         out["tokens"] = out["tokens"].long()
@@ -454,6 +585,7 @@ def _drain(run: Run, in_flight: deque, wait: bool) -> None:
 
 # ---------------------------------------------------------------------------- models
 
+
 def build_model(run: Run):
     """The run's model and where its weights came from.
 
@@ -480,8 +612,12 @@ def set_model_kernels(model, cfg: EmbedConfig, encoder) -> None:
     if encoder.nucleotide:
         model.packed_attention = cfg.nt_attention
     else:
-        esm2.set_kernels(model, attention=cfg.attention, gelu_epilogue=cfg.gelu_epilogue,
-                         residual_epilogue=cfg.residual_epilogue)
+        esm2.set_kernels(
+            model,
+            attention=cfg.attention,
+            gelu_epilogue=cfg.gelu_epilogue,
+            residual_epilogue=cfg.residual_epilogue,
+        )
 
 
 def takes_multi_kernel(cfg: EmbedConfig, encoder, compiled: bool) -> bool:
@@ -514,6 +650,7 @@ MULTI_KERNEL_CACHE_OFF = "TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE"
 
 # ---------------------------------------------------------------------------- checks
 
+
 def verify_alignment(run: Run, model, cfg: EmbedConfig, stored) -> dict:
     """Recompute a few sequences alone and compare with the rows stored under their keys
     (`stored(keys)` -> those rows)."""
@@ -529,13 +666,18 @@ def verify_alignment(run: Run, model, cfg: EmbedConfig, stored) -> dict:
         worst = min(worst, float(alone @ row / (np.linalg.norm(alone) * np.linalg.norm(row))))
     threshold = 0.9999 if cfg.precision == "fp32" else 0.99
     if worst < threshold:
-        raise CheckFailed(f"alignment check failed: a stored vector has cosine {worst:.4f} with its sequence recomputed alone")
+        raise CheckFailed(
+            f"alignment check failed: a stored vector has cosine {worst:.4f} with its sequence recomputed alone"
+        )
     return {"checked": len(run.verify_pool), "min_cosine": worst, "threshold": threshold, "passed": True}
 
 
 def _embed_one(model, cfg: EmbedConfig, encoder, tokens: np.ndarray, device) -> np.ndarray:
     lengths = np.array([len(tokens)], dtype=np.int32)
-    with torch.no_grad(), (run_autocast(device, DTYPES[cfg.precision], encoder) if cfg.autocast else nullcontext()):
+    with (
+        torch.no_grad(),
+        run_autocast(device, DTYPES[cfg.precision], encoder) if cfg.autocast else nullcontext(),
+    ):
         if cfg.mode == "v2" or encoder.nucleotide:
             inputs = esm2.packed_to_torch(encoder.packed_inputs(tokens, lengths), device)
             if cfg.mode == "v1":

@@ -6,6 +6,7 @@ where they lie in the file (`open_shard`) and read them in place: keys and ids t
 vectors with pread (store.ShardIndex.fill). Truncation is caught when a shard is opened; `verify_shard`
 also checks the keys' and ids' CRCs and the blake2b manifest written beside the shard
 (`sum-<shard stem>.blake2b`). store.py keeps the writer, the resume and the assembly."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,9 @@ from perfkit.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_SUFFIX = ".blake2b"  # the manifest beside each shard, sum-<shard stem>.blake2b: blake2b of its arrays
+CHECKSUM_SUFFIX = (
+    ".blake2b"  # the manifest beside each shard, sum-<shard stem>.blake2b: blake2b of its arrays
+)
 SHARD_NAME = re.compile(r"shard-r(\d+)-(\d+)(?:-k(\d+)-(\d+))?\.npz")
 MEMBERS = ("keys", "ids", "embeddings")
 # fill copies vectors with pread (the kernel copies out of the page cache, no page of the file is mapped):
@@ -120,8 +123,12 @@ class Shard:
         when they are a run of rows, else into a scratch block and a take (a few rows far apart: from the map)."""
         vectors = self.embeddings
         first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
-        if (not COPY_BY_READ or span > 2 * len(rows) or vectors.dtype != out.dtype
-                or not (vectors.flags.c_contiguous and out.flags.c_contiguous)):
+        if (
+            not COPY_BY_READ
+            or span > 2 * len(rows)
+            or vectors.dtype != out.dtype
+            or not (vectors.flags.c_contiguous and out.flags.c_contiguous)
+        ):
             _copy_rows(vectors, rows, out)
             return
         at = self._members["embeddings"][2] + first * vectors.strides[0]
@@ -145,7 +152,7 @@ class Shard:
         """The zip CRC of the keys and ids members (not of the vectors: that rereads every vector)."""
         for name in ("keys", "ids"):
             info, start, _ = self._members[name]
-            if zlib.crc32(memoryview(self._map)[start:start + info.file_size]) != info.CRC:
+            if zlib.crc32(memoryview(self._map)[start : start + info.file_size]) != info.CRC:
                 raise ValueError(f"member {name} fails its CRC check")
 
 
@@ -173,18 +180,25 @@ def _shard_of(path: Path, fd: int, size: int, infos: dict, data: mmap.mmap) -> S
             raise ValueError(f"member {name} missing")
         if info.compress_type != zipfile.ZIP_STORED:
             raise ValueError(f"member {name} is compressed")
-        local = data[info.header_offset:info.header_offset + 30]
+        local = data[info.header_offset : info.header_offset + 30]
         if len(local) < 30 or local[:4] != b"PK\x03\x04":
             raise ValueError(f"member {name}: no local header")
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        start = (
+            info.header_offset
+            + 30
+            + int.from_bytes(local[26:28], "little")
+            + int.from_bytes(local[28:30], "little")
+        )
         if start + info.file_size > size:
             raise ValueError(f"member {name} runs past the end of the file (truncated)")
         arrays[name], at = _npy_view(data, start, info.file_size, name)
         members[name] = (info, start, at)
     keys, ids, vectors = arrays["keys"], arrays["ids"], arrays["embeddings"]
     if keys.ndim != 1 or keys.dtype.kind not in "iu" or ids.ndim != 1 or vectors.ndim != 2:
-        raise ValueError(f"unexpected member shapes or types: keys {keys.dtype}{keys.shape}, ids {ids.shape}, "
-                         f"embeddings {vectors.shape}")
+        raise ValueError(
+            f"unexpected member shapes or types: keys {keys.dtype}{keys.shape}, ids {ids.shape}, "
+            f"embeddings {vectors.shape}"
+        )
     if not (len(keys) == len(ids) == len(vectors)):
         raise ValueError("keys, ids and embeddings differ in length")
     return Shard(path, keys, ids, vectors, data, members, fd)
@@ -192,11 +206,15 @@ def _shard_of(path: Path, fd: int, size: int, infos: dict, data: mmap.mmap) -> S
 
 def _npy_view(data: mmap.mmap, start: int, size: int, name: str) -> tuple[np.ndarray, int]:
     """The array of the .npy bytes at data[start:start + size], without copying them, and where its data begins."""
-    prefix = data[start:start + 12]  # magic (6), version (2), header length (2 in version 1, else 4)
+    prefix = data[start : start + 12]  # magic (6), version (2), header length (2 in version 1, else 4)
     if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY":
         raise ValueError(f"member {name} is not a .npy array")
-    length = 10 + int.from_bytes(prefix[8:10], "little") if prefix[6] == 1 else 12 + int.from_bytes(prefix[8:12], "little")
-    head = io.BytesIO(data[start:start + min(length, size)])
+    length = (
+        10 + int.from_bytes(prefix[8:10], "little")
+        if prefix[6] == 1
+        else 12 + int.from_bytes(prefix[8:12], "little")
+    )
+    head = io.BytesIO(data[start : start + min(length, size)])
     version = np.lib.format.read_magic(head)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = reader(head)
@@ -205,7 +223,9 @@ def _npy_view(data: mmap.mmap, start: int, size: int, name: str) -> tuple[np.nda
         raise ValueError(f"member {name} holds Python objects")
     if offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
         raise ValueError(f"member {name}: its header's shape does not fill its bytes")
-    return np.ndarray(shape, dtype, buffer=data, offset=start + offset, order="F" if fortran else "C"), start + offset
+    return np.ndarray(
+        shape, dtype, buffer=data, offset=start + offset, order="F" if fortran else "C"
+    ), start + offset
 
 
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,16 +253,20 @@ def _pread_into(fd: int, out: np.ndarray, at: int, path: Path) -> None:
     while len(view):
         n = os.preadv(fd, [view], at)
         if n == 0:
-            raise UserError(f"checkpoint {path} ends early (truncated after it was opened)",
-                            "rerun that stage with --resume")
+            raise UserError(
+                f"checkpoint {path} ends early (truncated after it was opened)",
+                "rerun that stage with --resume",
+            )
         view, at = view[n:], at + n
 
 
 def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     """out[i] = source[rows[i]] for ascending rows, straight from the memory map."""
     if rows[-1] - rows[0] + 1 == len(rows):
-        out[...] = source[rows[0]:rows[-1] + 1]  # a run of rows: one slice copy
+        out[...] = source[rows[0] : rows[-1] + 1]  # a run of rows: one slice copy
     elif source.dtype == out.dtype:
-        np.take(source, rows, axis=0, out=out, mode="clip")  # rows are in range: 'clip' skips the buffered check
+        np.take(
+            source, rows, axis=0, out=out, mode="clip"
+        )  # rows are in range: 'clip' skips the buffered check
     else:
         out[...] = source[rows]

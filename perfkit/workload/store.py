@@ -27,6 +27,7 @@ is set aside as *.corrupt, with one warning line, and its sequences recomputed. 
 shards without hashing (it follows the run's own resume check); a shard without a manifest (earlier
 versions) is used as before.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,21 @@ import h5py
 import numpy as np
 
 from perfkit.errors import CheckFailed, UserError
-from perfkit.workload.shard_file import (CHECKSUM_SUFFIX, Shard, _shard_index, _write_checksum, _write_shard,
-                                         check_checksum, checksum, key_span, open_shard, read_shard, set_aside,
-                                         shard_name, verify_shard)
+from perfkit.workload.shard_file import (
+    CHECKSUM_SUFFIX,
+    Shard,
+    _shard_index,
+    _write_checksum,
+    _write_shard,
+    check_checksum,
+    checksum,
+    key_span,
+    open_shard,
+    read_shard,
+    set_aside,
+    shard_name,
+    verify_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +66,22 @@ COPY_ROWS = 2048  # rows per copy job of ShardIndex.fill (~20 MB of 2560-wide ve
 
 
 class CheckpointStore:
-    def __init__(self, out_dir: str | Path, *, rank: int = 0, every_sequences: int = 10_000,
-                 every_seconds: float = 300.0, telemetry=None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        rank: int = 0,
+        every_sequences: int = 10_000,
+        every_seconds: float = 300.0,
+        telemetry=None,
+    ):
         self.dir = Path(out_dir) / "checkpoints"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot create {self.dir}: {err.strerror}", "choose a writable output folder") from err
+            raise UserError(
+                f"cannot create {self.dir}: {err.strerror}", "choose a writable output folder"
+            ) from err
         self.rank = rank
         self.every_sequences = every_sequences
         self.every_seconds = every_seconds
@@ -67,7 +89,9 @@ class CheckpointStore:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_count = 0
         self._last_write = time.monotonic()
-        self._next_index = 1 + max((_shard_index(p) for p in self.dir.glob(f"shard-r{rank:03d}-*.npz")), default=-1)
+        self._next_index = 1 + max(
+            (_shard_index(p) for p in self.dir.glob(f"shard-r{rank:03d}-*.npz")), default=-1
+        )
         self.sequences_done = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
@@ -79,7 +103,10 @@ class CheckpointStore:
         self._pending.append((keys, np.asarray(ids), embeddings))
         self._pending_count += len(keys)
         self.sequences_done += len(keys)
-        due = self._pending_count >= self.every_sequences or time.monotonic() - self._last_write >= self.every_seconds
+        due = (
+            self._pending_count >= self.every_sequences
+            or time.monotonic() - self._last_write >= self.every_seconds
+        )
         if due:
             self._submit()
 
@@ -90,8 +117,10 @@ class CheckpointStore:
             return
         err = self._error
         what = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
-        raise UserError(f"writing a checkpoint failed: {what} ({self._error_path})",
-                        "check free space and permissions of the output folder, then rerun with --resume") from err
+        raise UserError(
+            f"writing a checkpoint failed: {what} ({self._error_path})",
+            "check free space and permissions of the output folder, then rerun with --resume",
+        ) from err
 
     def _submit(self) -> None:
         self._raise_if_failed()
@@ -127,10 +156,14 @@ class CheckpointStore:
                 os.replace(tmp, path)
                 seconds = time.perf_counter() - start
                 if self.telemetry is not None:
-                    self.telemetry.checkpoint(sequences_done=done, write_s=seconds, nbytes=path.stat().st_size, path=str(path))
+                    self.telemetry.checkpoint(
+                        sequences_done=done, write_s=seconds, nbytes=path.stat().st_size, path=str(path)
+                    )
             except BaseException as err:  # surfaced on the next add/close
                 try:
-                    tmp.unlink(missing_ok=True)  # a half-written shard: its sequences are recomputed on resume
+                    tmp.unlink(
+                        missing_ok=True
+                    )  # a half-written shard: its sequences are recomputed on resume
                 except OSError:
                     pass
                 if self._error is None:  # the first failure is the one to report
@@ -152,7 +185,7 @@ def completed_keys(out_dir: str | Path) -> np.ndarray:
     for tmp in folder.glob("*.tmp"):
         tmp.unlink()  # a write that a kill interrupted
     for manifest in folder.glob(f"sum-shard-*{CHECKSUM_SUFFIX}"):
-        if not manifest.with_name(manifest.name[len("sum-"):-len(CHECKSUM_SUFFIX)] + ".npz").exists():
+        if not manifest.with_name(manifest.name[len("sum-") : -len(CHECKSUM_SUFFIX)] + ".npz").exists():
             manifest.unlink()  # killed between the manifest and its shard's rename
     for path in sorted(folder.glob(SHARD_GLOB)):
         try:
@@ -184,8 +217,10 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
             except ValueError as err:
                 set_aside(path)
                 log.warning("checkpoint %s is unreadable (%s): set aside", path.name, err)
-                raise UserError(f"checkpoint {path} was altered after it was written (set aside as .corrupt)",
-                                "rerun with --resume: its sequences are recomputed") from None
+                raise UserError(
+                    f"checkpoint {path} was altered after it was written (set aside as .corrupt)",
+                    "rerun with --resume: its sequences are recomputed",
+                ) from None
             rows = np.flatnonzero(index.shard == number)  # where this shard's kept keys go, ascending
             mine = index.row[rows]
             _check_frames(path, index.keys[rows], ids[mine], frame_names)
@@ -208,20 +243,29 @@ def assemble(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str
         h5.attrs["count"] = expected_count
         h5.attrs["complete"] = True
     os.replace(tmp, final)
-    return {"path": str(final), "count": expected_count, "dim": dim, "duplicates_dropped": int(index.duplicates),
-            "shards": len(index.paths)}
+    return {
+        "path": str(final),
+        "count": expected_count,
+        "dim": dim,
+        "duplicates_dropped": int(index.duplicates),
+        "shards": len(index.paths),
+    }
 
 
 def _check_count(index: "ShardIndex", expected_count: int) -> None:
     if len(index.keys) != expected_count:
-        raise CheckFailed(f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded")
+        raise CheckFailed(
+            f"count check failed: {expected_count} frames translated, {len(index.keys)} embedded"
+        )
 
 
 def _check_frames(path: Path, keys: np.ndarray, ids: np.ndarray, frame_names: tuple[str, ...]) -> None:
     """Each id's frame suffix must be its key's frame (key = read index x 6 + frame index)."""
     frames = np.array(frame_names)[keys % len(frame_names)]
     if not np.all(np.char.endswith(ids.astype(str), np.char.add("_", frames))):
-        raise CheckFailed(f"alignment check failed in {path.name}: an id's frame differs from its key's frame")
+        raise CheckFailed(
+            f"alignment check failed in {path.name}: an id's frame differs from its key's frame"
+        )
 
 
 def open_complete(path: str | Path) -> tuple[h5py.File, list[str]]:
@@ -244,6 +288,7 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- shards as the output
+
 
 class ShardIndex:
     """Where each key in [lo, hi) lives among a folder's shards, without reading any vector.
@@ -296,7 +341,9 @@ class ShardIndex:
         while start < len(reads):
             stop = min(start + max(rows, 1), len(reads))
             if stop < len(reads):
-                cut = int(np.searchsorted(reads, reads[stop], "left"))  # the first frame of the read at `stop`
+                cut = int(
+                    np.searchsorted(reads, reads[stop], "left")
+                )  # the first frame of the read at `stop`
                 stop = cut if cut > start else int(np.searchsorted(reads, reads[stop], "right"))
             chunks.append((start, stop))
             start = stop
@@ -323,8 +370,11 @@ class ShardIndex:
             pick = np.flatnonzero(self.shard[at] == number)
             values = self.opened(int(number)).embeddings if field == 2 else self.opened(int(number)).ids
             if out is None:
-                out = (np.empty((len(keys), values.shape[1]), dtype=np.float32) if field == 2
-                       else np.empty(len(keys), dtype=object))  # shards' id widths differ: never truncate
+                out = (
+                    np.empty((len(keys), values.shape[1]), dtype=np.float32)
+                    if field == 2
+                    else np.empty(len(keys), dtype=object)
+                )  # shards' id widths differ: never truncate
             out[pick] = values[self.row[at[pick]]]
         if out is None:
             return np.empty((0, 0), dtype=np.float32) if field == 2 else np.empty(0, dtype=object)
@@ -344,7 +394,10 @@ class ShardIndex:
         where[order] = np.arange(len(order))
         shard, row = shard[order], row[order]
         cuts = np.concatenate(([0], np.flatnonzero(shard[1:] != shard[:-1]) + 1, [len(order)]))
-        plan = where, [(int(shard[a]), row[a:b], int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        plan = (
+            where,
+            [(int(shard[a]), row[a:b], int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a],
+        )
         self._plan = ((start, stop), plan)
         return plan
 
@@ -357,13 +410,15 @@ class ShardIndex:
         for number, rows, a, b in segments:
             shard = self.opened(number)
             if shard.embeddings.shape[1] != out.shape[1]:
-                raise RuntimeError(f"{shard.path.name} holds vectors of width {shard.embeddings.shape[1]}, "
-                                   f"expected {out.shape[1]}")
+                raise RuntimeError(
+                    f"{shard.path.name} holds vectors of width {shard.embeddings.shape[1]}, "
+                    f"expected {out.shape[1]}"
+                )
             if b - a > len(shard) // 4:
                 shard.prefetch()
             for lo in range(a, b, COPY_ROWS):  # pieces: every thread of the pool gets work
                 hi = min(lo + COPY_ROWS, b)
-                jobs.append((shard, rows[lo - a:hi - a], out[lo:hi]))
+                jobs.append((shard, rows[lo - a : hi - a], out[lo:hi]))
         if pool is None or len(jobs) < 2:
             for shard, rows, part in jobs:
                 shard.read_rows(rows, part)
@@ -376,7 +431,9 @@ class ShardIndex:
         shards (never truncated)."""
         where, segments = self._segments(start, stop)
         sources = [(self.opened(number).ids, rows, a, b) for number, rows, a, b in segments]
-        out = np.empty(stop - start, dtype=np.result_type(*(s[0].dtype for s in sources)) if sources else "U1")
+        out = np.empty(
+            stop - start, dtype=np.result_type(*(s[0].dtype for s in sources)) if sources else "U1"
+        )
         for ids, rows, a, b in sources:
             out[a:b] = ids[rows]
         return out[where]
@@ -387,12 +444,16 @@ def _open_for_reading(path: Path) -> Shard:
     try:
         return open_shard(path)
     except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise UserError(f"checkpoint {path} is unreadable ({err})",
-                        f"rerun that stage into {path.parent.parent} with --resume: unreadable shards are set "
-                        "aside and their sequences recomputed") from err
+        raise UserError(
+            f"checkpoint {path} is unreadable ({err})",
+            f"rerun that stage into {path.parent.parent} with --resume: unreadable shards are set "
+            "aside and their sequences recomputed",
+        ) from err
 
 
-def check_shards(out_dir: str | Path, *, expected_count: int, frame_names: tuple[str, ...]) -> tuple[dict, ShardIndex]:
+def check_shards(
+    out_dir: str | Path, *, expected_count: int, frame_names: tuple[str, ...]
+) -> tuple[dict, ShardIndex]:
     """The shards as a run's output (no embeddings.h5): the same count and id <-> key checks as `assemble`."""
     index = ShardIndex(out_dir)
     _check_count(index, expected_count)
@@ -400,8 +461,13 @@ def check_shards(out_dir: str | Path, *, expected_count: int, frame_names: tuple
         ids = open_shard(path).ids  # the keys are in the index already
         rows = np.flatnonzero(index.shard == number)
         _check_frames(path, index.keys[rows], ids[index.row[rows]], frame_names)
-    return {"count": expected_count, "assembled": False, "checkpoints": str(Path(out_dir) / "checkpoints"),
-            "duplicates_dropped": int(index.duplicates), "shards": len(index.paths)}, index
+    return {
+        "count": expected_count,
+        "assembled": False,
+        "checkpoints": str(Path(out_dir) / "checkpoints"),
+        "duplicates_dropped": int(index.duplicates),
+        "shards": len(index.paths),
+    }, index
 
 
 def read_shards(out_dir: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:

@@ -33,7 +33,7 @@ from perfkit.workload.fasta import atomic_output, read_fasta
 from perfkit.workload.translate import MAX_RESIDUES, translate_batch
 
 SCHEMA = "perfkit.profile/1"
-BLOCK_BASES = 15_000_000   # bases per generated block (bounds memory)
+BLOCK_BASES = 15_000_000  # bases per generated block (bounds memory)
 MAX_BLOCK_READS = 100_000
 REDRAW_ROUNDS = 12
 
@@ -57,6 +57,7 @@ HAS_N = np.array([N in (i // 25, i // 5 % 5, i % 5) for i in range(125)])
 
 # ---- profiles ---------------------------------------------------------------
 
+
 def _frame_shares(with_frames, per_read_with_frames):
     """Shares of reads with 0..6 surviving frames; per_read_with_frames = shares of 1..6."""
     rest = np.array(per_read_with_frames, dtype=float)
@@ -67,25 +68,40 @@ def _frame_shares(with_frames, per_read_with_frames):
 def _lognormal_bins(median, sigma, lo, hi, n_bins=40):
     z = [NormalDist().inv_cdf(q) for q in np.linspace(0.01, 0.99, n_bins + 1)]
     edges = np.clip(np.round(median * np.exp(sigma * np.array(z))), lo, hi).astype(int)
-    return {"lo": edges[:-1].tolist(), "hi": (edges[1:] - 1).clip(edges[:-1]).tolist(),
-            "weight": [1.0 / n_bins] * n_bins}
+    return {
+        "lo": edges[:-1].tolist(),
+        "hi": (edges[1:] - 1).clip(edges[:-1]).tolist(),
+        "weight": [1.0 / n_bins] * n_bins,
+    }
 
 
 def _builtin(name, lengths, shares, n_read_share=0.02, n_base_rate=0.01):
-    return {"schema": SCHEMA, "name": name, "lengths": lengths,
-            "frame_counts": {"length_edges": [], "shares": [shares]},
-            "n_read_share": n_read_share, "n_base_rate": n_base_rate}
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "lengths": lengths,
+        "frame_counts": {"length_edges": [], "shares": [shares]},
+        "n_read_share": n_read_share,
+        "n_base_rate": n_base_rate,
+    }
 
 
 BUILTIN_PROFILES = {
     # 150 bp reads, a few trimmed shorter; ~60% with frames, ~1.32 frames per such read
-    "reads150": _builtin("reads150", {"lo": [150, 140], "hi": [150, 149], "weight": [0.92, 0.08]},
-                         _frame_shares(0.60, [0.72, 0.24, 0.035, 0.005])),
-    "reads300": _builtin("reads300", {"lo": [300, 250], "hi": [300, 299], "weight": [0.9, 0.1]},
-                         _frame_shares(0.45, [0.80, 0.17, 0.025, 0.005])),
+    "reads150": _builtin(
+        "reads150",
+        {"lo": [150, 140], "hi": [150, 149], "weight": [0.92, 0.08]},
+        _frame_shares(0.60, [0.72, 0.24, 0.035, 0.005]),
+    ),
+    "reads300": _builtin(
+        "reads300",
+        {"lo": [300, 250], "hi": [300, 299], "weight": [0.9, 0.1]},
+        _frame_shares(0.45, [0.80, 0.17, 0.025, 0.005]),
+    ),
     # long sequences rarely keep a stop-free frame; these exist to exercise chunking
-    "contigs": _builtin("contigs", _lognormal_bins(1500, 0.6, 500, 5000),
-                        _frame_shares(0.15, [0.85, 0.13, 0.02])),
+    "contigs": _builtin(
+        "contigs", _lognormal_bins(1500, 0.6, 500, 5000), _frame_shares(0.15, [0.85, 0.13, 0.02])
+    ),
 }
 
 
@@ -104,22 +120,36 @@ def load_profile(profile) -> dict:
         except OSError as e:
             raise UserError(f"{where}: cannot read profile ({e.strerror})", "check the path") from None
         except json.JSONDecodeError as e:
-            raise UserError(f"{where}:{e.lineno}: not valid JSON ({e.msg})",
-                            "give a profile written by `profile_fasta`") from None
+            raise UserError(
+                f"{where}:{e.lineno}: not valid JSON ({e.msg})", "give a profile written by `profile_fasta`"
+            ) from None
     else:
-        raise UserError(f"unknown profile {profile!r}",
-                        f"use one of {', '.join(BUILTIN_PROFILES)} or a PROFILE.json file")
+        raise UserError(
+            f"unknown profile {profile!r}", f"use one of {', '.join(BUILTIN_PROFILES)} or a PROFILE.json file"
+        )
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise UserError(f"{where}: not a {SCHEMA} profile (missing or wrong 'schema')",
-                        "give a profile written by `profile_fasta`")
+        raise UserError(
+            f"{where}: not a {SCHEMA} profile (missing or wrong 'schema')",
+            "give a profile written by `profile_fasta`",
+        )
     try:
         lengths, counts = data["lengths"], data["frame_counts"]
         lo, hi, weight = (np.asarray(lengths[k], dtype=float) for k in ("lo", "hi", "weight"))
         shares = np.asarray(counts["shares"], dtype=float)
-        ok = (lo.size > 0 and lo.shape == hi.shape == weight.shape and (lo >= 1).all() and (hi >= lo).all()
-              and (weight >= 0).all() and weight.sum() > 0 and shares.ndim == 2 and shares.shape[1] == 7
-              and shares.shape[0] == len(counts["length_edges"]) + 1 and (shares >= 0).all()
-              and 0 <= float(data["n_read_share"]) <= 1 and 0 <= float(data["n_base_rate"]) <= 1)
+        ok = (
+            lo.size > 0
+            and lo.shape == hi.shape == weight.shape
+            and (lo >= 1).all()
+            and (hi >= lo).all()
+            and (weight >= 0).all()
+            and weight.sum() > 0
+            and shares.ndim == 2
+            and shares.shape[1] == 7
+            and shares.shape[0] == len(counts["length_edges"]) + 1
+            and (shares >= 0).all()
+            and 0 <= float(data["n_read_share"]) <= 1
+            and 0 <= float(data["n_base_rate"]) <= 1
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -128,6 +158,7 @@ def load_profile(profile) -> dict:
 
 
 # ---- statistics shared by synth and profile_fasta ----------------------------
+
 
 class SampleStats:
     """Accumulates per-read length, surviving-frame count, protein lengths and N's."""
@@ -141,11 +172,12 @@ class SampleStats:
         lengths, n_counts = np.asarray(lengths), np.asarray(n_counts)
         if lengths.size and lengths.max() >= len(self.length_frames):
             grown = np.zeros((int(lengths.max()) + 1, 7), dtype=np.int64)
-            grown[:len(self.length_frames)] = self.length_frames
+            grown[: len(self.length_frames)] = self.length_frames
             self.length_frames = grown
         np.add.at(self.length_frames, (lengths, np.asarray(frame_counts)), 1)
-        self.protein_lengths += np.bincount(np.asarray(protein_lengths, dtype=np.int64),
-                                            minlength=MAX_RESIDUES + 1)
+        self.protein_lengths += np.bincount(
+            np.asarray(protein_lengths, dtype=np.int64), minlength=MAX_RESIDUES + 1
+        )
         has_n = n_counts > 0
         self.reads_with_n += int(has_n.sum())
         self.bases_in_n_reads += int(lengths[has_n].sum())
@@ -161,8 +193,11 @@ class SampleStats:
 
         def quantiles(hist):
             cum = np.cumsum(hist)
-            return {str(q): int(np.searchsorted(cum, q * cum[-1])) for q in (0.05, 0.25, 0.5, 0.75, 0.95)} \
-                if cum.size and cum[-1] else {}
+            return (
+                {str(q): int(np.searchsorted(cum, q * cum[-1])) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+                if cum.size and cum[-1]
+                else {}
+            )
 
         return {
             "reads": reads,
@@ -192,7 +227,7 @@ class SampleStats:
             hi = np.concatenate((cuts - 1, [present[-1]]))
             keep = hi >= lo
             lo, hi = lo[keep], hi[keep]
-            weight = np.array([reads_per_length[a:b + 1].sum() for a, b in zip(lo, hi)])
+            weight = np.array([reads_per_length[a : b + 1].sum() for a, b in zip(lo, hi)])
         # frame-count shares per length class (deciles of read length)
         cum = np.cumsum(reads_per_length)
         edges = np.unique(np.searchsorted(cum, np.linspace(0, cum[-1], 11)[1:-1], side="right"))
@@ -203,12 +238,19 @@ class SampleStats:
             per_k = self.length_frames[a:b].sum(0)
             shares.append((per_k / max(per_k.sum(), 1)).round(8).tolist())
         summary = self.summary()
-        return {"schema": SCHEMA, "name": name,
-                "lengths": {"lo": lo.tolist(), "hi": hi.tolist(),
-                            "weight": (weight / weight.sum()).round(10).tolist()},
-                "frame_counts": {"length_edges": edges.tolist(), "shares": shares},
-                "n_read_share": summary["n_read_share"], "n_base_rate": summary["n_base_rate"],
-                "summary": summary}
+        return {
+            "schema": SCHEMA,
+            "name": name,
+            "lengths": {
+                "lo": lo.tolist(),
+                "hi": hi.tolist(),
+                "weight": (weight / weight.sum()).round(10).tolist(),
+            },
+            "frame_counts": {"length_edges": edges.tolist(), "shares": shares},
+            "n_read_share": summary["n_read_share"],
+            "n_base_rate": summary["n_base_rate"],
+            "summary": summary,
+        }
 
 
 def profile_fasta(path, batch_size: int = 5_000) -> dict:
@@ -221,8 +263,12 @@ def profile_fasta(path, batch_size: int = 5_000) -> dict:
         for frame in translate_batch(batch):
             per_read[frame.read_id] += 1
             proteins.append(len(frame.protein))
-        stats.add([len(s) for _, s in batch], [per_read[rid] for rid, _ in batch], proteins,
-                  [len(s) - sum(map(s.count, "ACGT")) for _, s in batch])
+        stats.add(
+            [len(s) for _, s in batch],
+            [per_read[rid] for rid, _ in batch],
+            proteins,
+            [len(s) - sum(map(s.count, "ACGT")) for _, s in batch],
+        )
 
     batch = []
     for record in read_fasta(path):
@@ -236,6 +282,7 @@ def profile_fasta(path, batch_size: int = 5_000) -> dict:
 
 
 # ---- generation ---------------------------------------------------------------
+
 
 def _surviving_frames(codes, lengths):
     """Which of the 6 frames survive translation, and their protein lengths (R, 6)."""
@@ -252,7 +299,9 @@ def _surviving_frames(codes, lengths):
     r_stop_by_phase = np.stack([r_stop[:, q::3].any(1) for q in range(3)], axis=1)
     phase_of_reverse = (lengths[:, None] - np.arange(3)) % 3
     protein = np.concatenate((kept_by_phase, np.take_along_axis(kept_by_phase, phase_of_reverse, 1)), axis=1)
-    stopped = np.concatenate((f_stop_by_phase, np.take_along_axis(r_stop_by_phase, phase_of_reverse, 1)), axis=1)
+    stopped = np.concatenate(
+        (f_stop_by_phase, np.take_along_axis(r_stop_by_phase, phase_of_reverse, 1)), axis=1
+    )
     survives = ~stopped & (protein > 0)
     return survives, np.minimum(protein, MAX_RESIDUES) * survives
 
@@ -269,8 +318,9 @@ def _draw_reads(rng, lengths, targets, n_read_share, n_base_rate):
     for i in range(2, width):
         p = i - 2  # the codon p..i is completed by base i
         codon = sub[:, p] * 25 + sub[:, p + 1] * 5 + sub[:, i]
-        bad = (p + 3 <= sub_len) & ((guard_forward[:, p % 3] & FORWARD_STOP[codon])
-                                    | (guard_reverse[:, p % 3] & REVERSE_STOP[codon]))
+        bad = (p + 3 <= sub_len) & (
+            (guard_forward[:, p % 3] & FORWARD_STOP[codon]) | (guard_reverse[:, p % 3] & REVERSE_STOP[codon])
+        )
         if bad.any():
             sub[bad, i] = np.where(rng.random(int(bad.sum())) < 0.5, C, T)
     codes[planted] = sub
@@ -310,10 +360,11 @@ def _generate_block(rng, n, profile):
     protein = np.zeros((n, 6), dtype=np.int64)
     todo = np.arange(n)
     for _ in range(REDRAW_ROUNDS):  # ~60% of redrawn reads match each round
-        drawn = _draw_reads(rng, lengths[todo], targets[todo],
-                            profile["n_read_share"], profile["n_base_rate"])
+        drawn = _draw_reads(
+            rng, lengths[todo], targets[todo], profile["n_read_share"], profile["n_base_rate"]
+        )
         alive, prot = _surviving_frames(drawn, lengths[todo])
-        codes[todo, :drawn.shape[1]] = drawn
+        codes[todo, : drawn.shape[1]] = drawn
         survives[todo], protein[todo] = alive, prot
         matched = alive.sum(1) == want[todo]
         todo = todo[~matched]

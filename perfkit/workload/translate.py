@@ -31,8 +31,12 @@ MAX_RESIDUES = 1022  # ESM-2's longest protein
 
 BASES = "TCAG"
 AMINO_ACIDS = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"  # TCAG order
-CODON_TABLE = {a + b + c: AMINO_ACIDS[16 * i + 4 * j + k]
-               for i, a in enumerate(BASES) for j, b in enumerate(BASES) for k, c in enumerate(BASES)}
+CODON_TABLE = {
+    a + b + c: AMINO_ACIDS[16 * i + 4 * j + k]
+    for i, a in enumerate(BASES)
+    for j, b in enumerate(BASES)
+    for k, c in enumerate(BASES)
+}
 
 # byte -> base code 0..3 (TCAG order), 4 for anything else (N, IUPAC ambiguity codes, ...)
 BASE_CODE = np.full(256, 4, dtype=np.uint8)
@@ -51,10 +55,10 @@ COMPLEMENT = bytes.maketrans(b"ACGTRYKMBVDHN", b"TGCAYRMKVBHDN")
 
 class Frame(NamedTuple):
     read_id: str
-    frame: str          # "F1".."R3"
-    frame_index: int    # 0..5, position in FRAMES
+    frame: str  # "F1".."R3"
+    frame_index: int  # 0..5, position in FRAMES
     protein: str
-    nucleotides: str    # bases of the translated codons, frame orientation
+    nucleotides: str  # bases of the translated codons, frame orientation
 
     @property
     def id(self) -> str:
@@ -75,8 +79,9 @@ class Truncation:
         self.ids.extend(ids)
 
 
-def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESIDUES,
-                    truncated: Truncation | None = None) -> list[Frame]:
+def translate_batch(
+    records: list[tuple[str, str]], max_residues: int = MAX_RESIDUES, truncated: Truncation | None = None
+) -> list[Frame]:
     """Surviving frames of a batch of (read_id, sequence), in read order then FRAMES order; frames cut to
     `max_residues` are counted into `truncated` when given."""
     if not records:
@@ -141,9 +146,15 @@ def translate_batch(records: list[tuple[str, str]], max_residues: int = MAX_RESI
     for s, n in zip(alive.tolist(), n_kept.tolist()):
         keep = min(n, max_residues)
         read, frame_index = divmod(s, 6)
-        frames.append(Frame(ids[read], FRAMES[frame_index], frame_index,
-                            protein_bytes[at:at + keep].decode("ascii"),
-                            nuc_bytes[3 * at:3 * (at + keep)].decode("ascii")))
+        frames.append(
+            Frame(
+                ids[read],
+                FRAMES[frame_index],
+                frame_index,
+                protein_bytes[at : at + keep].decode("ascii"),
+                nuc_bytes[3 * at : 3 * (at + keep)].decode("ascii"),
+            )
+        )
         if truncated is not None and n > max_residues:
             truncated.ids.append(frames[-1].id)
         at += n
@@ -155,8 +166,9 @@ def translate_read(read_id: str, seq: str, max_residues: int = MAX_RESIDUES) -> 
     return translate_batch([(read_id, seq)], max_residues)
 
 
-def translate_records(records: Iterable[tuple[str, str]], max_residues: int = MAX_RESIDUES,
-                      batch_size: int = 5_000) -> Iterator[Frame]:
+def translate_records(
+    records: Iterable[tuple[str, str]], max_residues: int = MAX_RESIDUES, batch_size: int = 5_000
+) -> Iterator[Frame]:
     """Stream surviving frames of (read_id, sequence) records, translated in batches."""
     batch = []
     for record in records:
@@ -178,14 +190,15 @@ def chunk_sequence(seq: str, size: int, min_tail: int = 3) -> list[str]:
         raise ValueError("chunk size must be >= 1")
     if len(seq) <= size:
         return [seq]
-    chunks = [seq[i:i + size] for i in range(0, len(seq), size)]
+    chunks = [seq[i : i + size] for i in range(0, len(seq), size)]
     if len(chunks[-1]) < min(min_tail, size):
         chunks.pop()
     return chunks
 
 
-def chunk_records(records: Iterable[tuple[str, str]], size: int,
-                  min_tail: int = 3) -> Iterator[tuple[str, str]]:
+def chunk_records(
+    records: Iterable[tuple[str, str]], size: int, min_tail: int = 3
+) -> Iterator[tuple[str, str]]:
     """Chunk every record; a chunked read's pieces get ids f"{read_id}_chunk_{k}", k from 1.
     Reads no longer than size pass through with their id unchanged."""
     for read_id, seq in records:

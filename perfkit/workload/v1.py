@@ -1,6 +1,7 @@
 """v1.0 as the seed system ran it, the baseline v2 is measured against: fair-esm's own ESM-2 batched by
 `get_batch_indices`, and the nucleotide stage in fixed padded batches in file order; both synchronous, in
 one process, over the input translated into files of `v1_file_sequences` sequences."""
+
 from __future__ import annotations
 
 import time
@@ -27,9 +28,13 @@ def build_fairesm_model(cfg: EmbedConfig, device: torch.device):
         conf = esm2.get_config(cfg.model)
         torch.manual_seed(cfg.seed)
         with torch.device(device):
-            model = esm.model.esm2.ESM2(num_layers=conf.num_layers, embed_dim=conf.embed_dim,
-                                        attention_heads=conf.attention_heads,
-                                        alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
+            model = esm.model.esm2.ESM2(
+                num_layers=conf.num_layers,
+                embed_dim=conf.embed_dim,
+                attention_heads=conf.attention_heads,
+                alphabet=esm.data.Alphabet.from_architecture("ESM-1b"),
+                token_dropout=True,
+            )
         info = {"source": "random (fair-esm init)", "seed": cfg.seed}
     model = model.to(device).eval()
     if cfg.precision == "fp16":
@@ -46,13 +51,19 @@ def v1_files(run: "Run", done_keys):
     cfg = run.cfg
     keys_buf, ids_buf, proteins_buf = [], [], []
     for _, first, records in read_blocks(cfg.input, 1024, cfg.max_reads, cfg.chunk_bp):
-        keys, ids, proteins = translate_block(first, records, cfg.max_residues, run.encoder.frame_field, run.truncated)
+        keys, ids, proteins = translate_block(
+            first, records, cfg.max_residues, run.encoder.frame_field, run.truncated
+        )
         run.frames_translated += len(keys)
         run.reads_seen += len(records)
         run.frameless += frameless_reads(first, records, keys)
         if done_keys.size:
             keep = ~np.isin(keys, done_keys)
-            keys, ids, proteins = keys[keep], [i for i, k in zip(ids, keep) if k], [p for p, k in zip(proteins, keep) if k]
+            keys, ids, proteins = (
+                keys[keep],
+                [i for i, k in zip(ids, keep) if k],
+                [p for p, k in zip(proteins, keep) if k],
+            )
         keys_buf.append(keys)
         ids_buf += ids
         proteins_buf += proteins
@@ -94,8 +105,11 @@ def loop_protein(run: "Run", model, done_keys, progress) -> bool:
     waited_since = time.perf_counter()
     for keys, ids, proteins in v1_files(run, done_keys):
         dataset = esm.data.FastaBatchedDataset(list(range(len(ids))), proteins)
-        batches = (file_order_batches(proteins, cfg.v1_toks_per_batch) if cfg.v1_batching == "file_order"
-                   else dataset.get_batch_indices(cfg.v1_toks_per_batch, extra_toks_per_seq=1))
+        batches = (
+            file_order_batches(proteins, cfg.v1_toks_per_batch)
+            if cfg.v1_batching == "file_order"
+            else dataset.get_batch_indices(cfg.v1_toks_per_batch, extra_toks_per_seq=1)
+        )
         for indices in batches:
             labels, strs, toks = converter([dataset[i] for i in indices])
             arrive = time.perf_counter()
@@ -103,16 +117,26 @@ def loop_protein(run: "Run", model, done_keys, progress) -> bool:
             with run.busy.measure() as span, torch.no_grad():
                 out = model(toks.to(device, non_blocking=True), repr_layers=[layer], return_contacts=False)
                 reps = out["representations"][layer]
-                vectors = torch.stack([reps[i, 1 : len(s) + 1].float().mean(0) for i, s in enumerate(strs)]).cpu()
+                vectors = torch.stack(
+                    [reps[i, 1 : len(s) + 1].float().mean(0) for i, s in enumerate(strs)]
+                ).cpu()
             picked = keys[labels]
             run.store.add(picked, [ids[i] for i in labels], vectors.numpy())
             lengths = np.array([len(s) + 2 for s in strs])
             real = int(lengths.sum())
             run.keep_for_verification(picked, toks[0].numpy(), lengths, batch_index)
-            run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
-                                host_s=time.perf_counter() - host_start, span=span, sequences=len(strs),
-                                real_tokens=real, slot_tokens=int(toks.numel()), budget_tokens=cfg.v1_toks_per_batch,
-                                clock_start=run.loop_t0)
+            run.telemetry.batch(
+                stage=run.stage,
+                t_arrive_s=arrive - run.loop_t0,
+                loader_wait_s=arrive - waited_since,
+                host_s=time.perf_counter() - host_start,
+                span=span,
+                sequences=len(strs),
+                real_tokens=real,
+                slot_tokens=int(toks.numel()),
+                budget_tokens=cfg.v1_toks_per_batch,
+                clock_start=run.loop_t0,
+            )
             progress.update(len(strs), real, cfg.v1_toks_per_batch)
             batch_index += 1
             waited_since = time.perf_counter()
@@ -142,10 +166,18 @@ def loop_nucleotide(run: "Run", model, done_keys, progress) -> bool:
             run.store.add(keys[lo : lo + size], ids[lo : lo + size], vectors.numpy())
             run.keep_for_verification(keys[lo : lo + size], tokens, lengths, batch_index)
             real = int(lengths.sum())
-            run.telemetry.batch(stage=run.stage, t_arrive_s=arrive - run.loop_t0, loader_wait_s=arrive - waited_since,
-                                host_s=time.perf_counter() - host_start, span=span, sequences=len(lengths),
-                                real_tokens=real, slot_tokens=int(padded.numel()), budget_tokens=int(padded.numel()),
-                                clock_start=run.loop_t0)
+            run.telemetry.batch(
+                stage=run.stage,
+                t_arrive_s=arrive - run.loop_t0,
+                loader_wait_s=arrive - waited_since,
+                host_s=time.perf_counter() - host_start,
+                span=span,
+                sequences=len(lengths),
+                real_tokens=real,
+                slot_tokens=int(padded.numel()),
+                budget_tokens=int(padded.numel()),
+                clock_start=run.loop_t0,
+            )
             progress.update(len(lengths), real, int(padded.numel()))
             batch_index += 1
             waited_since = time.perf_counter()
