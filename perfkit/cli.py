@@ -86,7 +86,7 @@ def _nodes(args):
 
 
 def _embed(args) -> int:
-    from perfkit.workload import distributed
+    from perfkit.workload import distributed, launch
     from perfkit.workload.runner import run_embed
 
     nodes = _nodes(args)
@@ -99,7 +99,7 @@ def _embed(args) -> int:
                 "both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks"
             )
         nproc = args.gpus if args.gpus is not None else args.nproc
-        code = distributed.launch(cfg, nproc, gpus=args.gpus is not None, nodes=nodes, verbose=args.verbose)
+        code = launch.launch(cfg, nproc, gpus=args.gpus is not None, nodes=nodes, verbose=args.verbose)
         if code != 0:
             rendezvous = (
                 (

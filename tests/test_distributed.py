@@ -21,7 +21,7 @@ from perfkit.benchmarks.chaos import processes_of  # the chaos benchmark's own o
 from perfkit.errors import UserError
 from perfkit import scaling_maths
 from perfkit.results import NotMeasured
-from perfkit.workload import distributed, node_view
+from perfkit.workload import distributed, launch, node_view
 from perfkit.workload.config import make_config
 from perfkit.workload.data import count_frames
 from perfkit.workload.store import read_embeddings
@@ -92,7 +92,7 @@ def runs(tmp_path_factory):
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ.update(ONE_THREAD)
     try:
-        single = distributed.run_multi(cfg, 1, gpus=False)  # what the notebooks call
+        single = launch.run_multi(cfg, 1, gpus=False)  # what the notebooks call
     finally:
         os.environ.pop("OMP_NUM_THREADS") if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
     return fasta, folder, {1: single, 2: json.loads((folder / "n2" / "summary.json").read_text())}
@@ -231,30 +231,6 @@ def test_resume_after_killing_the_whole_launch(runs, tmp_path):
     assert np.array_equal(vectors, ref_vectors)
     summary = json.loads((out / "summary.json").read_text())
     assert 0 < summary["throughput"]["sequences"] < len(ids)  # only the unfinished part was embedded
-
-
-def test_launcher_compares_a_resume_with_the_precision_the_ranks_recorded(small_fasta, tmp_path):
-    from perfkit.workload.outdir import prepare_out_dir
-    from perfkit.workload.runner import check_before_work
-
-    cfg = make_config(
-        input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False
-    )  # precision auto
-    prepare_out_dir(check_before_work(cfg))  # what rank 0 records: the resolved precision (fp32 on CPU)
-    # the launcher compared "auto" with it and refused every resume of a run started without --precision
-    assert distributed.check_launch(cfg.model_copy(update={"resume": True}), 2, gpus=False) == "cpu"
-
-
-def test_contiguous_blocks_cut_at_equal_shares():
-    from perfkit.workload.distributed import contiguous_blocks
-
-    plan = contiguous_blocks(np.array([10, 10, 10, 10, 10, 10, 10, 30]), 2)
-    assert [p.tolist() for p in plan] == [[0, 1, 2, 3, 4], [5, 6, 7]]  # 50 | 50
-    plan = contiguous_blocks(np.ones(10, dtype=np.int64), 3)
-    assert np.concatenate(plan).tolist() == list(range(10)) and [len(p) for p in plan] == [3, 4, 3]
-    assert [len(p) for p in contiguous_blocks(np.array([5]), 2)] == [0, 1] or [
-        len(p) for p in contiguous_blocks(np.array([5]), 2)
-    ] == [1, 0]  # fewer blocks than ranks: one empty
 
 
 def test_block_sizes_scan_matches_the_parser(tmp_path):
@@ -649,39 +625,3 @@ def test_node_flags_that_cannot_work_are_one_line_errors_before_anything_is_writ
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
     assert not out.exists()
-
-
-def test_torchrun_command_for_one_and_for_several_nodes(tmp_path, monkeypatch):
-    monkeypatch.setenv(distributed.RDZV_TIMEOUT_ENV, "42")
-    one = distributed.torchrun_command(2, tmp_path / "rank_spec.json")
-    assert one[3:] == [
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "perfkit.workload.rank",
-        str(tmp_path / "rank_spec.json"),
-    ]  # the ranks' settings: the spec, never a command line
-    run_id = distributed.rendezvous_id("embed", tmp_path / "run")
-    # every node derives it alike; another folder or command is another rendezvous
-    assert run_id == distributed.rendezvous_id("embed", tmp_path / "x" / ".." / "run")
-    assert run_id != distributed.rendezvous_id("embed", tmp_path / "other")
-    assert run_id != distributed.rendezvous_id("predict", tmp_path / "run")
-    for node, is_host in ((0, 1), (1, 0)):
-        nodes = distributed.Nodes(2, node, "head:29500")
-        command = distributed.torchrun_command(8, tmp_path / "rank_spec.json", nodes, run_id)
-        where = command[3 : command.index("-m", 3)]
-        assert where == [
-            "--nnodes",
-            "2",
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            "head:29500",
-            "--rdzv-id",
-            run_id,
-            "--rdzv-conf",
-            f"join_timeout=42,is_host={is_host}",
-            "--nproc-per-node",
-            "8",
-        ]

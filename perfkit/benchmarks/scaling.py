@@ -13,7 +13,7 @@ from pathlib import Path
 
 from perfkit.workload.config import make_config
 from perfkit.scaling_maths import rank_scaling
-from perfkit.workload.distributed import run_multi
+from perfkit.workload.launch import run_multi
 from perfkit.workload.synth import write_synthetic_fasta
 
 

@@ -89,9 +89,7 @@ def run_scaling(ctx: Context) -> dict:
             "scaling_factor_end_to_end_projected": marker,
             "scaling_factor_end_to_end_source": None,
         }
-    from perfkit.workload import distributed
-
-    return _scaling_by_chains(ctx, plan, distributed)
+    return _scaling_by_chains(ctx, plan)
 
 
 def scaling_sizes(params: SuiteParams, sample_reads: int) -> list[int]:
@@ -112,7 +110,7 @@ def scaling_sizes(params: SuiteParams, sample_reads: int) -> list[int]:
     return sizes
 
 
-def _scaling_by_chains(ctx: Context, plan: dict, distributed) -> dict:
+def _scaling_by_chains(ctx: Context, plan: dict) -> dict:
     """The whole chain launched by torchrun with 1 rank and with N ranks (the same launch on both sides), at
     two sizes each, in interleaved rounds (1, N at the small size, 1, N at the large one, then again):
     `end_to_end_scaling` fits wall = fixed + per read x reads per side and decides the criterion's factor.

@@ -1,16 +1,7 @@
 """Multi-process embedding runs through torchrun: one rank per GPU (NCCL) or per CPU process (gloo).
 
-`perfkit embed ... --gpus N` (or `--nproc N` on CPU) re-launches the same command under
-`python -m torch.distributed.run --standalone --nproc-per-node N`: N ranks on this host.
-
-Several hosts: the same command on every node, with torchrun's own flags for where it runs,
-`--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` (HOST: node 0; --gpus/--nproc stay per node).
-Each node's launcher then runs torchrun with `--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT`,
-a rendezvous id derived from the command and the absolute --out path (the same on every node, so
-nodes of one run meet and another run's nodes do not), `--rdzv-conf join_timeout=...,is_host=...`
-(node 0 hosts the rendezvous store; PERFKIT_RDZV_TIMEOUT_S bounds the wait for the other nodes).
-torchrun numbers the ranks itself: rank 0 may be on any node. --out must be a folder every node
-shares (rank 0 assembles every rank's shards); the launchers' locks: perfkit.workload.lock.
+How the ranks are launched, on one host or several: perfkit.workload.launch. How rank 0 plans the
+ranks' shares: perfkit.workload.plan.
 
 In every rank (`run_rank`):
 1. rank 0 locks --out (unless the launcher holds its lock: see perfkit.workload.lock), checks and
@@ -18,7 +9,7 @@ In every rank (`run_rank`):
    broadcast, so no rank starts before the folder is ready; on several nodes every rank then checks
    that it sees rank 0's folder and the same input (size and sha256) and has the same settings that
    change results, and all stop, naming the node, if one does not;
-2. rank 0 plans (`byte_plan`): one vectorised scan finds every block's byte range, and the
+2. rank 0 plans (`plan.byte_plan`): one vectorised scan finds every block's byte range, and the
    blocks are cut into contiguous runs of about equal bytes, one per rank (no translation
    pass); every sequence belongs to exactly one rank, and each DataLoader worker parses only
    its own blocks' bytes;
@@ -36,20 +27,13 @@ wrote (a resume does not redo them) and exit non-zero, naming the run's nodes.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 import os
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -59,20 +43,17 @@ import torch.distributed as dist
 from perfkit import aggregate, lifeline
 from perfkit.environment import environment
 from perfkit.errors import (
-    CHECK_FAILED_FILE_ENV,
     CheckFailed,
     UserError,
-    check_failed_in_ranks,
     report_check_failed,
 )
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.workload import node_view, store
-from perfkit.workload import rank as rank_entry
 from perfkit.workload.config import EmbedConfig
-from perfkit.workload.data import Shard, block_offsets, block_sizes
-from perfkit.workload.lock import mark_held, out_dir_lock
-from perfkit.workload.outdir import check_out_dir, prepare_out_dir
+from perfkit.workload.lock import out_dir_lock
+from perfkit.workload.outdir import prepare_out_dir
+from perfkit.workload.plan import Plan, shared_plan
 from perfkit.workload.runner import (
     Share,
     assemble_and_verify,
@@ -184,281 +165,7 @@ def set_nccl_env(env) -> None:
 # ---------------------------------------------------------------------------- launching
 
 
-def torchrun_command(nproc: int, spec: Path, nodes: Nodes = ONE_NODE, rdzv_id: str = "") -> list[str]:
-    """`python -m torch.distributed.run ... -m perfkit.workload.rank SPEC`: standalone on one node, else node
-    `nodes.node_rank`'s part of a c10d rendezvous (`rdzv_id`: the same on every node, see rendezvous_id).
-    The ranks take their settings from the spec (rank.write_spec), not from a command line."""
-    if not nodes.rendezvous:
-        where = ["--standalone"]
-    else:
-        # --node-rank is left out: with c10d torchrun ignores it (and says so); it decides who hosts the store
-        conf = f"join_timeout={rendezvous_timeout_s()},is_host={int(nodes.node_rank == 0)}"
-        where = [
-            "--nnodes",
-            str(nodes.nnodes),
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            nodes.rdzv_endpoint,
-            "--rdzv-id",
-            rdzv_id,
-            "--rdzv-conf",
-            conf,
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *where,
-        "--nproc-per-node",
-        str(nproc),
-        *rank_entry.ENTRY,
-        str(spec),
-    ]
-
-
-def rendezvous_id(command: str, out_dir) -> str:
-    """One run's rendezvous id, which every node derives alike: the command and the absolute --out path
-    (nodes that give another folder wait in another rendezvous, and time out, instead of joining this one)."""
-    return f"perfkit-{command}-{hashlib.sha256(os.path.abspath(out_dir).encode()).hexdigest()[:16]}"
-
-
-def rendezvous_timeout_s(env: Mapping[str, str] = os.environ) -> int:
-    return max(1, round(float(env.get(RDZV_TIMEOUT_ENV, DEFAULT_RDZV_TIMEOUT_S))))
-
-
-def launch_env(out_dir, nodes: Nodes = ONE_NODE) -> dict[str, str]:
-    """The environment of a launcher's torchrun: NCCL settings, and what its ranks must know of it (it holds
-    the folder's lock, its pid for the parent-death race check, its node rank for messages)."""
-    env = dict(os.environ)
-    set_nccl_env(env)
-    mark_held(env, out_dir)
-    env[lifeline.LAUNCHER_PID_ENV] = str(os.getpid())
-    env[NODE_RANK_ENV] = str(nodes.node_rank)
-    return env
-
-
-def check_launch(
-    cfg: EmbedConfig, nproc: int, *, gpus: bool, visible_gpus: int | None = None, nodes: Nodes = ONE_NODE
-) -> str:
-    """Every check that can fail before torchrun starts (writes nothing); returns the ranks' --device."""
-    nodes.check()
-    if torchrun_rank() is not None:
-        raise UserError(
-            "--gpus/--nproc given inside a torchrun launch",
-            "drop --gpus/--nproc when calling torchrun yourself",
-        )
-    if nproc < 1:
-        raise UserError(f"asked for {nproc} processes", "pass --gpus/--nproc 1 or more")
-    if cfg.mode != "v2":
-        raise UserError(
-            "v1 mode runs in one process, as VirNucPro v1.0 did", "drop --gpus/--nproc or use --mode v2"
-        )
-    if gpus:
-        visible = torch.cuda.device_count() if visible_gpus is None else visible_gpus
-        if nproc > visible:
-            raise UserError(
-                f"asked for {nproc} GPUs, {visible} visible",
-                f"pass --gpus {visible} or fewer, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
-                if visible
-                else "run on a GPU node, or use --nproc N for CPU processes",
-            )
-        if cfg.device not in ("auto", "cuda"):
-            raise UserError(
-                f"--gpus runs one rank per GPU (cuda:LOCAL_RANK); --device {cfg.device} pins one",
-                "drop --device or pass --device cuda",
-            )
-        device = "cuda"
-    else:
-        if cfg.device not in ("auto", "cpu"):
-            raise UserError(
-                f"--nproc runs CPU processes (gloo), not --device {cfg.device}", "use --gpus N for GPUs"
-            )
-        device = "cpu"
-    # the folder's checks compare with what the ranks record: the resolved precision ("auto" is never recorded)
-    check_out_dir(check_before_work(cfg.model_copy(update={"device": device})))
-    return device
-
-
-def launch(
-    cfg: EmbedConfig, nproc: int, *, gpus: bool, nodes: Nodes = ONE_NODE, verbose: bool = False
-) -> int:
-    """Run `perfkit embed`'s work in `nproc` ranks under torchrun (on this node, or as node `nodes.node_rank`
-    of several), the ranks' output shown as it comes; its exit code."""
-    device = check_launch(cfg, nproc, gpus=gpus, nodes=nodes)
-    # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
-    with out_dir_lock(cfg.out_dir, nodes.node_rank):
-        code, _, _ = torchrun(
-            "embed",
-            cfg.model_copy(update={"device": device}),
-            nproc,
-            nodes,
-            env=launch_env(cfg.out_dir, nodes),
-            verbose=verbose,
-        )
-        return code
-
-
-def torchrun(
-    command: str,
-    cfg: EmbedConfig,
-    nproc: int,
-    nodes: Nodes = ONE_NODE,
-    *,
-    env: Mapping[str, str],
-    capture: bool = False,
-    timeout_s: float | None = None,
-    **extra,
-) -> tuple[int, str, float]:
-    """torchrun with `nproc` ranks running `command` (embed | predict) on `cfg`, handed to them as data
-    (rank.write_spec, with `extra`); a rank's failed check is raised as CheckFailed. -> (exit code, stderr
-    when `capture`, wall seconds)."""
-    with tempfile.TemporaryDirectory(prefix="perfkit-launch-") as tmp:
-        spec = rank_entry.write_spec(Path(tmp), command, cfg, **extra)
-        env = {**env, CHECK_FAILED_FILE_ENV: str(Path(tmp) / "check_failed")}
-        line = torchrun_command(nproc, spec, nodes, rendezvous_id(command, cfg.out_dir))
-        log.info("launching: %s", " ".join(line))
-        start = time.perf_counter()
-        done = subprocess.run(
-            line,
-            env=env,
-            capture_output=capture,
-            text=True,
-            timeout=timeout_s,
-            preexec_fn=dies_with_this_process(),
-        )
-        wall = time.perf_counter() - start
-        raise_check_failed(done.returncode, env[CHECK_FAILED_FILE_ENV])
-    return done.returncode, done.stderr or "", wall
-
-
-def raise_check_failed(code: int, checks_file) -> None:
-    """After a failed launch: a rank's failed check as the launcher's own CheckFailed (exit 3, one line)."""
-    failed = check_failed_in_ranks(checks_file) if code != 0 else None
-    if failed is not None:
-        raise failed
-
-
-def dies_with_this_process():
-    """preexec_fn: the child (torchrun) gets SIGKILL when this process dies; its ranks die with it."""
-    return functools.partial(lifeline.torchrun_dies_with_launcher, os.getpid())
-
-
-def run_multi(cfg: EmbedConfig, nproc: int, *, gpus: bool, timeout_s: float | None = None) -> dict:
-    """`cfg` in `nproc` ranks, as `perfkit embed --gpus/--nproc N` runs it (the same checks and lock); the
-    run's summary.json. RuntimeError with the ranks' stderr tail if it fails."""
-    device = check_launch(cfg, nproc, gpus=gpus)
-    with out_dir_lock(cfg.out_dir):
-        code, stderr, _ = torchrun(
-            "embed",
-            cfg.model_copy(update={"device": device}),
-            nproc,
-            env=launch_env(cfg.out_dir),
-            capture=True,
-            timeout_s=timeout_s,
-        )
-    if code != 0:
-        raise RuntimeError(f"{nproc}-rank run failed (exit {code}):\n" + tail(stderr))
-    return json.loads((cfg.out_dir / "summary.json").read_text())
-
-
-def tail(stderr: str, lines: int = 25) -> str:
-    return "\n".join(stderr.strip().splitlines()[-lines:])
-
-
 # ---------------------------------------------------------------------------- planning
-
-
-def contiguous_blocks(weights: np.ndarray, world: int) -> list[np.ndarray]:
-    """Consecutive runs of blocks, one per rank, cut where the running weight is nearest k/world of the
-    total: each rank holds one contiguous range of reads (so of keys). With thousands of blocks this is
-    as even as any assignment; an empty run only when there are fewer blocks than ranks."""
-    weights = np.asarray(weights, dtype=np.int64)
-    running = np.concatenate(([0], np.cumsum(weights)))
-    cuts = [0]
-    for k in range(1, world):
-        target = running[-1] * k / world
-        cut = int(np.clip(np.abs(running - target).argmin(), cuts[-1], len(weights)))
-        cuts.append(cut)
-    cuts.append(len(weights))
-    return [np.arange(a, b, dtype=np.int64) for a, b in zip(cuts[:-1], cuts[1:])]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which blocks each rank embeds, decided once by rank 0 and shared by every stage of a run."""
-
-    blocks: list[np.ndarray]  # each rank's block indices, one contiguous run, input order
-    info: dict  # plan_summary: what summary.json records
-    offsets: np.ndarray | None  # data.block_offsets: each block's byte range; None = parse the stream
-
-    def shard(self, rank: int) -> Shard:
-        return Shard(
-            tuple(self.blocks[rank].tolist()),
-            planned_blocks=self.info["blocks"],
-            offsets=None if self.offsets is None else tuple(self.offsets.tolist()),
-        )
-
-
-def byte_plan(cfg: EmbedConfig, world: int) -> Plan:
-    """Contiguous runs of blocks of about equal bytes of FASTA (bases where the input cannot be cut by
-    bytes), one per rank: no translation pass, and the same plan serves both embedding stages."""
-    start = time.perf_counter()
-    offsets = block_offsets(
-        cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp
-    )
-    sizes = (
-        np.diff(offsets)
-        if offsets is not None
-        else block_sizes(
-            cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp
-        )
-    )
-    blocks = contiguous_blocks(sizes, world)
-    info = plan_summary(
-        sizes,
-        blocks,
-        balance="contiguous runs of blocks, cut at equal shares",
-        weight="bytes of FASTA per block (bases for gzipped or chunked input; no translation)",
-    )
-    info["worker_input"] = (
-        "each DataLoader worker reads its own blocks' byte ranges"
-        if offsets is not None
-        else "gzipped or chunked input: each worker parses the stream and skips other blocks"
-    )
-    info["plan_s"] = time.perf_counter() - start
-    return Plan(blocks, info, offsets)
-
-
-def shared_plan(cfg: EmbedConfig, info: RankInfo, group) -> Plan:
-    """Rank 0's byte plan, broadcast to every rank (its error too, as a one-line UserError everywhere)."""
-    message: list = [None]
-    if info.rank == 0:
-        try:
-            message = [("ok", byte_plan(cfg, info.world))]
-        except UserError as err:
-            message = [("error", (err.problem, err.fix))]
-    dist.broadcast_object_list(message, src=0, group=group)
-    status, value = message[0]
-    if status == "error":
-        raise UserError(*value)
-    return value
-
-
-def plan_summary(weights: np.ndarray, plan: list[np.ndarray], *, balance: str, weight: str) -> dict:
-    """What summary.json records of a plan: each rank's planned weight (`weight` says in what unit) and share."""
-    planned = [int(weights[blocks].sum()) for blocks in plan]
-    total = sum(planned)
-    mean = total / len(planned) if planned else 0
-    return {
-        "balance": balance,
-        "weight": weight,
-        "blocks": int(len(weights)),
-        "total_weight": total,
-        "planned_weight": {r: t for r, t in enumerate(planned)},
-        "planned_share": {r: (t / total if total else None) for r, t in enumerate(planned)},
-        "planned_imbalance": max(planned) / mean if mean else None,
-    }
 
 
 # ---------------------------------------------------------------------------- in the rank

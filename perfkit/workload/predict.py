@@ -196,7 +196,7 @@ def timed(clock: StageClock | None, name: str):
 def plan_chain(cfg: EmbedConfig, member: Member):
     """Any torchrun launch, even of 1 rank, plans once for both stages; a single process needs no plan
     (run_embed finds the blocks' byte ranges itself)."""
-    from perfkit.workload.distributed import shared_plan
+    from perfkit.workload.plan import shared_plan
 
     return shared_plan(cfg, member.info, member.group) if member.info else None
 
@@ -510,20 +510,20 @@ def _launch_ranks(
 ) -> dict | None:
     """The chain in `nproc` ranks of one torchrun launch (`perfkit predict` in every rank), on this node or as
     node `nodes.node_rank` of several; its summary (node 0's launcher), None (another node's)."""
-    from perfkit.workload import distributed
+    from perfkit.workload import distributed, launch
 
     nodes = nodes or distributed.ONE_NODE
     # the chain folder may hold stages
-    device = distributed.check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus, nodes=nodes)
+    device = launch.check_launch(cfg.model_copy(update={"resume": True}), nproc, gpus=gpus, nodes=nodes)
     check_stages(cfg.model_copy(update={"device": device}))  # as the ranks will run them
     # held here for the whole launch (node 0: the run's lock; other nodes: their own); the ranks take none
     with out_dir_lock(cfg.out_dir, nodes.node_rank):
-        code, stderr, wall = distributed.torchrun(
+        code, stderr, wall = launch.torchrun(
             "predict",
             cfg.model_copy(update={"device": device}),
             nproc,
             nodes,
-            env=distributed.launch_env(cfg.out_dir, nodes),
+            env=launch.launch_env(cfg.out_dir, nodes),
             capture=True,
             hidden=hidden,
             classifier=str(classifier_weights) if classifier_weights else None,
@@ -531,7 +531,7 @@ def _launch_ranks(
         if code != 0:
             raise RuntimeError(
                 f"{nodes.describe(nproc)} of the chain (torchrun) failed (exit {code}):\n"
-                + distributed.tail(stderr)
+                + launch.tail(stderr)
             )
         if nodes.node_rank != 0:  # node 0's launcher adds the launch to the summary, once
             return None
