@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from perfkit.workload import dnabert
-    from perfkit.workload.runner import measure_peak_tflops
+    from perfkit.workload.device import measure_peak_tflops
     from perfkit.workload.synth import write_synthetic_fasta
 
     device = torch.device(args.device)

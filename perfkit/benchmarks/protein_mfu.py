@@ -301,7 +301,7 @@ def norm_kernels(config, budget: int, device, seconds: float = 0.3) -> dict:
             calls += 20
         return 2 * x.numel() * x.element_size() * calls / (time.perf_counter() - start) / 1e9
 
-    from perfkit.workload.runner import inductor_settings
+    from perfkit.workload.kernels import inductor_settings
 
     out = {"eager_aten": timed(lambda: norm(x))}
     for name, multi_kernel in (("inductor", False), ("inductor_multikernel", True)):
@@ -373,7 +373,7 @@ def run_one(name: str, budget: int, fasta: Path, args, reference_cache: dict, pe
     inputs = device_inputs(batches, args.device, shapes)
     tokens = sum(b["real_tokens"] for b in batches)
     torch._dynamo.reset()
-    from perfkit.workload.runner import inductor_settings
+    from perfkit.workload.kernels import inductor_settings
 
     # inductor compiles at the first call: the multi-kernel setting must hold until every pass and the gate ran
     with inductor_settings(variant.multi_kernel):
@@ -450,7 +450,7 @@ def main(argv=None) -> dict:
 
     from perfkit.peaks import spec_peak_flops
     from perfkit.workload import esm2
-    from perfkit.workload.runner import measure_peak_tflops
+    from perfkit.workload.device import measure_peak_tflops
     from perfkit.workload.synth import write_synthetic_fasta
 
     device = torch.device(args.device)

@@ -17,7 +17,8 @@ import torch
 
 from perfkit.workload.config import make_config
 from perfkit.workload.equivalence import run_equivalence_gate
-from perfkit.workload.runner import measure_peak_tflops, run_embed
+from perfkit.workload.device import measure_peak_tflops
+from perfkit.workload.runner import run_embed
 from perfkit.workload.synth import write_synthetic_fasta
 from perfkit.results import as_summary
 

@@ -226,7 +226,7 @@ def ensure_sample(params: SuiteParams, run_dir: str | Path) -> tuple[Path, dict]
 
 
 def resolved_device(params: SuiteParams) -> str:
-    from perfkit.workload.runner import pick_device
+    from perfkit.workload.device import pick_device
 
     return str(pick_device(params.embed.get("device", "auto")))
 

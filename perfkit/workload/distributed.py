@@ -53,11 +53,11 @@ from perfkit.workload import node_view, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.lock import out_dir_lock
 from perfkit.workload.outdir import prepare_out_dir
+from perfkit.workload.device import spec_peak
 from perfkit.workload.plan import Plan, shared_plan
 from perfkit.workload.runner import (
     Share,
     assemble_and_verify,
-    spec_peak,
     check_before_work,
     embed_share,
     run_result,

@@ -225,7 +225,7 @@ def run_equivalence_gate(
     compiled = bool(compile and torch.device(device).type == "cuda")
     if compiled:
         model.compile_blocks(whole_stack=compile_scope == "stack")
-    from perfkit.workload.runner import inductor_settings
+    from perfkit.workload.kernels import inductor_settings
 
     with inductor_settings(multi_kernel and compiled):
         candidate = packed_embeddings(model, proteins, device, token_budget)

@@ -40,7 +40,8 @@ from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import read_frameless
 from perfkit.workload.lock import out_dir_lock
 from perfkit.workload.outdir import check_out_dir
-from perfkit.workload.runner import check_before_work, pick_device, run_embed
+from perfkit.workload.device import pick_device
+from perfkit.workload.runner import check_before_work, run_embed
 from perfkit.workload.translate import FRAMES
 from perfkit.results import as_summary
 

@@ -115,13 +115,9 @@ def profile_batches(cfg: EmbedConfig, *, batches: int = 3, warmup: int = 1, top:
     from torch.profiler import ProfilerActivity, profile
 
     from perfkit.workload.data import PackedFrames
-    from perfkit.workload.runner import (
-        inductor_settings,
-        pick_device,
-        run_autocast,
-        set_model_kernels,
-        takes_multi_kernel,
-    )
+    from perfkit.workload.device import pick_device
+    from perfkit.workload.kernels import inductor_settings, set_model_kernels, takes_multi_kernel
+    from perfkit.workload.runner import run_autocast
 
     cfg = cfg.for_stage()  # a nucleotide model runs with its stage's own knobs, as in the chain
     device = pick_device(cfg.device)

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import h5py
@@ -26,14 +26,15 @@ from perfkit.busy import DeviceBusyTimer
 from perfkit.environment import environment, tf32_flags
 from perfkit.errors import CheckFailed, UserError
 from perfkit.loader import InstrumentedLoader
-from perfkit.peaks import spec_peak_flops
 from perfkit.progress import LiveProgress
 from perfkit.sampler import GpuSampler
 from perfkit.summary import build_run_summary, write_json
 from perfkit.telemetry import Telemetry
-from perfkit.workload import esm2, esm2_weights, store, v1
+from perfkit.workload import esm2, store, v1
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.encoders import PROTEIN_STAGE, encoder_for
+from perfkit.workload.kernels import build_model, inductor_settings, takes_multi_kernel
+from perfkit.workload.device import measure_peak_tflops, pick_device, spec_peak
 from perfkit.workload.data import FRAMELESS_FILE, PackedFrames, Shard, block_offsets, write_frameless
 from perfkit.workload.lock import out_dir_lock
 from perfkit.workload.outdir import check_fasta_start, check_out_dir, prepare_out_dir
@@ -43,38 +44,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STAGE = PROTEIN_STAGE  # the ESM-2 stage; a run's own stage is `Run.stage` (its encoder's)
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "device cuda was asked for but no CUDA GPU is visible", "run on a GPU node or pass --device cpu"
-        )
-    return device
-
-
-def measure_peak_tflops(
-    device: torch.device, dtype=torch.bfloat16, size: int = 8192, repeats: int = 10
-) -> float:
-    """bf16 matmul rate measured now, on this device: the MFU denominator."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        a @ b
-    end.record()
-    end.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / repeats
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * size**3 / seconds / 1e12
 
 
 def telemetry_name(rank: int, world: int) -> str:
@@ -355,13 +324,6 @@ def assemble_and_verify(share: Share, frames_translated: int) -> dict:
         return {"output": output, "alignment_check": verify_alignment(share.run, share.model, cfg, stored)}
 
 
-def spec_peak(device: torch.device, precision: str) -> float | None:
-    """The data-sheet dense peak of the run's GPU at its precision (None on CPU or an unknown GPU)."""
-    if device.type != "cuda":
-        return None
-    return spec_peak_flops(torch.cuda.get_device_name(device), precision)
-
-
 def _finish(share: Share) -> dict:
     run, cfg = share.run, share.run.cfg
     records = aggregate.read_telemetry(run.telemetry.writer.path)
@@ -581,71 +543,6 @@ def _drain(run: Run, in_flight: deque, wait: bool) -> None:
             event.synchronize()
         run.store.add(keys, ids, vectors.numpy().copy())
         in_flight.popleft()
-
-
-# ---------------------------------------------------------------------------- models
-
-
-def build_model(run: Run):
-    """The run's model and where its weights came from.
-
-    v1 ESM-2: fair-esm's own module. v1 nucleotide stage: our DNABERT-S module in fp32 (there is no
-    other implementation offline; v1 differs in batching and precision). v2: our models; with
-    random_init 'fair-esm' the ESM-2 weights are fair-esm's seeded init, as in a v1 run of the same seed.
-    """
-    cfg = run.cfg
-    if cfg.mode == "v1" and not run.encoder.nucleotide:
-        return v1.build_fairesm_model(cfg, run.device)
-    if cfg.mode == "v1" or cfg.random_init == "perfkit" or cfg.weights is not None:
-        model, info = run.encoder.build(cfg.weights, seed=cfg.seed, device=run.device, dtype=run.dtype)
-    else:
-        reference, info = v1.build_fairesm_model(cfg.model_copy(update={"precision": "fp32"}), run.device)
-        model, _ = run.encoder.build(None, seed=cfg.seed, device=run.device, dtype=run.dtype)
-        esm2_weights.load_fairesm_state_dict(model, reference.state_dict())
-        del reference
-    set_model_kernels(model, cfg, run.encoder)
-    return model, info
-
-
-def set_model_kernels(model, cfg: EmbedConfig, encoder) -> None:
-    """The kernels the config names, as the run, 02's profiler and the equivalence gate all take them."""
-    if encoder.nucleotide:
-        model.packed_attention = cfg.nt_attention
-    else:
-        esm2.set_kernels(
-            model,
-            attention=cfg.attention,
-            gelu_epilogue=cfg.gelu_epilogue,
-            residual_epilogue=cfg.residual_epilogue,
-        )
-
-
-def takes_multi_kernel(cfg: EmbedConfig, encoder, compiled: bool) -> bool:
-    """multi_kernel holds for ESM-2 compiled on CUDA, where it was measured; never for the nucleotide stage."""
-    return bool(cfg.multi_kernel and compiled and not encoder.nucleotide)
-
-
-@contextmanager
-def inductor_settings(multi_kernel: bool):
-    """Inductor's settings for what compiles inside: they must hold at the first call, when it compiles."""
-    if not multi_kernel:
-        yield
-        return
-    # the multi-kernel's on-disk record of its pick crashes the next process that compiles the same graph
-    # (torch 2.11: its kernels, loaded from inductor's cache, have no Triton hash lock): pick again each time
-    before = os.environ.get(MULTI_KERNEL_CACHE_OFF)
-    os.environ[MULTI_KERNEL_CACHE_OFF] = "1"
-    try:
-        with torch._inductor.config.patch({"triton.multi_kernel": 1}):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop(MULTI_KERNEL_CACHE_OFF, None)
-        else:
-            os.environ[MULTI_KERNEL_CACHE_OFF] = before
-
-
-MULTI_KERNEL_CACHE_OFF = "TORCHINDUCTOR_DISABLE_MULTI_KERNEL_CACHE"
 
 
 # ---------------------------------------------------------------------------- checks
