@@ -276,6 +276,7 @@ def test_score_reads_opens_only_its_shards_and_equals_merging_everything_in_memo
     import pandas as pd
 
     from perfkit.workload import classifier as clf
+    from perfkit.workload import predictions
     from perfkit.workload import predict
     from perfkit.workload.config import make_config
 
@@ -302,8 +303,10 @@ def test_score_reads_opens_only_its_shards_and_equals_merging_everything_in_memo
     probs = clf.predict_frames(model, clf.merge_features(nt, protein, protein_dim=320))
     rows = np.flatnonzero(np.isin(np.sort(keys), mine))
     expected_reads = clf.consensus([ids[i] for i in rows], probs[rows])
-    frames = pd.read_csv(tmp_path / "parts" / "r001" / clf.FRAME_CSV, dtype={"frame_id": str, "read_id": str})
-    reads = pd.read_csv(tmp_path / "parts" / "r001" / clf.READ_CSV, dtype={"read_id": str})
+    frames = pd.read_csv(
+        tmp_path / "parts" / "r001" / predictions.FRAME_CSV, dtype={"frame_id": str, "read_id": str}
+    )
+    reads = pd.read_csv(tmp_path / "parts" / "r001" / predictions.READ_CSV, dtype={"read_id": str})
     assert frames.columns.tolist() == ["frame_id", "read_id", "frame", "p_other", "p_virus"]
     assert frames["frame_id"].tolist() == [ids[i] for i in rows] and nt_ids == ids
     assert frames["read_id"].tolist() == [ids[i][:-3] for i in rows]

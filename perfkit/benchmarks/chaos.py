@@ -143,7 +143,7 @@ def kill_run(
 
 def same_output(path: str, out: Path, ref: Path) -> dict:
     if path == "predict":
-        from perfkit.workload.classifier import FRAME_CSV, READ_CSV
+        from perfkit.workload.predictions import FRAME_CSV, READ_CSV
 
         equal = all(
             (out / name).exists() and (out / name).read_bytes() == (ref / name).read_bytes()

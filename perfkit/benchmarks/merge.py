@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from perfkit.workload import classifier as clf
+from perfkit.workload import predictions
 from perfkit.workload import esm2, predict, shard_file
 from perfkit.workload.config import make_config
 from perfkit.workload.translate import FRAMES
@@ -125,8 +126,8 @@ def old_score_reads(cfg, lo, hi, *, rank=0, hidden=512):
     folder.mkdir(parents=True, exist_ok=True)
     frames = clf.split_frame_ids(frame_ids)
     frames["p_other"], frames["p_virus"] = probs[:, 0], probs[:, 1]
-    frames.to_csv(folder / clf.FRAME_CSV, index=False)
-    reads.to_csv(folder / clf.READ_CSV, index=False)
+    frames.to_csv(folder / predictions.FRAME_CSV, index=False)
+    reads.to_csv(folder / predictions.READ_CSV, index=False)
     return {
         "merge_s": merge_s,
         "classify_s": classify_s,
@@ -140,7 +141,7 @@ def old_score_reads(cfg, lo, hi, *, rank=0, hidden=512):
 
 def same_output(folder: Path) -> bool:
     new, old = folder / "parts" / "r000", folder / "old_parts" / "r000"
-    for name in (clf.FRAME_CSV, clf.READ_CSV):
+    for name in (predictions.FRAME_CSV, predictions.READ_CSV):
         a, b = (
             pd.read_csv(old / name, dtype={"frame_id": str, "read_id": str}),
             pd.read_csv(new / name, dtype={"frame_id": str, "read_id": str}),

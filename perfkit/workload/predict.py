@@ -35,6 +35,7 @@ from perfkit.errors import CheckFailed, UserError
 from perfkit.summary import write_json
 from perfkit.telemetry import Telemetry
 from perfkit.workload import classifier as clf
+from perfkit.workload import predictions
 from perfkit.workload import dnabert, esm2, store
 from perfkit.workload.config import EmbedConfig
 from perfkit.workload.data import read_frameless
@@ -379,7 +380,7 @@ def score_reads(
         (clf.host_block(rows, nt_dim, device), clf.host_block(rows, protein_dim, device))
         for _ in range(min(len(chunks), 2 if device.startswith("cuda") else 1))
     ]
-    writer = clf.PredictionWriter(out / PARTS / f"r{rank:03d}")
+    writer = predictions.PredictionWriter(out / PARTS / f"r{rank:03d}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = MERGE_THREADS or min(16, max(4, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 2))
     merge_s, classify_s, consensus_s = time.perf_counter() - t, 0.0, 0.0
@@ -462,7 +463,7 @@ def _join_parts(out: Path, world: int) -> dict:
     """The ranks' prediction files, one after another (their reads are consecutive runs of the input),
     into OUT/predictions_per_{frame,read}.csv: header once, temp file then rename."""
     counts = {}
-    for kind, name in (("frames", clf.FRAME_CSV), ("reads", clf.READ_CSV)):
+    for kind, name in (("frames", predictions.FRAME_CSV), ("reads", predictions.READ_CSV)):
         final = out / name
         tmp = final.with_name(name + ".tmp")
         rows = 0
@@ -477,7 +478,11 @@ def _join_parts(out: Path, world: int) -> dict:
                         joined.write(block)
         os.replace(tmp, final)
         counts[kind] = rows
-    return {"frames_csv": str(out / clf.FRAME_CSV), "reads_csv": str(out / clf.READ_CSV), **counts}
+    return {
+        "frames_csv": str(out / predictions.FRAME_CSV),
+        "reads_csv": str(out / predictions.READ_CSV),
+        **counts,
+    }
 
 
 def stage_run(summary: dict) -> dict:
@@ -500,10 +505,10 @@ def compare_runs(dir_a, dir_b) -> dict:
     """Prediction agreement of two chains (e.g. v1 and v2) from their prediction CSVs and summaries."""
     import json
 
-    frames_a, reads_a = clf.read_predictions(dir_a)
-    frames_b, reads_b = clf.read_predictions(dir_b)
+    frames_a, reads_a = predictions.read_predictions(dir_a)
+    frames_b, reads_b = predictions.read_predictions(dir_b)
     info = [json.loads((Path(d) / "summary.json").read_text())["classifier"] for d in (dir_a, dir_b)]
-    return clf.prediction_agreement(reads_a, reads_b, frames_a, frames_b, info[0], info[1])
+    return predictions.prediction_agreement(reads_a, reads_b, frames_a, frames_b, info[0], info[1])
 
 
 def _launch_ranks(
