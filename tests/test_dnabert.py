@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from perfkit.errors import UserError
-from perfkit.workload import dnabert
+from perfkit.workload import dnabert, dnabert_weights
 from perfkit.workload.synth import write_synthetic_fasta
 from perfkit.workload.fasta import read_fasta
 
@@ -171,23 +171,25 @@ def test_equivalence_gate_passes(tokenizer):
 def test_weight_names_round_trip(tokenizer, reads):
     source, _ = dnabert.build_model(config=TINY, seed=4)
     hf = {
-        "bert." + k: v for k, v in dnabert.our_to_dnabert2_names(source.state_dict()).items()
+        "bert." + k: v for k, v in dnabert_weights.our_to_dnabert2_names(source.state_dict()).items()
     }  # MaskedLM layout
     hf["cls.predictions.decoder.bias"] = torch.zeros(4096)  # heads are ignored
     target, _ = dnabert.build_model(config=TINY, seed=5)
-    dnabert.load_dnabert2_state_dict(target, hf)
+    dnabert_weights.load_dnabert2_state_dict(target, hf)
     batch = padded(tokenizer, reads[:4])
     torch.testing.assert_close(target.forward_padded(batch), source.forward_padded(batch))
 
     with pytest.raises(UserError):
-        dnabert.load_dnabert2_state_dict(target, {"encoder.layer.0.mlp.mystery.weight": torch.zeros(1)})
+        dnabert_weights.load_dnabert2_state_dict(
+            target, {"encoder.layer.0.mlp.mystery.weight": torch.zeros(1)}
+        )
     with pytest.raises(UserError):  # a layer missing
-        dnabert.load_dnabert2_state_dict(target, {k: v for k, v in hf.items() if ".1." not in k})
+        dnabert_weights.load_dnabert2_state_dict(target, {k: v for k, v in hf.items() if ".1." not in k})
 
 
 def test_build_model_from_folder(tmp_path):
     source, _ = dnabert.build_model(config=TINY, seed=4)
-    torch.save(dnabert.our_to_dnabert2_names(source.state_dict()), tmp_path / "pytorch_model.bin")
+    torch.save(dnabert_weights.our_to_dnabert2_names(source.state_dict()), tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text('{"num_hidden_layers": 2, "hidden_size": 192, "vocab_size": 4096}')
     model, info = dnabert.build_model(tmp_path, config=TINY)
     assert info["source"] == "huggingface" and info["checked_against_reference"] is False
@@ -227,7 +229,9 @@ def test_nt_weights_from_a_checkpoint_in_dnabert2s_own_tensor_names(tmp_path, su
     from safetensors.torch import save_file
 
     reference, _ = dnabert.build_model(seed=3, config=dnabert.DNABERT_MINI)
-    theirs = {k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()}
+    theirs = {
+        k: v.contiguous() for k, v in dnabert_weights.our_to_dnabert2_names(reference.state_dict()).items()
+    }
     assert any(
         name.startswith("encoder.layer.0.attention.self.Wqkv") for name in theirs
     )  # their names, not ours
@@ -258,7 +262,7 @@ def test_the_chain_takes_its_nucleotide_model_and_weights(tmp_path):
     reference, _ = dnabert.build_model(seed=5, config=dnabert.DNABERT_MINI)
     weights = tmp_path / "dnabert_mini.safetensors"
     save_file(
-        {k: v.contiguous() for k, v in dnabert.our_to_dnabert2_names(reference.state_dict()).items()},
+        {k: v.contiguous() for k, v in dnabert_weights.our_to_dnabert2_names(reference.state_dict()).items()},
         str(weights),
     )
     fasta = tmp_path / "s.fa"

@@ -1,4 +1,4 @@
-"""DNABERT-S in one file: config, BPE tokeniser, packed inputs, model, weight loading.
+"""DNABERT-S in one file: config, BPE tokeniser, packed inputs, model (its weight files: dnabert_weights.py).
 
 DNABERT-S (zhihan1996/DNABERT-S) is DNABERT-2-117M fine-tuned for species-aware
 embeddings; both use the MosaicBERT layout of DNABERT-2's bert_layers.py:
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import os
 import tempfile
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from perfkit.errors import UserError
 from perfkit.workload import esm2, esm2_weights
+from perfkit.workload.dnabert_weights import load_dnabert2_state_dict, read_weights
 from perfkit.workload.layers import (
     empty_model_on,
     flex_block_mask,
@@ -407,136 +407,6 @@ def init_random_(model: DNABERT, seed: int) -> DNABERT:
     return init_normal_(model, gen)
 
 
-# ours <- DNABERT-2 bert_layers.py names (BertModel; BertForMaskedLM adds a "bert." prefix)
-_LAYER_NAMES = [
-    ("qkv", "attention.self.Wqkv"),
-    ("out_proj", "attention.output.dense"),
-    ("attn_norm", "attention.output.LayerNorm"),
-    ("ffn_in", "mlp.gated_layers"),
-    ("ffn_out", "mlp.wo"),
-    ("ffn_norm", "mlp.layernorm"),
-]
-_GLOBAL_NAMES = [
-    ("token_embedding.weight", "embeddings.word_embeddings.weight"),
-    ("embed_norm.weight", "embeddings.LayerNorm.weight"),
-    ("embed_norm.bias", "embeddings.LayerNorm.bias"),
-]
-_TOKEN_TYPE_NAME = "embeddings.token_type_embeddings.weight"
-_IGNORED = ("pooler.", "cls.", "embeddings.token_type_ids", "embeddings.position_ids")
-
-
-def dnabert2_to_our_names(state_dict: dict) -> dict:
-    """DNABERT-2 / DNABERT-S state dict (BertModel or BertForMaskedLM) -> our names."""
-    layer_map = {theirs: ours for ours, theirs in _LAYER_NAMES}
-    global_map = {theirs: ours for ours, theirs in _GLOBAL_NAMES}
-    out = {}
-    for name, tensor in state_dict.items():
-        bare = name.removeprefix("bert.")
-        for legacy, modern in ((".gamma", ".weight"), (".beta", ".bias")):  # old LayerNorm names
-            if bare.endswith(legacy):
-                bare = bare.removesuffix(legacy) + modern
-        if bare.startswith(_IGNORED):
-            continue
-        if bare == _TOKEN_TYPE_NAME:
-            out["token_type_embedding"] = tensor[0]
-        elif bare in global_map:
-            out[global_map[bare]] = tensor
-        elif bare.startswith("encoder.layer.") and bare.count(".") >= 4:
-            index, rest = bare.removeprefix("encoder.layer.").split(".", 1)
-            module, part = rest.rsplit(".", 1)
-            if module not in layer_map:
-                raise UserError(
-                    f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint"
-                )
-            out[f"layers.{index}.{layer_map[module]}.{part}"] = tensor
-        else:
-            raise UserError(f"unexpected tensor {name!r} in DNABERT-2 weights", "pass a DNABERT-S checkpoint")
-    return out
-
-
-def our_to_dnabert2_names(state_dict: dict) -> dict:
-    """Inverse of dnabert2_to_our_names, BertModel layout (for tests and export)."""
-    layer_map = dict(_LAYER_NAMES)
-    global_map = dict(_GLOBAL_NAMES)
-    out = {}
-    for name, tensor in state_dict.items():
-        if name == "token_type_embedding":
-            out[_TOKEN_TYPE_NAME] = torch.stack([tensor, torch.zeros_like(tensor)])
-        elif name in global_map:
-            out[global_map[name]] = tensor
-        else:
-            _, index, module, part = name.split(".")
-            out[f"encoder.layer.{index}.{layer_map[module]}.{part}"] = tensor
-    return out
-
-
-def load_dnabert2_state_dict(model: DNABERT, state_dict: dict) -> DNABERT:
-    """Copy DNABERT-2-named weights into `model`; UserError on missing, extra or misshapen tensors."""
-    ours = dnabert2_to_our_names(state_dict)
-    try:
-        model.load_state_dict(ours, strict=True)
-    except RuntimeError as exc:
-        raise UserError(
-            f"weights do not fit a DNABERT of {model.config.num_layers} layers, width {model.config.embed_dim}: {exc}",
-            "pass a DNABERT-2-117M / DNABERT-S checkpoint",
-        ) from exc
-    return model
-
-
-def _read_hf_folder(folder: Path, config: DNABERTConfig) -> tuple[dict, Path]:
-    config_path = folder / "config.json"
-    if not config_path.exists():
-        raise UserError(f"{folder} has no config.json", "pass a HuggingFace DNABERT-S / DNABERT-2 folder")
-    hf = json.loads(config_path.read_text())
-    keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-    found = tuple(hf.get(k) for k in keys)
-    expected = (
-        config.num_layers,
-        config.embed_dim,
-        config.attention_heads,
-        config.ffn_dim,
-        config.vocab_size,
-    )
-    if any(f is not None and f != e for f, e in zip(found, expected)):
-        raise UserError(
-            f"{folder} holds {dict(zip(keys, found))}, expected {expected}", "pass DNABERT-S weights"
-        )
-    if (folder / "model.safetensors").exists():
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            load_file = None
-        if load_file is not None:
-            return load_file(str(folder / "model.safetensors")), folder / "model.safetensors"
-    bin_path = folder / "pytorch_model.bin"
-    if not bin_path.exists():
-        raise UserError(
-            f"{folder} has no model.safetensors or pytorch_model.bin", "pass a complete DNABERT-S folder"
-        )
-    return torch.load(bin_path, map_location="cpu", weights_only=True), bin_path
-
-
-def _read_weights(path: Path, config: DNABERTConfig) -> tuple[dict, Path]:
-    """A HuggingFace folder (config.json checked), or one .safetensors / .bin file of DNABERT-2 tensor names."""
-    if path.is_dir():
-        return _read_hf_folder(path, config)
-    if not path.exists():
-        raise UserError(
-            f"nucleotide weights {path} do not exist",
-            "pass a DNABERT-S HuggingFace folder, a .safetensors or a .bin file",
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), path
-    if path.suffix in (".bin", ".pt", ".pth"):
-        return torch.load(path, map_location="cpu", weights_only=True), path
-    raise UserError(
-        f"nucleotide weights {path}: unknown file type {path.suffix or '(none)'}",
-        "pass a HuggingFace folder, a .safetensors or a .bin file",
-    )
-
-
 def build_model(
     weights=None, seed: int = 0, device="cpu", dtype=torch.float32, config: DNABERTConfig = DNABERT_S
 ):
@@ -554,7 +424,7 @@ def build_model(
         return model, {"source": "random", "seed": seed}
 
     path = Path(weights).expanduser()
-    state_dict, file = _read_weights(path, config)
+    state_dict, file = read_weights(path, config)
     load_dnabert2_state_dict(model, state_dict)
     return model, {
         "source": "huggingface" if path.is_dir() else f"{file.suffix.lstrip('.')} file",
