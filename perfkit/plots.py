@@ -17,7 +17,6 @@ import pandas as pd
 import seaborn as sns
 
 from perfkit.aggregate import summed_windows
-from perfkit.results import NotMeasured
 
 STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#9e9e9e"}
 VERDICT_COLOURS = {
@@ -30,11 +29,11 @@ VERDICT_COLOURS = {
 DPI = 110
 
 
-def _style():
+def set_style():
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 
 
-def _finish(fig, path, title: str, caption: str):
+def finish_figure(fig, path, title: str, caption: str):
     fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.tight_layout(rect=(0, 0.04 + 0.025 * _lines(caption, fig), 1, 0.96))
     fig.text(0.01, 0.01, _wrap(caption, fig), fontsize=8, color="#444444", va="bottom", ha="left")
@@ -53,7 +52,7 @@ def _lines(caption: str, fig) -> int:
     return len(_wrap(caption, fig).splitlines())
 
 
-def _not_measured(ax, text="not measured"):
+def draw_not_measured(ax, text="not measured"):
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(
@@ -79,7 +78,7 @@ def _order(values: pd.Series) -> list[str]:
     return [str(v) for v in distinct]
 
 
-def _num(value):
+def number_or_none(value):
     return (
         float(value)
         if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
@@ -92,10 +91,10 @@ def _num(value):
 
 def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     """Steady tok/s per variant (left); token utilisation and padding waste (right)."""
-    _style()
+    set_style()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.2, 1]})
     labels = table["variant"].tolist()
-    values = [(_num(v) or 0.0) for v in table["tok_per_s"]]
+    values = [(number_or_none(v) or 0.0) for v in table["tok_per_s"]]
     colours = sns.color_palette("deep", len(labels))
     measured_values = [v for v in values if v > 0]
     log = (
@@ -106,7 +105,7 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     top = max(values) if any(values) else 1.0
     for bar, value, measured, note in zip(bars, table["tok_per_s"], table["measured"], table["note"]):
         y = bar.get_y() + bar.get_height() / 2
-        text = f"{value:,.0f}" if measured and _num(value) is not None else "not measured"
+        text = f"{value:,.0f}" if measured and number_or_none(value) is not None else "not measured"
         x = max(bar.get_width(), floor) * 1.1 if log else bar.get_width() + top * 0.01
         left.text(x, y, text, va="center", fontsize=9)
     if log:
@@ -127,7 +126,7 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     melted["share"] = melted["share"].astype(float) * 100
     melted["measure"] = melted["measure"].str.replace("_", " ")
     if melted.empty:
-        _not_measured(right)
+        draw_not_measured(right)
     else:
         sns.barplot(
             data=melted,
@@ -145,7 +144,7 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     right.set_xlabel("% (token utilisation = real / (batches x budget); waste = pad slots / all slots)")
     right.set_ylabel("")
     right.set_title("batching")
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 # ------------------------------------------------------------------ 02 profiling
@@ -153,12 +152,12 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
 
 def batch_timeline(batches: pd.DataFrame, path, *, title: str, caption: str):
     """Per batch over arrival time: loader wait, device time, real tokens, packing efficiency."""
-    _style()
+    set_style()
     fig, axes = plt.subplots(4, 1, figsize=(11, 8.5), sharex=True)
     if batches.empty:
         for ax in axes:
-            _not_measured(ax, "no batches")
-        return _finish(fig, path, title, caption)
+            draw_not_measured(ax, "no batches")
+        return finish_figure(fig, path, title, caption)
     t = batches["t_arrive_s"].astype(float)
     panels = [
         (batches["loader_wait_s"].astype(float) * 1e3, "loader wait (ms)", "#c62828"),
@@ -172,12 +171,12 @@ def batch_timeline(batches: pd.DataFrame, path, *, title: str, caption: str):
         ax.margins(x=0.01)
     axes[3].set_ylim(min(0.0, float(panels[3][0].min()) - 5), 102)
     axes[-1].set_xlabel("batch arrival time (s since the embedding loop started)")
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 def utilisation_timeline(samples: pd.DataFrame, windows: pd.DataFrame, path, *, title: str, caption: str):
     """NVML utilisation per GPU over time (host CPU % when no GPU is sampled) with device-busy share per window."""
-    _style()
+    set_style()
     fig, ax = plt.subplots(figsize=(11, 4.2))
     has_gpu = (
         not samples.empty
@@ -203,7 +202,7 @@ def utilisation_timeline(samples: pd.DataFrame, windows: pd.DataFrame, path, *, 
             label="host CPU % (GPU utilisation NOT MEASURED: no NVIDIA driver)",
         )
     else:
-        _not_measured(ax, "no sampler data")
+        draw_not_measured(ax, "no sampler data")
     if not windows.empty and windows["device_busy_share"].notna().any():
         for rank, group in windows.groupby("rank"):
             x = np.r_[group["start_s"].to_numpy(), group["start_s"].iloc[-1] + group["seconds"].iloc[-1]]
@@ -221,16 +220,16 @@ def utilisation_timeline(samples: pd.DataFrame, windows: pd.DataFrame, path, *, 
     ax.set_xlabel("time since the embedding loop started (s)")
     ax.set_ylabel("%")
     ax.legend(loc="lower right", fontsize=8)
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 def window_verdicts(windows: pd.DataFrame, path, *, title: str, caption: str):
     """Loader-wait and device-busy shares per window, each window labelled with its verdict."""
-    _style()
+    set_style()
     fig, ax = plt.subplots(figsize=(11, 4))
     if windows.empty:
-        _not_measured(ax, "no windows")
-        return _finish(fig, path, title, caption)
+        draw_not_measured(ax, "no windows")
+        return finish_figure(fig, path, title, caption)
     labels = [
         f"r{r} w{w}\n{s:.0f}s" for r, w, s in zip(windows["rank"], windows["window"], windows["start_s"])
     ]
@@ -258,16 +257,16 @@ def window_verdicts(windows: pd.DataFrame, path, *, title: str, caption: str):
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("% of window wall time")
     ax.legend(loc="center right", fontsize=8)
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 def top_kernels(table: pd.DataFrame, path, *, title: str, caption: str):
     """Horizontal bars: share of self time per op/kernel."""
-    _style()
+    set_style()
     fig, ax = plt.subplots(figsize=(11, 0.38 * max(len(table), 3) + 1.6))
     if table.empty:
-        _not_measured(ax, "profiler recorded no ops")
-        return _finish(fig, path, title, caption)
+        draw_not_measured(ax, "profiler recorded no ops")
+        return finish_figure(fig, path, title, caption)
     names = [n if len(n) <= 70 else n[:67] + "..." for n in table["name"]]
     ax.barh(names, table["share"] * 100, color="#5e35b1")
     for i, (share, ms, calls) in enumerate(zip(table["share"], table["self_ms"], table["calls"])):
@@ -276,166 +275,7 @@ def top_kernels(table: pd.DataFrame, path, *, title: str, caption: str):
     ax.invert_yaxis()
     ax.set_xlabel("% of total self time")
     ax.tick_params(axis="y", labelsize=8)
-    return _finish(fig, path, title, caption)
-
-
-# ------------------------------------------------------------------ 03 scaling
-
-
-def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_measurable: str | None = None):
-    """Left: 1-process, per-rank and summed tok/s. Right: per-rank GPU utilisation."""
-    _style()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
-    if not scaling:
-        _not_measured(left, f"not measured:\n{not_measurable or 'no scaling data'}")
-        _not_measured(right, "not measured")
-        return _finish(fig, path, title, caption)
-    labels = (
-        ["1 process"] + [f"rank {r}" for r in scaling["per_rank_tok_per_s"]] + [f"{scaling['nproc']} summed"]
-    )
-    values = [
-        scaling["single_tok_per_s"],
-        *scaling["per_rank_tok_per_s"].values(),
-        scaling["multi_tok_per_s"],
-    ]
-    colours = ["#757575"] + ["#90caf9"] * len(scaling["per_rank_tok_per_s"]) + ["#1565c0"]
-    heights = [(_num(v) or 0.0) for v in values]
-    bars = left.bar(labels, heights, color=colours)
-    for bar, value in zip(bars, values):
-        left.text(
-            bar.get_x() + bar.get_width() / 2,
-            bar.get_height(),
-            f"{value:,.0f}" if _num(value) is not None else "n/a",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    if _num(scaling["single_tok_per_s"]):
-        ideal = scaling["single_tok_per_s"] * scaling["nproc"]
-        left.axhline(ideal, color="#2e7d32", linestyle="--", linewidth=1, label=f"ideal {scaling['nproc']}x")
-        left.legend(loc="upper left", fontsize=8)
-    left.set_ylabel("steady-state tokens / s")
-    factor, efficiency, imbalance = (_num(scaling.get(k)) for k in ("factor", "efficiency", "imbalance"))
-    left.set_title(
-        f"factor {factor:.2f}x, efficiency {efficiency:.0%}, imbalance {imbalance:.3f}"
-        if None not in (factor, efficiency, imbalance)
-        else "scaling"
-    )
-    utils = scaling.get("per_rank_gpu_util") or {}
-    measured = {r: v for r, v in utils.items() if _num(v) is not None}
-    if measured:
-        right.bar([f"rank {r}" for r in measured], list(measured.values()), color="#2e7d32")
-        right.axhline(70, color="#c62828", linestyle="--", linewidth=1, label="70 % target")
-        right.set_ylim(0, 105)
-        right.legend(fontsize=8)
-        right.set_ylabel("NVML utilisation (%)")
-    else:
-        reason = next((m.reason for m in map(NotMeasured.found, utils.values()) if m), None)
-        _not_measured(
-            right, "GPU utilisation not measured" + (f"\n{textwrap.fill(reason, 45)}" if reason else "")
-        )
-    right.set_title("per-rank GPU utilisation")
-    return _finish(fig, path, title, caption)
-
-
-def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: str, caption: str):
-    """Left: each side's chain wall at its two sizes (every round), the two-size fit, and the small run's own
-    prediction of the large size (the fit check). Right: measured, projected and stage-wise factors, median
-    with min-max over rounds; the one the criterion takes is drawn solid."""
-    _style()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.3, 1]})
-    small, large = e2e["sizes"]
-    colours = {"single": "#757575", "multi": "#1565c0"}
-    xs = np.linspace(0, large * 1.1, 50)
-    for side, data in e2e["sides"].items():
-        colour = colours[side]
-        for reads in (small, large):
-            values = data["walls_s"][str(reads)]["values"]
-            left.scatter([reads] * len(values), values, color=colour, s=28, zorder=3)
-        fit = data["fit"]
-        left.plot(
-            xs,
-            fit["fixed_s"] + fit["per_read_s"] * xs,
-            color=colour,
-            linewidth=1.2,
-            label=f"{labels.get(side, side)}: {fit['fixed_s']:.1f} s + {fit['per_read_s'] * 1000:.3g} s/k reads",
-        )
-        predicted = [v for v in data["fit_check"]["predicted_large_s"] if _num(v) is not None]
-        if predicted:
-            dev = data["fit_check"]["deviation"]
-            left.scatter(
-                [large] * len(predicted),
-                predicted,
-                marker="x",
-                color=colour,
-                s=50,
-                zorder=4,
-                label=f"{labels.get(side, side)}: {small:,}-read run predicts {large:,}"
-                + (f" ({dev:+.1%})" if _num(dev) is not None else ""),
-            )
-    left.set_xlim(0, large * 1.1)
-    left.set_ylim(bottom=0)
-    left.set_xlabel("reads in the chain run")
-    left.set_ylabel("chain wall time, launch included (s)")
-    left.legend(fontsize=7, loc="upper left")
-    check = e2e["fit_check"]
-    left.set_title(f"fit check {'holds' if check['holds'] else 'fails'} (tolerance {check['tolerance']:.0%})")
-    bars = [
-        ("measured at\n" + f"{large:,} reads", e2e["measured_factor"], "measured"),
-        ("projected\n(two-size fit)", e2e["projected_factor"], "projected"),
-        ("stage-wise\ncross-check", e2e["stagewise_factor"], None),
-    ]
-    top = max([_num(f.get("max")) or _num(f.get("median")) or 0.0 for _, f, _ in bars] + [target or 0.0, 1.0])
-    for i, (label, factor, source) in enumerate(bars):
-        value = _num(factor.get("median"))
-        if value is None:
-            right.text(
-                i,
-                top * 0.05,
-                "not measured",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                color="#757575",
-                rotation=90,
-            )
-            continue
-        used = source == e2e["factor_source"]
-        low, high = _num(factor.get("min")), _num(factor.get("max"))
-        yerr = (
-            [[max(value - low, 0.0)], [max(high - value, 0.0)]]
-            if low is not None and high is not None
-            else None
-        )
-        right.bar(
-            [i],
-            [value],
-            yerr=yerr,
-            capsize=6,
-            width=0.6,
-            color="#1565c0" if used else "#bbdefb",
-            edgecolor="#1565c0",
-            hatch=None if used else "//",
-        )
-        right.text(
-            i,
-            value,
-            f"{value:.3f}x" + ("\n(criterion)" if used else ""),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    right.set_xticks(range(len(bars)))
-    right.set_xticklabels([b[0] for b in bars], fontsize=8)
-    if target is not None:
-        right.axhline(target, color="#c62828", linestyle="--", linewidth=1, label=f"target >= {target:g}x")
-        right.legend(fontsize=8, loc="lower right")
-    right.set_ylim(0, top * 1.3)
-    right.set_ylabel("1 rank wall / N ranks wall")
-    right.set_title(
-        f"{e2e['repeats']} round(s): median, min-max" if e2e["repeats"] > 1 else "1 round: no spread"
-    )
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 # ------------------------------------------------------------------ 04 tuning
@@ -443,7 +283,7 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
 
 def tuning_lines(table: pd.DataFrame, knobs: list[str], path, *, best: dict, title: str, caption: str):
     """One panel per knob: steady tok/s of every run at each value; the best run starred."""
-    _style()
+    set_style()
     n = max(len(knobs), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -491,11 +331,11 @@ def tuning_lines(table: pd.DataFrame, knobs: list[str], path, *, best: dict, tit
         ax.set_ylabel("steady tokens / s")
     for ax in list(axes.flat)[len(knobs) :]:
         ax.set_visible(False)
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 def tuning_heatmap(table: pd.DataFrame, x: str, y: str, path, *, title: str, caption: str):
-    _style()
+    set_style()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     ok = table[table["status"] == "ok"] if "status" in table else table
     grid = ok.assign(**{x: ok[x].astype(str), y: ok[y].astype(str)}).pivot_table(
@@ -514,7 +354,7 @@ def tuning_heatmap(table: pd.DataFrame, x: str, y: str, path, *, title: str, cap
     )
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 # ------------------------------------------------------------------ 05 full validation
@@ -524,10 +364,10 @@ def projection(
     windows: pd.DataFrame, projection: dict, path, *, target_hours: float | None, title: str, caption: str
 ):
     """Left: tok/s per window (summed over ranks), steady ones filled. Right: projected hours vs target."""
-    _style()
+    set_style()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
     if windows.empty:
-        _not_measured(left, "no windows")
+        draw_not_measured(left, "no windows")
     else:
         window_s = projection["window_s"]
         per = summed_windows(windows, window_s)  # windows without arrivals are 0 tok/s
@@ -549,7 +389,7 @@ def projection(
         left.set_title(f"{int(steady.sum())} full steady window(s) of {window_s:g} s")
     hours = projection.get("hours")
     if hours is None:
-        _not_measured(right, projection.get("error_note") or "no projection")
+        draw_not_measured(right, projection.get("error_note") or "no projection")
     else:
         low, high = projection.get("hours_low"), projection.get("hours_high")
         yerr = None if low is None or high is None else [[max(hours - low, 0.0)], [max(high - hours, 0.0)]]
@@ -575,21 +415,21 @@ def projection(
         right.set_title(
             f"{projection['full_sample_reads']:,} reads x {projection['tokens_per_read']:.1f} tok/read"
         )
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
     """Time per pipeline stage (one panel per column after 'stage'), the largest of each panel in red."""
-    _style()
+    set_style()
     panels = [c for c in stages.columns if c != "stage"]
     fig, axes = plt.subplots(
         1, len(panels), figsize=(6 * len(panels), 0.5 * len(stages) + 2.4), squeeze=False
     )
     for ax, column in zip(axes[0], panels):
-        values = [(_num(v) or 0.0) for v in stages[column]]
+        values = [(number_or_none(v) or 0.0) for v in stages[column]]
         total = sum(values)
         if not total:
-            _not_measured(ax, f"{column}: not measured")
+            draw_not_measured(ax, f"{column}: not measured")
             continue
         top = max(values)
         colours = ["#c62828" if v == top else "#1565c0" for v in values]
@@ -606,26 +446,28 @@ def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
         ax.invert_yaxis()
         ax.set_xlabel(column)
         ax.set_title(f"{column}: top = {stages['stage'].iloc[values.index(top)]}")
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)
 
 
 # ------------------------------------------------------------------ 06 summary
 
 
 def criteria_margins(rows: pd.DataFrame, path, *, title: str, caption: str):
-    _style()
+    set_style()
     fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(rows), 3) + 1.6))
     labels = [
         f"{n} ({c} {t:g} {u}".strip() + ")"
         for n, c, t, u in zip(rows["name"], rows["comparison"], rows["target"], rows["unit"].fillna(""))
     ]
-    margins = [(_num(m) if _num(m) is not None else 0.0) * 100 for m in rows["relative_margin"]]
+    margins = [
+        (number_or_none(m) if number_or_none(m) is not None else 0.0) * 100 for m in rows["relative_margin"]
+    ]
     colours = [STATUS_COLOURS.get(s, "#333333") for s in rows["status"]]
     ax.barh(labels, margins, color=colours)
     ax.axvline(0, color="black", linewidth=1)
     span = max([abs(m) for m in margins] + [10.0])
     for i, (margin, status, measured) in enumerate(zip(margins, rows["status"], rows["measured"])):
-        shown = f"{measured:.4g}" if _num(measured) is not None else "-"
+        shown = f"{measured:.4g}" if number_or_none(measured) is not None else "-"
         ax.text(
             span * 1.05,
             i,
@@ -638,4 +480,4 @@ def criteria_margins(rows: pd.DataFrame, path, *, title: str, caption: str):
     ax.set_xlim(-span * 1.1, span * 2.1)
     ax.invert_yaxis()
     ax.set_xlabel("relative margin to target (%), positive = passing side")
-    return _finish(fig, path, title, caption)
+    return finish_figure(fig, path, title, caption)

@@ -277,7 +277,7 @@ def factor_spread(e2e: dict) -> dict | None:
 
 
 def scaling_figures(ctx: Context, result: dict) -> dict:
-    from perfkit import plots
+    from perfkit import plots, scaling_plots
 
     plan = result["plan"]
     what = f"{plan['nproc']} GPUs" if plan["gpus"] else f"{plan['nproc']} CPU processes (gloo)"
@@ -306,7 +306,7 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
             f"{check['tolerance']:.0%}). Criterion (scaling_factor_end_to_end) = the {e2e['factor_source']} "
             f"factor, {_fmt_factor(e2e['factor'])}: {e2e['factor_reason']}."
         )
-        figs["scaling_fit"] = plots.scaling_fit(
+        figs["scaling_fit"] = scaling_plots.scaling_fit(
             e2e,
             ctx.path("scaling_fit.png"),
             target=_target(ctx.params, "scaling_factor_end_to_end"),
@@ -338,7 +338,7 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
         )
     if result.get("nucleotide"):
         combined = result["embedding_stages"]
-        figs["scaling_nucleotide"] = plots.scaling_bars(
+        figs["scaling_nucleotide"] = scaling_plots.scaling_bars(
             result["nucleotide"],
             ctx.path("scaling_nucleotide.png"),
             title=f"Nucleotide stage (DNABERT-S) scaling: 1 vs {what}, same work, v2 packed",
@@ -361,7 +361,7 @@ def scaling_figures(ctx: Context, result: dict) -> dict:
         )
     return {
         **figs,
-        "scaling": plots.scaling_bars(
+        "scaling": scaling_plots.scaling_bars(
             result["scaling"],
             ctx.path("scaling.png"),
             title=f"Scaling: 1 vs {what}, same work, v2 packed",
