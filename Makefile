@@ -25,6 +25,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check perfkit tests
+	$(VENV)/bin/ruff format --check perfkit tests
 	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadgroup --nbval-lax --nbval-kernel-name perfkit tests notebooks
 
 test-gpu:  # on a GPU node, after installing from the wheelhouse

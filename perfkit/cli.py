@@ -265,7 +265,10 @@ def _compare(args) -> int:
     return compare(args.run_a, args.run_b, noise=args.noise, json_out=args.json)
 
 
-EMBED_OUT = "output folder: embeddings.h5 (ids + vectors), summary.json, telemetry.jsonl, checkpoints/ (shards, for --resume)"
+EMBED_OUT = (
+    "output folder: embeddings.h5 (ids + vectors), summary.json, telemetry.jsonl, checkpoints/ (shards, "
+    "for --resume)"
+)
 PREDICT_OUT = (
     "output folder: predictions_per_read.csv (the calls, one row per input read, reads without a frame "
     "included), predictions_per_frame.csv, summary.json, telemetry.jsonl; nucleotide/ and protein/ (each "

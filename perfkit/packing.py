@@ -195,7 +195,8 @@ class TokenBudgetPacker:
         first = int(np.flatnonzero(too_long)[0])
         if self.on_oversize == "error":
             raise UserError(
-                f"sequence {int(keys[first])} has {int(lengths[first])} tokens, more than the token budget {self.budget}",
+                f"sequence {int(keys[first])} has {int(lengths[first])} tokens, more than the token budget "
+                f"{self.budget}",
                 "raise the token budget, or build the packer with on_oversize='truncate'",
             )
         self.truncated += int(too_long.sum())

@@ -67,7 +67,8 @@ class LiveProgress:
         elapsed = max((now or time.perf_counter()) - self.t0, 1e-9)
         eff = self.real_tokens / self.budget_tokens if self.budget_tokens else float("nan")
         util = f"{self.gpu_util:.0f}%" if self.gpu_util is not None else "n/a"
-        return f"seq/s={self.sequences / elapsed:,.0f} tok/s={self.real_tokens / elapsed:,.0f} gpu={util} pack={eff:.1%}"
+        rates = f"seq/s={self.sequences / elapsed:,.0f} tok/s={self.real_tokens / elapsed:,.0f}"
+        return f"{rates} gpu={util} pack={eff:.1%}"
 
     def close(self) -> None:
         self.bar.set_postfix_str(self.postfix(), refresh=True)

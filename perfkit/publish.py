@@ -60,11 +60,12 @@ def readme(run_dir: Path, *, command: str, commit: str, gpus: list[str]) -> str:
         if entry.get("seconds") is not None
     )
     parts = {e["earlier_call"] for e in suite.get("notebooks", {}).values() if e.get("earlier_call")}
+    notebook_s = sum(e.get("seconds") or 0 for e in suite.get("notebooks", {}).values())
+    # a run in parts: the last part's wall is not the total
     total = (
-        f"total {suite.get('seconds', 0):.0f} s"
-        if not parts
-        # a run in parts: the last part's wall is not the total
-        else f"{len(parts) + 1} calls, notebooks {sum(e.get('seconds') or 0 for e in suite['notebooks'].values()):.0f} s"
+        f"{len(parts) + 1} calls, notebooks {notebook_s:.0f} s"
+        if parts
+        else f"total {suite.get('seconds', 0):.0f} s"
     )
     return "\n".join(
         [

@@ -59,7 +59,8 @@ def main():
                 results.append(r)
                 print(
                     f"budget {budget:6d} buffer {buffer_size:5d} tokens={str(with_tokens):5s} "
-                    f"{r['seq_per_s'] / 1e6:5.2f} M seq/s  efficiency {r['packing_efficiency']:.4%}  batches {r['batches']}"
+                    f"{r['seq_per_s'] / 1e6:5.2f} M seq/s  efficiency {r['packing_efficiency']:.4%}  "
+                    f"batches {r['batches']}"
                 )
     print(json.dumps(results))
 

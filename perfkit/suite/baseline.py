@@ -405,7 +405,8 @@ def baseline_figures(ctx: Context, result: dict) -> dict:
         ctx.path("throughput.png"),
         title=f"ESM-2 {model} and DNABERT-S on {result['device']}: v1 vs v2, the same {result['reads']:,} reads",
         caption=f"Steady-state tokens/s ({rounds}; real tokens incl. BOS/EOS, counted from the end of the warm-up "
-        "batches to the end of the loop) from each run's telemetry; token utilisation = real tokens / (batches x budget); padding waste = pad slots / "
-        "all slots. Bars marked 'not measured' did not run on this device.",
+        "batches to the end of the loop) from each run's telemetry; token utilisation = real tokens / "
+        "(batches x budget); padding waste = pad slots / all slots. Bars marked 'not measured' did not run "
+        "on this device.",
     )
     return {"throughput": fig}

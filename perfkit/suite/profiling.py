@@ -244,7 +244,8 @@ def profiling_figures(ctx: Context, result: dict, profiler: dict) -> dict:
             result["batches"],
             ctx.path("timeline.png"),
             title=f"Per-batch timeline, v2 packed on {device}",
-            caption=f"One point per batch from telemetry.jsonl, x = arrival time since the embedding loop started. Loader wait = "
+            caption="One point per batch from telemetry.jsonl, x = arrival time since the embedding loop "
+            "started. Loader wait = "
             f"time the consumer was blocked on the DataLoader; device time from {busy_basis}; packing "
             f"efficiency = real tokens / token budget of the batch.",
         ),
