@@ -91,9 +91,8 @@ def _embed(args) -> int:
 
     nodes = _nodes(args)
     cfg = _config_from_args(args)
-    if (
-        args.gpus is not None or args.nproc is not None
-    ):  # launcher: the same command in N ranks under torchrun
+    # launcher: the same command in N ranks under torchrun
+    if args.gpus is not None or args.nproc is not None:
         if args.gpus is not None and args.nproc is not None:
             raise UserError(
                 "both --gpus and --nproc given", "--gpus N for GPU ranks, --nproc N for CPU ranks"

@@ -97,9 +97,8 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     values = [(number_or_none(v) or 0.0) for v in table["tok_per_s"]]
     colours = sns.color_palette("deep", len(labels))
     measured_values = [v for v in values if v > 0]
-    log = (
-        bool(measured_values) and max(measured_values) / min(measured_values) > 30
-    )  # e.g. both stages' models
+    # e.g. both stages' models
+    log = bool(measured_values) and max(measured_values) / min(measured_values) > 30
     floor = min(measured_values) / 2 if log else 0.0
     bars = left.barh(labels, [max(v, floor) if v > 0 else 0.0 for v in values], color=colours)
     top = max(values) if any(values) else 1.0

@@ -61,9 +61,8 @@ def test_errors_name_the_flag_or_key_the_user_typed_in_plain_words(tmp_path, cap
         and "Value error" not in err
     )
     params.write_text("embed:\n  precision: auto\n")  # listed in params/README.md: the flag takes it too
-    assert (
-        main(["embed", fasta, "-o", out, "--precision", "auto", "--params", str(params)]) == 2
-    )  # no input file
+    # no input file
+    assert main(["embed", fasta, "-o", out, "--precision", "auto", "--params", str(params)]) == 2
     assert "precision" not in capsys.readouterr().err
 
 
@@ -155,15 +154,13 @@ def test_predict_resume_with_nothing_left(tmp_path, capsys):
     assert "classifier" in notes[0]  # every random part is named
     assert main(["predict", *flags, "--resume"]) == 0
     resumed = capsys.readouterr().out
-    assert (
-        first.split(";")[0] == resumed.split(";")[0]
-    )  # "N reads called (M virus) from F frames in 1 process(es)"
+    # "N reads called (M virus) from F frames in 1 process(es)"
+    assert first.split(";")[0] == resumed.split(";")[0]
     renamed = tmp_path / "renamed.fa"
     renamed.write_text(fasta.read_text().replace(">read", ">sample"))
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "chain").rglob("*")}
-    assert (
-        main(["predict", str(renamed), *flags[1:], "--resume"]) == 2
-    )  # refused before the chain touches its folder
+    # refused before the chain touches its folder
+    assert main(["predict", str(renamed), *flags[1:], "--resume"]) == 2
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].startswith(f"error: --resume with another input: {renamed}")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "chain").rglob("*")} == before

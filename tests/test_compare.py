@@ -118,9 +118,8 @@ def test_a_recorded_spread_widens_the_noise(tmp_path):
     )
     rows = {r.figure: r for r in compare.compare_runs(compare.load_run(a), compare.load_run(b), 0.05)}
     factor = rows["factor"]
-    assert (
-        factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"
-    )  # the wider one
+    # the wider one
+    assert factor.noise == pytest.approx(0.2 / 1.75) and factor.noise_source == "the runs' own spread"
     assert factor.change == pytest.approx(1.75 / 1.90 - 1) and factor.verdict == "within noise"
     assert rows["two_gpu_scaling"].noise_source == "noise floor"
 

@@ -242,9 +242,8 @@ def test_block_sizes_scan_matches_the_parser(tmp_path):
 
     fasta = orf_fasta(tmp_path / "s.fa", 57, seed=3)
     for block_reads, max_reads in ((10, None), (7, 30), (100, None)):
-        sizes = block_sizes(
-            fasta, block_reads=block_reads, max_reads=max_reads, scan_bytes=97
-        )  # scan in pieces
+        # scan in pieces
+        sizes = block_sizes(fasta, block_reads=block_reads, max_reads=max_reads, scan_bytes=97)
         blocks = list(read_blocks(fasta, block_reads, max_reads))
         assert len(sizes) == len(blocks)
         text = fasta.read_bytes()
@@ -301,9 +300,8 @@ def test_two_ranks_count_truncation_resume_with_nothing_left_and_keep_their_fold
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
         "error: --resume with another input"
     )
-    with lock.out_dir_lock(
-        out
-    ):  # another run holds the folder: refused before torchrun starts, nothing written
+    # another run holds the folder: refused before torchrun starts, nothing written
+    with lock.out_dir_lock(out):
         before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
         busy = _embed(fasta, out, "--nproc", "2", "--params", str(params), "--resume")
         assert busy.returncode == 2

@@ -103,9 +103,8 @@ def test_packed_inputs_pool_over_all_tokens(tokenizer, reads):
     p = dnabert.packed_inputs_nt(tokens, lengths)
     per_seq = np.bincount(p["seq_index"], weights=p["pool_weight"])
     np.testing.assert_allclose(per_seq, 1.0, rtol=1e-6)
-    np.testing.assert_allclose(
-        p["pool_weight"][p["cu_seqlens"][:-1]], 1.0 / lengths, rtol=1e-6
-    )  # [CLS] counts
+    # [CLS] counts
+    np.testing.assert_allclose(p["pool_weight"][p["cu_seqlens"][:-1]], 1.0 / lengths, rtol=1e-6)
     assert p["max_seqlen"] == lengths.max()
 
 
@@ -232,9 +231,8 @@ def test_nt_weights_from_a_checkpoint_in_dnabert2s_own_tensor_names(tmp_path, su
     theirs = {
         k: v.contiguous() for k, v in dnabert_weights.our_to_dnabert2_names(reference.state_dict()).items()
     }
-    assert any(
-        name.startswith("encoder.layer.0.attention.self.Wqkv") for name in theirs
-    )  # their names, not ours
+    # their names, not ours
+    assert any(name.startswith("encoder.layer.0.attention.self.Wqkv") for name in theirs)
     path = tmp_path / f"model.{suffix}"
     save_file(theirs, str(path)) if suffix == "safetensors" else torch.save(theirs, path)
     loaded, info = dnabert.build_model(path, config=dnabert.DNABERT_MINI)

@@ -8,9 +8,8 @@ def test_launcher_compares_a_resume_with_the_precision_the_ranks_recorded(small_
     from perfkit.workload.outdir import prepare_out_dir
     from perfkit.workload.runner import check_before_work
 
-    cfg = make_config(
-        input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False
-    )  # precision auto
+    # precision auto
+    cfg = make_config(input=small_fasta, out_dir=tmp_path / "o", device="cpu", progress=False)
     prepare_out_dir(check_before_work(cfg))  # what rank 0 records: the resolved precision (fp32 on CPU)
     # the launcher compared "auto" with it and refused every resume of a run started without --precision
     assert launch.check_launch(cfg.model_copy(update={"resume": True}), 2, gpus=False) == "cpu"

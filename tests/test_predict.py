@@ -52,9 +52,8 @@ def test_predict_chain_counts_and_outputs(tmp_path):
         "classifier",
         "consensus",
     ]
-    assert (
-        all(v >= 0 for v in summary["stages_s"].values()) and summary["stages_s"]["planning"] < 0.1
-    )  # 1 process: no plan
+    # 1 process: no plan
+    assert all(v >= 0 for v in summary["stages_s"].values()) and summary["stages_s"]["planning"] < 0.1
     assert summary["bottleneck_stage"] in summary["stages_s"]
     # the stages' checked shards are the output: nobody rereads and rewrites every vector into one file
     assert not list((tmp_path / "run").glob("*/embeddings.h5"))
@@ -214,9 +213,8 @@ def test_predict_resumes_an_interrupted_chain(tmp_path):
         embed_share(stage, np.empty(0, np.int64), on_batch=stop)
     assert list((tmp_path / "chain" / "protein" / "checkpoints").glob("shard-*"))
     assert not (tmp_path / "chain" / "protein" / "embeddings.h5").exists()
-    with pytest.raises(
-        UserError, match="resume"
-    ):  # the stage folder holds results: never overwritten silently
+    # the stage folder holds results: never overwritten silently
+    with pytest.raises(UserError, match="resume"):
         run_predict(make_config(input=fasta, out_dir=tmp_path / "chain", **small), hidden=32)
     resumed = run_predict(
         make_config(input=fasta, out_dir=tmp_path / "chain", resume=True, **small), hidden=32

@@ -39,9 +39,8 @@ def test_steady_windows_drop_partial_ones_and_sum_ranks():
     )
     steady = projection.steady_windows(windows, 10.0)
     assert steady["window"].tolist() == [0, 1, 2] and steady["tok_per_s"].tolist() == [10, 200, 200]
-    gap = pd.DataFrame(
-        [window(0, 10), window(1, 100), window(3, 100), window(4, 100)]
-    )  # no batch arrived in window 2
+    # no batch arrived in window 2
+    gap = pd.DataFrame([window(0, 10), window(1, 100), window(3, 100), window(4, 100)])
     steady = projection.steady_windows(gap, 10.0)
     assert steady["window"].tolist() == [0, 1, 2, 3, 4] and steady["tok_per_s"].tolist() == [
         10,
@@ -118,9 +117,8 @@ def test_end_to_end_projection_per_stage():
         fake_chain(), summaries, run_reads=1000, full_reads=100_000, protein_projection=protein
     )
     rows = pd.DataFrame(e2e["stages"]).set_index("stage")
-    assert rows.loc["protein_embedding", "fixed_s"] == pytest.approx(
-        6.0
-    )  # 100 - 90 s of tokens - 4 s shard check
+    # 100 - 90 s of tokens - 4 s shard check
+    assert rows.loc["protein_embedding", "fixed_s"] == pytest.approx(6.0)
     assert rows.loc["protein_embedding", "projected_h"] == pytest.approx((6 + 90 * 100 + 4 * 100) / 3600)
     assert rows.loc["nucleotide_embedding", "projected_h"] == pytest.approx((10 + 10 * 100) / 3600)
     assert rows.loc["merge", "projected_h"] == pytest.approx(100 / 3600)  # linear in reads
@@ -141,9 +139,8 @@ def test_multi_rank_projection_uses_the_slowest_ranks_tokens():
         "1": {"real_tokens": 60_000, "steady_tok_per_s": 500.0},
     }
     summary = fake_summary(tok=1000.0, real_tokens=100_000, per_rank=ranks)
-    assert projection.slowest_rank_token_seconds(summary) == pytest.approx(
-        120.0
-    )  # not 100 s from the summed rate
+    # not 100 s from the summed rate
+    assert projection.slowest_rank_token_seconds(summary) == pytest.approx(120.0)
     e2e = projection.project_end_to_end(
         fake_chain(protein_embedding=130.0), {"protein_embedding": summary}, 1000, 10_000, {}
     )
@@ -201,9 +198,8 @@ def test_projection_check_takes_the_start_up_from_the_per_rank_figures(ranks):
     assert check["before_steady_s"] == pytest.approx(4.0) and check["warmup_tokens"] == pytest.approx(
         3000.0 * ranks
     )
-    assert check["predicted_wall_s"] == pytest.approx(
-        10.0
-    )  # 4 s + 7000 tokens per rank at 7000/6 tok/s per rank
+    # 4 s + 7000 tokens per rank at 7000/6 tok/s per rank
+    assert check["predicted_wall_s"] == pytest.approx(10.0)
     assert check["wall_deviation"] == pytest.approx(0.0, abs=1e-9)  # not +17 % from a start-up of 0 s
 
 

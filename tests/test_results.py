@@ -89,6 +89,5 @@ def test_scaling_is_typed_and_writes_the_old_keys():
         "multi_steady_tok_per_s",
         "per_rank",
     }
-    assert (
-        written["per_rank"]["1"]["gpu_utilization_mean"]["measured"] is False
-    )  # no sampler: marked, never 0
+    # no sampler: marked, never 0
+    assert written["per_rank"]["1"]["gpu_utilization_mean"]["measured"] is False

@@ -206,9 +206,8 @@ def test_nucleotide_knobs_apply_to_the_nucleotide_stage_only(small_fasta, tmp_pa
     with pytest.raises(UserError, match="nucleotide"):
         make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"token_budget": 0})
     with pytest.raises(UserError, match="nucleotide"):
-        make_config(
-            input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5}
-        )  # not a stage knob
+        # not a stage knob
+        make_config(input=small_fasta, out_dir=tmp_path / "x", nucleotide={"max_reads": 5})
 
 
 def test_a_folder_in_use_is_refused_at_once_naming_the_holder(small_fasta, tmp_path):
@@ -237,9 +236,8 @@ def test_a_folder_in_use_is_refused_at_once_naming_the_holder(small_fasta, tmp_p
     finally:
         holder.communicate("")
     assert not (out / lock.OWNER_NAME).exists()
-    run_embed(
-        make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST)
-    )  # released when its holder ends
+    # released when its holder ends
+    run_embed(make_config(input=small_fasta, out_dir=out, max_reads=5, **FAST))
     with lock.out_dir_lock(out):  # held during a run: the run is refused; a run's own folder lock is released
         with pytest.raises(UserError, match="in use by another perfkit run"):
             run_embed(make_config(input=small_fasta, out_dir=out, resume=True, max_reads=5, **FAST))

@@ -173,9 +173,8 @@ def test_a_run_on_the_cpu_is_not_warned_about_a_missing_gpu(caplog):
         interval_s=1.0, cuda_index=0, tag="cpu-run", device_factory=lambda physical: None, env={}, warn=False
     )
     assert quiet.source == "host-only" and not [r for r in caplog.records if r.name == "perfkit.sampler"]
-    assert (
-        quiet.summary()["gpu_utilization_percent"]["measured"] is False
-    )  # still NOT MEASURED in the summary
+    # still NOT MEASURED in the summary
+    assert quiet.summary()["gpu_utilization_percent"]["measured"] is False
     GpuSampler(interval_s=1.0, cuda_index=0, tag="gpu-run", device_factory=lambda physical: None, env={})
     assert len([r for r in caplog.records if r.name == "perfkit.sampler"]) == 1
 

@@ -98,9 +98,8 @@ def test_end_to_end_scaling_fits_two_sizes_per_side_and_checks_the_fit():
     assert single["fit_check"]["predicted_large_s"] == [pytest.approx(39.5)]
     assert out["fit_check"]["holds"] and out["fit_check"]["worst_deviation"] == pytest.approx(0.0, abs=1e-12)
     assert out["factor"] == pytest.approx(573.0 / 302.0) and out["factor_source"] == "projected"
-    assert out["stagewise_factor"]["median"] == pytest.approx(
-        573.0 / 302.0
-    )  # exact model: the cross-check agrees
+    # exact model: the cross-check agrees
+    assert out["stagewise_factor"]["median"] == pytest.approx(573.0 / 302.0)
     rows = pd.DataFrame(out["stages"]).set_index("stage")
     assert rows.loc["protein_embedding", "single_fixed_s"] == pytest.approx(8.0)
     assert rows.loc["protein_embedding", "multi_per_kread_s"] == pytest.approx(2.0)
@@ -113,9 +112,8 @@ def test_end_to_end_scaling_falls_back_to_the_measured_factor_outside_3_percent(
     out = scaling_maths.end_to_end_scaling([rounds_of(multi_extra=(0.0, 2.0))], (1000, 3000), 2, 100_000)
     assert out["fit_check"]["multi"] == pytest.approx(37.25 / 35.25 - 1) and not out["fit_check"]["holds"]
     assert out["fit_check"]["single"] == pytest.approx(0.0, abs=1e-12)
-    assert out["projected_factor"]["median"] == pytest.approx(
-        573.0 / (26.0 + 0.00375 * 100_000)
-    )  # still reported
+    # still reported
+    assert out["projected_factor"]["median"] == pytest.approx(573.0 / (26.0 + 0.00375 * 100_000))
     assert out["factor_source"] == "measured" and out["factor"] == pytest.approx(39.5 / 37.25)
     assert "+5.7%" in out["factor_reason"]
     # within 3 %: 1 s on the multi side's large run (+2.8 %) keeps the projection

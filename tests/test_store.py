@@ -236,9 +236,8 @@ def test_a_full_disk_is_one_user_error_and_leaves_no_temp_file(tmp_path, monkeyp
 
     monkeypatch.setattr(store, "_write_shard", disk_full)
     checkpoints = store.CheckpointStore(tmp_path, every_sequences=2)
-    checkpoints.add(
-        np.array([0, 1]), ["a_F1", "a_F2"], np.zeros((2, 4), np.float32)
-    )  # a write, in the thread
+    # a write, in the thread
+    checkpoints.add(np.array([0, 1]), ["a_F1", "a_F2"], np.zeros((2, 4), np.float32))
     deadline = time.monotonic() + 10
     while checkpoints._error is None and time.monotonic() < deadline:
         time.sleep(0.01)

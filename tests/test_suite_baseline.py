@@ -46,9 +46,8 @@ def test_real_baseline(tiny):
     chains = baseline.run_chains(ctx, result["device"], result["precision"])
     assert chains["agreement"] == 1.0 and chains["details"]["same_classifier"]  # fp32 on both sides
     assert set(chains["chains"]) == {"original", "refactored", "v2"} and chains["speedup"] > 0
-    assert all(
-        side["no_steady_rate"] == [] for side in chains["chains"].values()
-    )  # each stage projected by its rate
+    # each stage projected by its rate
+    assert all(side["no_steady_rate"] == [] for side in chains["chains"].values())
     sides = chains["chains"]
     assert (
         "get_batch_indices" in sides["original"]["batching"]

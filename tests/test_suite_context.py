@@ -126,6 +126,5 @@ def test_every_notebook_starts_with_the_random_weights_banner(tmp_path, capsys):
     assert "**Random weights** (ESM-2 (esm2_t6_8M), DNABERT-S, the classifier" in out
     assert "mean nothing biologically" in out and "performance figures" in out
     params = context.load_suite_params(SMOKE, {"embed": {"weights": "/models/esm2.pt"}})
-    assert "ESM-2" not in context.random_weights_banner(
-        params
-    )  # real ESM-2 weights: only the others are named
+    # real ESM-2 weights: only the others are named
+    assert "ESM-2" not in context.random_weights_banner(params)

@@ -76,9 +76,8 @@ def test_scaling_sizes_from_params(tmp_path):
 def test_warmup_reads_default_to_four_blocks_per_gpu_rank_and_none_on_cpu(tmp_path):
     params = suite_params.load_suite_params(write_params(tmp_path))
     assert params.scaling.warmup_reads is None
-    assert (
-        scaling.warmup_reads(params, gpus=True, nproc=2) == 4 * 64 * 2
-    )  # smoke: block_reads 64 in scaling.embed
+    # smoke: block_reads 64 in scaling.embed
+    assert scaling.warmup_reads(params, gpus=True, nproc=2) == 4 * 64 * 2
     assert scaling.warmup_reads(params, gpus=False, nproc=2) == 0
     params = suite_params.load_suite_params(write_params(tmp_path, scaling={"warmup_reads": 0}))
     assert scaling.warmup_reads(params, gpus=True, nproc=2) == 0
@@ -114,9 +113,8 @@ def test_warmup_chain_runs_n_ranks_once_untimed_before_the_rounds(tmp_path):
         and "untimed" in warmup["why"]
     )
     launched.clear()
-    assert (
-        scaling.warmup_chain(Ctx(), {"nproc": 2, "gpus": False}, {}, fake_predict) is not None
-    )  # explicit reads: CPU too
+    # explicit reads: CPU too
+    assert scaling.warmup_chain(Ctx(), {"nproc": 2, "gpus": False}, {}, fake_predict) is not None
     Ctx.params = suite_params.load_suite_params(write_params(tmp_path, scaling={"warmup_reads": 0}))
     ctx = Ctx()
     ctx.params = Ctx.params

@@ -160,8 +160,7 @@ def test_truncation_is_counted_frames_and_residues():
     none = Truncation()
     translate_batch([("short", short)], max_residues=1022, truncated=none)
     assert (none.frames, none.residues) == (0, 0)
-    small = (
-        Truncation()
-    )  # the cut is the knob's: with max_residues 2 the short read's F1 and R1 lose a residue
+    # the cut is the knob's: with max_residues 2 the short read's F1 and R1 lose a residue
+    small = Truncation()
     translate_batch([("short", short)], max_residues=2, truncated=small)
     assert (small.frames, small.residues) == (2, 2)

@@ -64,9 +64,8 @@ def test_gpu_utilisation_is_time_weighted_over_stages_and_ranks():
     out = utilisation.chain_gpu_utilisation(chain, stages, samples)
     rank0 = 0 * 10 + 10 * 2 + 60 * 20 + 95 * 60 + 40 * 8
     rank1 = 30 * 20 + 80 * 60
-    assert out["value"] == pytest.approx(
-        (rank0 + rank1) / 200
-    )  # 63.2 %, where the protein loop alone says 85 %
+    # 63.2 %, where the protein loop alone says 85 %
+    assert out["value"] == pytest.approx((rank0 + rank1) / 200)
     assert out["share_counted_at_zero"] == pytest.approx(20 / 200)
     rows = pd.DataFrame(out["table"]).set_index(["rank", "stage"])
     assert rows.loc[(0, "launch"), "samples"] == 2 and rows.loc[(0, "scoring"), "seconds"] == pytest.approx(

@@ -191,9 +191,8 @@ def chaos(args) -> dict:
         path = paths[number % len(paths)]
         out = work / f"trial-{number:03d}-{path}"
         cmd = command(path, fasta, out, args)
-        protein_stage = (
-            path == "predict" and predict_trials % 2 == 0
-        )  # every other predict trial, the first too
+        # every other predict trial, the first too
+        protein_stage = path == "predict" and predict_trials % 2 == 0
         predict_trials += path == "predict"
         at_s = rng.uniform(0.0, 1.0) if protein_stage else rng.uniform(0.05, 0.95) * refs[path]["wall_s"]
         state = kill_run(

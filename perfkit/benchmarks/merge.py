@@ -43,9 +43,8 @@ def write_shards(folder: Path, frames: int, per_shard: int, seed: int = 0) -> np
     for stage, dim in (("nucleotide", clf.NT_DIM), ("protein", esm2.get_config(PROTEIN_MODEL).embed_dim)):
         checkpoints = Path(folder) / stage / "checkpoints"
         checkpoints.mkdir(parents=True)
-        pool = rng.standard_normal(
-            (per_shard * 2, dim), dtype=np.float32
-        )  # rows drawn from it: quick to make
+        # rows drawn from it: quick to make
+        pool = rng.standard_normal((per_shard * 2, dim), dtype=np.float32)
         for number, start in enumerate(range(0, len(keys), per_shard)):
             part = slice(start, start + per_shard)
             order = rng.permutation(len(keys[part]))  # packing reorders frames within a shard

@@ -161,9 +161,8 @@ def setup(notebook: str, params_file, run_dir, namespace: dict | None = None, **
         shutil.rmtree(ctx.out, ignore_errors=True)  # no stale metrics from an earlier run survive
         ensure_sample(params, root)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("perfkit.sampler").setLevel(
-        logging.ERROR
-    )  # not-measured GPU util is stated in the figures
+    # not-measured GPU util is stated in the figures
+    logging.getLogger("perfkit.sampler").setLevel(logging.ERROR)
     _show(random_weights_banner(params))
     return ctx
 

@@ -127,9 +127,8 @@ class ScalingParams(Caps):
     # (fit_reads): wall = fixed + per read x reads per side, projected to the full sample
     # the two chain sizes (reads) of each side, small then large; None: [max_reads / 2, max_reads]
     fit_reads: Optional[list[int]] = None
-    repeats: int = Field(
-        1, ge=1
-    )  # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
+    # interleaved rounds (1, N, 1, N, ... at each size); medians, min-max spread
+    repeats: int = Field(1, ge=1)
     # one untimed chain of N ranks before the timed rounds, so that no timed launch is the first to compile for
     # its GPU (a cold 2-rank launch measured 62 s where a warm one took 42 s on 2 x H200). None: on GPUs
     # 4 blocks per rank, on CPU none (nothing compiles); 0: no warm-up

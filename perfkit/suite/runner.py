@@ -60,9 +60,8 @@ def export_html(notebook: Path, html: Path) -> None:
 
     logging.getLogger("traitlets").setLevel(logging.ERROR)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # scrapbook's JSON scraps have no HTML form: nbconvert warns per scrap
+        # scrapbook's JSON scraps have no HTML form: nbconvert warns per scrap
+        warnings.simplefilter("ignore")
         body, _ = HTMLExporter().from_filename(str(notebook))
     html.write_text(body, encoding="utf-8")
 

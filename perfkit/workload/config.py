@@ -90,9 +90,8 @@ class EmbedConfig(BaseModel):
     v1_batching: Literal["length_sorted", "file_order"] = "length_sorted"
     v1_toks_per_batch: int = Field(2048, ge=16)
     v1_file_sequences: int = Field(10_000, ge=1)  # v1 processed files of 10,000 translated sequences
-    v1_nt_batch_sequences: int = Field(
-        1, ge=1
-    )  # v1 nucleotide stage: padded batches of this many sequences (v1.0: 1)
+    # v1 nucleotide stage: padded batches of this many sequences (v1.0: 1)
+    v1_nt_batch_sequences: int = Field(1, ge=1)
     # input shaping
     chunk_bp: Optional[int] = None  # 300 / 500 bp chunking as the seed does; None = reads as they are
     max_residues: int = Field(1022, ge=1)
@@ -113,9 +112,8 @@ class EmbedConfig(BaseModel):
     window_s: float = Field(10.0, gt=0)
     peak_tflops: Optional[float] = None  # measured matmul peak for MFU; None = measure on CUDA
     progress: bool = True
-    verify_samples: int = Field(
-        4, ge=0
-    )  # sequences recomputed alone at the end to check id <-> vector alignment
+    # sequences recomputed alone at the end to check id <-> vector alignment
+    verify_samples: int = Field(4, ge=0)
 
     @field_validator("model")
     @classmethod

@@ -242,10 +242,11 @@ def errors_named_by_rank(info: RankInfo):
     """A rank's errors as one line naming the rank (and its node); a failed check is left for the launcher."""
     try:
         yield
+    # named already / a quiet exit (another rank of the node says why)
     except (
         node_view.NodesDiffer,
         SystemExit,
-    ):  # named already / a quiet exit (another rank of the node says why)
+    ):
         raise
     except UserError as err:
         raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None

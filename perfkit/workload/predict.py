@@ -359,9 +359,8 @@ def score_reads(
         )
     protein_dim = esm2.get_config(cfg.model).embed_dim
     nt_dim = dnabert.CONFIGS[cfg.nt_model].embed_dim  # 768 for DNABERT-S
-    device = str(
-        pick_device(cfg.device)
-    )  # the same rule on 1 and N processes (auto: the GPU when there is one)
+    # the same rule on 1 and N processes (auto: the GPU when there is one)
+    device = str(pick_device(cfg.device))
     model, info = clf.load_classifier(
         classifier_weights, hidden=hidden, in_dim=nt_dim + protein_dim, seed=cfg.seed
     )

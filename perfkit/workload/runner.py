@@ -141,9 +141,8 @@ def run_embed(cfg: EmbedConfig, done_keys=None) -> dict:
         offsets = block_offsets(
             cfg.input, block_reads=cfg.block_reads, max_reads=cfg.max_reads, chunk_bp=cfg.chunk_bp
         )
-        shard = (
-            Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))
-        )  # workers read their own bytes
+        # workers read their own bytes
+        shard = Shard() if offsets is None else Shard(offsets=tuple(offsets.tolist()))
         return _finish(embed_share(cfg, done_keys, shard=shard))
 
 
@@ -432,9 +431,8 @@ def _loop_v2(run: Run, model, batches, progress) -> bool:
         run.frames_translated += batch["frames_translated"]
         run.reads_seen += batch.get("reads_seen", 0)
         run.frameless.extend(batch.get("frameless_reads") or ())
-        run.truncated.add(
-            batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"]
-        )  # workers count
+        # workers count
+        run.truncated.add(batch["truncated_sequences"], batch["residues_dropped"], batch["truncated_ids"])
         if batch["sequences"] == 0:
             progress.update(0, 0, 0, advance=batch.get("reads_seen", 0))
             continue
@@ -506,9 +504,8 @@ def _to_device(batch: dict, device, copy_stream, compute_stream, layout: str) ->
         if copy_stream is not None:
             compute_stream.wait_stream(copy_stream)
             for t in out.values():
-                t.record_stream(
-                    compute_stream
-                )  # memory made on the copy stream is used on the compute stream
+                # memory made on the copy stream is used on the compute stream
+                t.record_stream(compute_stream)
     if layout == "packed":
         out["max_seqlen"] = batch["max_seqlen"]
         out["tokens"] = out["tokens"].long()

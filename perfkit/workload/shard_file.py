@@ -265,8 +265,7 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     if rows[-1] - rows[0] + 1 == len(rows):
         out[...] = source[rows[0] : rows[-1] + 1]  # a run of rows: one slice copy
     elif source.dtype == out.dtype:
-        np.take(
-            source, rows, axis=0, out=out, mode="clip"
-        )  # rows are in range: 'clip' skips the buffered check
+        # rows are in range: 'clip' skips the buffered check
+        np.take(source, rows, axis=0, out=out, mode="clip")
     else:
         out[...] = source[rows]

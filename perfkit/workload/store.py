@@ -161,9 +161,8 @@ class CheckpointStore:
                     )
             except BaseException as err:  # surfaced on the next add/close
                 try:
-                    tmp.unlink(
-                        missing_ok=True
-                    )  # a half-written shard: its sequences are recomputed on resume
+                    # a half-written shard: its sequences are recomputed on resume
+                    tmp.unlink(missing_ok=True)
                 except OSError:
                     pass
                 if self._error is None:  # the first failure is the one to report
@@ -341,9 +340,8 @@ class ShardIndex:
         while start < len(reads):
             stop = min(start + max(rows, 1), len(reads))
             if stop < len(reads):
-                cut = int(
-                    np.searchsorted(reads, reads[stop], "left")
-                )  # the first frame of the read at `stop`
+                # the first frame of the read at `stop`
+                cut = int(np.searchsorted(reads, reads[stop], "left"))
                 stop = cut if cut > start else int(np.searchsorted(reads, reads[stop], "right"))
             chunks.append((start, stop))
             start = stop
@@ -370,11 +368,12 @@ class ShardIndex:
             pick = np.flatnonzero(self.shard[at] == number)
             values = self.opened(int(number)).embeddings if field == 2 else self.opened(int(number)).ids
             if out is None:
+                # shards' id widths differ: never truncate
                 out = (
                     np.empty((len(keys), values.shape[1]), dtype=np.float32)
                     if field == 2
                     else np.empty(len(keys), dtype=object)
-                )  # shards' id widths differ: never truncate
+                )
             out[pick] = values[self.row[at[pick]]]
         if out is None:
             return np.empty((0, 0), dtype=np.float32) if field == 2 else np.empty(0, dtype=object)
