@@ -36,9 +36,8 @@ ERROR_RECORDS = {
     "projected_hours_end_to_end": "end_to_end_projection",
 }
 # records renamed since reports were first published: an older report is read under today's names
-RENAMED_RECORDS = {
-    "projected_hours_full_sample": "projected_hours_protein_stage"
-}  # 2026-12-01: it is one stage
+# (2026-12-01: the projected hours are one stage's)
+RENAMED_RECORDS = {"projected_hours_full_sample": "projected_hours_protein_stage"}
 HIGHER_IS_BETTER = (
     "tok_per_s",
     "seq_per_s",

@@ -17,9 +17,8 @@ from perfkit.projection import finite_number, project_end_to_end, spread
 from perfkit.results import NotMeasured, RankScaling, RunSummary, Scaling, as_summary
 
 
-FIT_TOLERANCE = (
-    0.03  # the two-size check must hold within this on both sides for the projected factor to count
-)
+# the two-size check must hold within this on both sides for the projected factor to count
+FIT_TOLERANCE = 0.03
 
 
 def two_size_fit(sizes, walls) -> dict:

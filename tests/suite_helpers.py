@@ -1,4 +1,5 @@
-"""Helpers shared by the suite tests (perfkit.suite.*, perfkit.projection, perfkit.verdict)."""
+"""Helpers shared by the suite tests (perfkit.suite.*, perfkit.projection, perfkit.scaling_maths,
+perfkit.utilisation, perfkit.verdict)."""
 
 import json
 from pathlib import Path

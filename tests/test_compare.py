@@ -1,6 +1,7 @@
 """perfkit.compare: two runs side by side, verdicts from noise, exit 1 on a criterion regression."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,22 +173,21 @@ def test_two_smoke_runs_compare_without_a_regression(whole_tiny_suite, tmp_path)
     _, params, whole = whole_tiny_suite
     again = tmp_path / "again"
     shutil.copytree(whole, again)
+    # the copy's other notebooks stay complete only under the same params and code: pin the commit the whole
+    # run recorded (a checkout that turned dirty since, or none at all, would read as other code)
+    status = json.loads((again / "suite.json").read_text())
+    commit = status["environment"].get("commit") or "whole-tiny-suite"
+    status["environment"]["commit"] = commit
+    (again / "suite.json").write_text(json.dumps(status))
+    only_02 = ["suite", "--params", str(params), "--out", str(again), "--only", "02"]
+    env = {**os.environ, "PERFKIT_COMMIT": commit}
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perfkit",
-            "suite",
-            "--params",
-            str(params),
-            "--out",
-            str(again),
-            "--only",
-            "02",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
+        [sys.executable, "-m", "perfkit", *only_02], check=True, capture_output=True, cwd=tmp_path, env=env
+    )
+    kept = json.loads((again / "suite.json").read_text())["notebooks"]
+    assert all(
+        kept[stem].get("earlier_call")
+        for stem in ("01_baseline", "03_scaling", "04_tuning", "05_full_validation")
     )
     runs = [whole, again]
     done = subprocess.run(

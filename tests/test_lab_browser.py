@@ -170,9 +170,8 @@ def test_03_scaling_runs_in_jupyterlab_in_a_real_browser(lab, browser, tmp_path)
         90,
         "the notebook to open with an idle kernel",
     )
-    browser.find_element(
-        "css selector", ".jp-NotebookPanel .jp-Notebook"
-    ).click()  # focus: commands act on it
+    # focus: commands act on it
+    browser.find_element("css selector", ".jp-NotebookPanel .jp-Notebook").click()
     _wait_for(lambda: browser.execute_script("return !!window.jupyterapp.shell.currentWidget"), 10, "focus")
     kernel = browser.execute_script(
         "return window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayName"

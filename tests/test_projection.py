@@ -1,4 +1,4 @@
-"""perfkit.projection: steady windows, projections, the two-size fit and GPU utilisation (fabricated summaries)."""
+"""perfkit.projection: steady windows, the holdout check and the full-sample projections (fabricated summaries)."""
 
 import pandas as pd
 import pytest

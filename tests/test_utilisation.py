@@ -141,9 +141,8 @@ def test_full_sample_utilisation_counts_fixed_seconds_at_zero_and_scales_the_res
         "nucleotide_embedding": {"gpu": loop(55.0, 30.0)},
         "protein_embedding": {"gpu": loop(90.0, None)},
     }
-    stages["protein_embedding"]["gpu"]["1"]["gpu_utilization_percent"]["measured"] = (
-        False  # rank 1: chain sampler
-    )
+    # rank 1: chain sampler
+    stages["protein_embedding"]["gpu"]["1"]["gpu_utilization_percent"]["measured"] = False
     out = utilisation.project_gpu_utilisation(measured, e2e, stages)
     rank0 = 10 * 20 + 55 * 150 + 90 * 580 + 40 * 80
     rank1 = 0 * 20 + 30 * 150 + 80 * 580 + 0 * 80

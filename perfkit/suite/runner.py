@@ -23,9 +23,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 SUITE_SCHEMA = "perfkit.suite/1"
 
 
-KERNEL_NAME = (
-    "perfkit"  # installed by `make venv`; unique, so another Jupyter's `python3` kernel is never taken
-)
+# installed by `make venv`; unique, so another Jupyter's `python3` kernel is never taken
+KERNEL_NAME = "perfkit"
 FALLBACK_KERNEL = "python3"  # ipykernel's own: what a bare install (a GPU node's --target folder) has
 
 

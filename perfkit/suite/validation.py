@@ -1,5 +1,5 @@
 """05_full_validation: the production run (the whole chain, checkpointing on) and its projections to the
-full sample (`perfkit.projection`)."""
+full sample (`perfkit.projection`, its GPU utilisation: `perfkit.utilisation`)."""
 
 from __future__ import annotations
 

@@ -54,9 +54,8 @@ class EmbedConfig(BaseModel):
     block_reads: int = Field(1024, ge=1)  # reads per worker work unit
     pin_memory: bool = True
     copy_stream: bool = True  # host->device copies on a side stream, overlapping compute
-    compile: bool = (
-        False  # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
-    )
+    # packed layout on CUDA: torch.compile each block (dynamic token count, compiled once)
+    compile: bool = False
     # ESM-2 with compile: "blocks" = one graph per block; "stack" = one graph over all layers (a block's last
     # residual add fuses with the next block's norm; ~40 s more compilation)
     compile_scope: Literal["blocks", "stack"] = "blocks"

@@ -44,7 +44,7 @@ FRAMES_PER_READ = len(FRAMES)
 class Shard:
     """Which blocks this process handles: an explicit sorted tuple of block indices, or None = all.
 
-    A multi-process run assigns blocks to ranks by token count (see perfkit.workload.distributed);
+    A multi-process run assigns blocks to ranks by their bytes (see perfkit.workload.plan);
     within a process the DataLoader workers take turns over its blocks.
     """
 

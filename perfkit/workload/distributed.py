@@ -162,12 +162,6 @@ def set_nccl_env(env) -> None:
         env.setdefault(name, value)
 
 
-# ---------------------------------------------------------------------------- launching
-
-
-# ---------------------------------------------------------------------------- planning
-
-
 # ---------------------------------------------------------------------------- in the rank
 
 
@@ -243,10 +237,7 @@ def errors_named_by_rank(info: RankInfo):
     try:
         yield
     # named already / a quiet exit (another rank of the node says why)
-    except (
-        node_view.NodesDiffer,
-        SystemExit,
-    ):
+    except (node_view.NodesDiffer, SystemExit):
         raise
     except UserError as err:
         raise UserError(f"rank {info.rank}: {err.problem}", err.fix) from None

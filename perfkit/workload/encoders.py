@@ -34,9 +34,8 @@ class Encoder:
     """ESM-2 on the frames' proteins (the protein stage)."""
 
     model: str
-    tokenizer: str | None = (
-        None  # nucleotide models only: a DNABERT-S tokenizer.json; None = the stand-in BPE
-    )
+    # nucleotide models only: a DNABERT-S tokenizer.json; None = the stand-in BPE
+    tokenizer: str | None = None
 
     nucleotide = False
     stage = PROTEIN_STAGE

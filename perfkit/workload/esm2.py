@@ -312,9 +312,8 @@ class ESM2(nn.Module):
         # packed path kernel: "auto" = varlen_attn on CUDA fp16/bf16, else sdpa_repadded; or name one
         self.packed_attention = "auto"
         self.blocks_compiled = False
-        self.residual_epilogue = (
-            False  # the residual adds in out_proj's and fc2's GEMM epilogues (packed path)
-        )
+        # the residual adds in out_proj's and fc2's GEMM epilogues (packed path)
+        self.residual_epilogue = False
         self.run_layers = self._run_layers
 
     def compile_blocks(

@@ -71,9 +71,8 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-FLEX_BLOCK = (
-    128  # flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
-)
+# flex_attention's tile: the block mask lists, per 128-query tile, the 128-key tiles it reads
+FLEX_BLOCK = 128
 
 
 def flex_block_mask(seq_index, cu_seqlens):

@@ -99,9 +99,8 @@ class Run:
         self.reads_seen = 0  # input reads this process translated (v2 and v1 alike)
         self.frameless: list[tuple[int, str]] = []  # (read index, id) of its reads that kept no frame
         self.truncated = Truncation()  # frames cut to max_residues, and the residues dropped
-        self.verify_pool: list[
-            tuple[int, np.ndarray]
-        ] = []  # (key, tokens) of a few sequences, recomputed at the end
+        # (key, tokens) of a few sequences, recomputed at the end
+        self.verify_pool: list[tuple[int, np.ndarray]] = []
 
     def keep_for_verification(
         self, keys: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, batch_index: int

@@ -27,9 +27,8 @@ from perfkit.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_SUFFIX = (
-    ".blake2b"  # the manifest beside each shard, sum-<shard stem>.blake2b: blake2b of its arrays
-)
+# the manifest beside each shard, sum-<shard stem>.blake2b: blake2b of its arrays
+CHECKSUM_SUFFIX = ".blake2b"
 SHARD_NAME = re.compile(r"shard-r(\d+)-(\d+)(?:-k(\d+)-(\d+))?\.npz")
 MEMBERS = ("keys", "ids", "embeddings")
 # fill copies vectors with pread (the kernel copies out of the page cache, no page of the file is mapped):
