@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from perfkit.errors import UserError
+from perfkit.projection import finite_number
 from perfkit.results import NotMeasured
 
 DEFAULT_NOISE = 0.05
@@ -96,13 +97,10 @@ def load_run(path) -> dict:
 
 
 def _number(value) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict) and isinstance(value.get("median"), (int, float)):
-        return float(value["median"])
-    return None
+    """A figure as a finite float: a plain number, or the median of a `{median, min, max}` record."""
+    if isinstance(value, dict):
+        value = value.get("median")
+    return finite_number(value)
 
 
 def relative_spread(value, records: dict, name: str) -> float | None:

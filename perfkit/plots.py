@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 
 from perfkit.aggregate import summed_windows
+from perfkit.projection import finite_number
 
 STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "NOT MEASURED": "#9e9e9e"}
 VERDICT_COLOURS = {
@@ -78,14 +79,6 @@ def _order(values: pd.Series) -> list[str]:
     return [str(v) for v in distinct]
 
 
-def number_or_none(value):
-    return (
-        float(value)
-        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
-        else None
-    )
-
-
 # ------------------------------------------------------------------ 01 baseline
 
 
@@ -94,7 +87,7 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     set_style()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.2, 1]})
     labels = table["variant"].tolist()
-    values = [(number_or_none(v) or 0.0) for v in table["tok_per_s"]]
+    values = [(finite_number(v) or 0.0) for v in table["tok_per_s"]]
     colours = sns.color_palette("deep", len(labels))
     measured_values = [v for v in values if v > 0]
     # e.g. both stages' models
@@ -104,7 +97,7 @@ def throughput_bars(table: pd.DataFrame, path, *, title: str, caption: str):
     top = max(values) if any(values) else 1.0
     for bar, value, measured, note in zip(bars, table["tok_per_s"], table["measured"], table["note"]):
         y = bar.get_y() + bar.get_height() / 2
-        text = f"{value:,.0f}" if measured and number_or_none(value) is not None else "not measured"
+        text = f"{value:,.0f}" if measured and finite_number(value) is not None else "not measured"
         x = max(bar.get_width(), floor) * 1.1 if log else bar.get_width() + top * 0.01
         left.text(x, y, text, va="center", fontsize=9)
     if log:
@@ -425,7 +418,7 @@ def stage_breakdown(stages: pd.DataFrame, path, *, title: str, caption: str):
         1, len(panels), figsize=(6 * len(panels), 0.5 * len(stages) + 2.4), squeeze=False
     )
     for ax, column in zip(axes[0], panels):
-        values = [(number_or_none(v) or 0.0) for v in stages[column]]
+        values = [(finite_number(v) or 0.0) for v in stages[column]]
         total = sum(values)
         if not total:
             draw_not_measured(ax, f"{column}: not measured")
@@ -459,14 +452,14 @@ def criteria_margins(rows: pd.DataFrame, path, *, title: str, caption: str):
         for n, c, t, u in zip(rows["name"], rows["comparison"], rows["target"], rows["unit"].fillna(""))
     ]
     margins = [
-        (number_or_none(m) if number_or_none(m) is not None else 0.0) * 100 for m in rows["relative_margin"]
+        (finite_number(m) if finite_number(m) is not None else 0.0) * 100 for m in rows["relative_margin"]
     ]
     colours = [STATUS_COLOURS.get(s, "#333333") for s in rows["status"]]
     ax.barh(labels, margins, color=colours)
     ax.axvline(0, color="black", linewidth=1)
     span = max([abs(m) for m in margins] + [10.0])
     for i, (margin, status, measured) in enumerate(zip(margins, rows["status"], rows["measured"])):
-        shown = f"{measured:.4g}" if number_or_none(measured) is not None else "-"
+        shown = f"{measured:.4g}" if finite_number(measured) is not None else "-"
         ax.text(
             span * 1.05,
             i,

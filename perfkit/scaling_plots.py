@@ -9,7 +9,8 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 
-from perfkit.plots import draw_not_measured, finish_figure, number_or_none, set_style
+from perfkit.plots import draw_not_measured, finish_figure, set_style
+from perfkit.projection import finite_number
 from perfkit.results import NotMeasured
 
 
@@ -30,24 +31,24 @@ def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_me
         scaling["multi_tok_per_s"],
     ]
     colours = ["#757575"] + ["#90caf9"] * len(scaling["per_rank_tok_per_s"]) + ["#1565c0"]
-    heights = [(number_or_none(v) or 0.0) for v in values]
+    heights = [(finite_number(v) or 0.0) for v in values]
     bars = left.bar(labels, heights, color=colours)
     for bar, value in zip(bars, values):
         left.text(
             bar.get_x() + bar.get_width() / 2,
             bar.get_height(),
-            f"{value:,.0f}" if number_or_none(value) is not None else "n/a",
+            f"{value:,.0f}" if finite_number(value) is not None else "n/a",
             ha="center",
             va="bottom",
             fontsize=8,
         )
-    if number_or_none(scaling["single_tok_per_s"]):
+    if finite_number(scaling["single_tok_per_s"]):
         ideal = scaling["single_tok_per_s"] * scaling["nproc"]
         left.axhline(ideal, color="#2e7d32", linestyle="--", linewidth=1, label=f"ideal {scaling['nproc']}x")
         left.legend(loc="upper left", fontsize=8)
     left.set_ylabel("steady-state tokens / s")
     factor, efficiency, imbalance = (
-        number_or_none(scaling.get(k)) for k in ("factor", "efficiency", "imbalance")
+        finite_number(scaling.get(k)) for k in ("factor", "efficiency", "imbalance")
     )
     left.set_title(
         f"factor {factor:.2f}x, efficiency {efficiency:.0%}, imbalance {imbalance:.3f}"
@@ -55,7 +56,7 @@ def scaling_bars(scaling: dict | None, path, *, title: str, caption: str, not_me
         else "scaling"
     )
     utils = scaling.get("per_rank_gpu_util") or {}
-    measured = {r: v for r, v in utils.items() if number_or_none(v) is not None}
+    measured = {r: v for r, v in utils.items() if finite_number(v) is not None}
     if measured:
         right.bar([f"rank {r}" for r in measured], list(measured.values()), color="#2e7d32")
         right.axhline(70, color="#c62828", linestyle="--", linewidth=1, label="70 % target")
@@ -93,7 +94,7 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
             linewidth=1.2,
             label=f"{labels.get(side, side)}: {fit['fixed_s']:.1f} s + {fit['per_read_s'] * 1000:.3g} s/k reads",
         )
-        predicted = [v for v in data["fit_check"]["predicted_large_s"] if number_or_none(v) is not None]
+        predicted = [v for v in data["fit_check"]["predicted_large_s"] if finite_number(v) is not None]
         if predicted:
             dev = data["fit_check"]["deviation"]
             left.scatter(
@@ -104,7 +105,7 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
                 s=50,
                 zorder=4,
                 label=f"{labels.get(side, side)}: {small:,}-read run predicts {large:,}"
-                + (f" ({dev:+.1%})" if number_or_none(dev) is not None else ""),
+                + (f" ({dev:+.1%})" if finite_number(dev) is not None else ""),
             )
     left.set_xlim(0, large * 1.1)
     left.set_ylim(bottom=0)
@@ -119,11 +120,11 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
         ("stage-wise\ncross-check", e2e["stagewise_factor"], None),
     ]
     top = max(
-        [number_or_none(f.get("max")) or number_or_none(f.get("median")) or 0.0 for _, f, _ in bars]
+        [finite_number(f.get("max")) or finite_number(f.get("median")) or 0.0 for _, f, _ in bars]
         + [target or 0.0, 1.0]
     )
     for i, (label, factor, source) in enumerate(bars):
-        value = number_or_none(factor.get("median"))
+        value = finite_number(factor.get("median"))
         if value is None:
             right.text(
                 i,
@@ -137,7 +138,7 @@ def scaling_fit(e2e: dict, path, *, target: float | None, labels: dict, title: s
             )
             continue
         used = source == e2e["factor_source"]
-        low, high = number_or_none(factor.get("min")), number_or_none(factor.get("max"))
+        low, high = finite_number(factor.get("min")), finite_number(factor.get("max"))
         yerr = (
             [[max(value - low, 0.0)], [max(high - value, 0.0)]]
             if low is not None and high is not None

@@ -1,14 +1,10 @@
 """perfkit.scaling_plots: 03's figures are written, titled, captioned and draw something (or say 'not measured')."""
 
-import matplotlib
+import pytest
+from test_plots import check  # first: it puts matplotlib on the Agg backend
 
-matplotlib.use("Agg")
-
-import pytest  # noqa: E402
-
-from perfkit import criteria as crit  # noqa: E402
-from perfkit import scaling_plots  # noqa: E402
-from test_plots import check  # noqa: E402
+from perfkit import criteria as crit
+from perfkit import scaling_plots
 
 
 def test_scaling_bars_measured_and_not(tmp_path):
